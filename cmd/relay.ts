@@ -1,0 +1,81 @@
+// `smts relay`: argument parsing and wiring for the relay (lib/relay).
+import { defineCommand } from "citty";
+import { createConsola } from "consola";
+import { formatSize, parseSize } from "../lib/cli/size.ts";
+import { RELAY_DEFAULTS, startRelay } from "../lib/relay/server.ts";
+import { generateSecret, loadSecret, SecretError, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
+import { checkFlags, Failure, guard, parsePort, parsePositive, UsageError } from "./usage.ts";
+
+const args = {
+  host: { type: "string", description: "Address to listen on", default: RELAY_DEFAULTS.host },
+  port: { type: "string", description: "TCP port (0 picks a free one)", default: String(RELAY_DEFAULTS.port) },
+  "secret-file": { type: "string", description: "Read the join secret from this file (else SMTS_SECRET)", valueHint: "PATH" },
+  open: { type: "boolean", description: "Run without a secret: anyone who can reach the port may join" },
+  "generate-secret": { type: "boolean", description: "Print a new strong secret and exit" },
+  "max-clients": { type: "string", description: "Most clients joined at once", default: String(RELAY_DEFAULTS.maxClients) },
+  "max-frame": { type: "string", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
+  "queue-limit": { type: "string", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
+  "slow-timeout": { type: "string", description: "Seconds a client may leave queued data unread", default: String(RELAY_DEFAULTS.slowTimeoutMs / 1000) },
+  "join-timeout": { type: "string", description: "Seconds a new connection has to join", default: String(RELAY_DEFAULTS.joinTimeoutMs / 1000) },
+  "ping-interval": { type: "string", description: "Seconds of silence before a ping (dropped after 3x)", default: String(RELAY_DEFAULTS.pingIntervalMs / 1000) },
+  verbose: { type: "boolean", description: "Log connection events (temporary IDs, never payloads)" },
+} as const;
+
+export const relayCommand = defineCommand({
+  meta: { name: "relay", description: "Run the transparent relay (forwards ciphertext, stores nothing)" },
+  args,
+  async run({ args: a, rawArgs, cmd }) {
+    await guard(cmd, undefined, async () => {
+      checkFlags(rawArgs, args);
+      if (a["generate-secret"]) {
+        process.stdout.write(`${generateSecret()}\n`);
+        return;
+      }
+      let secret: string | null;
+      try {
+        secret = loadSecret(a["secret-file"]);
+      } catch (err) {
+        if (err instanceof SecretError) throw new Failure(err.message);
+        throw err;
+      }
+      if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
+      if (!secret && !a.open) {
+        throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");
+      }
+      const seconds = (flag: string, text: string) => parsePositive(flag, text, 0) * 1000;
+      const log = createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr });
+      const options = {
+        host: a.host,
+        port: parsePort(a.port, RELAY_DEFAULTS.port),
+        secret: secret ? secretBytes(secret) : null,
+        maxClients: parsePositive("max-clients", a["max-clients"], 0),
+        maxFrame: parsePositive("max-frame", a["max-frame"], 0, parseSize),
+        queueMax: parsePositive("queue-limit", a["queue-limit"], 0, parseSize),
+        slowTimeoutMs: seconds("slow-timeout", a["slow-timeout"]),
+        joinTimeoutMs: seconds("join-timeout", a["join-timeout"]),
+        pingIntervalMs: seconds("ping-interval", a["ping-interval"]),
+        log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m), debug: (m: string) => log.debug(m) },
+      };
+      if (options.queueMax < 2 * RELAY_DEFAULTS.queueHigh) throw new UsageError(`--queue-limit must be at least ${formatSize(2 * RELAY_DEFAULTS.queueHigh)}`);
+      if (secret && secret.length < SHORT_SECRET) {
+        log.warn(`the join secret is only ${secret.length} characters: anyone who records a join can guess it offline; use \`smts relay --generate-secret\``);
+      }
+      let relay;
+      try {
+        relay = startRelay(options);
+      } catch (err) {
+        throw new Failure(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
+      }
+      log.info(`smts relay listening on ${relay.host}:${relay.port} (${secret ? "join secret required" : "OPEN: anyone may join"})`);
+      const stop = async (signal: string) => {
+        log.info(`${signal}: telling ${relay.stats().clients} clients and shutting down`);
+        await relay.stop();
+        const c = relay.stats().counters;
+        log.info(`served ${c.connections} connections, ${c.joins} joins, forwarded ${c.framesForwarded} frames (${formatSize(c.bytesForwarded ?? 0)})`);
+        process.exit(0);
+      };
+      process.once("SIGINT", () => void stop("SIGINT"));
+      process.once("SIGTERM", () => void stop("SIGTERM"));
+    });
+  },
+});

@@ -1,0 +1,218 @@
+// The client's connection to a relay: TCP connect, challenge–response join
+// (verifying the relay's own proof when we hold the secret), then a framed
+// channel for `send` / `list` with ping answered automatically.
+//
+// Promises: joinRelay() either resolves with a joined Link or rejects with a
+// JoinError whose message is one line a user can act on; writes leave in order
+// and are never silently dropped (the unsent tail is kept and retried on
+// drain); `drained()` lets a producer wait for the socket before queueing more.
+import type { Socket } from "bun";
+import { decodePayload, encodeFrame, FrameDecoder, FrameError, type Frame } from "../wire/frame.ts";
+import { Outbox } from "../wire/outbox.ts";
+import {
+  clientProof,
+  equalBytes,
+  ERRORS,
+  newNonce,
+  NONCE_BYTES,
+  PROOF_BYTES,
+  RELAY_PROTOCOL_VERSION,
+  relayProof,
+  type ErrorCode,
+} from "../relay/protocol.ts";
+
+export class JoinError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface LinkClose {
+  /** Relay error code when the relay said why (e.g. `shutdown`), else `closed`. */
+  code: string;
+  message: string;
+}
+
+export interface LinkOptions {
+  host: string;
+  port: number;
+  secret: Uint8Array | null;
+  /** Ask for `joined` / `left` presence frames (default true). */
+  watch?: boolean;
+  timeoutMs?: number;
+  onFrame?: (frame: Frame) => void;
+  onClose?: (reason: LinkClose) => void;
+}
+
+export interface Link {
+  readonly id: string;
+  readonly maxFrame: number;
+  send(to: string | string[], body: Uint8Array, ref?: number): void;
+  sendFrame(frame: Frame): void;
+  /** Bytes queued locally and not yet taken by the socket. */
+  readonly backlog: number;
+  /** Resolves once the local queue is at or below `bytes`. */
+  drained(bytes?: number): Promise<void>;
+  close(): void;
+  readonly closed: Promise<LinkClose>;
+}
+
+const DRAIN_LOW = 256 * 1024;
+
+export function joinRelay(opts: LinkOptions): Promise<Link> {
+  const { host, port, secret } = opts;
+  return new Promise<Link>((resolveJoin, rejectJoin) => {
+    const decoder = new FrameDecoder(64 * 1024);
+    const clientNonce = newNonce();
+    let relayNonce: Uint8Array | null = null;
+    let socket: Socket<undefined> | null = null;
+    let outbox: Outbox | null = null;
+    let link: Link | null = null;
+    let lastError: LinkClose | null = null;
+    let flushScheduled = false;
+    let drainWaiters: { bytes: number; resolve: () => void }[] = [];
+    let resolveClosed!: (r: LinkClose) => void;
+    const closed = new Promise<LinkClose>((r) => (resolveClosed = r));
+    let settled = false;
+
+    const fail = (code: string, message: string) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      socket?.terminate();
+      rejectJoin(new JoinError(code, message));
+    };
+    const timer = setTimeout(() => fail("timeout", `no answer from relay ${host}:${port}`), opts.timeoutMs ?? 10_000);
+
+    const flush = () => {
+      flushScheduled = false;
+      if (!outbox) return;
+      outbox.flush();
+      if (drainWaiters.length) {
+        const still: typeof drainWaiters = [];
+        for (const w of drainWaiters) (outbox.bytes <= w.bytes ? w.resolve() : still.push(w));
+        drainWaiters = still;
+      }
+    };
+    const write = (bytes: Uint8Array) => {
+      if (!outbox || outbox.closed) return;
+      outbox.push(bytes);
+      if (!flushScheduled) {
+        flushScheduled = true;
+        queueMicrotask(flush);
+      }
+    };
+    const writeFrame = (frame: Frame) => write(encodeFrame(frame));
+
+    function onJoinFrame(f: Frame): void {
+      if (f.t === "error") return fail(String(f.code), `relay refused: ${String(f.message)} (${String(f.code)})`);
+      if (f.t === "challenge") {
+        if (f.v !== RELAY_PROTOCOL_VERSION) return fail("version", `relay speaks protocol version ${String(f.v)}, we speak ${RELAY_PROTOCOL_VERSION}`);
+        if (!(f.nonce instanceof Uint8Array) || f.nonce.length !== NONCE_BYTES) return fail("bad_frame", "relay sent a malformed challenge");
+        if (f.open !== true && !secret) return fail("auth_failed", "relay requires a join secret: set SMTS_SECRET or use --secret-file");
+        if (f.open === true && secret) return fail("auth_failed", "relay is open and cannot prove it knows the secret; unset SMTS_SECRET to join an open relay");
+        relayNonce = f.nonce;
+        const proof = secret ? clientProof(secret, relayNonce, clientNonce) : new Uint8Array(PROOF_BYTES);
+        writeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, proof, nonce: clientNonce, watch: opts.watch !== false });
+        return;
+      }
+      if (f.t === "welcome" && relayNonce) {
+        if (typeof f.id !== "string" || typeof f.maxFrame !== "number") return fail("bad_frame", "relay sent a malformed welcome");
+        if (secret) {
+          const expected = relayProof(secret, relayNonce, clientNonce);
+          if (!(f.proof instanceof Uint8Array) || !equalBytes(f.proof, expected)) {
+            return fail("auth_failed", "relay could not prove it knows the secret (impostor or different secret)");
+          }
+        }
+        decoder.maxPayload = f.maxFrame + 1024;
+        settled = true;
+        clearTimeout(timer);
+        link = makeLink(f.id, f.maxFrame);
+        resolveJoin(link);
+        return;
+      }
+      fail("bad_frame", `unexpected ${String(f.t)} frame during join`);
+    }
+
+    function makeLink(id: string, maxFrame: number): Link {
+      return {
+        id,
+        maxFrame,
+        send(to, body, ref) {
+          writeFrame(ref === undefined ? { t: "send", to, body } : { t: "send", to, body, ref });
+        },
+        sendFrame: writeFrame,
+        get backlog() {
+          return outbox?.bytes ?? 0;
+        },
+        drained(bytes = DRAIN_LOW) {
+          if (!outbox || outbox.closed || outbox.bytes <= bytes) return Promise.resolve();
+          return new Promise<void>((resolve) => drainWaiters.push({ bytes, resolve }));
+        },
+        close() {
+          flush();
+          socket?.shutdown();
+          setTimeout(() => socket?.terminate(), 1000).unref();
+        },
+        closed,
+      };
+    }
+
+    Bun.connect({
+      hostname: host,
+      port,
+      socket: {
+        open(s) {
+          socket = s;
+          outbox = new Outbox(s);
+          s.setNoDelay(true);
+        },
+        data(_s, chunk) {
+          try {
+            for (const payload of decoder.push(chunk)) {
+              const f = decodePayload(payload);
+              if (!link) {
+                onJoinFrame(f);
+                if (settled && !link) return;
+                continue;
+              }
+              if (f.t === "ping") writeFrame({ t: "pong" });
+              else if (f.t === "error" && f.code && isFatal(f.code)) lastError = { code: String(f.code), message: String(f.message) };
+              if (f.t !== "ping" && f.t !== "pong") opts.onFrame?.(f);
+            }
+          } catch (err) {
+            if (!(err instanceof FrameError)) throw err;
+            if (!link) return fail("bad_frame", `relay sent a bad frame: ${err.message}`);
+            lastError = { code: "bad_frame", message: `relay sent a bad frame: ${err.message}` };
+            socket?.terminate();
+          }
+        },
+        drain() {
+          flush();
+        },
+        close() {
+          outbox?.close();
+          for (const w of drainWaiters) w.resolve();
+          drainWaiters = [];
+          if (!link) return fail("closed", `relay ${host}:${port} closed the connection during join`);
+          const reason = lastError ?? { code: "closed", message: "connection to relay closed" };
+          resolveClosed(reason);
+          opts.onClose?.(reason);
+        },
+        connectError(_s, err) {
+          fail("unreachable", `cannot reach relay ${host}:${port}: ${err.message}`);
+        },
+        error(_s, err) {
+          if (!link) fail("closed", `connection to relay failed: ${err.message}`);
+        },
+      },
+    }).catch((err: Error) => fail("unreachable", `cannot reach relay ${host}:${port}: ${err.message}`));
+  });
+}
+
+function isFatal(code: unknown): boolean {
+  return Object.hasOwn(ERRORS, String(code)) && ERRORS[String(code) as ErrorCode].fatal;
+}

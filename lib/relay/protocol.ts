@@ -1,0 +1,114 @@
+// The relay layer of the smts wire protocol (docs/PROTOCOL.md, "Relay layer").
+// Shared by the relay and by clients: message names, error codes, limits,
+// the join proofs, temporary IDs, and the one frame the relay builds by hand
+// (the forwarded `msg`), so the hot path never re-encodes a payload.
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import { LENGTH_PREFIX, writeU32 } from "../wire/frame.ts";
+
+export const RELAY_PROTOCOL_VERSION = 1;
+export const DEFAULT_PORT = 5555;
+export const NONCE_BYTES = 32;
+export const PROOF_BYTES = 32;
+
+/** Error codes the relay sends in `error` frames. `fatal` ones are followed by a close. */
+export const ERRORS = {
+  bad_frame: { fatal: true, text: "malformed frame" },
+  frame_too_large: { fatal: true, text: "frame larger than the relay's limit" },
+  not_joined: { fatal: true, text: "join first" },
+  version: { fatal: true, text: "unsupported protocol version" },
+  auth_failed: { fatal: true, text: "wrong join secret" },
+  join_timeout: { fatal: true, text: "did not join in time" },
+  relay_full: { fatal: true, text: "relay is full" },
+  slow_consumer: { fatal: true, text: "not reading fast enough" },
+  idle_timeout: { fatal: true, text: "no traffic, connection presumed dead" },
+  shutdown: { fatal: true, text: "relay is shutting down" },
+  unknown_peer: { fatal: false, text: "no such peer online" },
+  bad_request: { fatal: false, text: "request not understood" },
+} as const;
+export type ErrorCode = keyof typeof ERRORS;
+
+// ---- Join proofs -----------------------------------------------------------
+// proof = HMAC-SHA256(secret, label ‖ relayNonce ‖ clientNonce); both nonces
+// are 32 bytes, so the concatenation is unambiguous. The relay's nonce is
+// fresh per connection, so a recorded proof is useless on the next one; the
+// relay answers with its own proof under a different label, so a client can
+// tell a relay that knows the secret from an impostor.
+const CLIENT_LABEL = new TextEncoder().encode("smts/1 join client");
+const RELAY_LABEL = new TextEncoder().encode("smts/1 join relay");
+
+function proof(label: Uint8Array, secret: Uint8Array, relayNonce: Uint8Array, clientNonce: Uint8Array): Uint8Array {
+  return new Uint8Array(createHmac("sha256", secret).update(label).update(relayNonce).update(clientNonce).digest());
+}
+export const clientProof = (secret: Uint8Array, relayNonce: Uint8Array, clientNonce: Uint8Array) =>
+  proof(CLIENT_LABEL, secret, relayNonce, clientNonce);
+export const relayProof = (secret: Uint8Array, relayNonce: Uint8Array, clientNonce: Uint8Array) =>
+  proof(RELAY_LABEL, secret, relayNonce, clientNonce);
+
+/** Constant-time equality for MACs and proofs (length is not secret). */
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+export function newNonce(): Uint8Array {
+  return new Uint8Array(randomBytes(NONCE_BYTES));
+}
+
+// ---- Temporary IDs -----------------------------------------------------------
+// 8 characters of Crockford base32 (no i, l, o, u): 40 random bits from the
+// CSPRNG, lower case, easy to read aloud and type. Input is normalised the
+// Crockford way (case-insensitive, i/l → 1, o → 0, dashes and spaces ignored).
+export const ID_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
+export const ID_LENGTH = 8;
+const ID_PATTERN = /^[0-9a-hjkmnp-tv-z]{8}$/;
+
+export function newId(): string {
+  const bytes = randomBytes(5); // 40 bits = 8 × 5 bits
+  let bits = 0n;
+  for (const b of bytes) bits = (bits << 8n) | BigInt(b);
+  let id = "";
+  for (let i = ID_LENGTH - 1; i >= 0; i--) id += ID_ALPHABET[Number((bits >> BigInt(i * 5)) & 31n)];
+  return id;
+}
+
+/** Canonical form of a typed ID, or null if it cannot be one. */
+export function normalizeId(input: string): string | null {
+  const id = input.toLowerCase().replace(/[\s-]/g, "").replace(/[il]/g, "1").replace(/o/g, "0");
+  return ID_PATTERN.test(id) ? id : null;
+}
+
+export function isId(value: unknown): value is string {
+  return typeof value === "string" && ID_PATTERN.test(value);
+}
+
+// ---- The forwarded message, built by hand ----------------------------------------
+// {t:"msg", from:<id>, body:<bin>} as a standard msgpack fixmap. Building it
+// directly avoids decoding and re-encoding the payload on the relay's hot path.
+const MSG_HEAD = new Uint8Array([0x83, 0xa1, 0x74, 0xa3, 0x6d, 0x73, 0x67, 0xa4, 0x66, 0x72, 0x6f, 0x6d]);
+const BODY_KEY = new Uint8Array([0xa4, 0x62, 0x6f, 0x64, 0x79]);
+
+/** Header bytes of a `msg` frame (length prefix included) for a body of `bodyLength` bytes. */
+export function msgFrameHeader(from: string, bodyLength: number): Uint8Array {
+  const binHeader = bodyLength < 0x100 ? 2 : bodyLength < 0x10000 ? 3 : 5;
+  const headLength = MSG_HEAD.length + 1 + from.length + BODY_KEY.length + binHeader;
+  const out = new Uint8Array(LENGTH_PREFIX + headLength);
+  writeU32(out, 0, headLength + bodyLength);
+  let at = LENGTH_PREFIX;
+  out.set(MSG_HEAD, at);
+  at += MSG_HEAD.length;
+  out[at++] = 0xa0 | from.length; // fixstr: IDs are ASCII and shorter than 32
+  for (let i = 0; i < from.length; i++) out[at++] = from.charCodeAt(i);
+  out.set(BODY_KEY, at);
+  at += BODY_KEY.length;
+  if (binHeader === 2) {
+    out[at++] = 0xc4;
+    out[at++] = bodyLength;
+  } else if (binHeader === 3) {
+    out[at++] = 0xc5;
+    out[at++] = bodyLength >>> 8;
+    out[at++] = bodyLength & 0xff;
+  } else {
+    out[at++] = 0xc6;
+    writeU32(out, at, bodyLength);
+  }
+  return out;
+}

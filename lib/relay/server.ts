@@ -1,0 +1,423 @@
+// The transparent relay: admits clients that prove knowledge of the join
+// secret, gives each a random temporary ID, and forwards opaque bodies between
+// IDs with the sender's ID stamped by the relay. It never parses a body,
+// writes no files, and keeps nothing once a client is gone.
+//
+// Promises (each covered by tests/relay.*.test.ts):
+//   - one connection's bad input (garbage, oversize frame, wrong proof,
+//     silence) closes that connection only, with an `error` frame first;
+//   - memory is bounded: frames over the limit are refused from the length
+//     prefix; a recipient whose queue passes `queueHigh` pauses the senders
+//     feeding it until it drains below `queueLow`; a recipient that makes no
+//     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
+//     disconnected as a slow consumer;
+//   - no client ever waits on another unrelated client: all I/O is
+//     non-blocking and timeouts are checked by one periodic sweep.
+import type { Socket, TCPSocketListener } from "bun";
+import { decodePayload, encodeFrame, FrameDecoder, FrameError, type Frame } from "../wire/frame.ts";
+import { Outbox } from "../wire/outbox.ts";
+import {
+  clientProof,
+  equalBytes,
+  ERRORS,
+  isId,
+  msgFrameHeader,
+  newId,
+  newNonce,
+  NONCE_BYTES,
+  PROOF_BYTES,
+  RELAY_PROTOCOL_VERSION,
+  relayProof,
+  type ErrorCode,
+} from "./protocol.ts";
+import { localRoutes, type Endpoint, type Routes } from "./routes.ts";
+
+export interface RelayOptions {
+  host: string;
+  port: number;
+  /** Join secret; null runs an open relay (anyone may join). */
+  secret: Uint8Array | null;
+  /** Largest accepted frame payload after joining, in bytes. */
+  maxFrame: number;
+  maxClients: number;
+  /** Connections that have not joined yet. */
+  maxPending: number;
+  queueHigh: number;
+  queueLow: number;
+  queueMax: number;
+  joinTimeoutMs: number;
+  slowTimeoutMs: number;
+  /** Quiet connections are pinged after this long and dropped after three times as long. */
+  pingIntervalMs: number;
+  /** Most recipients in one `send`. */
+  maxRecipients: number;
+  log: RelayLog;
+}
+
+export interface RelayLog {
+  info(message: string): void;
+  warn(message: string): void;
+  /** Connection-level events, shown only with --verbose. */
+  debug(message: string): void;
+}
+
+export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
+  host: "0.0.0.0",
+  port: 5555,
+  maxFrame: 256 * 1024,
+  maxClients: 10_000,
+  maxPending: 1_000,
+  queueHigh: 1024 * 1024,
+  queueLow: 256 * 1024,
+  queueMax: 16 * 1024 * 1024,
+  joinTimeoutMs: 5_000,
+  slowTimeoutMs: 30_000,
+  pingIntervalMs: 30_000,
+  maxRecipients: 1_000,
+};
+
+/** Frames before joining are tiny; anything bigger is hostile. */
+const PRE_JOIN_MAX_FRAME = 1024;
+/** Inline bodies up to this size into the header buffer (one write) instead of queueing them apart. */
+const INLINE_BODY = 4096;
+/** How long a closing connection may take to read its error frame and hang up. */
+const CLOSE_GRACE_MS = 1_000;
+
+interface Conn extends Endpoint {
+  id: string; // "" until joined
+  socket: Socket<Conn>;
+  decoder: FrameDecoder;
+  outbox: Outbox;
+  nonce: Uint8Array;
+  openedAt: number;
+  lastHeard: number;
+  pinged: boolean;
+  watch: boolean;
+  /** How many recipients' queues this connection is paused for. */
+  blockedOn: number;
+  /** Senders paused until this connection's queue drains. */
+  waiters: Conn[];
+  dirty: boolean;
+  closing: boolean;
+  closed: boolean;
+}
+
+export interface RelayStats {
+  clients: number;
+  pending: number;
+  queuedBytes: number;
+  maxQueuedBytes: number;
+  pausedSenders: number;
+  counters: Record<string, number>;
+}
+
+export interface Relay {
+  readonly port: number;
+  readonly host: string;
+  stats(): RelayStats;
+  /** Tells every client, closes every connection, stops listening. */
+  stop(): Promise<void>;
+}
+
+export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "secret" | "log">): Relay {
+  const opt: RelayOptions = { ...RELAY_DEFAULTS, ...partial };
+  const routes: Routes<Conn> = localRoutes<Conn>();
+  const conns = new Set<Conn>();
+  const counters: Record<string, number> = { connections: 0, joins: 0, framesForwarded: 0, bytesForwarded: 0 };
+  let pending = 0;
+  let dirty: Conn[] = [];
+  let stopping = false;
+
+  const count = (key: string, n = 1) => void (counters[key] = (counters[key] ?? 0) + n);
+
+  function queue(c: Conn, bytes: Uint8Array): void {
+    if (c.closed) return;
+    c.outbox.push(bytes);
+    if (!c.dirty) {
+      c.dirty = true;
+      dirty.push(c);
+    }
+  }
+
+  function sendFrame(c: Conn, frame: Frame): void {
+    queue(c, encodeFrame(frame));
+  }
+
+  function sendError(c: Conn, code: ErrorCode, extra: { peer?: string; ref?: number; message?: string } = {}): void {
+    sendFrame(c, { t: "error", code, message: ERRORS[code].text, ...extra });
+  }
+
+  /**
+   * Ends a connection: error frame, half-close, hard close after a grace period.
+   * A slow consumer is cut at once instead: its queue may end mid-frame, so no
+   * error frame could follow it cleanly, and it is not reading anyway.
+   */
+  function fatal(c: Conn, code: ErrorCode, message?: string): void {
+    if (c.closing || c.closed) return;
+    count(`closed_${code}`);
+    c.closing = true;
+    leave(c);
+    if (code === "slow_consumer") {
+      c.outbox.close();
+      c.socket.terminate();
+      return;
+    }
+    sendError(c, code, message ? { message } : {});
+    setTimeout(() => c.closed || c.socket.terminate(), CLOSE_GRACE_MS).unref();
+  }
+
+  /** Removes a joined client from the routes and tells watchers. */
+  function leave(c: Conn): void {
+    releaseWaiters(c);
+    if (!c.id || routes.get(c.id) !== c) return;
+    routes.remove(c.id);
+    opt.log.debug(`client ${c.id} left (${routes.size} online)`);
+    for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "left", id: c.id });
+  }
+
+  function releaseWaiters(c: Conn): void {
+    for (const w of c.waiters) {
+      w.blockedOn--;
+      if (w.blockedOn === 0 && !w.closing && !w.closed) w.socket.resume();
+    }
+    c.waiters = [];
+  }
+
+  /** Flushes every connection written to since the last call; applies backpressure to `sender`. */
+  function flushDirty(sender: Conn | null): void {
+    const list = dirty;
+    dirty = [];
+    for (const r of list) {
+      r.dirty = false;
+      if (r.closed) continue;
+      r.outbox.flush();
+      if (r.closing) {
+        if (r.outbox.bytes === 0) r.socket.shutdown();
+        continue;
+      }
+      if (r.outbox.bytes > opt.queueMax) {
+        fatal(r, "slow_consumer");
+        continue;
+      }
+      if (sender && !sender.closing && r.outbox.bytes > opt.queueHigh && !r.waiters.includes(sender)) {
+        r.waiters.push(sender);
+        if (sender.blockedOn++ === 0) sender.socket.pause();
+        count("pauses");
+      }
+    }
+    if (dirty.length) flushDirty(null); // fatal() above may have queued error frames
+  }
+
+  function handleJoin(c: Conn, f: Frame): void {
+    if (f.t !== "join") return fatal(c, "not_joined");
+    if (f.v !== RELAY_PROTOCOL_VERSION) return fatal(c, "version", `relay speaks version ${RELAY_PROTOCOL_VERSION}`);
+    const { proof, nonce } = f;
+    if (!(proof instanceof Uint8Array) || proof.length !== PROOF_BYTES || !(nonce instanceof Uint8Array) || nonce.length !== NONCE_BYTES) {
+      return fatal(c, "bad_frame", "join needs a 32-byte proof and a 32-byte nonce");
+    }
+    if (opt.secret && !equalBytes(proof, clientProof(opt.secret, c.nonce, nonce))) {
+      count("authFailures");
+      return fatal(c, "auth_failed");
+    }
+    if (routes.size >= opt.maxClients) return fatal(c, "relay_full");
+    let id = newId();
+    while (routes.get(id)) id = newId();
+    c.id = id;
+    c.watch = f.watch !== false;
+    c.decoder.maxPayload = opt.maxFrame;
+    pending--;
+    for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "joined", id });
+    routes.add(c);
+    count("joins");
+    opt.log.debug(`client ${id} joined (${routes.size} online)`);
+    const welcome: Frame = { t: "welcome", v: RELAY_PROTOCOL_VERSION, id, maxFrame: opt.maxFrame };
+    if (opt.secret) welcome.proof = relayProof(opt.secret, c.nonce, nonce);
+    sendFrame(c, welcome);
+  }
+
+  function handleSend(c: Conn, f: Frame): void {
+    const { to, body, ref } = f;
+    if (ref !== undefined && !(Number.isSafeInteger(ref) && (ref as number) >= 0)) {
+      return sendError(c, "bad_request", { message: "ref must be a non-negative integer" });
+    }
+    const refField = ref === undefined ? {} : { ref: ref as number };
+    if (!(body instanceof Uint8Array)) return sendError(c, "bad_request", { ...refField, message: "body must be binary" });
+    let recipients: string[];
+    if (typeof to === "string") recipients = [to];
+    else if (Array.isArray(to) && to.length > 0 && to.length <= opt.maxRecipients && to.every((x) => typeof x === "string")) {
+      recipients = [...new Set(to as string[])];
+    } else {
+      return sendError(c, "bad_request", { ...refField, message: `to must be an ID or a list of 1..${opt.maxRecipients} IDs` });
+    }
+    let whole: Uint8Array | null = null;
+    let header: Uint8Array | null = null;
+    for (const id of recipients) {
+      const r = routes.get(id);
+      if (!r) {
+        sendError(c, "unknown_peer", { peer: isId(id) ? id : String(id).slice(0, 32), ...refField });
+        continue;
+      }
+      if (!header) {
+        header = msgFrameHeader(c.id, body.length);
+        if (body.length <= INLINE_BODY) {
+          whole = new Uint8Array(header.length + body.length);
+          whole.set(header);
+          whole.set(body, header.length);
+        }
+      }
+      if (whole) queue(r, whole);
+      else queue(r, header), queue(r, body);
+      count("framesForwarded");
+      count("bytesForwarded", body.length);
+    }
+  }
+
+  function handleFrame(c: Conn, payload: Uint8Array): void {
+    const f = decodePayload(payload);
+    if (!c.id) return handleJoin(c, f);
+    switch (f.t) {
+      case "send":
+        return handleSend(c, f);
+      case "list": {
+        const ids: string[] = [];
+        for (const id of routes.ids()) if (id !== c.id) ids.push(id);
+        return sendFrame(c, { t: "peers", ids });
+      }
+      case "ping":
+        return sendFrame(c, { t: "pong" });
+      case "pong":
+        return;
+      default:
+        return sendError(c, "bad_request", { message: `unknown frame type ${JSON.stringify(String(f.t).slice(0, 32))}` });
+    }
+  }
+
+  function sweep(): void {
+    const now = performance.now();
+    for (const c of conns) {
+      if (c.closing || c.closed) continue;
+      if (!c.id) {
+        if (now - c.openedAt > opt.joinTimeoutMs) fatal(c, "join_timeout");
+        continue;
+      }
+      if (c.outbox.bytes > 0 && now - c.outbox.lastProgress > opt.slowTimeoutMs) {
+        fatal(c, "slow_consumer");
+        continue;
+      }
+      const quiet = now - c.lastHeard;
+      if (quiet > 3 * opt.pingIntervalMs) fatal(c, "idle_timeout");
+      else if (quiet > opt.pingIntervalMs && !c.pinged) {
+        c.pinged = true;
+        sendFrame(c, { t: "ping" });
+      }
+    }
+    flushDirty(null);
+  }
+  const sweepEvery = Math.max(10, Math.min(1000, opt.joinTimeoutMs / 4, opt.slowTimeoutMs / 4, opt.pingIntervalMs / 4));
+  const sweeper = setInterval(sweep, sweepEvery);
+
+  const listener: TCPSocketListener<Conn> = Bun.listen<Conn>({
+    hostname: opt.host,
+    port: opt.port,
+    socket: {
+      open(socket) {
+        const now = performance.now();
+        const c: Conn = {
+          id: "",
+          socket,
+          decoder: new FrameDecoder(PRE_JOIN_MAX_FRAME),
+          outbox: new Outbox(socket),
+          nonce: newNonce(),
+          openedAt: now,
+          lastHeard: now,
+          pinged: false,
+          watch: false,
+          blockedOn: 0,
+          waiters: [],
+          dirty: false,
+          closing: false,
+          closed: false,
+          send(piece) {
+            queue(c, piece);
+          },
+          get backlog() {
+            return c.outbox.bytes;
+          },
+        };
+        socket.data = c;
+        conns.add(c);
+        pending++;
+        count("connections");
+        socket.setNoDelay(true);
+        if (stopping) fatal(c, "shutdown");
+        else if (pending > opt.maxPending || routes.size >= opt.maxClients) fatal(c, "relay_full");
+        else sendFrame(c, { t: "challenge", v: RELAY_PROTOCOL_VERSION, nonce: c.nonce, open: opt.secret === null });
+        flushDirty(null);
+      },
+      data(socket, chunk) {
+        const c = socket.data;
+        if (c.closing || c.closed) return; // discard input while the error frame drains
+        c.lastHeard = performance.now();
+        c.pinged = false;
+        try {
+          for (const payload of c.decoder.push(chunk)) {
+            handleFrame(c, payload);
+            if (c.closing) break;
+          }
+        } catch (err) {
+          if (!(err instanceof FrameError)) throw err;
+          count("badFrames");
+          fatal(c, err.code, err.message);
+        }
+        flushDirty(c);
+      },
+      drain(socket) {
+        const c = socket.data;
+        if (c.closed) return;
+        c.outbox.flush();
+        if (c.closing) {
+          if (c.outbox.bytes === 0) socket.shutdown();
+        } else if (c.outbox.bytes <= opt.queueLow) releaseWaiters(c);
+      },
+      close(socket) {
+        const c = socket.data;
+        if (c.closed) return;
+        if (!c.id) pending--;
+        leave(c);
+        c.closed = true;
+        c.outbox.close();
+        conns.delete(c);
+        flushDirty(null);
+      },
+      error(socket, err) {
+        opt.log.debug(`socket error: ${err.message}`);
+      },
+    },
+  });
+
+  return {
+    port: listener.port,
+    host: opt.host,
+    stats() {
+      let queuedBytes = 0;
+      let maxQueuedBytes = 0;
+      let pausedSenders = 0;
+      for (const c of conns) {
+        queuedBytes += c.outbox.bytes;
+        maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
+        if (c.blockedOn > 0) pausedSenders++;
+      }
+      return { clients: routes.size, pending, queuedBytes, maxQueuedBytes, pausedSenders, counters: { ...counters } };
+    },
+    async stop() {
+      stopping = true;
+      clearInterval(sweeper);
+      for (const c of conns) fatal(c, "shutdown");
+      flushDirty(null);
+      const deadline = performance.now() + CLOSE_GRACE_MS + 200;
+      while (conns.size > 0 && performance.now() < deadline) await Bun.sleep(10);
+      for (const c of conns) c.socket.terminate();
+      listener.stop(true);
+    },
+  };
+}

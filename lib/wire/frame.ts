@@ -1,0 +1,129 @@
+// Wire framing: every frame is a 4-byte big-endian payload length followed by
+// that many bytes of standard msgpack (no msgpackr records or extensions are
+// emitted, so any msgpack implementation can read and write these frames).
+//
+// FrameDecoder promises:
+//   - frames split across any number of reads, or many frames in one read, are
+//     reassembled with every byte copied at most once (no quadratic re-copying);
+//   - a length prefix above the limit is rejected as soon as the 4 prefix bytes
+//     are seen, before any of the payload is buffered;
+//   - malformed msgpack, trailing bytes, or a payload that is not a map is a
+//     FrameError; the caller closes that one connection.
+import { Packr, Unpackr } from "msgpackr";
+
+export const LENGTH_PREFIX = 4;
+
+const packr = new Packr({ useRecords: false, variableMapSize: true });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+
+export type FrameErrorCode = "frame_too_large" | "bad_frame";
+
+export class FrameError extends Error {
+  constructor(
+    readonly code: FrameErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/** A decoded frame: a msgpack map with string keys. */
+export type Frame = Record<string, unknown>;
+
+/** Encodes a value as a complete frame: length prefix + msgpack payload. */
+export function encodeFrame(value: Frame): Uint8Array {
+  const payload = packr.pack(value);
+  const out = new Uint8Array(LENGTH_PREFIX + payload.length);
+  writeU32(out, 0, payload.length);
+  out.set(payload, LENGTH_PREFIX);
+  return out;
+}
+
+/** Decodes one msgpack payload (without the length prefix) into a frame map. */
+export function decodePayload(payload: Uint8Array): Frame {
+  let value: unknown;
+  try {
+    value = unpackr.unpack(payload);
+  } catch (err) {
+    throw new FrameError("bad_frame", `malformed msgpack: ${(err as Error).message}`);
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) {
+    throw new FrameError("bad_frame", "frame payload is not a msgpack map");
+  }
+  return value as Frame;
+}
+
+export function writeU32(buf: Uint8Array, offset: number, n: number): void {
+  buf[offset] = n >>> 24;
+  buf[offset + 1] = (n >>> 16) & 0xff;
+  buf[offset + 2] = (n >>> 8) & 0xff;
+  buf[offset + 3] = n & 0xff;
+}
+
+function readU32(buf: Uint8Array, offset: number): number {
+  return ((buf[offset]! << 24) >>> 0) + (buf[offset + 1]! << 16) + (buf[offset + 2]! << 8) + buf[offset + 3]!;
+}
+
+/**
+ * Incremental decoder. Feed it socket reads with push(); it returns the raw
+ * payloads completed by that read (decode each with decodePayload, or look at
+ * the bytes directly). Payloads that fit inside one read are zero-copy views
+ * of it; Bun hands every `data` callback a fresh buffer, so views stay valid.
+ */
+export class FrameDecoder {
+  private readonly header = new Uint8Array(LENGTH_PREFIX);
+  private headerFill = 0;
+  private partial: Uint8Array | null = null; // payload being assembled
+  private partialFill = 0;
+
+  constructor(public maxPayload: number) {}
+
+  /** Bytes held for an incomplete frame (bounded by maxPayload + 4). */
+  get buffered(): number {
+    return this.headerFill + this.partialFill;
+  }
+
+  push(chunk: Uint8Array): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    let pos = 0;
+    const end = chunk.length;
+    while (pos < end) {
+      if (this.partial) {
+        const take = Math.min(this.partial.length - this.partialFill, end - pos);
+        this.partial.set(chunk.subarray(pos, pos + take), this.partialFill);
+        this.partialFill += take;
+        pos += take;
+        if (this.partialFill === this.partial.length) {
+          out.push(this.partial);
+          this.partial = null;
+          this.partialFill = 0;
+        }
+        continue;
+      }
+      let length: number;
+      if (this.headerFill === 0 && end - pos >= LENGTH_PREFIX) {
+        length = readU32(chunk, pos);
+        pos += LENGTH_PREFIX;
+      } else {
+        const take = Math.min(LENGTH_PREFIX - this.headerFill, end - pos);
+        this.header.set(chunk.subarray(pos, pos + take), this.headerFill);
+        this.headerFill += take;
+        pos += take;
+        if (this.headerFill < LENGTH_PREFIX) break;
+        this.headerFill = 0;
+        length = readU32(this.header, 0);
+      }
+      if (length > this.maxPayload) {
+        throw new FrameError("frame_too_large", `frame of ${length} bytes exceeds the limit of ${this.maxPayload}`);
+      }
+      if (end - pos >= length) {
+        out.push(chunk.subarray(pos, pos + length));
+        pos += length;
+      } else {
+        this.partial = new Uint8Array(length);
+        this.partialFill = 0;
+      }
+    }
+    return out;
+  }
+}
