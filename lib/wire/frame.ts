@@ -14,7 +14,9 @@ import { Packr, Unpackr } from "msgpackr";
 export const LENGTH_PREFIX = 4;
 
 const packr = new Packr({ useRecords: false, variableMapSize: true });
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true });
+// 64-bit integers become numbers when exactly representable, BigInt otherwise
+// (which every field check then rejects).
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "auto" });
 
 export type FrameErrorCode = "frame_too_large" | "bad_frame";
 
@@ -47,7 +49,10 @@ export function decodePayload(payload: Uint8Array): Frame {
   } catch (err) {
     throw new FrameError("bad_frame", `malformed msgpack: ${(err as Error).message}`);
   }
-  if (value === null || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) {
+  // Only a plain map is a frame (msgpackr turns some reserved bytes and
+  // extension types into other objects: Date, C1Type, ...).
+  const proto = value !== null && typeof value === "object" ? Object.getPrototypeOf(value) : undefined;
+  if (proto !== Object.prototype && proto !== null) {
     throw new FrameError("bad_frame", "frame payload is not a msgpack map");
   }
   return value as Frame;

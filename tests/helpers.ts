@@ -1,0 +1,141 @@
+// Test helpers: real relays on 127.0.0.1 with ephemeral ports, real clients,
+// raw sockets for hostile input, and relay subprocesses for CLI tests.
+import type { Socket, Subprocess } from "bun";
+import { readFileSync } from "node:fs";
+import { joinRelay, type Link, type LinkOptions } from "../lib/link/relay-link.ts";
+import { startRelay, type Relay, type RelayOptions } from "../lib/relay/server.ts";
+import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
+
+export const SECRET_TEXT = "test secret, long enough to pass";
+export const SECRET = new TextEncoder().encode(SECRET_TEXT);
+export const ROOT = new URL("..", import.meta.url).pathname;
+
+export const silentLog = { info() {}, warn() {}, debug() {} };
+
+export function startTestRelay(overrides: Partial<RelayOptions> = {}): Relay {
+  return startRelay({ host: "127.0.0.1", port: 0, secret: SECRET, log: silentLog, ...overrides });
+}
+
+/** Polls `check` until it returns a truthy value; fails with `what` after the timeout. */
+export async function waitFor<T>(check: () => T, what: string, timeoutMs = 5000): Promise<NonNullable<T>> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const value = check();
+    if (value) return value as NonNullable<T>;
+    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await Bun.sleep(5);
+  }
+}
+
+export interface TestClient {
+  link: Link;
+  frames: Frame[];
+  /** Waits for (and removes) the first received frame matching `match`. */
+  next(match: (f: Frame) => boolean, what?: string, timeoutMs?: number): Promise<Frame>;
+}
+
+export async function joinTest(relay: Relay, extra: Partial<LinkOptions> = {}): Promise<TestClient> {
+  const frames: Frame[] = [];
+  const link = await joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET, onFrame: (f) => frames.push(f), ...extra });
+  return {
+    link,
+    frames,
+    async next(match, what = "frame", timeoutMs = 5000) {
+      const i = await waitFor(() => frames.findIndex(match) + 1, what, timeoutMs);
+      return frames.splice(i - 1, 1)[0]!;
+    },
+  };
+}
+
+/** A bare TCP connection that speaks raw bytes and records whatever frames come back. */
+export class RawClient {
+  frames: Frame[] = [];
+  badBytes = false;
+  closed = false;
+  socket!: Socket<undefined>;
+  private decoder = new FrameDecoder(16 * 1024 * 1024);
+
+  static async connect(port: number, opts: { paused?: boolean } = {}): Promise<RawClient> {
+    const c = new RawClient();
+    c.socket = await Bun.connect({
+      hostname: "127.0.0.1",
+      port,
+      socket: {
+        open(s) {
+          if (opts.paused) s.pause();
+        },
+        data: (_s, chunk) => {
+          try {
+            for (const p of c.decoder.push(chunk)) c.frames.push(decodePayload(p));
+          } catch {
+            c.badBytes = true;
+          }
+        },
+        close: () => void (c.closed = true),
+        error: () => {},
+      },
+    });
+    return c;
+  }
+
+  write(bytes: Uint8Array): void {
+    let at = 0;
+    // Tests write at most a few MiB; loop until the kernel took it all.
+    while (at < bytes.length) {
+      const n = this.socket.write(bytes.subarray(at));
+      if (n < 0) return;
+      at += n;
+      if (n === 0) Bun.sleepSync(1);
+    }
+  }
+
+  writeFrame(frame: Frame): void {
+    this.write(encodeFrame(frame));
+  }
+
+  async next(t: string, timeoutMs = 5000): Promise<Frame> {
+    const i = await waitFor(() => this.frames.findIndex((f) => f.t === t) + 1, `${t} frame`, timeoutMs);
+    return this.frames.splice(i - 1, 1)[0]!;
+  }
+
+  async waitClosed(timeoutMs = 5000): Promise<void> {
+    await waitFor(() => this.closed, "connection close", timeoutMs);
+  }
+
+  close(): void {
+    this.socket.terminate();
+  }
+}
+
+export interface RelayProcess {
+  proc: Subprocess<"ignore", "pipe", "pipe">;
+  port: number;
+  /** Everything the relay wrote to stderr so far. */
+  stderr(): string;
+}
+
+/** Starts `smts relay` as a real process and waits for its listening line. */
+export async function spawnRelay(args: string[], env: Record<string, string> = {}): Promise<RelayProcess> {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", ...args], {
+    stdin: "ignore",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "/tmp", ...env },
+  });
+  let text = "";
+  (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stderr) text += decoder.decode(chunk, { stream: true });
+  })();
+  const port = await waitFor(() => Number(/listening on [^\s]+:(\d+)/.exec(text)?.[1]), "relay to listen", 10_000).catch((err) => {
+    proc.kill();
+    throw new Error(`${(err as Error).message}; relay stderr: ${text}`);
+  });
+  return { proc, port, stderr: () => text };
+}
+
+/** Resident set size of a process in bytes (Linux /proc). */
+export function rssOf(pid: number): number {
+  const status = readFileSync(`/proc/${pid}/status`, "utf8");
+  return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]) * 1024;
+}

@@ -1,0 +1,94 @@
+// A recipient that stops reading: the relay pauses its senders instead of
+// buffering, unrelated clients keep talking, and after the slow-consumer
+// timeout the stalled client is cut and its senders resume.
+import { afterEach, expect, test } from "bun:test";
+import type { Relay } from "../lib/relay/server.ts";
+import { joinRelay, type Link } from "../lib/link/relay-link.ts";
+import { clientProof, newNonce } from "../lib/relay/protocol.ts";
+import { joinTest, RawClient, rssOf, SECRET, SECRET_TEXT, spawnRelay, startTestRelay, waitFor } from "./helpers.ts";
+
+let relay: Relay | null = null;
+afterEach(async () => void (await relay?.stop()));
+
+const CHUNK = new Uint8Array(64 * 1024).fill(0xab);
+
+/** Joins, then stops reading from the socket entirely. */
+async function stalledClient(port: number): Promise<{ raw: RawClient; id: string }> {
+  const raw = await RawClient.connect(port);
+  const ch = await raw.next("challenge");
+  const nonce = newNonce();
+  raw.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
+  const id = (await raw.next("welcome")).id as string;
+  raw.socket.pause();
+  return { raw, id };
+}
+
+/** Sends 64 KiB frames to `to` for `ms`, never queueing more than 1 MiB locally. Returns bytes handed over. */
+async function flood(link: Link, to: string, ms: number): Promise<number> {
+  let sent = 0;
+  const until = performance.now() + ms;
+  while (performance.now() < until) {
+    link.send(to, CHUNK);
+    sent += CHUNK.length;
+    await Promise.race([link.drained(1024 * 1024), Bun.sleep(until - performance.now())]);
+  }
+  return sent;
+}
+
+test("a non-reading recipient pauses its sender, bounds relay queues, and does not stall others", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 2500 });
+  const r = relay;
+  const stalled = await stalledClient(r.port);
+  const sender = await joinTest(r, { watch: false });
+  const a = await joinTest(r, { watch: false });
+  const b = await joinTest(r, { watch: false });
+
+  const flooding = flood(sender.link, stalled.id, 1500);
+  let maxQueued = 0;
+  let paused = false;
+  const watcher = setInterval(() => {
+    const s = r.stats();
+    maxQueued = Math.max(maxQueued, s.maxQueuedBytes);
+    paused ||= s.pausedSenders > 0;
+  }, 5);
+  // Unrelated clients exchange 200 messages meanwhile.
+  for (let i = 0; i < 200; i++) a.link.send(b.link.id, new Uint8Array([i & 0xff]));
+  await waitFor(() => b.frames.filter((f) => f.t === "msg").length === 200, "200 messages between unrelated clients");
+  const attempted = await flooding;
+  clearInterval(watcher);
+
+  expect(paused).toBe(true);
+  // The relay held at most its high-water mark plus one read's worth, far below the hard cap.
+  expect(maxQueued).toBeLessThan(4 * 1024 * 1024);
+  // The sender was held back: kernel buffers plus the relay queue, not the flood's full demand.
+  expect(sender.link.backlog).toBeGreaterThan(0);
+  expect(attempted - sender.link.backlog).toBeLessThan(32 * 1024 * 1024);
+
+  // After the slow-consumer timeout the stalled client is cut and the sender drains.
+  await waitFor(() => r.stats().counters.closed_slow_consumer === 1, "slow consumer to be dropped", 5000);
+  await waitFor(() => sender.link.backlog === 0, "sender to drain", 5000);
+  expect(r.stats().clients).toBe(3);
+  stalled.raw.close();
+});
+
+test("relay process RSS stays bounded while a sender floods a stalled recipient", async () => {
+  const rp = await spawnRelay(["--slow-timeout", "30"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const stalled = await stalledClient(rp.port);
+    const sender = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET, watch: false });
+    const before = rssOf(rp.proc.pid);
+    let peak = before;
+    const watcher = setInterval(() => (peak = Math.max(peak, rssOf(rp.proc.pid))), 20);
+    const attempted = await flood(sender, stalled.id, 2000);
+    clearInterval(watcher);
+    // Without backpressure the relay would take everything the sender offered (over 1 GiB in 2 s);
+    // with it, the sender gets only as far as the kernel buffers and the relay queue (~12 MiB here).
+    expect(attempted - sender.backlog).toBeLessThan(32 * 1024 * 1024);
+    expect(peak - before).toBeLessThan(48 * 1024 * 1024);
+    stalled.raw.close();
+    sender.close();
+  } finally {
+    rp.proc.kill();
+    await rp.proc.exited;
+  }
+});

@@ -1,0 +1,177 @@
+// Joining the relay: challenge–response with right, wrong, missing and
+// replayed proofs, open relays, impostor relays, timeouts and limits.
+import { afterEach, describe, expect, test } from "bun:test";
+import { joinRelay, JoinError } from "../lib/link/relay-link.ts";
+import { clientProof, isId, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
+import type { Relay } from "../lib/relay/server.ts";
+import { encodeFrame } from "../lib/wire/frame.ts";
+import { joinTest, RawClient, SECRET, startTestRelay } from "./helpers.ts";
+
+let relay: Relay;
+afterEach(async () => relay && (await relay.stop()));
+
+async function joinError(promise: Promise<unknown>): Promise<JoinError> {
+  try {
+    await promise;
+  } catch (err) {
+    expect(err).toBeInstanceOf(JoinError);
+    return err as JoinError;
+  }
+  throw new Error("join unexpectedly succeeded");
+}
+
+describe("join", () => {
+  test("the right secret joins and gets a random 8-character ID; IDs are not sequential", async () => {
+    relay = startTestRelay();
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) ids.push((await joinTest(relay)).link.id);
+    for (const id of ids) expect(isId(id)).toBe(true);
+    expect(new Set(ids).size).toBe(5);
+    // 5 random 40-bit IDs sharing a 6-character prefix would be a 2^-30 accident.
+    expect(new Set(ids.map((id) => id.slice(0, 6))).size).toBeGreaterThan(1);
+    expect(relay.stats().clients).toBe(5);
+  });
+
+  test("a wrong secret is refused with auth_failed and the connection closed", async () => {
+    relay = startTestRelay();
+    const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: new TextEncoder().encode("not the secret") }));
+    expect(err.code).toBe("auth_failed");
+    expect(err.message).toContain("wrong join secret");
+    expect(relay.stats().counters.authFailures).toBe(1);
+    expect(relay.stats().clients).toBe(0);
+  });
+
+  test("a join without a proof is a bad frame", async () => {
+    relay = startTestRelay();
+    const raw = await RawClient.connect(relay.port);
+    await raw.next("challenge");
+    raw.writeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, nonce: newNonce() });
+    expect((await raw.next("error")).code).toBe("bad_frame");
+    await raw.waitClosed();
+  });
+
+  test("a client without a secret cannot join a relay that needs one", async () => {
+    relay = startTestRelay();
+    const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: null }));
+    expect(err.code).toBe("auth_failed");
+    expect(err.message).toContain("SMTS_SECRET");
+  });
+
+  test("a recorded proof cannot be replayed on a new connection", async () => {
+    relay = startTestRelay();
+    // Record a genuine join.
+    const first = await RawClient.connect(relay.port);
+    const challenge = await first.next("challenge");
+    const nonce = newNonce();
+    const join = encodeFrame({ t: "join", v: 1, proof: clientProof(SECRET, challenge.nonce as Uint8Array, nonce), nonce, watch: false });
+    first.write(join);
+    expect((await first.next("welcome")).t).toBe("welcome");
+    // Replay the same bytes on a second connection: its challenge nonce differs.
+    const second = await RawClient.connect(relay.port);
+    const challenge2 = await second.next("challenge");
+    expect(Buffer.compare(challenge2.nonce as Uint8Array, challenge.nonce as Uint8Array)).not.toBe(0);
+    second.write(join);
+    expect((await second.next("error")).code).toBe("auth_failed");
+    await second.waitClosed();
+    first.close();
+  });
+
+  test("frames before joining are refused", async () => {
+    relay = startTestRelay();
+    const raw = await RawClient.connect(relay.port);
+    await raw.next("challenge");
+    raw.writeFrame({ t: "send", to: "abcdefgh", body: new Uint8Array(1) });
+    expect((await raw.next("error")).code).toBe("not_joined");
+    await raw.waitClosed();
+  });
+
+  test("a pre-join frame over 1 KiB is refused from its length prefix", async () => {
+    relay = startTestRelay();
+    const raw = await RawClient.connect(relay.port);
+    await raw.next("challenge");
+    raw.write(new Uint8Array([0, 0, 0x10, 0])); // announces 4096 bytes, sends none
+    expect((await raw.next("error")).code).toBe("frame_too_large");
+    await raw.waitClosed();
+  });
+
+  test("a different protocol version is refused", async () => {
+    relay = startTestRelay();
+    const raw = await RawClient.connect(relay.port);
+    await raw.next("challenge");
+    raw.writeFrame({ t: "join", v: 99, proof: new Uint8Array(32), nonce: newNonce() });
+    expect((await raw.next("error")).code).toBe("version");
+  });
+
+  test("an idle unauthenticated connection times out, and idle ones never block others' joins", async () => {
+    relay = startTestRelay({ joinTimeoutMs: 300 });
+    const idle = await Promise.all(Array.from({ length: 50 }, () => RawClient.connect(relay.port)));
+    const c = await joinTest(relay); // joins while 50 connections sit silent
+    expect(isId(c.link.id)).toBe(true);
+    for (const raw of idle) {
+      await raw.waitClosed();
+      expect(raw.frames.find((f) => f.t === "error")?.code).toBe("join_timeout");
+    }
+    expect(relay.stats().pending).toBe(0);
+    expect(relay.stats().clients).toBe(1);
+  });
+
+  test("relay_full past max clients and past max pending connections", async () => {
+    relay = startTestRelay({ maxClients: 2, maxPending: 3 });
+    await joinTest(relay);
+    await joinTest(relay);
+    const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
+    expect(err.code).toBe("relay_full");
+    await relay.stop();
+    relay = startTestRelay({ maxPending: 3 });
+    const idle = await Promise.all(Array.from({ length: 3 }, () => RawClient.connect(relay.port)));
+    const extra = await RawClient.connect(relay.port);
+    expect((await extra.next("error")).code).toBe("relay_full");
+    for (const raw of idle) raw.close();
+  });
+});
+
+describe("open relays and impostors", () => {
+  test("an open relay admits a client without a secret and sends no proof", async () => {
+    relay = startTestRelay({ secret: null });
+    const link = await joinRelay({ host: "127.0.0.1", port: relay.port, secret: null });
+    expect(isId(link.id)).toBe(true);
+  });
+
+  test("a client holding a secret refuses an open relay (it cannot prove the secret)", async () => {
+    relay = startTestRelay({ secret: null });
+    const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
+    expect(err.code).toBe("auth_failed");
+  });
+
+  test("an impostor relay that accepts any proof is detected by the client", async () => {
+    // A fake relay: sends a challenge, then welcomes whatever comes back, with a made-up proof.
+    const fake = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open(s) {
+          s.write(encodeFrame({ t: "challenge", v: 1, nonce: newNonce(), open: false }));
+        },
+        data(s) {
+          s.write(encodeFrame({ t: "welcome", v: 1, id: "abcdefgh", maxFrame: 1 << 18, proof: new Uint8Array(32) }));
+        },
+      },
+    });
+    try {
+      const err = await joinError(joinRelay({ host: "127.0.0.1", port: fake.port, secret: SECRET }));
+      expect(err.code).toBe("auth_failed");
+      expect(err.message).toContain("could not prove");
+    } finally {
+      fake.stop(true);
+    }
+  });
+
+  test("an unreachable relay is one clear error", async () => {
+    const probe = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { data() {} } });
+    const port = probe.port;
+    probe.stop(true);
+    const err = await joinError(joinRelay({ host: "127.0.0.1", port, secret: SECRET }));
+    expect(err.code).toBe("unreachable");
+    expect(err.message).toContain(`127.0.0.1:${port}`);
+  });
+});

@@ -1,0 +1,163 @@
+// Routing, sender stamping, presence, keepalive and hostile clients.
+import { afterEach, describe, expect, test } from "bun:test";
+import type { Relay } from "../lib/relay/server.ts";
+import { encodeFrame } from "../lib/wire/frame.ts";
+import { joinTest, RawClient, SECRET, startTestRelay, waitFor } from "./helpers.ts";
+import { clientProof, newNonce } from "../lib/relay/protocol.ts";
+
+let relay: Relay;
+afterEach(async () => relay && (await relay.stop()));
+
+const bytes = (...b: number[]) => new Uint8Array(b);
+
+/** Joins a raw socket by hand, so the test can then write anything at all. */
+async function rawJoined(port: number): Promise<{ raw: RawClient; id: string }> {
+  const raw = await RawClient.connect(port);
+  const ch = await raw.next("challenge");
+  const nonce = newNonce();
+  raw.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
+  return { raw, id: (await raw.next("welcome")).id as string };
+}
+
+describe("routing", () => {
+  test("flaw 1 (sender spoofing): the relay stamps the real sender's ID, whatever the frame claims", async () => {
+    relay = startTestRelay();
+    const a = await rawJoined(relay.port);
+    const b = await joinTest(relay);
+    const victim = await joinTest(relay);
+    // A forged `from` field (and a forged `t: "msg"` frame) must not reach anyone as such.
+    a.raw.writeFrame({ t: "send", to: b.link.id, from: victim.link.id, body: bytes(9) });
+    const got = await b.next((f) => f.t === "msg");
+    expect(got.from).toBe(a.id);
+    expect([...(got.body as Uint8Array)]).toEqual([9]);
+    a.raw.writeFrame({ t: "msg", from: victim.link.id, body: bytes(1) });
+    expect((await a.raw.next("error")).code).toBe("bad_request");
+    await Bun.sleep(50);
+    expect(b.frames.filter((f) => f.t === "msg")).toEqual([]);
+  });
+
+  test("to one and to many (duplicates delivered once), body bytes unchanged", async () => {
+    relay = startTestRelay();
+    const [a, b, c, d] = await Promise.all([0, 1, 2, 3].map(() => joinTest(relay, { watch: false })));
+    const body = new Uint8Array(100_000).map((_, i) => i * 7); // larger than one inline write
+    a!.link.send([b!.link.id, c!.link.id, b!.link.id], body);
+    a!.link.send(d!.link.id, bytes(1, 2, 3));
+    for (const r of [b!, c!]) {
+      const m = await r.next((f) => f.t === "msg");
+      expect(m.from).toBe(a!.link.id);
+      expect(Buffer.compare(m.body as Uint8Array, body)).toBe(0);
+    }
+    expect([...((await d!.next((f) => f.t === "msg")).body as Uint8Array)]).toEqual([1, 2, 3]);
+    await Bun.sleep(50);
+    expect(b!.frames.filter((f) => f.t === "msg").length).toBe(0); // no duplicate
+  });
+
+  test("an unknown recipient gives an error naming that ID and the ref; the others still get it", async () => {
+    relay = startTestRelay();
+    const a = await joinTest(relay, { watch: false });
+    const b = await joinTest(relay, { watch: false });
+    a.link.send([b.link.id, "zzzzzzzz"], bytes(5), 42);
+    const err = await a.next((f) => f.t === "error");
+    expect(err).toMatchObject({ code: "unknown_peer", peer: "zzzzzzzz", ref: 42 });
+    expect((await b.next((f) => f.t === "msg")).from).toBe(a.link.id);
+  });
+
+  test("malformed sends are refused without closing the connection", async () => {
+    relay = startTestRelay({ maxRecipients: 3 });
+    const a = await joinTest(relay, { watch: false });
+    const b = await joinTest(relay, { watch: false });
+    a.link.sendFrame({ t: "send", to: b.link.id, body: "text, not bin" });
+    a.link.sendFrame({ t: "send", to: ["1", "2", "3", "4"], body: bytes(1) });
+    a.link.sendFrame({ t: "send", to: [], body: bytes(1) });
+    a.link.sendFrame({ t: "send", to: b.link.id, body: bytes(1), ref: -1 });
+    a.link.sendFrame({ t: "whatever" });
+    for (let i = 0; i < 5; i++) expect((await a.next((f) => f.t === "error")).code).toBe("bad_request");
+    a.link.send(b.link.id, bytes(7));
+    expect([...((await b.next((f) => f.t === "msg")).body as Uint8Array)]).toEqual([7]);
+  });
+
+  test("frames larger than maxFrame after joining close only that connection", async () => {
+    relay = startTestRelay({ maxFrame: 1000 });
+    const a = await rawJoined(relay.port);
+    const b = await joinTest(relay, { watch: false });
+    const c = await joinTest(relay, { watch: false });
+    a.raw.write(encodeFrame({ t: "send", to: b.link.id, body: new Uint8Array(2000) }));
+    expect((await a.raw.next("error")).code).toBe("frame_too_large");
+    await a.raw.waitClosed();
+    b.link.send(c.link.id, bytes(1));
+    expect((await c.next((f) => f.t === "msg")).from).toBe(b.link.id);
+  });
+});
+
+describe("presence", () => {
+  test("list, joined and left; watch:false gets no presence frames", async () => {
+    relay = startTestRelay();
+    const a = await joinTest(relay);
+    const quiet = await joinTest(relay, { watch: false });
+    expect((await a.next((f) => f.t === "joined")).id).toBe(quiet.link.id);
+    const b = await joinTest(relay);
+    expect((await a.next((f) => f.t === "joined")).id).toBe(b.link.id);
+    a.link.sendFrame({ t: "list" });
+    expect(((await a.next((f) => f.t === "peers")).ids as string[]).sort()).toEqual([quiet.link.id, b.link.id].sort());
+    b.link.close();
+    expect((await a.next((f) => f.t === "left")).id).toBe(b.link.id);
+    a.link.sendFrame({ t: "list" });
+    expect((await a.next((f) => f.t === "peers")).ids).toEqual([quiet.link.id]);
+    expect(quiet.frames.filter((f) => f.t === "joined" || f.t === "left")).toEqual([]);
+  });
+});
+
+describe("hostile and dead clients", () => {
+  test("a garbage-sending client is dropped while two others keep talking", async () => {
+    relay = startTestRelay();
+    const evil = await rawJoined(relay.port);
+    const a = await joinTest(relay, { watch: false });
+    const b = await joinTest(relay, { watch: false });
+    evil.raw.write(new Uint8Array([0, 0, 0, 5, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1]));
+    expect((await evil.raw.next("error")).code).toBe("bad_frame");
+    await evil.raw.waitClosed();
+    for (let i = 0; i < 20; i++) a.link.send(b.link.id, bytes(i));
+    await waitFor(() => b.frames.filter((f) => f.t === "msg").length === 20, "20 messages");
+    b.link.send(a.link.id, bytes(1));
+    await a.next((f) => f.t === "msg");
+    expect(relay.stats().counters.badFrames).toBe(1);
+  });
+
+  test("random byte streams never crash the relay", async () => {
+    relay = startTestRelay();
+    let seed = 12345;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+    for (let round = 0; round < 30; round++) {
+      const { raw } = await rawJoined(relay.port);
+      const junk = new Uint8Array(1 + Math.floor(rand() * 3000)).map(() => Math.floor(rand() * 256));
+      if (round % 2) junk.set([0, 0, 0, Math.min(255, junk.length - 4)]); // plausible prefix, garbage body
+      raw.write(junk);
+      raw.close();
+    }
+    const a = await joinTest(relay, { watch: false });
+    const b = await joinTest(relay, { watch: false });
+    a.link.send(b.link.id, bytes(1));
+    await b.next((f) => f.t === "msg");
+    await waitFor(() => relay.stats().clients === 2, "junk connections to be gone");
+  });
+
+  test("the relay pings a quiet client, the link answers, and a dead one is dropped", async () => {
+    relay = startTestRelay({ pingIntervalMs: 100 });
+    const alive = await joinTest(relay, { watch: false });
+    const { raw: dead } = await rawJoined(relay.port); // never answers pings
+    await dead.next("ping");
+    await dead.waitClosed(2000);
+    expect(dead.frames.find((f) => f.t === "error")?.code).toBe("idle_timeout");
+    await Bun.sleep(300);
+    expect(relay.stats().clients).toBe(1); // the link answered its pings
+    expect(alive.frames.some((f) => f.t === "error")).toBe(false);
+  });
+
+  test("stop() tells every client `shutdown`", async () => {
+    relay = startTestRelay();
+    const a = await joinTest(relay);
+    await relay.stop();
+    expect((await a.link.closed).code).toBe("shutdown");
+    relay = startTestRelay(); // for afterEach
+  });
+});
