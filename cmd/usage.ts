@@ -11,7 +11,7 @@ export function checkFlags(rawArgs: string[], args: ArgsDef): void {
   const known = new Set<string>(["help", "h"]);
   for (const [name, def] of Object.entries(args)) {
     known.add(name);
-    for (const a of [def.alias ?? []].flat()) known.add(a);
+    for (const a of ["alias" in def ? (def.alias ?? []) : []].flat()) known.add(a);
     if (def.type === "boolean") known.add(`no-${name}`);
   }
   for (const raw of rawArgs) {

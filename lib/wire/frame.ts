@@ -16,7 +16,7 @@ export const LENGTH_PREFIX = 4;
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 // 64-bit integers become numbers when exactly representable, BigInt otherwise
 // (which every field check then rejects).
-const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "auto" });
+const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "auto" as never }); // "auto" works but is missing from msgpackr's typings
 
 export type FrameErrorCode = "frame_too_large" | "bad_frame";
 

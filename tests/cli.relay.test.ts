@@ -1,0 +1,79 @@
+// `smts relay` as a real process: secrets, refusal to start open by accident,
+// usage errors, quiet logs, and a clean shutdown on SIGTERM.
+import { expect, test } from "bun:test";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { joinRelay } from "../lib/link/relay-link.ts";
+import { ROOT, SECRET, SECRET_TEXT, spawnRelay } from "./helpers.ts";
+
+function run(args: string[], env: Record<string, string> = {}) {
+  const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, ...args], {
+    env: { PATH: process.env.PATH ?? "", ...env },
+    stdin: "ignore",
+  });
+  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+}
+
+test("refuses to start without a secret unless --open, and says how to fix it", () => {
+  const r = run(["relay", "--port", "0"]);
+  expect(r.code).toBe(1);
+  expect(r.stderr.trim().split("\n")).toHaveLength(1);
+  expect(r.stderr).toContain("--generate-secret");
+  expect(r.stderr).toContain("--open");
+});
+
+test("--open with a secret is a usage error; unknown options and bad ports print usage", () => {
+  expect(run(["relay", "--open"], { SMTS_SECRET: SECRET_TEXT }).code).toBe(2);
+  const typo = run(["relay", "--prot", "1"], { SMTS_SECRET: SECRET_TEXT });
+  expect(typo.code).toBe(2);
+  expect(typo.stderr).toContain("unknown option --prot");
+  expect(typo.stderr).toContain("USAGE");
+  expect(typo.stderr).not.toContain("    at "); // no stack trace
+  const port = run(["relay", "--port", "99999"], { SMTS_SECRET: SECRET_TEXT });
+  expect(port.code).toBe(2);
+  expect(port.stderr).toContain("invalid port");
+});
+
+test("--generate-secret prints a fresh 160-bit secret each time", () => {
+  const a = run(["relay", "--generate-secret"]).stdout.trim();
+  const b = run(["relay", "--generate-secret"]).stdout.trim();
+  expect(a).toMatch(/^([0-9a-hjkmnp-tv-z]{4}-){7}[0-9a-hjkmnp-tv-z]{4}$/);
+  expect(a).not.toBe(b);
+});
+
+test("--version and --help", () => {
+  expect(run(["--version"]).stdout).toMatch(/^smts \d+\.\d+\.\d+ \(protocol 1\)\n$/);
+  const help = run(["relay", "--help"]);
+  expect(help.code).toBe(0);
+  expect(help.stdout + help.stderr).toContain("--secret-file");
+});
+
+test("reads the secret from --secret-file, warns about a short one, and logs no IDs", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "smts-"));
+  writeFileSync(join(dir, "secret"), "short\n", { mode: 0o600 });
+  const rp = await spawnRelay(["--secret-file", join(dir, "secret")]);
+  try {
+    expect(rp.stderr()).toContain("only 5 characters");
+    const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: new TextEncoder().encode("short") });
+    link.close();
+    await Bun.sleep(100);
+    expect(rp.stderr()).not.toContain(link.id);
+    // No client addresses either: the only address logged is the relay's own listening one.
+    expect(rp.stderr().split("\n").filter((l) => l.includes("127.0.0.1") && !l.includes("listening on"))).toEqual([]);
+  } finally {
+    rp.proc.kill();
+  }
+  const missing = run(["relay", "--secret-file", join(dir, "nope")]);
+  expect(missing.code).toBe(1);
+  expect(missing.stderr).toContain("cannot read secret file");
+});
+
+test("SIGTERM tells clients `shutdown`, then exits 0", async () => {
+  const rp = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
+  const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
+  rp.proc.kill("SIGTERM");
+  expect((await link.closed).code).toBe("shutdown");
+  expect(await rp.proc.exited).toBe(0);
+  expect(rp.stderr()).toContain("served 1 connections, 1 joins");
+});
