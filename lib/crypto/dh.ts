@@ -1,0 +1,64 @@
+// Diffie-Hellman over RFC 3526 group 14, run in a worker (dh-worker.ts) so
+// the one-time ~0.5 s setup never blocks the main thread, with one ephemeral
+// key pair always generated ahead of need so /connect never waits for it.
+//
+// Promises: private exponents are 256 bits from the CSPRNG, stay inside the
+// worker, and are used for exactly one shared secret; secrets come back
+// left-padded to 256 bytes; peer values are NOT validated here (callers use
+// group14.isValidPublic first, so a bad value never reaches the worker).
+import { padToGroup } from "./group14.ts";
+import type { DhRequest, DhResponse } from "./dh-worker.ts";
+
+export interface KeyPair {
+  handle: number;
+  pub: Uint8Array; // 256 bytes, big-endian
+}
+
+export interface DhEngine {
+  /** A fresh key pair (usually already waiting). */
+  keypair(): Promise<KeyPair>;
+  /** The shared secret with `peer`; consumes the key pair's private exponent. */
+  secret(handle: number, peer: Uint8Array): Promise<Uint8Array>;
+  /** Erases an unused private exponent. */
+  forget(handle: number): void;
+  close(): void;
+}
+
+export function startDhEngine(): DhEngine {
+  const worker = new Worker(new URL("./dh-worker.ts", import.meta.url).href);
+  worker.unref();
+  const pending = new Map<number, (r: DhResponse) => void>();
+  let nextId = 1;
+  worker.onmessage = (event: MessageEvent<DhResponse>) => {
+    const r = event.data;
+    const done = pending.get(r.id);
+    if (done) pending.delete(r.id), done(r);
+  };
+  const call = (req: Omit<DhRequest, "id">): Promise<DhResponse> =>
+    new Promise((resolve, reject) => {
+      const id = nextId++;
+      pending.set(id, (r) => (r.error ? reject(new Error(`DH: ${r.error}`)) : resolve(r)));
+      worker.postMessage({ id, ...req });
+    });
+  const generate = (): Promise<KeyPair> => call({ op: "keypair" }).then((r) => ({ handle: r.handle!, pub: padToGroup(r.value!) }));
+  let spare = generate();
+  spare.catch(() => {});
+
+  return {
+    keypair() {
+      const next = spare;
+      spare = generate();
+      spare.catch(() => {});
+      return next;
+    },
+    async secret(handle, peer) {
+      return padToGroup((await call({ op: "secret", handle, peer })).value!);
+    },
+    forget(handle) {
+      void call({ op: "forget", handle }).catch(() => {});
+    },
+    close() {
+      worker.terminate();
+    },
+  };
+}

@@ -1,0 +1,86 @@
+// The only primitives smts uses, as thin wrappers over node:crypto / Bun:
+// SHA-256, HMAC-SHA256 (RFC 2104), HKDF-SHA256 (RFC 5869), AES-256-CBC with
+// PKCS#7 padding (NIST SP 800-38A), the CSPRNG, and constant-time comparison.
+// Known-answer tests for each are in tests/crypto.kat.test.ts.
+import { createCipheriv, createDecipheriv, timingSafeEqual } from "node:crypto";
+
+export function randomBytes(n: number): Uint8Array {
+  return crypto.getRandomValues(new Uint8Array(n)); // Web Crypto CSPRNG
+}
+
+export function sha256(...parts: Uint8Array[]): Uint8Array {
+  const h = new Bun.CryptoHasher("sha256");
+  for (const p of parts) h.update(p);
+  return new Uint8Array(h.digest().buffer);
+}
+
+export function hmac(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
+  const h = new Bun.CryptoHasher("sha256", key);
+  for (const p of parts) h.update(p);
+  return new Uint8Array(h.digest().buffer);
+}
+
+/** HKDF-SHA256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes. */
+export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length: number): Uint8Array {
+  const prk = hmac(salt.length ? salt : new Uint8Array(32), ikm);
+  const out = new Uint8Array(length);
+  let block = new Uint8Array(0);
+  for (let i = 1, at = 0; at < length; i++) {
+    block = hmac(prk, block, info, new Uint8Array([i]));
+    out.set(block.subarray(0, length - at), at);
+    at += block.length;
+  }
+  wipe(prk);
+  return out;
+}
+
+export function aesCbcEncrypt(key: Uint8Array, iv: Uint8Array, plaintext: Uint8Array): Uint8Array {
+  const c = createCipheriv("aes-256-cbc", key, iv);
+  const a = c.update(plaintext);
+  const b = c.final();
+  if (b.length === 0) return new Uint8Array(a.buffer, a.byteOffset, a.length);
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Decrypts and strips PKCS#7 padding; throws on bad padding. Call only after the MAC verified. */
+export function aesCbcDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): Uint8Array {
+  const d = createDecipheriv("aes-256-cbc", key, iv);
+  const a = d.update(ciphertext);
+  const b = d.final();
+  if (b.length === 0) return new Uint8Array(a.buffer, a.byteOffset, a.length);
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Constant-time equality for MACs and secrets (lengths are public). */
+export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
+/** Overwrites key material we are done with. */
+export function wipe(...bufs: (Uint8Array | null | undefined)[]): void {
+  for (const b of bufs) b?.fill(0);
+}
+
+const encoder = new TextEncoder();
+export const utf8 = (s: string): Uint8Array => encoder.encode(s);
+
+export function concat(...parts: Uint8Array[]): Uint8Array {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  let at = 0;
+  for (const p of parts) out.set(p, at), (at += p.length);
+  return out;
+}
+
+export function u64be(n: number): Uint8Array {
+  const out = new Uint8Array(8);
+  new DataView(out.buffer).setBigUint64(0, BigInt(n));
+  return out;
+}
