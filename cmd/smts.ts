@@ -4,11 +4,12 @@
 import { defineCommand, runMain } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
+import { chatCommand } from "./chat.ts";
 import { relayCommand } from "./relay.ts";
 
 const main = defineCommand({
   meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" },
-  subCommands: { relay: relayCommand },
+  subCommands: { relay: relayCommand, chat: chatCommand },
 });
 
 const argv = process.argv.slice(2);

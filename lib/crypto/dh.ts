@@ -34,7 +34,8 @@ export function startDhEngine(): DhEngine {
     const done = pending.get(r.id);
     if (done) pending.delete(r.id), done(r);
   };
-  const call = (req: Omit<DhRequest, "id">): Promise<DhResponse> =>
+  type Request = DhRequest extends infer R ? (R extends DhRequest ? Omit<R, "id"> : never) : never;
+  const call = (req: Request): Promise<DhResponse> =>
     new Promise((resolve, reject) => {
       const id = nextId++;
       pending.set(id, (r) => (r.error ? reject(new Error(`DH: ${r.error}`)) : resolve(r)));

@@ -24,7 +24,7 @@ export function hmac(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
 export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length: number): Uint8Array {
   const prk = hmac(salt.length ? salt : new Uint8Array(32), ikm);
   const out = new Uint8Array(length);
-  let block = new Uint8Array(0);
+  let block: Uint8Array = new Uint8Array(0);
   for (let i = 1, at = 0; at < length; i++) {
     block = hmac(prk, block, info, new Uint8Array([i]));
     out.set(block.subarray(0, length - at), at);

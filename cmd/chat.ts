@@ -1,0 +1,112 @@
+// `smts chat HOST[:PORT]`: argument parsing and wiring of the chat client
+// (lib/client) to the interactive prompt or to scripted stdin/--json mode.
+import { defineCommand } from "citty";
+import readline from "node:readline";
+import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import { parseSize } from "../lib/cli/size.ts";
+import { startDhEngine } from "../lib/crypto/dh.ts";
+import { JoinError } from "../lib/link/relay-link.ts";
+import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
+import { loadSecret, SecretError, secretBytes } from "../lib/secret/secret.ts";
+import { parseCommand } from "../lib/ui/commands.ts";
+import { execute } from "../lib/ui/execute.ts";
+import { formatEvent } from "../lib/ui/format.ts";
+import { startTerminal } from "../lib/ui/terminal.ts";
+import { checkFlags, Failure, guard, parsePort, parsePositive, UsageError } from "./usage.ts";
+
+const args = {
+  relay: { type: "positional", description: "Relay address, HOST[:PORT] (default port 5555)", required: true },
+  "secret-file": { type: "string", description: "Read the join secret from this file (else SMTS_SECRET)", valueHint: "PATH" },
+  json: { type: "boolean", description: "Write NDJSON events to stdout (human output goes to stderr)" },
+  timeout: { type: "string", description: "Seconds a scripted command waits for a session", default: "30" },
+  "download-dir": { type: "string", description: "Where received files are saved", default: "." },
+  "max-file-size": { type: "string", description: "Largest file sent or accepted (e.g. 10MiB, 1GiB)", default: "10MiB" },
+} as const;
+
+export function parseRelayAddress(text: string): { host: string; port: number } {
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(text) ?? /^([^:]+)(?::([^:]*))?$/.exec(text);
+  if (!m || !m[1]) throw new UsageError(`invalid relay address ${JSON.stringify(text)}: expected HOST[:PORT]`);
+  return { host: m[1], port: parsePort(m[2], DEFAULT_PORT) };
+}
+
+export const chatCommand = defineCommand({
+  meta: { name: "chat", description: "Join a relay and talk end-to-end encrypted (interactive, or commands on stdin)" },
+  args,
+  async run({ args: a, rawArgs, cmd }) {
+    await guard(cmd, undefined, async () => {
+      checkFlags(rawArgs, args);
+      const { host, port } = parseRelayAddress(a.relay);
+      const timeoutMs = parsePositive("timeout", a.timeout, 30) * 1000;
+      parsePositive("max-file-size", a["max-file-size"], 0, parseSize);
+      let secret: string | null;
+      try {
+        secret = loadSecret(a["secret-file"]);
+      } catch (err) {
+        if (err instanceof SecretError) throw new Failure(err.message);
+        throw err;
+      }
+      const json = Boolean(a.json);
+      const interactive = Boolean(process.stdin.isTTY) && !json;
+      const dh = startDhEngine();
+
+      let terminal: ReturnType<typeof startTerminal> | null = null;
+      const print = (line: string) => {
+        if (json) process.stderr.write(`${line}\n`);
+        else if (terminal) terminal.print(line);
+        else process.stdout.write(`${line}\n`);
+      };
+      const emit = (e: ChatEvent) => {
+        if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
+        const line = formatEvent(e);
+        if (line && !json) print(line);
+        else if (line && json && e.event === "error") process.stderr.write(`${line}\n`);
+      };
+
+      let client: ChatClient;
+      let exiting = false;
+      try {
+        client = await startChat({ host, port, secret: secret ? secretBytes(secret) : null, dh, onEvent: emit });
+      } catch (err) {
+        dh.close();
+        if (err instanceof JoinError) throw new Failure(err.message);
+        throw err;
+      }
+      client.closed.then(() => {
+        if (exiting) return;
+        dh.close();
+        process.exit(1);
+      });
+
+      const finish = async (code: number) => {
+        exiting = true;
+        await client.close();
+        dh.close();
+        process.exit(code);
+      };
+      const ctx = { client, emit, print, scripted: !interactive, sessionTimeoutMs: timeoutMs };
+
+      if (interactive) {
+        terminal = startTerminal(
+          (line) => {
+            const command = parseCommand(line);
+            if (command.kind === "exit") return void finish(0);
+            execute(command, ctx).catch((err) => print(`! ${(err as Error).message}`));
+          },
+          () => void finish(0),
+        );
+        return;
+      }
+      // Scripted: commands run in order; at end of input, drain and exit.
+      let failures = 0;
+      const rl = readline.createInterface({ input: process.stdin, terminal: false });
+      for await (const line of rl) {
+        const command = parseCommand(line);
+        if (command.kind === "exit") break;
+        if (!(await execute(command, ctx))) failures++;
+      }
+      await client.flush();
+      await finish(failures ? 1 : 0);
+    });
+  },
+});
+

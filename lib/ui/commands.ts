@@ -1,0 +1,69 @@
+// Parsing of chat command lines (/connect, /msg, ...). Pure: returns a
+// Command or a one-line error; never throws on user input.
+import { normalizeId } from "../relay/protocol.ts";
+
+export type Command =
+  | { kind: "connect"; peer: string }
+  | { kind: "msg"; peer: string; text: string }
+  | { kind: "verify"; peer: string }
+  | { kind: "fingerprint"; peer: string }
+  | { kind: "list" }
+  | { kind: "help" }
+  | { kind: "exit" }
+  | { kind: "empty" }
+  | { kind: "invalid"; message: string };
+
+export const HELP = `Commands:
+  /connect ID        start an encrypted session with ID (key exchange)
+  /msg ID text       send a private message
+  /list              online peers, session state, fingerprints
+  /verify ID         mark ID verified after comparing fingerprints out of band
+  /fingerprint ID    show the full 256-bit fingerprint for careful comparison
+  /help              this help
+  /exit              erase all keys and quit
+Coming next: /send ID path, /bmsg text, /bsend path.`;
+
+const USAGE: Record<string, string> = {
+  connect: "/connect ID",
+  msg: "/msg ID text",
+  verify: "/verify ID",
+  fingerprint: "/fingerprint ID",
+};
+
+export function parseCommand(line: string): Command {
+  const trimmed = line.trim();
+  if (!trimmed) return { kind: "empty" };
+  if (!trimmed.startsWith("/")) return { kind: "invalid", message: "commands start with / (try /help; to message someone: /msg ID text)" };
+  const m = /^\/(\S+)\s*(.*)$/s.exec(trimmed)!;
+  const name = m[1]!.toLowerCase();
+  const rest = m[2]!;
+  switch (name) {
+    case "list":
+    case "help":
+    case "exit":
+      return rest ? { kind: "invalid", message: `/${name} takes no arguments` } : { kind: name };
+    case "quit":
+      return { kind: "exit" };
+    case "connect":
+    case "verify":
+    case "fingerprint": {
+      const peer = normalizeId(rest);
+      if (!rest || rest.includes(" ")) return { kind: "invalid", message: `usage: ${USAGE[name]}` };
+      if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(rest)} (IDs are 8 letters/digits)` };
+      return { kind: name, peer };
+    }
+    case "msg": {
+      const mm = /^(\S+)\s+(.+)$/s.exec(rest);
+      if (!mm) return { kind: "invalid", message: `usage: ${USAGE.msg}` };
+      const peer = normalizeId(mm[1]!);
+      if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(mm[1])} (IDs are 8 letters/digits)` };
+      return { kind: "msg", peer, text: mm[2]! };
+    }
+    case "send":
+    case "bmsg":
+    case "bsend":
+      return { kind: "invalid", message: `/${name} is not available in this version yet` };
+    default:
+      return { kind: "invalid", message: `unknown command /${name} (try /help)` };
+  }
+}

@@ -1,0 +1,59 @@
+// Carries out one parsed command against the chat client. Shared by the
+// interactive prompt and scripted (stdin) mode; in scripted mode commands
+// that need a session wait for it instead of failing at once.
+import { ChatError, type ChatClient, type ChatEvent } from "../client/chat-client.ts";
+import { HELP, type Command } from "./commands.ts";
+
+export interface ExecuteContext {
+  client: ChatClient;
+  emit: (e: ChatEvent) => void;
+  /** Plain informational output (help text, fingerprints). */
+  print: (line: string) => void;
+  scripted: boolean;
+  sessionTimeoutMs: number;
+}
+
+/** Returns true on success; failures are emitted as `error` events. */
+export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolean> {
+  const { client, emit } = ctx;
+  const fail = (code: string, message: string, peer?: string) => {
+    emit({ event: "error", code, message, ...(peer ? { peer } : {}) });
+    return false;
+  };
+  try {
+    switch (cmd.kind) {
+      case "empty":
+        return true;
+      case "invalid":
+        return fail("usage", cmd.message);
+      case "help":
+        ctx.print(HELP);
+        return true;
+      case "list":
+        emit({ event: "list", peers: client.peers() });
+        return true;
+      case "connect":
+        await client.connect(cmd.peer);
+        return true;
+      case "msg":
+        if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
+        client.sendText(cmd.peer, cmd.text);
+        return true;
+      case "verify":
+        client.verify(cmd.peer);
+        ctx.print(`* ${cmd.peer} marked verified (fingerprint ${client.fingerprint(cmd.peer)})`);
+        return true;
+      case "fingerprint": {
+        const fp = client.fingerprint(cmd.peer, true);
+        if (!fp) return fail("no_session", `no session with ${cmd.peer}`, cmd.peer);
+        ctx.print(`fingerprint of the session with ${cmd.peer}:\n  ${fp}`);
+        return true;
+      }
+      case "exit":
+        return true;
+    }
+  } catch (err) {
+    if (err instanceof ChatError) return fail(err.code, err.message, err.peer);
+    throw err;
+  }
+}

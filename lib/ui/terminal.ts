@@ -1,0 +1,30 @@
+// The interactive prompt: one readline interface for the whole process
+// (notes §5). Lines from the network are printed above the prompt and the
+// line being typed is redrawn intact.
+import readline from "node:readline";
+
+export interface Terminal {
+  print(text: string): void;
+  close(): void;
+}
+
+export function startTerminal(onLine: (line: string) => void, onClose: () => void): Terminal {
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout, prompt: "> ", terminal: true });
+  rl.on("line", (line) => {
+    onLine(line);
+    rl.prompt();
+  });
+  rl.on("close", onClose);
+  rl.prompt();
+  return {
+    print(text) {
+      readline.clearLine(process.stdout, 0);
+      readline.cursorTo(process.stdout, 0);
+      process.stdout.write(`${text}\n`);
+      rl.prompt(true);
+    },
+    close() {
+      rl.close();
+    },
+  };
+}

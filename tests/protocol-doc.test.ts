@@ -1,0 +1,314 @@
+// docs/PROTOCOL.md and the code must not drift: this file reads the test
+// vectors, the error table, the ID normalisation table and the default limits
+// from the document and checks them against what the code produces, both with
+// the encoding functions directly and against a live relay on loopback.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { createHmac } from "node:crypto";
+import { readFileSync } from "node:fs";
+import type { Socket } from "bun";
+import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
+import {
+  clientProof,
+  DEFAULT_PORT,
+  ERRORS,
+  ID_ALPHABET,
+  msgFrameHeader,
+  NONCE_BYTES,
+  normalizeId,
+  PROOF_BYTES,
+  RELAY_PROTOCOL_VERSION,
+  relayProof,
+} from "../lib/relay/protocol.ts";
+import { RELAY_DEFAULTS, startRelay, type Relay } from "../lib/relay/server.ts";
+import { loadSecret, secretBytes } from "../lib/secret/secret.ts";
+
+const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
+
+// ---- Reading the document ----------------------------------------------------
+
+/** The bytes of `<!-- vector: name -->`: the hex before the first double space of every line of the next code block. */
+function vector(name: string): Uint8Array {
+  const marker = `<!-- vector: ${name} -->`;
+  const at = doc.indexOf(marker);
+  if (at < 0) throw new Error(`no vector ${name} in docs/PROTOCOL.md`);
+  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`vector ${name} appears twice`);
+  const block = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
+  if (!block) throw new Error(`vector ${name} is not followed by a code block`);
+  let hex = "";
+  for (const line of block[1]!.split("\n")) {
+    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
+    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes) && !/^([0-9a-f]{2})+$/.test(bytes)) {
+      throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
+    }
+    hex += bytes.replaceAll(" ", "");
+  }
+  return new Uint8Array(Buffer.from(hex, "hex"));
+}
+
+/** Rows of the table after `<!-- table: name -->`, as trimmed cells, header and separator dropped. */
+function table(name: string): string[][] {
+  const marker = `<!-- table: ${name} -->`;
+  const at = doc.indexOf(marker);
+  if (at < 0) throw new Error(`no table ${name} in docs/PROTOCOL.md`);
+  const lines = doc.slice(at + marker.length).trimStart().split("\n");
+  const rows: string[][] = [];
+  for (const line of lines) {
+    if (!line.startsWith("|")) break;
+    rows.push(line.slice(1, line.trimEnd().length - 1).split("|").map((c) => c.trim()));
+  }
+  return rows.slice(2);
+}
+
+const unquote = (cell: string) => /^`(.*)`$/.exec(cell)?.[1] ?? cell;
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+const concat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
+
+/** `bytes` with every occurrence of `from` (same length as `to`) replaced by `to`. */
+function replaceBytes(bytes: Uint8Array, from: Uint8Array, to: Uint8Array): Uint8Array {
+  expect(to.length).toBe(from.length);
+  const out = new Uint8Array(bytes);
+  let found = 0;
+  for (let i = 0; i + from.length <= out.length; i++) {
+    if (from.every((b, j) => out[i + j] === b)) {
+      out.set(to, i);
+      found++;
+    }
+  }
+  expect(found).toBeGreaterThan(0);
+  return out;
+}
+
+// ---- The document's inputs ---------------------------------------------------------
+
+const SECRET = "correct horse battery staple";
+const RELAY_NONCE = Uint8Array.from({ length: 32 }, (_, i) => i);
+const CLIENT_NONCE = Uint8Array.from({ length: 32 }, (_, i) => 0x20 + i);
+const ID = "abcdefgh";
+const BODY = Uint8Array.of(1, 2, 3);
+const ascii = (s: string) => new TextEncoder().encode(s);
+
+/** Every vector the tests below compare with the code; the document must have exactly these. */
+const VECTORS = [
+  "challenge-frame",
+  "client-proof-input",
+  "client-proof",
+  "relay-proof-input",
+  "relay-proof",
+  "join-frame",
+  "welcome-frame",
+  "send-frame",
+  "msg-frame",
+  "msg-header-300",
+  "msg-header-70000",
+  "error-unknown-peer",
+  "ping-frame",
+  "pong-frame",
+  "list-frame",
+  "peers-frame",
+  "joined-frame",
+  "left-frame",
+];
+const v = (name: string) => {
+  if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
+  return vector(name);
+};
+
+describe("test vectors in docs/PROTOCOL.md", () => {
+  test("challenge frame", () => {
+    expect(hex(encodeFrame({ t: "challenge", v: 1, nonce: RELAY_NONCE, open: false }))).toBe(hex(v("challenge-frame")));
+  });
+
+  test("join proofs", () => {
+    const secret = secretBytes(loadSecret(undefined, { SMTS_SECRET: `  ${SECRET}\n` })!);
+    expect(secret).toEqual(ascii(SECRET));
+    const cp = v("client-proof");
+    const rp = v("relay-proof");
+    expect(hex(clientProof(secret, RELAY_NONCE, CLIENT_NONCE))).toBe(hex(cp));
+    expect(hex(relayProof(secret, RELAY_NONCE, CLIENT_NONCE))).toBe(hex(rp));
+    // The documented HMAC inputs, checked with a plain HMAC.
+    const cIn = v("client-proof-input");
+    const rIn = v("relay-proof-input");
+    expect(hex(cIn)).toBe(hex(concat(ascii("smts/1 join client"), RELAY_NONCE, CLIENT_NONCE)));
+    expect(hex(rIn)).toBe(hex(concat(ascii("smts/1 join relay"), RELAY_NONCE, CLIENT_NONCE)));
+    expect(createHmac("sha256", SECRET).update(cIn).digest("hex")).toBe(hex(cp));
+    expect(createHmac("sha256", SECRET).update(rIn).digest("hex")).toBe(hex(rp));
+  });
+
+  test("join and welcome frames", () => {
+    const secret = secretBytes(SECRET);
+    const proof = clientProof(secret, RELAY_NONCE, CLIENT_NONCE);
+    expect(hex(encodeFrame({ t: "join", v: 1, proof, nonce: CLIENT_NONCE, watch: true }))).toBe(hex(v("join-frame")));
+    const welcome = { t: "welcome", v: 1, id: ID, maxFrame: 262144, proof: relayProof(secret, RELAY_NONCE, CLIENT_NONCE) };
+    expect(hex(encodeFrame(welcome))).toBe(hex(v("welcome-frame")));
+  });
+
+  test("send and msg frames", () => {
+    expect(hex(encodeFrame({ t: "send", to: ID, body: BODY }))).toBe(hex(v("send-frame")));
+    const msg = concat(msgFrameHeader(ID, BODY.length), BODY);
+    expect(hex(msg)).toBe(hex(v("msg-frame")));
+    expect(hex(msgFrameHeader(ID, 300))).toBe(hex(v("msg-header-300")));
+    expect(hex(msgFrameHeader(ID, 70000))).toBe(hex(v("msg-header-70000")));
+  });
+
+  test("the hand-built msg header equals a msgpack encoder's output, at every bin size", () => {
+    for (const n of [0, 1, 255, 256, 65535, 65536, 70000]) {
+      const body = new Uint8Array(n).fill(0x5a);
+      const byHand = concat(msgFrameHeader(ID, n), body);
+      expect(hex(byHand)).toBe(hex(encodeFrame({ t: "msg", from: ID, body })));
+      expect(decodePayload(byHand.subarray(4))).toEqual({ t: "msg", from: ID, body: Buffer.from(body) });
+    }
+  });
+
+  test("error and small frames", () => {
+    const err = { t: "error", code: "unknown_peer", message: ERRORS.unknown_peer.text, peer: ID, ref: 7 };
+    expect(hex(encodeFrame(err))).toBe(hex(v("error-unknown-peer")));
+    expect(hex(encodeFrame({ t: "ping" }))).toBe(hex(v("ping-frame")));
+    expect(hex(encodeFrame({ t: "pong" }))).toBe(hex(v("pong-frame")));
+    expect(hex(encodeFrame({ t: "list" }))).toBe(hex(v("list-frame")));
+    expect(hex(encodeFrame({ t: "peers", ids: [ID] }))).toBe(hex(v("peers-frame")));
+    expect(hex(encodeFrame({ t: "joined", id: ID }))).toBe(hex(v("joined-frame")));
+    expect(hex(encodeFrame({ t: "left", id: ID }))).toBe(hex(v("left-frame")));
+  });
+
+  test("the document has exactly the vectors checked here", () => {
+    const all = [...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!);
+    expect([...all].sort()).toEqual([...VECTORS].sort());
+    for (const name of all) vector(name); // each one parses
+  });
+});
+
+describe("tables and constants in docs/PROTOCOL.md", () => {
+  test("error codes: same codes, fatality and default text as ERRORS", () => {
+    const rows = table("errors");
+    const fromDoc = Object.fromEntries(rows.map((r) => [unquote(r[0]!), { fatal: r[1] === "yes", text: unquote(r[2]!) }]));
+    const fromCode = Object.fromEntries(Object.entries(ERRORS).map(([code, e]) => [code, { fatal: e.fatal, text: e.text }]));
+    expect(fromDoc).toEqual(fromCode);
+  });
+
+  test("ID normalisation examples", () => {
+    const rows = table("normalize");
+    expect(rows.length).toBeGreaterThan(5);
+    for (const [input, result] of rows) {
+      expect(normalizeId(JSON.parse(unquote(input!)))).toBe(JSON.parse(unquote(result!)));
+    }
+  });
+
+  test("default limits", () => {
+    const rows = table("defaults");
+    const fromDoc = Object.fromEntries(rows.map((r) => [unquote(r[0]!), Number(r[1])]));
+    const { host: _host, ...numeric } = RELAY_DEFAULTS;
+    expect(fromDoc).toEqual(numeric);
+    expect(fromDoc.port).toBe(DEFAULT_PORT);
+  });
+
+  test("constants quoted in the text", () => {
+    expect(doc).toContain(ID_ALPHABET);
+    expect(doc).toContain(`relay protocol version **${RELAY_PROTOCOL_VERSION}**`);
+    expect(doc).toContain(`default port **${DEFAULT_PORT}**`);
+    expect(NONCE_BYTES).toBe(32);
+    expect(PROOF_BYTES).toBe(32);
+  });
+});
+
+// ---- Against a live relay ------------------------------------------------------------------
+
+interface RawClient {
+  /** The next complete frame from the relay, length prefix included. */
+  next(): Promise<Uint8Array>;
+  write(bytes: Uint8Array): void;
+  close(): void;
+}
+
+async function rawConnect(port: number): Promise<RawClient> {
+  const decoder = new FrameDecoder(1 << 20);
+  const frames: Uint8Array[] = [];
+  const waiters: ((f: Uint8Array) => void)[] = [];
+  const socket: Socket<undefined> = await Bun.connect({
+    hostname: "127.0.0.1",
+    port,
+    socket: {
+      data(_s, chunk) {
+        for (const payload of decoder.push(chunk)) {
+          const prefix = new Uint8Array(4);
+          new DataView(prefix.buffer).setUint32(0, payload.length);
+          const frame = concat(prefix, payload);
+          const w = waiters.shift();
+          if (w) w(frame);
+          else frames.push(frame);
+        }
+      },
+    },
+  });
+  return {
+    next() {
+      const f = frames.shift();
+      if (f) return Promise.resolve(f);
+      return new Promise<Uint8Array>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error("no frame from relay within 5 s")), 5000);
+        waiters.push((frame) => (clearTimeout(timer), resolve(frame)));
+      });
+    },
+    write(bytes) {
+      expect(socket.write(bytes)).toBe(bytes.length);
+    },
+    close() {
+      socket.end();
+    },
+  };
+}
+
+describe("a live relay sends the documented bytes", () => {
+  const secret = secretBytes(SECRET);
+  let relay: Relay;
+  beforeAll(() => {
+    const quiet = { info() {}, warn() {}, debug() {} };
+    relay = startRelay({ host: "127.0.0.1", port: 0, secret, log: quiet });
+  });
+  afterAll(async () => {
+    await relay.stop();
+  });
+
+  /** Connects and joins, checking challenge and welcome against the vectors; returns the client and its ID. */
+  async function join(): Promise<{ c: RawClient; id: string }> {
+    const c = await rawConnect(relay.port);
+    const challenge = await c.next();
+    const relayNonce = decodePayload(challenge.subarray(4)).nonce as Uint8Array;
+    expect(hex(challenge)).toBe(hex(replaceBytes(vector("challenge-frame"), RELAY_NONCE, relayNonce)));
+
+    const proof = clientProof(secret, relayNonce, CLIENT_NONCE);
+    const joinFrame = encodeFrame({ t: "join", v: 1, proof, nonce: CLIENT_NONCE, watch: true });
+    expect(hex(joinFrame)).toBe(hex(replaceBytes(vector("join-frame"), clientProof(secret, RELAY_NONCE, CLIENT_NONCE), proof)));
+    c.write(joinFrame);
+
+    const welcome = await c.next();
+    const w: Frame = decodePayload(welcome.subarray(4));
+    const id = w.id as string;
+    let expected = replaceBytes(vector("welcome-frame"), ascii(ID), ascii(id));
+    expected = replaceBytes(expected, relayProof(secret, RELAY_NONCE, CLIENT_NONCE), relayProof(secret, relayNonce, CLIENT_NONCE));
+    expect(hex(welcome)).toBe(hex(expected));
+    return { c, id };
+  }
+
+  test("challenge, join, welcome, joined, send → msg, unknown_peer, ping, list, left", async () => {
+    const a = await join();
+    const b = await join();
+    expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("joined-frame"), ascii(ID), ascii(b.id))));
+
+    b.c.write(replaceBytes(vector("send-frame"), ascii(ID), ascii(a.id)));
+    expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("msg-frame"), ascii(ID), ascii(b.id))));
+
+    // "abcdefgh" is (with overwhelming probability) not online.
+    b.c.write(encodeFrame({ t: "send", to: ID, body: BODY, ref: 7 }));
+    expect(hex(await b.c.next())).toBe(hex(vector("error-unknown-peer")));
+
+    b.c.write(vector("ping-frame"));
+    expect(hex(await b.c.next())).toBe(hex(vector("pong-frame")));
+
+    b.c.write(vector("list-frame"));
+    expect(hex(await b.c.next())).toBe(hex(replaceBytes(vector("peers-frame"), ascii(ID), ascii(a.id))));
+
+    b.c.close();
+    expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("left-frame"), ascii(ID), ascii(b.id))));
+    a.c.close();
+  });
+});
