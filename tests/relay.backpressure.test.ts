@@ -36,9 +36,12 @@ async function flood(link: Link, to: string, ms: number): Promise<number> {
 }
 
 test("a non-reading recipient pauses its sender, bounds relay queues, and does not stall others", async () => {
-  relay = startTestRelay({ slowTimeoutMs: 2500 });
+  // Pings every 200 ms: the paused sender must not be mistaken for a dead one.
+  relay = startTestRelay({ slowTimeoutMs: 2500, pingIntervalMs: 200 });
   const r = relay;
   const stalled = await stalledClient(r.port);
+  // It still writes (so it is alive, just not reading): only the slow-consumer rule may cut it.
+  const heartbeat = setInterval(() => stalled.raw.writeFrame({ t: "ping" }), 50);
   const sender = await joinTest(r, { watch: false });
   const a = await joinTest(r, { watch: false });
   const b = await joinTest(r, { watch: false });
@@ -66,8 +69,10 @@ test("a non-reading recipient pauses its sender, bounds relay queues, and does n
 
   // After the slow-consumer timeout the stalled client is cut and the sender drains.
   await waitFor(() => r.stats().counters.closed_slow_consumer === 1, "slow consumer to be dropped", 5000);
+  clearInterval(heartbeat);
   await waitFor(() => sender.link.backlog === 0, "sender to drain", 5000);
   expect(r.stats().clients).toBe(3);
+  expect(r.stats().counters.closed_idle_timeout).toBeUndefined();
   stalled.raw.close();
 });
 

@@ -87,6 +87,28 @@ describe("routing", () => {
     b.link.send(c.link.id, bytes(1));
     expect((await c.next((f) => f.t === "msg")).from).toBe(b.link.id);
   });
+
+  test("a large frame in the same write as the join is judged by the joined limit, not the pre-join one", async () => {
+    relay = startTestRelay();
+    const b = await joinTest(relay, { watch: false });
+    const raw = await RawClient.connect(relay.port);
+    const ch = await raw.next("challenge");
+    const nonce = newNonce();
+    const join = encodeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
+    const big = encodeFrame({ t: "send", to: b.link.id, body: new Uint8Array(5000).fill(1) });
+    raw.write(Buffer.concat([join, big]));
+    expect((await b.next((f) => f.t === "msg")).body).toHaveLength(5000);
+    expect(raw.frames.some((f) => f.t === "error")).toBe(false);
+  });
+
+  test("hostile field values (a map with a toString key as the type) get bad_request, not a crash", async () => {
+    relay = startTestRelay();
+    const a = await rawJoined(relay.port);
+    a.raw.writeFrame({ t: { toString: 1, valueOf: 2 } });
+    expect((await a.raw.next("error")).code).toBe("bad_request");
+    a.raw.writeFrame({ t: "list" });
+    expect((await a.raw.next("peers")).ids).toEqual([]);
+  });
 });
 
 describe("presence", () => {

@@ -28,7 +28,7 @@ import {
   type SessionKeys,
 } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
-import { decodePayload, FrameError, type Frame } from "../wire/frame.ts";
+import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
 import { Packr } from "msgpackr";
 
 export type ChatEvent =
@@ -294,7 +294,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
           if (handshakes.has(peer)) return failHandshake(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
         }
-        emit({ event: "error", code: String(f.code), message: `relay: ${String(f.message)}`, ...(peer ? { peer } : {}) });
+        emit({ event: "error", code: safeText(f.code, 32), message: `relay: ${safeText(f.message)}`, ...(peer ? { peer } : {}) });
         return;
       }
     }

@@ -7,12 +7,13 @@
 // and are never silently dropped (the unsent tail is kept and retried on
 // drain); `drained()` lets a producer wait for the socket before queueing more.
 import type { Socket } from "bun";
-import { decodePayload, encodeFrame, FrameDecoder, FrameError, type Frame } from "../wire/frame.ts";
+import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText as text, type Frame } from "../wire/frame.ts";
 import { Outbox } from "../wire/outbox.ts";
 import {
   clientProof,
   equalBytes,
   ERRORS,
+  isId,
   newNonce,
   NONCE_BYTES,
   PROOF_BYTES,
@@ -61,6 +62,8 @@ export interface Link {
 }
 
 const DRAIN_LOW = 256 * 1024;
+const PING_MS = 30_000;
+
 
 export function joinRelay(opts: LinkOptions): Promise<Link> {
   const { host, port, secret } = opts;
@@ -77,6 +80,20 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     let resolveClosed!: (r: LinkClose) => void;
     const closed = new Promise<LinkClose>((r) => (resolveClosed = r));
     let settled = false;
+    let lastHeard = performance.now();
+    let pinged = false;
+    let keepalive: Timer | undefined;
+    // We ping a silent relay, and give up on it after three intervals.
+    const checkAlive = () => {
+      const quiet = performance.now() - lastHeard;
+      if (quiet > 3 * PING_MS) {
+        lastError = { code: "timeout", message: "relay stopped responding" };
+        socket?.terminate();
+      } else if (quiet > PING_MS && !pinged) {
+        pinged = true;
+        writeFrame({ t: "ping" });
+      }
+    };
 
     const fail = (code: string, message: string) => {
       if (settled) return;
@@ -108,9 +125,9 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     const writeFrame = (frame: Frame) => write(encodeFrame(frame));
 
     function onJoinFrame(f: Frame): void {
-      if (f.t === "error") return fail(String(f.code), `relay refused: ${String(f.message)} (${String(f.code)})`);
+      if (f.t === "error") return fail(text(f.code), `relay refused: ${text(f.message)} (${text(f.code)})`);
       if (f.t === "challenge") {
-        if (f.v !== RELAY_PROTOCOL_VERSION) return fail("version", `relay speaks protocol version ${String(f.v)}, we speak ${RELAY_PROTOCOL_VERSION}`);
+        if (f.v !== RELAY_PROTOCOL_VERSION) return fail("version", `relay speaks protocol version ${text(f.v)}, we speak ${RELAY_PROTOCOL_VERSION}`);
         if (!(f.nonce instanceof Uint8Array) || f.nonce.length !== NONCE_BYTES) return fail("bad_frame", "relay sent a malformed challenge");
         if (f.open !== true && !secret) return fail("auth_failed", "relay requires a join secret: set SMTS_SECRET or use --secret-file");
         if (f.open === true && secret) return fail("auth_failed", "relay is open and cannot prove it knows the secret; unset SMTS_SECRET to join an open relay");
@@ -120,21 +137,25 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         return;
       }
       if (f.t === "welcome" && relayNonce) {
-        if (typeof f.id !== "string" || typeof f.maxFrame !== "number") return fail("bad_frame", "relay sent a malformed welcome");
+        if (f.v !== RELAY_PROTOCOL_VERSION || !isId(f.id) || !Number.isSafeInteger(f.maxFrame) || (f.maxFrame as number) < 1) {
+          return fail("bad_frame", "relay sent a malformed welcome");
+        }
         if (secret) {
           const expected = relayProof(secret, relayNonce, clientNonce);
           if (!(f.proof instanceof Uint8Array) || !equalBytes(f.proof, expected)) {
             return fail("auth_failed", "relay could not prove it knows the secret (impostor or different secret)");
           }
         }
-        decoder.maxPayload = f.maxFrame + 1024;
+        decoder.maxPayload = (f.maxFrame as number) + 1024;
         settled = true;
         clearTimeout(timer);
-        link = makeLink(f.id, f.maxFrame);
+        link = makeLink(f.id, f.maxFrame as number);
+        keepalive = setInterval(checkAlive, PING_MS / 3);
+        keepalive.unref();
         resolveJoin(link);
         return;
       }
-      fail("bad_frame", `unexpected ${String(f.t)} frame during join`);
+      fail("bad_frame", `unexpected ${text(f.t)} frame during join`);
     }
 
     function makeLink(id: string, maxFrame: number): Link {
@@ -153,9 +174,15 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
           return new Promise<void>((resolve) => drainWaiters.push({ bytes, resolve }));
         },
         close() {
+          // Hand everything queued to the socket first, then half-close (notes §3:
+          // end() right away could lose data the kernel has not sent yet).
+          const finish = () => {
+            socket?.shutdown();
+            setTimeout(() => socket?.terminate(), 1000).unref();
+          };
           flush();
-          socket?.shutdown();
-          setTimeout(() => socket?.terminate(), 1000).unref();
+          if (!outbox || outbox.bytes === 0) finish();
+          else void this.drained(0).then(finish);
         },
         closed,
       };
@@ -171,18 +198,18 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
           s.setNoDelay(true);
         },
         data(_s, chunk) {
+          lastHeard = performance.now();
+          pinged = false;
           try {
-            for (const payload of decoder.push(chunk)) {
+            decoder.each(chunk, (payload) => {
+              if (settled && !link) return; // join failed: ignore the rest
               const f = decodePayload(payload);
-              if (!link) {
-                onJoinFrame(f);
-                if (settled && !link) return;
-                continue;
-              }
-              if (f.t === "ping") writeFrame({ t: "pong" });
-              else if (f.t === "error" && f.code && isFatal(f.code)) lastError = { code: String(f.code), message: String(f.message) };
-              if (f.t !== "ping" && f.t !== "pong") opts.onFrame?.(f);
-            }
+              if (!link) return onJoinFrame(f);
+              if (f.t === "ping") return writeFrame({ t: "pong" });
+              if (f.t === "pong") return;
+              if (f.t === "error" && isFatal(f.code)) lastError = { code: text(f.code), message: text(f.message) };
+              opts.onFrame?.(f);
+            });
           } catch (err) {
             if (!(err instanceof FrameError)) throw err;
             if (!link) return fail("bad_frame", `relay sent a bad frame: ${err.message}`);
@@ -194,6 +221,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
           flush();
         },
         close() {
+          clearInterval(keepalive);
           outbox?.close();
           for (const w of drainWaiters) w.resolve();
           drainWaiters = [];
@@ -214,5 +242,5 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
 }
 
 function isFatal(code: unknown): boolean {
-  return Object.hasOwn(ERRORS, String(code)) && ERRORS[String(code) as ErrorCode].fatal;
+  return typeof code === "string" && Object.hasOwn(ERRORS, code) && ERRORS[code as ErrorCode].fatal;
 }

@@ -14,13 +14,12 @@
 //   - no client ever waits on another unrelated client: all I/O is
 //     non-blocking and timeouts are checked by one periodic sweep.
 import type { Socket, TCPSocketListener } from "bun";
-import { decodePayload, encodeFrame, FrameDecoder, FrameError, type Frame } from "../wire/frame.ts";
+import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText, type Frame } from "../wire/frame.ts";
 import { Outbox } from "../wire/outbox.ts";
 import {
   clientProof,
   equalBytes,
   ERRORS,
-  isId,
   msgFrameHeader,
   newId,
   newNonce,
@@ -80,6 +79,8 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
 const PRE_JOIN_MAX_FRAME = 1024;
 /** Inline bodies up to this size into the header buffer (one write) instead of queueing them apart. */
 const INLINE_BODY = 4096;
+/** Most IDs in one `peers` answer. */
+export const MAX_LISTED = 4096;
 /** How long a closing connection may take to read its error frame and hang up. */
 const CLOSE_GRACE_MS = 1_000;
 
@@ -254,7 +255,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     for (const id of recipients) {
       const r = routes.get(id);
       if (!r) {
-        sendError(c, "unknown_peer", { peer: isId(id) ? id : String(id).slice(0, 32), ...refField });
+        sendError(c, "unknown_peer", { peer: id.slice(0, 32), ...refField });
         continue;
       }
       if (!header) {
@@ -279,8 +280,12 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       case "send":
         return handleSend(c, f);
       case "list": {
+        // At most MAX_LISTED IDs (~40 KiB), so the answer always fits a frame.
         const ids: string[] = [];
-        for (const id of routes.ids()) if (id !== c.id) ids.push(id);
+        for (const id of routes.ids()) {
+          if (ids.length === MAX_LISTED) return sendFrame(c, { t: "peers", ids, more: true });
+          if (id !== c.id) ids.push(id);
+        }
         return sendFrame(c, { t: "peers", ids });
       }
       case "ping":
@@ -288,7 +293,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       case "pong":
         return;
       default:
-        return sendError(c, "bad_request", { message: `unknown frame type ${JSON.stringify(String(f.t).slice(0, 32))}` });
+        return sendError(c, "bad_request", { message: `unknown frame type ${safeText(f.t, 32)}` });
     }
   }
 
@@ -304,6 +309,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         fatal(c, "slow_consumer");
         continue;
       }
+      // A sender we paused cannot be heard from; its silence is our doing.
+      if (c.blockedOn > 0) c.lastHeard = now;
       const quiet = now - c.lastHeard;
       if (quiet > 3 * opt.pingIntervalMs) fatal(c, "idle_timeout");
       else if (quiet > opt.pingIntervalMs && !c.pinged) {
@@ -360,14 +367,15 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         c.lastHeard = performance.now();
         c.pinged = false;
         try {
-          for (const payload of c.decoder.push(chunk)) {
-            handleFrame(c, payload);
-            if (c.closing) break;
-          }
+          c.decoder.each(chunk, (payload) => {
+            if (!c.closing) handleFrame(c, payload);
+          });
         } catch (err) {
-          if (!(err instanceof FrameError)) throw err;
+          // FrameError, or anything else hostile input managed to provoke:
+          // either way it ends this connection only.
           count("badFrames");
-          fatal(c, err.code, err.message);
+          if (err instanceof FrameError) fatal(c, err.code, err.message);
+          else fatal(c, "bad_frame", "frame could not be processed");
         }
         flushDirty(c);
       },

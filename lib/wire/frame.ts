@@ -88,8 +88,20 @@ export class FrameDecoder {
     return this.headerFill + this.partialFill;
   }
 
+  /** Returns the payloads completed by this read. */
   push(chunk: Uint8Array): Uint8Array[] {
     const out: Uint8Array[] = [];
+    this.each(chunk, (p) => void out.push(p));
+    return out;
+  }
+
+  /**
+   * Calls `onFrame` for each payload completed by this read, in order. The
+   * limit is read afresh at each length prefix, so a handler may change
+   * `maxPayload` (the relay raises it once a client has joined) and the
+   * frames after it in the same read are judged by the new limit.
+   */
+  each(chunk: Uint8Array, onFrame: (payload: Uint8Array) => void): void {
     let pos = 0;
     const end = chunk.length;
     while (pos < end) {
@@ -99,9 +111,10 @@ export class FrameDecoder {
         this.partialFill += take;
         pos += take;
         if (this.partialFill === this.partial.length) {
-          out.push(this.partial);
+          const done = this.partial;
           this.partial = null;
           this.partialFill = 0;
+          onFrame(done);
         }
         continue;
       }
@@ -122,13 +135,17 @@ export class FrameDecoder {
         throw new FrameError("frame_too_large", `frame of ${length} bytes exceeds the limit of ${this.maxPayload}`);
       }
       if (end - pos >= length) {
-        out.push(chunk.subarray(pos, pos + length));
         pos += length;
+        onFrame(chunk.subarray(pos - length, pos));
       } else {
         this.partial = new Uint8Array(length);
         this.partialFill = 0;
       }
     }
-    return out;
   }
+}
+
+/** An untrusted decoded value as short text for messages; never calls methods of the value. */
+export function safeText(v: unknown, max = 200): string {
+  return typeof v === "string" ? v.slice(0, max) : typeof v === "number" || typeof v === "boolean" ? String(v) : `(${typeof v})`;
 }
