@@ -1,0 +1,132 @@
+// `smts chat` as real processes in scripted --json mode against a real relay
+// process: join failures, a full session with messages, waiting for a session
+// the peer starts, and exit codes.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import type { Subprocess } from "bun";
+import { ROOT, SECRET_TEXT, spawnRelay, waitFor, type RelayProcess } from "./helpers.ts";
+
+let relay: RelayProcess;
+beforeAll(async () => {
+  relay = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
+});
+afterAll(() => relay.proc.kill());
+
+interface ChatProcess {
+  proc: Subprocess<"pipe", "pipe", "pipe">;
+  events: Record<string, unknown>[];
+  stderr(): string;
+  id: string;
+  send(line: string): void;
+  event(match: (e: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
+}
+
+async function chat(extraArgs: string[] = [], env: Record<string, string> = { SMTS_SECRET: SECRET_TEXT }): Promise<ChatProcess> {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`, "--json", ...extraArgs], {
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", ...env },
+  });
+  const events: Record<string, unknown>[] = [];
+  let err = "";
+  (async () => {
+    let buf = "";
+    for await (const chunk of proc.stdout) {
+      buf += new TextDecoder().decode(chunk);
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        events.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+    }
+  })();
+  (async () => {
+    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
+  })();
+  const c: ChatProcess = {
+    proc,
+    events,
+    stderr: () => err,
+    id: "",
+    send(line) {
+      proc.stdin.write(`${line}\n`);
+      proc.stdin.flush();
+    },
+    event: (match, what) => waitFor(() => events.find(match), what, 10_000),
+  };
+  const ready = await waitFor(() => events.find((e) => e.event === "ready") ?? (proc.exitCode !== null ? { event: "exited" } : null), "ready event", 10_000);
+  c.id = String(ready.id ?? "");
+  return c;
+}
+
+test("a wrong secret and an unreachable relay exit non-zero with one clear line", async () => {
+  const wrong = await chat([], { SMTS_SECRET: "definitely not the secret" });
+  expect(await wrong.proc.exited).toBe(1);
+  expect(wrong.stderr().trim().split("\n")).toEqual([expect.stringContaining("wrong join secret")]);
+
+  const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", "127.0.0.1:1", "--json"], { env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT }, stdin: "ignore" });
+  expect(r.exitCode).toBe(1);
+  expect(r.stderr.toString()).toContain("cannot reach relay 127.0.0.1:1");
+
+  const usage = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", "host:notaport"], { env: { PATH: process.env.PATH ?? "" }, stdin: "ignore" });
+  expect(usage.exitCode).toBe(2);
+  expect(usage.stderr.toString()).toContain("invalid port");
+});
+
+test("scripted: /connect, /msg both ways, same fingerprint on both sides, exit 0 at end of input", async () => {
+  const a = await chat();
+  const b = await chat();
+  a.send(`/connect ${b.id}`);
+  a.send(`/msg ${b.id} hello from a`);
+  a.send(`/msg ${b.id} second, with "quotes" and ünïcödé`);
+  const sa = await a.event((e) => e.event === "session" && e.state === "established", "session on a");
+  const sb = await b.event((e) => e.event === "session" && e.state === "established", "session on b");
+  expect(sa.fingerprint).toBe(sb.fingerprint);
+  expect(sa.fingerprint).toMatch(/^[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$/);
+  await waitFor(() => b.events.filter((e) => e.event === "message").length === 2, "two messages at b");
+  expect(b.events.filter((e) => e.event === "message")).toEqual([
+    { event: "message", from: a.id, text: "hello from a", broadcast: false },
+    { event: "message", from: a.id, text: 'second, with "quotes" and ünïcödé', broadcast: false },
+  ]);
+  b.send(`/msg ${a.id} reply from b`);
+  expect(await a.event((e) => e.event === "message", "reply at a")).toEqual({ event: "message", from: b.id, text: "reply from b", broadcast: false });
+  a.send("/list");
+  const list = await a.event((e) => e.event === "list", "list");
+  expect(list.peers).toContainEqual({ id: b.id, online: true, session: "established", fingerprint: sa.fingerprint, verified: false });
+  a.send(`/verify ${b.id}`);
+  a.send("/list");
+  await waitFor(() => a.events.filter((e) => e.event === "list").length === 2, "second list");
+  expect((a.events.filter((e) => e.event === "list")[1]!.peers as { verified: boolean }[])[0]!.verified).toBe(true);
+  a.proc.stdin.end();
+  expect(await a.proc.exited).toBe(0);
+  // b sees a leave and erases the session.
+  await b.event((e) => e.event === "session" && e.state === "closed", "session closed at b");
+  await b.event((e) => e.event === "peer" && e.online === false, "peer offline at b");
+  b.proc.stdin.end();
+  expect(await b.proc.exited).toBe(0);
+});
+
+test("scripted: /msg waits for a session the peer starts", async () => {
+  const a = await chat();
+  const b = await chat();
+  a.send(`/msg ${b.id} sent once b connected`); // no session yet: waits
+  await Bun.sleep(200);
+  b.send(`/connect ${a.id}`);
+  expect((await b.event((e) => e.event === "message", "message at b")).text).toBe("sent once b connected");
+  a.proc.stdin.end();
+  b.proc.stdin.end();
+  expect(await a.proc.exited).toBe(0);
+  expect(await b.proc.exited).toBe(0);
+});
+
+test("scripted: a failed command makes the exit code non-zero; typos are one error line", async () => {
+  const a = await chat(["--timeout", "1"]);
+  a.send("/frobnicate");
+  a.send("/msg zzzzzzzz nobody is there");
+  a.proc.stdin.end();
+  expect(await a.proc.exited).toBe(1);
+  const errors = a.events.filter((e) => e.event === "error");
+  expect(errors[0]).toMatchObject({ code: "usage", message: expect.stringContaining("unknown command /frobnicate") });
+  expect(errors[1]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
+  expect(a.stderr()).not.toContain("    at "); // no stack traces
+});
