@@ -11,13 +11,13 @@ export function randomBytes(n: number): Uint8Array {
 export function sha256(...parts: Uint8Array[]): Uint8Array {
   const h = new Bun.CryptoHasher("sha256");
   for (const p of parts) h.update(p);
-  return new Uint8Array(h.digest().buffer);
+  return h.digest(); // a fresh 32-byte Buffer (a Uint8Array)
 }
 
 export function hmac(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
   const h = new Bun.CryptoHasher("sha256", key);
   for (const p of parts) h.update(p);
-  return new Uint8Array(h.digest().buffer);
+  return h.digest();
 }
 
 /** HKDF-SHA256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes. */
@@ -79,8 +79,12 @@ export function concat(...parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
+/** 8-byte big-endian encoding of a safe integer. */
 export function u64be(n: number): Uint8Array {
   const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, BigInt(n));
+  const high = Math.floor(n / 2 ** 32);
+  const low = n >>> 0;
+  out[0] = high >>> 24, out[1] = (high >>> 16) & 0xff, out[2] = (high >>> 8) & 0xff, out[3] = high & 0xff;
+  out[4] = low >>> 24, out[5] = (low >>> 16) & 0xff, out[6] = (low >>> 8) & 0xff, out[7] = low & 0xff;
   return out;
 }

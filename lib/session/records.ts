@@ -30,13 +30,13 @@ export class SendChain {
   private seq = 0;
   constructor(private chain: Uint8Array) {}
 
-  seal(plaintext: Uint8Array): RecordFrame {
+  /** `iv` is only ever passed by the protocol's test vectors; real records use a fresh random one. */
+  seal(plaintext: Uint8Array, iv: Uint8Array = randomBytes(16)): RecordFrame {
     const encKey = hmac(this.chain, ENC);
     const macKey = hmac(this.chain, MAC);
     const next = hmac(this.chain, NEXT);
     wipe(this.chain);
     this.chain = next;
-    const iv = randomBytes(16);
     const ct = aesCbcEncrypt(encKey, iv, plaintext);
     const mac = recordMac(macKey, this.seq, iv, ct);
     wipe(encKey, macKey);

@@ -1,0 +1,54 @@
+// Shared pieces of the benchmark scripts: the machine description, a relay
+// process to measure against, percentiles, and writing one section of
+// docs/BENCHMARKS.md without disturbing the others.
+import { cpus, totalmem } from "node:os";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { release } from "node:os";
+
+export const ROOT = new URL("..", import.meta.url).pathname;
+const REPORT = `${ROOT}docs/BENCHMARKS.md`;
+
+export function machine(): string {
+  const cpu = cpus();
+  return `${cpu[0]?.model.trim() ?? "unknown CPU"}, ${cpu.length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${release()}, Bun ${Bun.version}`;
+}
+
+/** p-th percentile of an ascending array. */
+export function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
+}
+
+/** `smts relay --open` as its own process on an ephemeral loopback port. */
+export async function spawnBenchRelay(extra: string[] = []) {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", "--open", ...extra], {
+    stdout: "ignore",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "" },
+  });
+  let text = "";
+  const reader = proc.stderr.getReader();
+  for (;;) {
+    const m = /listening on [^\s]+:(\d+)/.exec(text);
+    if (m) {
+      reader.releaseLock();
+      return { proc, port: Number(m[1]) };
+    }
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`relay exited: ${text}`);
+    text += new TextDecoder().decode(value);
+  }
+}
+
+/** Replaces (or appends) the `## title` section of docs/BENCHMARKS.md. */
+export function writeSection(title: string, body: string): void {
+  const heading = `## ${title}`;
+  let doc = existsSync(REPORT) ? readFileSync(REPORT, "utf8") : "# Benchmarks\n";
+  const start = doc.indexOf(`${heading}\n`);
+  const block = `${heading}\n\n${body.trim()}\n`;
+  if (start < 0) doc = `${doc.trimEnd()}\n\n${block}`;
+  else {
+    const next = doc.indexOf("\n## ", start + heading.length);
+    doc = doc.slice(0, start) + block + (next < 0 ? "" : doc.slice(next));
+  }
+  writeFileSync(REPORT, doc.endsWith("\n") ? doc : `${doc}\n`);
+}
