@@ -1,0 +1,78 @@
+// The interactive prompt in a real pseudo-terminal (driven by tests/pty-driver.py):
+// a message arriving while the user types prints above the prompt and the
+// half-typed line survives; mistakes get one line, never a stack trace.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { startChat, type ChatEvent } from "../lib/client/chat-client.ts";
+import { startDhEngine } from "../lib/crypto/dh.ts";
+import type { Relay } from "../lib/relay/server.ts";
+import { ROOT, SECRET, SECRET_TEXT, startTestRelay, waitFor } from "./helpers.ts";
+
+let relay: Relay;
+beforeAll(() => void (relay = startTestRelay()));
+afterAll(async () => relay.stop());
+
+function ptyChat(port: number) {
+  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`], {
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "inherit",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT, TERM: "xterm" },
+  });
+  const reader = proc.stdout.getReader();
+  let buf = "";
+  const ask = async (cmd: object): Promise<{ ok: boolean; text?: string; code?: number | null }> => {
+    proc.stdin.write(`${JSON.stringify(cmd)}\n`);
+    proc.stdin.flush();
+    while (!buf.includes("\n")) buf += new TextDecoder().decode((await reader.read()).value);
+    const line = buf.slice(0, buf.indexOf("\n"));
+    buf = buf.slice(line.length + 1);
+    return JSON.parse(line);
+  };
+  return {
+    proc,
+    type: (text: string) => ask({ write: text }),
+    exitCode: async (timeout = 10) => (await ask({ wait: timeout })) as { ok: boolean; code: number | null },
+    async expect(pattern: string, timeout = 10) {
+      const r = await ask({ expect: pattern, timeout });
+      if (!r.ok) throw new Error(`terminal never showed /${pattern}/; it showed:\n${r.text}`);
+      return r.text!;
+    },
+  };
+}
+
+test("a message arriving mid-typing prints above the prompt and keeps the typed line", async () => {
+  const dh = startDhEngine();
+  const received: ChatEvent[] = [];
+  const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: (e) => void received.push(e) });
+  const term = ptyChat(relay.port);
+  try {
+    const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
+    await peer.connect(id);
+    await term.expect("secure session with");
+    await term.type(`/msg ${peer.id} hel`); // half a line, not yet sent
+    await term.expect("/msg [0-9a-z]{8} hel");
+    peer.sendText(id, "incoming while you type");
+    // The message is printed, then the prompt is redrawn with the partial input intact.
+    await term.expect(`\\[${peer.id}\\] incoming while you type.*> /msg ${peer.id} hel`);
+    await term.type("lo world\r");
+    await waitFor(() => received.find((e) => e.event === "message"), "message at the peer");
+    expect(received.find((e) => e.event === "message")).toEqual({ event: "message", from: id, text: "hello world", broadcast: false });
+
+    await term.type("/frobnicate\r");
+    await term.expect("unknown command /frobnicate");
+    await term.type("/msg nobody-here hi\r");
+    await term.expect("not a valid ID");
+    await term.type("/msg zzzzzzzz hi\r");
+    await term.expect("no session with zzzzzzzz: /connect zzzzzzzz first");
+    const escape = "\u001b]0;pwned\u0007\u001b[2J";
+    peer.sendText(id, `evil${escape}text`);
+    const shown = await term.expect("evil.*text");
+    expect(shown).not.toContain("\u001b]0;pwned");
+    await term.type("/exit\r");
+    expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
+  } finally {
+    term.proc.kill();
+    await peer.close();
+    dh.close();
+  }
+});
