@@ -4,8 +4,9 @@
 //
 // Promises: private exponents are 256 bits from the CSPRNG, stay inside the
 // worker, and are used for exactly one shared secret; secrets come back
-// left-padded to 256 bytes; peer values are NOT validated here (callers use
-// group14.isValidPublic first, so a bad value never reaches the worker).
+// left-padded to 256 bytes; peer values are NOT fully validated here
+// (BoringSSL refuses only 0, 1, p-1 and p): callers check
+// group14.isValidPublic first, so a bad value never reaches the worker.
 import { padToGroup } from "./group14.ts";
 import type { DhRequest, DhResponse } from "./dh-worker.ts";
 
