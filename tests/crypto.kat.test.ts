@@ -349,6 +349,8 @@ describe("HKDF-SHA256 (RFC 5869 A.1-A.3)", () => {
     const max = hkdf(h(c.ikm), h(c.salt), h(c.info), 255 * 32);
     expect(max.length).toBe(8160);
     expect(hex(max.subarray(0, c.L))).toBe(c.okm);
+    // Past 255 blocks the RFC's one-byte counter would wrap: refused, not silently wrong.
+    expect(() => hkdf(h(c.ikm), h(c.salt), h(c.info), 255 * 32 + 1)).toThrow(RangeError);
   });
 });
 

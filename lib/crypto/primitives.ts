@@ -22,7 +22,7 @@ export function hmac(key: Uint8Array, ...parts: Uint8Array[]): Uint8Array {
 
 /** HKDF-SHA256 (RFC 5869): extract with `salt`, expand with `info` to `length` bytes. */
 export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length: number): Uint8Array {
-  if (!(length > 0 && length <= 255 * 32)) throw new RangeError("HKDF-SHA256 output is limited to 8160 bytes");
+  if (!(length >= 0 && length <= 255 * 32)) throw new RangeError("HKDF-SHA256 output is limited to 8160 bytes");
   const prk = hmac(salt.length ? salt : new Uint8Array(32), ikm);
   const out = new Uint8Array(length);
   let block: Uint8Array = new Uint8Array(0);
