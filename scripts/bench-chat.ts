@@ -81,24 +81,30 @@ try {
   results.push(`| /connect p99 | ${percentile(connectMs, 99).toFixed(2)} ms | – | – |`);
 
   // 2. Sustained E2E message throughput: this process sends, a peer process receives.
-  const counter = await spawnPeer(relay.port, "count");
+  //    "batched": messages sent in one burst share records (the client seals
+  //    everything queued for a peer in one event-loop turn into one record);
+  //    "one record each": every message in its own turn, so its own record.
   const dh = startDhEngine();
   const sender = await startChat({ host: "127.0.0.1", port: relay.port, secret: null, dh, onEvent() {} });
-  await sender.connect(counter.id);
-  const total = quick ? 50_000 : 300_000;
   const text = "x".repeat(100);
-  const t0 = performance.now();
-  for (let i = 0; i < total - 1; i++) {
-    sender.sendText(counter.id, text);
-    if (i % 2000 === 1999) await sender.flush(); // backpressure: let the socket drain
+  for (const mode of ["batched", "one record each"] as const) {
+    const counter = await spawnPeer(relay.port, "count");
+    await sender.connect(counter.id);
+    const total = mode === "batched" ? (quick ? 50_000 : 300_000) : quick ? 20_000 : 100_000;
+    const t0 = performance.now();
+    for (let i = 0; i < total - 1; i++) {
+      sender.sendText(counter.id, text);
+      if (mode === "one record each") await null; // lets the client seal this message alone
+      if (i % 2000 === 1999) await sender.flush(); // backpressure: let the socket drain
+    }
+    sender.sendText(counter.id, "end");
+    const report = JSON.parse(await counter.nextLine()) as { received: number; ms: number };
+    const rate = report.received / ((performance.now() - t0) / 1000);
+    if (report.received !== total) throw new Error(`received ${report.received} of ${total}`);
+    const verdict = mode === "batched" ? (rate >= 100_000 ? "met" : "**missed**") : "– (reported)";
+    results.push(`| E2E messages A → relay → B, 100-byte texts, ${mode}, ${total.toLocaleString("en")} msgs | ${Math.round(rate).toLocaleString("en")} msgs/s | ${mode === "batched" ? "≥ 100,000 msgs/s" : "–"} | ${verdict} |`);
+    counter.proc.kill();
   }
-  sender.sendText(counter.id, "end");
-  const report = JSON.parse(await counter.nextLine()) as { received: number; ms: number };
-  const wall = performance.now() - t0;
-  const rate = report.received / (wall / 1000);
-  if (report.received !== total) throw new Error(`received ${report.received} of ${total}`);
-  results.push(`| E2E messages A → relay → B, 100-byte text, ${total.toLocaleString("en")} msgs | ${Math.round(rate).toLocaleString("en")} msgs/s | ≥ 100,000 msgs/s | ${rate >= 100_000 ? "met" : "**missed**"} |`);
-  counter.proc.kill();
 
   // 3. Round trips through an echoing peer process.
   const echo = await spawnPeer(relay.port, "echo");
