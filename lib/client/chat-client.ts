@@ -29,7 +29,7 @@ import {
 } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
-import { Packr } from "msgpackr";
+import { pack } from "../wire/msgpack.ts";
 
 export type ChatEvent =
   | { event: "ready"; id: string }
@@ -83,7 +83,6 @@ interface Waiter {
 }
 
 const HANDSHAKE_TIMEOUT_MS = 15_000;
-const packr = new Packr({ useRecords: false, variableMapSize: true });
 
 export interface ChatOptions {
   host: string;
@@ -119,7 +118,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   let link: Link;
   let closing = false;
 
-  const sendE2E = (peer: string, frame: Frame) => link.send(peer, packr.pack(frame));
+  const sendE2E = (peer: string, frame: Frame) => link.send(peer, pack(frame));
 
   // Contents sent to one peer in the same event-loop tick share one record:
   // one chain step, one MAC and one relay frame for the lot. A lone message
@@ -137,8 +136,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const items = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
-    const plain = packr.pack(items.length === 1 ? items[0] : { t: "batch", items });
-    link.send(s.peer, packr.pack(s.send.seal(plain)));
+    const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
+    link.send(s.peer, pack(s.send.seal(plain)));
   }
 
   function settle(peer: string, err?: ChatError): void {

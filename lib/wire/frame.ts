@@ -9,11 +9,11 @@
 //     are seen, before any of the payload is buffered;
 //   - malformed msgpack, trailing bytes, or a payload that is not a map is a
 //     FrameError; the caller closes that one connection.
-import { Packr, Unpackr } from "msgpackr";
+import { Unpackr } from "msgpackr";
+import { pack } from "./msgpack.ts";
 
 export const LENGTH_PREFIX = 4;
 
-const packr = new Packr({ useRecords: false, variableMapSize: true });
 // 64-bit integers become numbers when exactly representable, BigInt otherwise
 // (which every field check then rejects).
 const unpackr = new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "auto" as never }); // "auto" works but is missing from msgpackr's typings
@@ -34,10 +34,8 @@ export type Frame = Record<string, unknown>;
 
 /** Encodes a value as a complete frame: length prefix + msgpack payload. */
 export function encodeFrame(value: Frame): Uint8Array {
-  const payload = packr.pack(value);
-  const out = new Uint8Array(LENGTH_PREFIX + payload.length);
-  writeU32(out, 0, payload.length);
-  out.set(payload, LENGTH_PREFIX);
+  const out = pack(value, LENGTH_PREFIX);
+  writeU32(out, 0, out.length - LENGTH_PREFIX);
   return out;
 }
 
