@@ -1,7 +1,9 @@
-// docs/PROTOCOL.md and the code must not drift: this file reads the test
-// vectors, the error table, the ID normalisation table and the default limits
-// from the document and checks them against what the code produces, both with
-// the encoding functions directly and against a live relay on loopback.
+// docs/PROTOCOL.md and the code must not drift: this file reads the relay
+// layer's test vectors, the error table, the ID normalisation table and the
+// default limits from the document and checks them against what the code
+// produces, both with the encoding functions directly and against a live relay
+// on loopback. The end-to-end layer's vectors (named e2e-*) are checked by
+// tests/protocol-e2e-doc.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHmac } from "node:crypto";
 import { readFileSync } from "node:fs";
@@ -19,7 +21,7 @@ import {
   RELAY_PROTOCOL_VERSION,
   relayProof,
 } from "../lib/relay/protocol.ts";
-import { RELAY_DEFAULTS, startRelay, type Relay } from "../lib/relay/server.ts";
+import { MAX_LISTED, RELAY_DEFAULTS, startRelay, type Relay } from "../lib/relay/server.ts";
 import { loadSecret, secretBytes } from "../lib/secret/secret.ts";
 
 const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
@@ -170,8 +172,8 @@ describe("test vectors in docs/PROTOCOL.md", () => {
     expect(hex(encodeFrame({ t: "left", id: ID }))).toBe(hex(v("left-frame")));
   });
 
-  test("the document has exactly the vectors checked here", () => {
-    const all = [...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!);
+  test("the document has exactly the relay-layer vectors checked here", () => {
+    const all = [...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!).filter((n) => !n.startsWith("e2e-"));
     expect([...all].sort()).toEqual([...VECTORS].sort());
     for (const name of all) vector(name); // each one parses
   });
@@ -207,6 +209,16 @@ describe("tables and constants in docs/PROTOCOL.md", () => {
     expect(doc).toContain(`default port **${DEFAULT_PORT}**`);
     expect(NONCE_BYTES).toBe(32);
     expect(PROOF_BYTES).toBe(32);
+  });
+
+  test("the peers cap and the largest peers frame", () => {
+    expect(doc).toContain(`at most **${MAX_LISTED}**`);
+    const ids = Array.from({ length: MAX_LISTED }, (_, i) => ID_ALPHABET[i % 32]!.repeat(8));
+    const largest = encodeFrame({ t: "peers", ids, more: true }).length - 4;
+    const flat = doc.replace(/\s+/g, " ");
+    expect(flat).toContain(`a \`peers\` frame at most ${largest} bytes (§5.5)`);
+    expect(flat).toContain(`at most ${largest} bytes (${MAX_LISTED} × 9 bytes of IDs plus ${largest - 9 * MAX_LISTED} bytes)`);
+    expect(largest).toBeLessThanOrEqual(65536); // fits the reference client's pre-welcome limit
   });
 });
 
@@ -309,6 +321,41 @@ describe("a live relay sends the documented bytes", () => {
 
     b.c.close();
     expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("left-frame"), ascii(ID), ascii(b.id))));
+    a.c.close();
+  });
+
+  test("frames sent right behind a valid join, in the same write, are judged by maxFrame (§2, §4)", async () => {
+    const c = await rawConnect(relay.port);
+    const relayNonce = decodePayload((await c.next()).subarray(4)).nonce as Uint8Array;
+    const joinFrame = encodeFrame({ t: "join", v: 1, proof: clientProof(secret, relayNonce, CLIENT_NONCE), nonce: CLIENT_NONCE, watch: false });
+    const body = new Uint8Array(4000).fill(7); // far above the 1024-byte pre-join limit
+    // Sent to a placeholder first, then to ourselves once we know our ID: both must pass the size check.
+    c.write(concat(joinFrame, encodeFrame({ t: "send", to: ID, body, ref: 1 }), vector("ping-frame")));
+    const welcome = decodePayload((await c.next()).subarray(4));
+    expect(welcome.t).toBe("welcome");
+    expect(decodePayload((await c.next()).subarray(4))).toMatchObject({ t: "error", code: "unknown_peer", peer: ID, ref: 1 });
+    expect(hex(await c.next())).toBe(hex(vector("pong-frame")));
+    c.write(encodeFrame({ t: "send", to: welcome.id as string, body }));
+    const msg = await c.next();
+    expect(hex(msg)).toBe(hex(concat(msgFrameHeader(welcome.id as string, body.length), body)));
+    c.close();
+  });
+
+  test("a map as the type is an unknown type: non-fatal bad_request (§3, §5)", async () => {
+    const a = await join();
+    // Presence frames about other tests' clients may arrive in between.
+    const next = async (): Promise<Frame> => {
+      for (;;) {
+        const f = decodePayload((await a.c.next()).subarray(4));
+        if (f.t !== "joined" && f.t !== "left") return f;
+      }
+    };
+    a.c.write(encodeFrame({ t: { toString: 1 } }));
+    expect(await next()).toEqual({ t: "error", code: "bad_request", message: "unknown frame type (object)" });
+    a.c.write(encodeFrame({ t: "mystery" }));
+    expect((await next()).message).toBe("unknown frame type mystery");
+    a.c.write(vector("ping-frame"));
+    expect(await next()).toEqual({ t: "pong" });
     a.c.close();
   });
 });

@@ -72,10 +72,19 @@ interface Session {
 /** A batch record carries at most this much content, so it stays well inside a frame. */
 const BATCH_BYTES = 32 * 1024;
 
-type Handshake =
+// One key exchange in progress with a peer. `token` identifies it across the
+// awaits of the DH worker: after every await the code checks that its token
+// is still the current one, and otherwise erases what it computed, so a newer
+// exchange (or a failure) can never be overwritten by an older one.
+type HandshakeStep =
+  | { role: "initiator"; step: "starting" } // waiting for our key pair
   | { role: "initiator"; step: "hello"; state: InitiatorState }
+  | { role: "initiator"; step: "finishing" } // computing keys from the reply
   | { role: "initiator"; step: "confirm"; pending: PendingConfirm }
-  | { role: "responder"; step: "reveal"; state: ResponderState };
+  | { role: "responder"; step: "starting" }
+  | { role: "responder"; step: "reveal"; state: ResponderState }
+  | { role: "responder"; step: "finishing" };
+type Handshake = HandshakeStep & { token: object; timer: Timer };
 
 interface Waiter {
   resolve(): void;
@@ -133,6 +142,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function sealQueued(s: Session): void {
     if (!s.queued.length || sessions.get(s.peer) !== s) return;
+    // After our reveal the peer already uses the new keys: hold content
+    // until the exchange completes (or fails) instead of sealing it with old ones.
+    const h = handshakes.get(s.peer);
+    if (h?.role === "initiator" && h.step === "confirm") return;
     const items = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
@@ -147,6 +160,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     for (const w of list) (err ? w.reject(err) : w.resolve());
   }
 
+  /** Forgets the exchange with `peer`, erasing any key material it holds. */
   function endHandshake(peer: string): void {
     const h = handshakes.get(peer);
     if (!h) return;
@@ -156,36 +170,53 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (h.step === "confirm") wipe(h.pending.keys.sendChain, h.pending.keys.receiveChain);
   }
 
-  function setHandshake(peer: string, h: Handshake): void {
-    const old = handshakes.get(peer);
-    if (old) clearTimeout(old.timer);
-    const timer = setTimeout(() => failHandshake(peer, new ChatError("timeout", `key exchange with ${peer} timed out`, peer)), HANDSHAKE_TIMEOUT_MS);
+  /** Starts a new exchange with `peer` (replacing any other) and returns its token. */
+  function newHandshake(peer: string, first: HandshakeStep): object {
+    endHandshake(peer);
+    const token = {};
+    const timer = setTimeout(() => failHandshake(peer, token, new ChatError("timeout", `key exchange with ${peer} timed out`, peer)), HANDSHAKE_TIMEOUT_MS);
     timer.unref();
-    handshakes.set(peer, { ...h, timer });
+    handshakes.set(peer, { ...first, token, timer });
+    return token;
   }
 
-  function failHandshake(peer: string, err: ChatError): void {
+  const isCurrent = (peer: string, token: object) => handshakes.get(peer)?.token === token;
+
+  /** Moves the exchange `token` to its next step; false if it is no longer current. */
+  function advance(peer: string, token: object, next: HandshakeStep): boolean {
+    const h = handshakes.get(peer);
+    if (h?.token !== token) return false;
+    handshakes.set(peer, { ...next, token, timer: h.timer });
+    return true;
+  }
+
+  function failHandshake(peer: string, token: object, err: ChatError): void {
+    if (!isCurrent(peer, token)) return; // a newer exchange replaced it
     endHandshake(peer);
     emit({ event: "session", peer, state: "failed", reason: err.message });
     settle(peer, err);
+    const s = sessions.get(peer);
+    if (s) sealQueued(s); // content held for the exchange goes out under the old session
   }
 
   function establish(peer: string, keys: SessionKeys): void {
     const h = handshakes.get(peer);
     if (h) clearTimeout(h.timer), handshakes.delete(peer); // its keys are the ones we now use
     const old = sessions.get(peer);
-    if (old) sealQueued(old), old.send.erase(), old.receive.erase();
-    sessions.set(peer, {
+    if (old) old.send.erase(), old.receive.erase();
+    const s: Session = {
       peer,
       send: new SendChain(keys.sendChain),
       receive: new ReceiveChain(keys.receiveChain),
       fingerprint: keys.fingerprint,
       verified: false,
-      queued: [],
-      queuedBytes: 0,
-    });
+      queued: old?.queued ?? [],
+      queuedBytes: old?.queuedBytes ?? 0,
+    };
+    sessions.set(peer, s);
     emit({ event: "session", peer, state: old ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
     settle(peer);
+    sealQueued(s);
   }
 
   function dropSession(peer: string, reason: string): void {
@@ -200,47 +231,61 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     emit({ event: "session", peer, state: "closed", reason });
   }
 
+  async function startExchange(peer: string): Promise<void> {
+    const token = newHandshake(peer, { role: "initiator", step: "starting" });
+    try {
+      const { state, hello } = await startInitiator(dh, link.id, peer);
+      if (!advance(peer, token, { role: "initiator", step: "hello", state })) return dh.forget(state.kp.handle);
+      sendE2E(peer, hello);
+    } catch (err) {
+      failHandshake(peer, token, new ChatError("internal", `key exchange with ${peer} failed: ${(err as Error).message}`, peer));
+    }
+  }
+
+  /** Handles one handshake message; failures end this exchange only if it is still current. */
   async function onHandshakeFrame(peer: string, m: Frame): Promise<void> {
     const h = handshakes.get(peer);
-    switch (m.t) {
-      case "hello": {
-        const hello = parseHello(m);
-        if (h?.role === "initiator" && h.step === "hello") {
+    let token = h?.token ?? null; // the exchange this message belongs to
+    try {
+      switch (m.t) {
+        case "hello": {
+          const hello = parseHello(m);
           // Both sides ran /connect at once: the smaller ID stays initiator.
-          if (link.id < peer) return;
-          endHandshake(peer);
-        } else if (h) {
-          endHandshake(peer);
+          if (h?.role === "initiator" && (h.step === "starting" || h.step === "hello") && link.id < peer) return;
+          const mine = (token = newHandshake(peer, { role: "responder", step: "starting" }));
+          const { state, reply } = await respond(dh, link.id, peer, hello);
+          if (!advance(peer, mine, { role: "responder", step: "reveal", state })) return dh.forget(state.kp.handle);
+          sendE2E(peer, reply);
+          return;
         }
-        const { state, reply } = await respond(dh, link.id, peer, hello);
-        setHandshake(peer, { role: "responder", step: "reveal", state });
-        sendE2E(peer, reply);
-        return;
+        case "reply": {
+          if (h?.role !== "initiator" || h.step !== "hello") throw new HandshakeError("bad_message", "unexpected reply");
+          advance(peer, h.token, { role: "initiator", step: "finishing" }); // the key pair is consumed below
+          const { reveal, pending } = await initiatorFinish(dh, h.state, m);
+          if (!advance(peer, h.token, { role: "initiator", step: "confirm", pending })) return wipe(pending.keys.sendChain, pending.keys.receiveChain);
+          sendE2E(peer, reveal);
+          return;
+        }
+        case "reveal": {
+          if (h?.role !== "responder" || h.step !== "reveal") throw new HandshakeError("bad_message", "unexpected reveal");
+          advance(peer, h.token, { role: "responder", step: "finishing" });
+          const { keys, confirm } = await responderFinish(dh, h.state, m);
+          if (!isCurrent(peer, h.token)) return wipe(keys.sendChain, keys.receiveChain);
+          sendE2E(peer, confirm);
+          establish(peer, keys);
+          return;
+        }
+        case "confirm": {
+          if (h?.role !== "initiator" || h.step !== "confirm") throw new HandshakeError("bad_message", "unexpected confirm");
+          establish(peer, initiatorConfirm(h.pending, m));
+          return;
+        }
       }
-      case "reply": {
-        if (h?.role !== "initiator" || h.step !== "hello") throw new HandshakeError("bad_message", "unexpected reply");
-        const state = h.state;
-        handshakes.delete(peer); // the key pair is consumed below
-        clearTimeout(h.timer);
-        const { reveal, pending } = await initiatorFinish(dh, state, m);
-        setHandshake(peer, { role: "initiator", step: "confirm", pending });
-        sendE2E(peer, reveal);
-        return;
-      }
-      case "reveal": {
-        if (h?.role !== "responder") throw new HandshakeError("bad_message", "unexpected reveal");
-        handshakes.delete(peer);
-        clearTimeout(h.timer);
-        const { keys, confirm } = await responderFinish(dh, h.state, m);
-        sendE2E(peer, confirm);
-        establish(peer, keys);
-        return;
-      }
-      case "confirm": {
-        if (h?.role !== "initiator" || h.step !== "confirm") throw new HandshakeError("bad_message", "unexpected confirm");
-        establish(peer, initiatorConfirm(h.pending, m));
-        return;
-      }
+    } catch (err) {
+      const code = err instanceof HandshakeError ? err.code : "internal";
+      const failure = new ChatError(code, `key exchange with ${peer} failed: ${(err as Error).message}`, peer);
+      if (token && isCurrent(peer, token)) failHandshake(peer, token, failure);
+      else emit({ event: "error", code, message: failure.message, peer }); // stray message; no exchange of ours to end
     }
   }
 
@@ -290,16 +335,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       return;
     }
     if (m.t === "rec") return onRecord(from, m);
-    if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") {
-      onHandshakeFrame(from, m).catch((err) => {
-        if (err instanceof HandshakeError) {
-          failHandshake(from, new ChatError(err.code, `key exchange with ${from} failed: ${err.message}`, from));
-        } else {
-          failHandshake(from, new ChatError("internal", `key exchange with ${from} failed: ${(err as Error).message}`, from));
-        }
-      });
-      return;
-    }
+    if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void onHandshakeFrame(from, m);
     emit({ event: "error", code: "malformed", message: `unknown message type from ${from}`, peer: from });
   }
 
@@ -324,7 +360,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         const peer = isId(f.peer) ? f.peer : undefined;
         if (f.code === "unknown_peer" && peer) {
           online.delete(peer);
-          if (handshakes.has(peer)) return failHandshake(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
+          const h = handshakes.get(peer);
+          if (h) failHandshake(peer, h.token, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
         }
         emit({ event: "error", code: safeText(f.code, 32), message: `relay: ${safeText(f.message)}`, ...(peer ? { peer } : {}) });
@@ -337,18 +374,17 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   link.sendFrame({ t: "list" });
   const closed = link.closed.then((reason) => {
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
-    for (const peer of [...handshakes.keys()]) failHandshake(peer, new ChatError("disconnected", "disconnected from relay", peer));
+    for (const [peer, h] of [...handshakes]) failHandshake(peer, h.token, new ChatError("disconnected", "disconnected from relay", peer));
     if (!closing) emit({ event: "disconnected", ...reason });
     return reason;
   });
   emit({ event: "ready", id: link.id });
 
-  function waitSession(peer: string, timeoutMs: number): Promise<void> {
-    if (sessions.has(peer) && !handshakes.has(peer)) return Promise.resolve();
+  /** Resolves when the next exchange with `peer` completes; rejects if it fails. */
+  function nextSession(peer: string, timeoutMs: number): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
-        const list = waiters.get(peer) ?? [];
-        waiters.set(peer, list.filter((x) => x !== w));
+        waiters.set(peer, (waiters.get(peer) ?? []).filter((x) => x !== w));
         reject(new ChatError("timeout", `no session with ${peer} after ${Math.round(timeoutMs / 1000)} s`, peer));
       }, timeoutMs);
       const w: Waiter = {
@@ -359,28 +395,29 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     });
   }
 
+  function waitSession(peer: string, timeoutMs: number): Promise<void> {
+    if (sessions.has(peer) && !handshakes.has(peer)) return Promise.resolve();
+    return nextSession(peer, timeoutMs);
+  }
+
   return {
     get id() {
       return link.id;
     },
     async connect(peer) {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
-      const wait = waitSession(peer, HANDSHAKE_TIMEOUT_MS + 1000);
-      if (!handshakes.has(peer)) {
-        const { state, hello } = await startInitiator(dh, link.id, peer);
-        if (handshakes.has(peer)) dh.forget(state.kp.handle); // the peer's hello won the race meanwhile
-        else {
-          setHandshake(peer, { role: "initiator", step: "hello", state });
-          sendE2E(peer, hello);
-        }
-      }
-      return wait;
+      const done = nextSession(peer, HANDSHAKE_TIMEOUT_MS + 1000);
+      if (!handshakes.has(peer)) await startExchange(peer);
+      return done;
     },
     waitSession,
     sendText(peer, text) {
       const s = sessions.get(peer);
       if (!s) throw new ChatError("no_session", `no session with ${peer}: /connect ${peer} first`, peer);
-      queueContent(s, { t: "text", text }, text.length * 3 + 16);
+      const bytes = Buffer.byteLength(text);
+      // A record must fit one relay frame: content + padding + record fields + envelope.
+      if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`, peer);
+      queueContent(s, { t: "text", text }, bytes + 16);
     },
     peers() {
       const ids = new Set([...online, ...sessions.keys(), ...handshakes.keys()]);

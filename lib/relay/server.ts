@@ -283,8 +283,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         // At most MAX_LISTED IDs (~40 KiB), so the answer always fits a frame.
         const ids: string[] = [];
         for (const id of routes.ids()) {
+          if (id === c.id) continue;
           if (ids.length === MAX_LISTED) return sendFrame(c, { t: "peers", ids, more: true });
-          if (id !== c.id) ids.push(id);
+          ids.push(id);
         }
         return sendFrame(c, { t: "peers", ids });
       }

@@ -1,0 +1,103 @@
+// The chat core (lib/client) over a real relay: simultaneous /connect, re-keying
+// while messages flow, batching, message size limits, and a peer leaving.
+import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
+import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
+import type { Relay } from "../lib/relay/server.ts";
+import { SECRET, startTestRelay, waitFor } from "./helpers.ts";
+
+let relay: Relay;
+const engines: DhEngine[] = [];
+const clients: ChatClient[] = [];
+beforeAll(() => void (relay = startTestRelay()));
+afterAll(async () => {
+  for (const e of engines) e.close();
+  await relay.stop();
+});
+afterEach(async () => {
+  for (const c of clients.splice(0)) await c.close().catch(() => {});
+});
+
+async function client(hook: (e: ChatEvent) => void = () => {}) {
+  const events: ChatEvent[] = [];
+  if (engines.length < 2) engines.push(startDhEngine());
+  const dh = engines[clients.length % 2]!;
+  const c = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: (e) => void (events.push(e), hook(e)) });
+  clients.push(c);
+  const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
+  return { c, events, of };
+}
+
+test("/connect in both directions at once ends in one session with one fingerprint", async () => {
+  const a = await client();
+  const b = await client();
+  await Promise.all([a.c.connect(b.c.id), b.c.connect(a.c.id)]);
+  await waitFor(() => a.c.fingerprint(b.c.id) && b.c.fingerprint(a.c.id), "both sessions");
+  expect(a.c.fingerprint(b.c.id)).toBe(b.c.fingerprint(a.c.id));
+  a.c.sendText(b.c.id, "after the race");
+  await waitFor(() => b.of("message").length === 1, "message");
+  expect(a.of("session").filter((e) => e.state === "failed")).toEqual([]);
+  expect(b.of("error")).toEqual([]);
+});
+
+test("a second /connect waits for the new keys, announces them, and no message is lost meanwhile", async () => {
+  const a = await client();
+  // The moment b switches to the new keys, a has sent its reveal but not yet seen b's
+  // confirm: what a sends now must not be sealed under the keys b just dropped.
+  const b = await client((e) => {
+    if (e.event === "session" && e.state === "rekeyed") for (let i = 0; i < 20; i++) a.c.sendText(b.c.id, `window ${i}`);
+  });
+  await a.c.connect(b.c.id);
+  const first = a.c.fingerprint(b.c.id, true);
+  for (let i = 0; i < 50; i++) a.c.sendText(b.c.id, `before ${i}`);
+  const rekey = a.c.connect(b.c.id);
+  for (let i = 0; i < 50; i++) a.c.sendText(b.c.id, `during ${i}`); // sealed under old or new keys, never both
+  await rekey;
+  expect(a.c.fingerprint(b.c.id, true)).not.toBe(first); // resolved only once the new session exists
+  for (let i = 0; i < 50; i++) a.c.sendText(b.c.id, `after ${i}`);
+  await waitFor(() => b.of("message").length === 170, "170 messages", 10_000);
+  expect(b.of("message").map((m) => m.text)).toEqual([
+    ...Array.from({ length: 50 }, (_, i) => `before ${i}`),
+    ...Array.from({ length: 50 }, (_, i) => `during ${i}`),
+    ...Array.from({ length: 20 }, (_, i) => `window ${i}`),
+    ...Array.from({ length: 50 }, (_, i) => `after ${i}`),
+  ]);
+  expect(b.of("error")).toEqual([]);
+  const rekeyed = b.of("session").find((e) => e.state === "rekeyed");
+  expect(rekeyed).toMatchObject({ peer: a.c.id, verified: false, fingerprint: a.c.fingerprint(b.c.id) });
+});
+
+test("many messages in one burst arrive in order (batched records), interleaved both ways", async () => {
+  const a = await client();
+  const b = await client();
+  await a.c.connect(b.c.id);
+  for (let i = 0; i < 3000; i++) {
+    a.c.sendText(b.c.id, `a${i}`);
+    if (i % 3 === 0) b.c.sendText(a.c.id, `b${i}`);
+  }
+  await waitFor(() => b.of("message").length === 3000 && a.of("message").length === 1000, "all messages", 10_000);
+  expect(b.of("message").map((m) => m.text)).toEqual(Array.from({ length: 3000 }, (_, i) => `a${i}`));
+  expect(a.of("message")[999]!.text).toBe("b2997");
+});
+
+test("a message too long for one frame is refused locally with a clear error", async () => {
+  const a = await client();
+  const b = await client();
+  await a.c.connect(b.c.id);
+  expect(() => a.c.sendText(b.c.id, "x".repeat(300 * 1024))).toThrow(/message too long/);
+  a.c.sendText(b.c.id, "y".repeat(200 * 1024)); // fits: delivered
+  await waitFor(() => b.of("message").length === 1, "long message");
+  expect(b.of("message")[0]!.text.length).toBe(200 * 1024);
+});
+
+test("when a peer leaves, its session is erased and sending to it fails clearly", async () => {
+  const a = await client();
+  const b = await client();
+  await a.c.connect(b.c.id);
+  const bId = b.c.id;
+  await clients.splice(1, 1)[0]!.close();
+  await waitFor(() => a.of("session").find((e) => e.state === "closed"), "session closed");
+  expect(a.c.hasSession(bId)).toBe(false);
+  expect(() => a.c.sendText(bId, "hello?")).toThrow(/no session/);
+  expect(a.c.peers().find((p) => p.id === bId)).toBeUndefined();
+});
