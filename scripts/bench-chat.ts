@@ -57,29 +57,27 @@ async function spawnPeer(port: number, mode: "count" | "echo") {
 const relay = await spawnBenchRelay();
 const results: string[] = [];
 try {
-  // 1. Key exchange latency (both clients in this process, each with its own DH worker).
+  // 1. Key exchange latency: this process initiates, a peer process responds.
+  //    connect() resolves when we have verified the peer's confirm, which the
+  //    peer sends only once it holds the keys: both sides are then established.
+  const responder = await spawnPeer(relay.port, "count");
   const dhA = startDhEngine();
-  const dhB = startDhEngine();
   const a = await startChat({ host: "127.0.0.1", port: relay.port, secret: null, dh: dhA, onEvent() {} });
-  let bEstablished = 0;
-  const b = await startChat({ host: "127.0.0.1", port: relay.port, secret: null, dh: dhB, onEvent: (e) => void (e.event === "session" && (bEstablished = performance.now())) });
-  await a.connect(b.id); // warm-up: the workers' one-time setup happens here
+  await a.connect(responder.id); // warm-up: the workers' one-time setup happens here
   const rounds = quick ? 50 : 300;
   const connectMs: number[] = [];
   for (let i = 0; i < rounds; i++) {
     const t0 = performance.now();
-    await a.connect(b.id); // resolves when a has verified b's confirm, i.e. after b has keys
-    connectMs.push(Math.max(performance.now(), bEstablished) - t0);
+    await a.connect(responder.id); // a new exchange each time (announced as a re-key)
+    connectMs.push(performance.now() - t0);
   }
   await a.close();
-  await b.close();
   dhA.close();
-  dhB.close();
+  responder.proc.kill();
   connectMs.sort((x, y) => x - y);
   const p50 = percentile(connectMs, 50);
-  results.push(`| /connect → both sides established, p50 (${rounds} exchanges) | ${p50.toFixed(2)} ms | ≤ 5 ms | ${p50 <= 5 ? "met" : "**missed**"} |`);
+  results.push(`| /connect → both sides established, p50 (${rounds} exchanges, peer in another process) | ${p50.toFixed(2)} ms | ≤ 5 ms | ${p50 <= 5 ? "met" : "**missed**"} |`);
   results.push(`| /connect p99 | ${percentile(connectMs, 99).toFixed(2)} ms | – | – |`);
-
   // 2. Sustained E2E message throughput: this process sends, a peer process receives.
   //    "batched": messages sent in one burst share records (the client seals
   //    everything queued for a peer in one event-loop turn into one record);
