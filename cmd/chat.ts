@@ -1,7 +1,9 @@
 // `smts chat HOST[:PORT]`: argument parsing and wiring of the chat client
 // (lib/client) to the interactive prompt or to scripted stdin/--json mode.
 import { defineCommand } from "citty";
+import { accessSync, constants, statSync } from "node:fs";
 import readline from "node:readline";
+import { resolve } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { parseSize } from "../lib/cli/size.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
@@ -10,7 +12,7 @@ import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
 import { loadSecret, SecretError, secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
-import { formatEvent } from "../lib/ui/format.ts";
+import { formatEvent, progressTracker } from "../lib/ui/format.ts";
 import { startTerminal } from "../lib/ui/terminal.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, UsageError } from "./usage.ts";
 
@@ -37,7 +39,14 @@ export const chatCommand = defineCommand({
       checkFlags(rawArgs, args);
       const { host, port } = parseRelayAddress(a.relay);
       const timeoutMs = parsePositive("timeout", a.timeout, 30) * 1000;
-      parsePositive("max-file-size", a["max-file-size"], 0, parseSize);
+      const maxFileSize = parsePositive("max-file-size", a["max-file-size"], 0, parseSize);
+      const downloadDir = resolve(a["download-dir"]);
+      try {
+        accessSync(downloadDir, constants.W_OK);
+        if (!statSync(downloadDir).isDirectory()) throw new Error("not a directory");
+      } catch (err) {
+        throw new Failure(`cannot save files in --download-dir ${downloadDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
       let secret: string | null;
       try {
         secret = loadSecret(a["secret-file"]);
@@ -55,7 +64,9 @@ export const chatCommand = defineCommand({
         else if (terminal) terminal.print(line);
         else process.stdout.write(`${line}\n`);
       };
+      const progress = progressTracker();
       const emit = (e: ChatEvent) => {
+        if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
         if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
         const line = formatEvent(e);
         if (line && !json) print(line);
@@ -65,7 +76,7 @@ export const chatCommand = defineCommand({
       let client: ChatClient;
       let exiting = false;
       try {
-        client = await startChat({ host, port, secret: secret ? secretBytes(secret) : null, dh, onEvent: emit });
+        client = await startChat({ host, port, secret: secret ? secretBytes(secret) : null, dh, onEvent: emit, downloadDir, maxFileSize });
       } catch (err) {
         dh.close();
         if (err instanceof JoinError) throw new Failure(err.message);
@@ -83,7 +94,8 @@ export const chatCommand = defineCommand({
         dh.close();
         process.exit(code);
       };
-      const ctx = { client, emit, print, scripted: !interactive, sessionTimeoutMs: timeoutMs };
+      const running: Promise<boolean>[] = [];
+      const ctx = { client, emit, print, scripted: !interactive, sessionTimeoutMs: timeoutMs, background: (p: Promise<boolean>) => void running.push(p) };
 
       if (interactive) {
         terminal = startTerminal(
@@ -104,6 +116,8 @@ export const chatCommand = defineCommand({
         if (command.kind === "exit") break;
         if (!(await execute(command, ctx))) failures++;
       }
+      // End of input: let transfers finish, then drain and exit.
+      for (const ok of await Promise.all(running)) if (!ok) failures++;
       await client.flush();
       await finish(failures ? 1 : 0);
     });

@@ -28,6 +28,7 @@ import {
   type SessionKeys,
 } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
+import { createTransfers, TransferError, type TransferEvent } from "../transfer/transfers.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
 import { pack } from "../wire/msgpack.ts";
 
@@ -38,7 +39,8 @@ export type ChatEvent =
   | { event: "message"; from: string; text: string; broadcast: boolean }
   | { event: "list"; peers: PeerInfo[] }
   | { event: "error"; code: string; message: string; peer?: string }
-  | { event: "disconnected"; code: string; message: string };
+  | { event: "disconnected"; code: string; message: string }
+  | TransferEvent;
 
 export interface PeerInfo {
   id: string;
@@ -99,7 +101,13 @@ export interface ChatOptions {
   secret: Uint8Array | null;
   dh: DhEngine;
   onEvent: (e: ChatEvent) => void;
+  /** Where received files are saved (default: the current directory). */
+  downloadDir?: string;
+  /** Largest file sent or accepted, in bytes (default 10 MiB). */
+  maxFileSize?: number;
 }
+
+export const DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024;
 
 export interface ChatClient {
   readonly id: string;
@@ -108,6 +116,12 @@ export interface ChatClient {
   /** Resolves once a session with `peer` is established (whoever started it). */
   waitSession(peer: string, timeoutMs: number): Promise<void>;
   sendText(peer: string, text: string): void;
+  /** Offers a file; resolves when the peer reports it complete and verified. */
+  sendFile(peer: string, path: string): Promise<void>;
+  /** Cancels transfers whose ID starts with `prefix` (all if empty); returns how many. */
+  cancel(prefix: string): number;
+  /** Transfers still running. */
+  activeTransfers(): number;
   peers(): PeerInfo[];
   verify(peer: string): void;
   fingerprint(peer: string, long?: boolean): string | null;
@@ -128,6 +142,19 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   let closing = false;
 
   const sendE2E = (peer: string, frame: Frame) => link.send(peer, pack(frame));
+  const transfers = createTransfers(
+    {
+      sendContent(peer, item) {
+        const s = sessions.get(peer);
+        if (s) queueContent(s, item, 64);
+      },
+      sendMessage: sendE2E,
+      backlog: () => link.backlog,
+      drained: (bytes) => link.drained(bytes),
+      emit,
+    },
+    { downloadDir: opts.downloadDir ?? ".", maxFileSize: opts.maxFileSize ?? DEFAULT_MAX_FILE_SIZE },
+  );
 
   // Contents sent to one peer in the same event-loop tick share one record:
   // one chain step, one MAC and one relay frame for the lot. A lone message
@@ -222,6 +249,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   function dropSession(peer: string, reason: string): void {
     const s = sessions.get(peer);
     endHandshake(peer);
+    transfers.abandon(peer, `${peer} ${reason}`);
     settle(peer, new ChatError("peer_left", `${peer} ${reason}`, peer));
     if (!s) return;
     s.send.erase();
@@ -317,6 +345,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function onContent(peer: string, item: unknown): void {
     const c = item as Frame;
+    if (c && typeof c === "object" && transfers.onContent(peer, c)) return;
     if (c && c.t === "text" && typeof c.text === "string") {
       emit({ event: "message", from: peer, text: c.text, broadcast: false });
     } else {
@@ -335,6 +364,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       return;
     }
     if (m.t === "rec") return onRecord(from, m);
+    if (m.t === "chunk") return transfers.onChunk(from, m);
     if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void onHandshakeFrame(from, m);
     emit({ event: "error", code: "malformed", message: `unknown message type from ${from}`, peer: from });
   }
@@ -439,12 +469,24 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       return long ? longFingerprint(s.fingerprint) : shortFingerprint(s.fingerprint);
     },
     hasSession: (peer) => sessions.has(peer),
+    async sendFile(peer, path) {
+      if (!sessions.has(peer)) throw new ChatError("no_session", `no session with ${peer}: /connect ${peer} first`, peer);
+      try {
+        await transfers.send(peer, path);
+      } catch (err) {
+        if (err instanceof TransferError) throw new ChatError(err.code, err.message, err.peer ?? peer);
+        throw err;
+      }
+    },
+    cancel: (prefix) => transfers.cancel(prefix),
+    activeTransfers: () => transfers.active(),
     async flush() {
       for (const s of sessions.values()) sealQueued(s);
       await link.drained(0);
     },
     async close() {
       closing = true;
+      transfers.cancel("");
       for (const s of sessions.values()) sealQueued(s);
       for (const peer of [...sessions.keys()]) {
         const s = sessions.get(peer)!;

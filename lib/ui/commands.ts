@@ -5,6 +5,8 @@ import { normalizeId } from "../relay/protocol.ts";
 export type Command =
   | { kind: "connect"; peer: string }
   | { kind: "msg"; peer: string; text: string }
+  | { kind: "send"; peer: string; path: string }
+  | { kind: "cancel"; id: string }
   | { kind: "verify"; peer: string }
   | { kind: "fingerprint"; peer: string }
   | { kind: "list" }
@@ -16,16 +18,19 @@ export type Command =
 export const HELP = `Commands:
   /connect ID        start an encrypted session with ID (key exchange)
   /msg ID text       send a private message
+  /send ID path      send a file (encrypted, streamed, verified on arrival)
+  /cancel [FILE-ID]  stop a file transfer (all of them without an ID)
   /list              online peers, session state, fingerprints
   /verify ID         mark ID verified after comparing fingerprints out of band
   /fingerprint ID    show the full 256-bit fingerprint for careful comparison
   /help              this help
   /exit              erase all keys and quit
-Coming next: /send ID path, /bmsg text, /bsend path.`;
+Coming next: /bmsg text, /bsend path.`;
 
 const USAGE: Record<string, string> = {
   connect: "/connect ID",
   msg: "/msg ID text",
+  send: "/send ID path",
   verify: "/verify ID",
   fingerprint: "/fingerprint ID",
 };
@@ -59,11 +64,26 @@ export function parseCommand(line: string): Command {
       if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(mm[1])} (IDs are 8 letters/digits)` };
       return { kind: "msg", peer, text: mm[2]! };
     }
-    case "send":
+    case "send": {
+      const mm = /^(\S+)\s+(.+)$/s.exec(rest);
+      if (!mm) return { kind: "invalid", message: `usage: ${USAGE.send}` };
+      const peer = normalizeId(mm[1]!);
+      if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(mm[1])} (IDs are 8 letters/digits)` };
+      return { kind: "send", peer, path: unquote(mm[2]!.trim()) };
+    }
+    case "cancel":
+      if (rest && !/^[0-9a-f]{1,32}$/i.test(rest)) return { kind: "invalid", message: "usage: /cancel [FILE-ID] (the hex ID shown when the transfer started)" };
+      return { kind: "cancel", id: rest.toLowerCase() };
     case "bmsg":
     case "bsend":
       return { kind: "invalid", message: `/${name} is not available in this version yet` };
     default:
       return { kind: "invalid", message: `unknown command /${name} (try /help)` };
   }
+}
+
+/** Paths may be quoted to keep surrounding spaces: /send ID "my file.txt". */
+function unquote(path: string): string {
+  const m = /^"(.*)"$/s.exec(path) ?? /^'(.*)'$/s.exec(path);
+  return m ? m[1]! : path;
 }

@@ -11,6 +11,8 @@ export interface ExecuteContext {
   print: (line: string) => void;
   scripted: boolean;
   sessionTimeoutMs: number;
+  /** Work that finishes later (a file transfer); its outcome counts at end of input. */
+  background(outcome: Promise<boolean>): void;
 }
 
 /** Returns true on success; failures are emitted as `error` events. */
@@ -39,6 +41,23 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
         if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
         client.sendText(cmd.peer, cmd.text);
         return true;
+      case "send": {
+        if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
+        const done = client.sendFile(cmd.peer, cmd.path);
+        // The command returns at once (transfers run side by side); failures are reported when they happen.
+        ctx.background(
+          done.then(
+            () => true,
+            (err) => (err instanceof ChatError ? fail(err.code, err.message, err.peer) : Promise.reject(err)),
+          ),
+        );
+        return true;
+      }
+      case "cancel": {
+        const n = client.cancel(cmd.id);
+        if (n === 0) return fail("no_transfer", cmd.id ? `no transfer ${cmd.id}` : "no transfer running");
+        return true;
+      }
       case "verify":
         client.verify(cmd.peer);
         ctx.print(`* ${cmd.peer} marked verified (fingerprint ${client.fingerprint(cmd.peer)})`);

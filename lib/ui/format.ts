@@ -2,6 +2,7 @@
 // control characters first, so a message cannot move the cursor, recolour
 // the terminal or fake a line from someone else.
 import type { ChatEvent, PeerInfo } from "../client/chat-client.ts";
+import { formatSize } from "../cli/size.ts";
 
 // C0 and C1 controls and DEL, except tab; newlines become "↵".
 const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
@@ -45,5 +46,50 @@ export function formatEvent(e: ChatEvent): string | null {
       return `! ${sanitize(e.message)}`;
     case "disconnected":
       return `! disconnected from relay: ${e.message}`;
+    case "transfer": {
+      const what = `${e.direction === "out" ? "to" : "from"} ${e.peer}: ${sanitize(e.name)} (${formatSize(e.size)}, id ${e.id})`;
+      switch (e.state) {
+        case "offered":
+          return `* offering file ${what}`;
+        case "sending":
+          return `* sending file ${what}`;
+        case "receiving":
+          return `* receiving file ${what}`;
+        default:
+          return `! file ${what} ${e.state}: ${sanitize(e.reason ?? "")}`;
+      }
+    }
+    case "progress":
+      return null; // shown in the status line (see progressLine)
+    case "file":
+      return `* received ${sanitize(e.name)} from ${e.from}: ${formatSize(e.size)}, saved as ${sanitize(e.path)}, sha256 ${e.sha256}`;
+    case "delivered":
+      return `* ${e.to} has ${sanitize(e.name)} (${formatSize(e.size)}), verified: sha256 ${e.sha256}`;
   }
+}
+
+/** Tracks running transfers and renders them as one status line: name, percent, rate, ETA. */
+export function progressTracker() {
+  const running = new Map<string, { name: string; size: number; bytes: number; start: number; startBytes: number }>();
+  return {
+    update(e: ChatEvent): string {
+      if (e.event === "progress") {
+        const t = running.get(e.id) ?? { name: e.name, size: e.size, bytes: 0, start: performance.now(), startBytes: e.bytes };
+        t.bytes = e.bytes;
+        running.set(e.id, t);
+        if (e.bytes >= e.size) running.delete(e.id);
+      } else if (e.event === "transfer" && e.state !== "offered" && e.state !== "sending" && e.state !== "receiving") {
+        running.delete(e.id);
+      }
+      return [...running.values()]
+        .map((t) => {
+          const seconds = (performance.now() - t.start) / 1000;
+          const rate = seconds > 0 ? (t.bytes - t.startBytes) / seconds : 0;
+          const eta = rate > 0 ? Math.ceil((t.size - t.bytes) / rate) : null;
+          const pct = t.size ? Math.floor((100 * t.bytes) / t.size) : 100;
+          return `${sanitize(t.name).slice(0, 24)} ${pct}% ${formatSize(rate)}/s${eta === null ? "" : ` ETA ${eta}s`}`;
+        })
+        .join(" | ");
+    },
+  };
 }

@@ -5,6 +5,8 @@ import readline from "node:readline";
 
 export interface Terminal {
   print(text: string): void;
+  /** Shows `text` (transfer progress) in front of the prompt; "" clears it. */
+  status(text: string): void;
   close(): void;
 }
 
@@ -21,6 +23,12 @@ export function startTerminal(onLine: (line: string) => void, onClose: () => voi
       readline.clearLine(process.stdout, 0);
       readline.cursorTo(process.stdout, 0);
       process.stdout.write(`${text}\n`);
+      rl.prompt(true);
+    },
+    status(text) {
+      rl.setPrompt(text ? `[${text}] > ` : "> ");
+      readline.clearLine(process.stdout, 0);
+      readline.cursorTo(process.stdout, 0);
       rl.prompt(true);
     },
     close() {

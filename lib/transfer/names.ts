@@ -1,0 +1,62 @@
+// Where a received file may be saved. A peer chooses the name it offers, so
+// the name is reduced to a harmless base name, and the file is only ever
+// created anew (never over an existing one).
+//
+// Promises: safeName() returns a non-empty single path component with no
+// separators, no control or terminal-escape characters, no leading dots, no
+// trailing dots or spaces, no Windows device name, at most 200 bytes of UTF-8.
+// claimFinalName() moves a finished temporary file to `dir/name`, or to
+// `name (1).ext`, `name (2).ext`, ... if taken, without overwriting anything:
+// the name is first created exclusively (O_EXCL), then the temporary file is
+// renamed onto that empty placeholder. (Hard links would avoid the brief
+// empty placeholder but do not exist on every filesystem, e.g. FAT on phones.)
+import { closeSync, openSync, renameSync } from "node:fs";
+import { join } from "node:path";
+
+const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
+const MAX_BYTES = 200;
+
+export function safeName(offered: string): string {
+  // Last component of either kind of path, then drop everything unsafe.
+  let name = offered.split(/[/\\]/).pop() ?? "";
+  name = name
+    .replace(/[\u0000-\u001f\u007f-\u009f]/g, "") // controls, including ESC
+    .replace(/[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g, "") // invisible and bidi overrides
+    .replace(/[<>:"|?*]/g, "_") // reserved on Windows
+    .replace(/^[.\s]+/, "") // no hidden files, no "..", no leading spaces
+    .replace(/[.\s]+$/, ""); // Windows drops these silently
+  const stem = name.split(".")[0] ?? "";
+  if (DEVICE.test(stem)) name = `_${name}`;
+  while (Buffer.byteLength(name) > MAX_BYTES) name = trimKeepingExtension(name);
+  return name || "file";
+}
+
+function trimKeepingExtension(name: string): string {
+  const dot = name.lastIndexOf(".");
+  const ext = dot > 0 && name.length - dot <= 16 ? name.slice(dot) : "";
+  const stem = name.slice(0, name.length - ext.length);
+  return [...stem].slice(0, -1).join("") + ext;
+}
+
+/** `report.pdf` → `report (n).pdf`; `archive.tar.gz` → `archive (n).tar.gz`. */
+export function numbered(name: string, n: number): string {
+  if (n === 0) return name;
+  const m = /^(.+?)((?:\.[^.\s]{1,10}){0,2})$/.exec(name);
+  return m ? `${m[1]} (${n})${m[2]}` : `${name} (${n})`;
+}
+
+/** Gives the finished temporary file its final name; returns the path used. */
+export function claimFinalName(tempPath: string, dir: string, name: string): string {
+  for (let n = 0; n < 10_000; n++) {
+    const path = join(dir, numbered(name, n));
+    try {
+      closeSync(openSync(path, "wx", 0o600));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "EEXIST") continue;
+      throw err;
+    }
+    renameSync(tempPath, path);
+    return path;
+  }
+  throw new Error(`no free name for ${name} in ${dir}`);
+}

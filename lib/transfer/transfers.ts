@@ -1,0 +1,308 @@
+// File transfers over established sessions (docs/PROTOCOL.md, "File layer").
+//
+//   sender                                   receiver
+//   record {t:"offer", id, name, size, key} →
+//                     ← record {t:"accept", id} | {t:"decline", id, reason}
+//   chunk 0 … chunk n (last)                →   (verified, written to a temp file)
+//                     ← record {t:"done", id, sha256} | {t:"failed", id, reason}
+//   either side: record {t:"cancel", id}
+//
+// Promises: a file is never held whole in memory (64 KiB chunks; the sender
+// reads only as fast as its socket drains, the receiver writes each chunk
+// before reading the next); the receiver enforces its own size limit on the
+// bytes it actually receives; a file appears under its final name only after
+// the last chunk verified and the size matched, and any failure removes the
+// temporary file; existing files are never overwritten.
+import { closeSync, fstatSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
+import { basename, join } from "node:path";
+import { randomBytes, wipe } from "../crypto/primitives.ts";
+import type { Frame } from "../wire/frame.ts";
+import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, sealChunk, type FileKeys } from "./chunks.ts";
+import { claimFinalName, safeName } from "./names.ts";
+
+export type TransferEvent =
+  | { event: "transfer"; id: string; peer: string; direction: "in" | "out"; name: string; size: number; state: "offered" | "sending" | "receiving" | "declined" | "failed" | "cancelled"; reason?: string }
+  | { event: "progress"; id: string; peer: string; direction: "in" | "out"; name: string; bytes: number; size: number }
+  | { event: "file"; from: string; id: string; name: string; path: string; size: number; sha256: string; broadcast: boolean }
+  | { event: "delivered"; to: string; id: string; name: string; size: number; sha256: string };
+
+export interface TransferDeps {
+  /** Sends a record content to the peer (authenticated, in order with messages). */
+  sendContent(peer: string, item: Frame): void;
+  /** Sends an E2E message outside the session records (chunks). */
+  sendMessage(peer: string, frame: Frame): void;
+  backlog(): number;
+  drained(bytes: number): Promise<void>;
+  emit(e: TransferEvent): void;
+}
+
+export interface TransferOptions {
+  downloadDir: string;
+  maxFileSize: number;
+}
+
+export class TransferError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly peer?: string,
+  ) {
+    super(message);
+  }
+}
+
+const SEND_HIGH = 1024 * 1024; // pause reading the file while this much is queued
+const SEND_LOW = 256 * 1024;
+const PROGRESS_MS = 250;
+
+interface Outgoing {
+  id: string;
+  fileId: Uint8Array;
+  peer: string;
+  path: string;
+  name: string;
+  size: number;
+  fileKey: Uint8Array;
+  state: "offered" | "sending" | "awaiting" | "over";
+  sha256?: string;
+  resolve(): void;
+  reject(err: TransferError): void;
+}
+
+interface Incoming {
+  id: string;
+  fileId: Uint8Array;
+  peer: string;
+  name: string;
+  size: number;
+  keys: FileKeys;
+  temp: string;
+  fd: number;
+  next: number;
+  received: number;
+  hash: Bun.CryptoHasher;
+  lastProgress: number;
+}
+
+const hexId = (b: Uint8Array) => Buffer.from(b).toString("hex");
+const shortId = (id: string) => id.slice(0, 8);
+
+export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
+  const outgoing = new Map<string, Outgoing>();
+  const incoming = new Map<string, Incoming>();
+
+  function finishOut(t: Outgoing, err?: TransferError): void {
+    if (t.state === "over") return;
+    t.state = "over";
+    outgoing.delete(t.id);
+    wipe(t.fileKey);
+    if (err) t.reject(err);
+    else t.resolve();
+  }
+
+  function failOut(t: Outgoing, state: "declined" | "failed" | "cancelled", reason: string): void {
+    if (t.state === "over") return;
+    deps.emit({ event: "transfer", id: shortId(t.id), peer: t.peer, direction: "out", name: t.name, size: t.size, state, reason });
+    finishOut(t, new TransferError(state, `sending ${t.name} to ${t.peer}: ${reason}`, t.peer));
+  }
+
+  function failIn(t: Incoming, state: "failed" | "cancelled", reason: string, tellPeer: boolean): void {
+    if (!incoming.delete(t.id)) return;
+    try {
+      closeSync(t.fd);
+    } catch {}
+    try {
+      unlinkSync(t.temp);
+    } catch {}
+    wipe(t.keys.enc, t.keys.mac);
+    if (tellPeer) deps.sendContent(t.peer, { t: state === "cancelled" ? "cancel" : "failed", id: t.fileId, reason });
+    deps.emit({ event: "transfer", id: shortId(t.id), peer: t.peer, direction: "in", name: t.name, size: t.size, state, reason });
+  }
+
+  /** Offers `path` to `peer`; resolves once the peer reports it complete and verified. */
+  function send(peer: string, path: string): Promise<void> {
+    let fd: number;
+    let size: number;
+    try {
+      fd = openSync(path, "r");
+      const st = fstatSync(fd);
+      closeSync(fd);
+      if (!st.isFile()) throw new TransferError("not_a_file", `${path} is not a regular file`);
+      size = st.size;
+    } catch (err) {
+      if (err instanceof TransferError) return Promise.reject(err);
+      return Promise.reject(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+    }
+    if (size > opts.maxFileSize) {
+      return Promise.reject(new TransferError("too_large", `${path} is ${size} bytes, over the limit of ${opts.maxFileSize} (--max-file-size)`));
+    }
+    const fileId = randomBytes(FILE_ID_BYTES);
+    const fileKey = randomBytes(32);
+    const name = basename(path);
+    return new Promise<void>((resolve, reject) => {
+      const t: Outgoing = { id: hexId(fileId), fileId, peer, path, name, size, fileKey, state: "offered", resolve, reject };
+      outgoing.set(t.id, t);
+      deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey });
+      deps.emit({ event: "transfer", id: shortId(t.id), peer, direction: "out", name, size, state: "offered" });
+    });
+  }
+
+  async function stream(t: Outgoing): Promise<void> {
+    const keys = fileKeys(t.fileKey, t.fileId);
+    const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+    const hash = new Bun.CryptoHasher("sha256");
+    let fd = -1;
+    try {
+      fd = openSync(t.path, "r");
+      let sent = 0;
+      let lastProgress = 0;
+      for (let n = 0; ; n++) {
+        if (t.state !== "sending") return; // cancelled or failed meanwhile
+        const got = readSync(fd, buf, 0, Math.min(CHUNK_BYTES, t.size - sent), null);
+        if (got === 0 && sent < t.size) throw new Error("the file shrank while being sent");
+        sent += got;
+        const last = sent === t.size;
+        const plain = buf.subarray(0, got);
+        hash.update(plain);
+        deps.sendMessage(t.peer, sealChunk(keys, t.fileId, n, last, plain));
+        const now = performance.now();
+        if (last || now - lastProgress >= PROGRESS_MS) {
+          lastProgress = now;
+          deps.emit({ event: "progress", id: shortId(t.id), peer: t.peer, direction: "out", name: t.name, bytes: sent, size: t.size });
+        }
+        if (last) break;
+        if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
+      }
+      if (readSync(fd, buf, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
+      t.sha256 = hash.digest("hex");
+      if (t.state === "sending") t.state = "awaiting";
+    } catch (err) {
+      deps.sendContent(t.peer, { t: "cancel", id: t.fileId, reason: "sender failed" });
+      failOut(t, "failed", (err as Error).message);
+    } finally {
+      if (fd >= 0) closeSync(fd);
+      wipe(keys.enc, keys.mac);
+    }
+  }
+
+  function onOffer(peer: string, m: Frame): void {
+    const { id, name, size, key } = m;
+    if (!(id instanceof Uint8Array) || id.length !== FILE_ID_BYTES || typeof name !== "string" || !Number.isSafeInteger(size) || (size as number) < 0 || !(key instanceof Uint8Array) || key.length !== 32) {
+      deps.emit({ event: "transfer", id: "?", peer, direction: "in", name: "?", size: 0, state: "failed", reason: "malformed offer" });
+      return;
+    }
+    const tid = hexId(id);
+    const clean = safeName(name);
+    const decline = (reason: string) => {
+      deps.sendContent(peer, { t: "decline", id, reason });
+      deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
+    };
+    if (incoming.has(tid)) return decline("duplicate offer");
+    if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
+    const temp = join(opts.downloadDir, `.${tid}.smts-part`);
+    let fd: number;
+    try {
+      fd = openSync(temp, "wx", 0o600);
+    } catch (err) {
+      return decline(`receiver cannot write to its download directory (${(err as NodeJS.ErrnoException).code})`);
+    }
+    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0 };
+    wipe(key);
+    incoming.set(tid, t);
+    deps.sendContent(peer, { t: "accept", id });
+    deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: t.size, state: "receiving" });
+  }
+
+  function onChunk(peer: string, m: Frame): void {
+    if (!(m.id instanceof Uint8Array)) return;
+    const t = incoming.get(hexId(m.id));
+    if (!t || t.peer !== peer) return; // unknown, finished or someone else's: nothing to attach it to
+    const chunk = openChunk(t.keys, t.fileId, t.next, m);
+    if (!chunk) return failIn(t, "failed", `chunk ${t.next} failed verification (tampered, missing, duplicated or reordered)`, true);
+    t.received += chunk.plaintext.length;
+    if (t.received > t.size) return failIn(t, "failed", `more data than the ${t.size} bytes offered`, true);
+    try {
+      for (let at = 0; at < chunk.plaintext.length; ) at += writeSync(t.fd, chunk.plaintext, at);
+    } catch (err) {
+      return failIn(t, "failed", `cannot write: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, true);
+    }
+    t.hash.update(chunk.plaintext);
+    t.next++;
+    const now = performance.now();
+    if (chunk.last || now - t.lastProgress >= PROGRESS_MS) {
+      t.lastProgress = now;
+      deps.emit({ event: "progress", id: shortId(t.id), peer, direction: "in", name: t.name, bytes: t.received, size: t.size });
+    }
+    if (!chunk.last) return;
+    if (t.received !== t.size) return failIn(t, "failed", `size mismatch: ${t.received} bytes received, ${t.size} offered`, true);
+    let path: string;
+    try {
+      closeSync(t.fd);
+      path = claimFinalName(t.temp, opts.downloadDir, t.name);
+    } catch (err) {
+      return failIn(t, "failed", `cannot save: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, true);
+    }
+    incoming.delete(t.id);
+    wipe(t.keys.enc, t.keys.mac);
+    const sha256 = t.hash.digest("hex");
+    deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
+    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: false });
+  }
+
+  /** Handles a record content of the file layer; false if `item` is not one. */
+  function onContent(peer: string, item: Frame): boolean {
+    if (item.t === "offer") return onOffer(peer, item), true;
+    if (!["accept", "decline", "done", "failed", "cancel"].includes(item.t as string)) return false;
+    if (!(item.id instanceof Uint8Array)) return true;
+    const tid = hexId(item.id);
+    const reason = typeof item.reason === "string" ? item.reason.slice(0, 200) : "no reason given";
+    const out = outgoing.get(tid);
+    if (out && out.peer === peer) {
+      if (item.t === "accept" && out.state === "offered") {
+        out.state = "sending";
+        deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "out", name: out.name, size: out.size, state: "sending" });
+        void stream(out);
+      } else if (item.t === "decline") failOut(out, "declined", reason);
+      else if (item.t === "failed") failOut(out, "failed", reason);
+      else if (item.t === "cancel") failOut(out, "cancelled", `cancelled by ${peer}`);
+      else if (item.t === "done" && out.state === "awaiting") {
+        const theirs = item.sha256 instanceof Uint8Array ? Buffer.from(item.sha256).toString("hex") : "";
+        if (theirs !== out.sha256) return failOut(out, "failed", "the receiver's SHA-256 differs from ours"), true;
+        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256 });
+        finishOut(out);
+      }
+      return true;
+    }
+    const inc = incoming.get(tid);
+    if (inc && inc.peer === peer && item.t === "cancel") failIn(inc, "cancelled", `cancelled by ${peer}: ${reason}`, false);
+    return true;
+  }
+
+  /** Cancels the transfers whose short ID starts with `prefix` (all if empty); returns how many. */
+  function cancel(prefix: string): number {
+    let n = 0;
+    for (const t of [...outgoing.values()]) {
+      if (!t.id.startsWith(prefix)) continue;
+      deps.sendContent(t.peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+      failOut(t, "cancelled", "cancelled");
+      n++;
+    }
+    for (const t of [...incoming.values()]) {
+      if (!t.id.startsWith(prefix)) continue;
+      failIn(t, "cancelled", "cancelled", true);
+      n++;
+    }
+    return n;
+  }
+
+  /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay. */
+  function abandon(peer: string | null, reason: string): void {
+    for (const t of [...outgoing.values()]) if (peer === null || t.peer === peer) failOut(t, "failed", reason);
+    for (const t of [...incoming.values()]) if (peer === null || t.peer === peer) failIn(t, "failed", reason, false);
+  }
+
+  const active = () => outgoing.size + incoming.size;
+  return { send, onContent, onChunk, cancel, abandon, active };
+}
+
+export type Transfers = ReturnType<typeof createTransfers>;
