@@ -112,3 +112,29 @@ export function msgFrameHeader(from: string, bodyLength: number): Uint8Array {
   }
   return out;
 }
+
+// ---- Fast path for `send` ----------------------------------------------------------
+// Nearly every frame a relay sees is a `send` to one ID, encoded the way the
+// reference client encodes it: fixmap {t:"send", to:<8-char ID>, body:<bin>}.
+// Recognising exactly that byte pattern skips a general msgpack decode on the
+// hot path; anything else (other key order, a list of IDs, `ref`, other
+// encodings) returns null and takes the general path, with the same result.
+const SEND_PREFIX = new Uint8Array([0x83, 0xa1, 0x74, 0xa4, 0x73, 0x65, 0x6e, 0x64, 0xa2, 0x74, 0x6f, 0xa8]);
+const BODY_AT = SEND_PREFIX.length + ID_LENGTH; // where the "body" key starts
+
+export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array } | null {
+  if (p.length < BODY_AT + BODY_KEY.length + 2) return null;
+  for (let i = 0; i < SEND_PREFIX.length; i++) if (p[i] !== SEND_PREFIX[i]) return null;
+  for (let i = 0; i < BODY_KEY.length; i++) if (p[BODY_AT + i] !== BODY_KEY[i]) return null;
+  let at = BODY_AT + BODY_KEY.length;
+  const tag = p[at]!;
+  let length: number;
+  if (tag === 0xc4) (length = p[at + 1]!), (at += 2);
+  else if (tag === 0xc5) (length = (p[at + 1]! << 8) | p[at + 2]!), (at += 3);
+  else if (tag === 0xc6 && p.length >= at + 5) (length = ((p[at + 1]! << 24) >>> 0) + (p[at + 2]! << 16) + (p[at + 3]! << 8) + p[at + 4]!), (at += 5);
+  else return null;
+  if (at + length !== p.length) return null;
+  let to = "";
+  for (let i = SEND_PREFIX.length; i < BODY_AT; i++) to += String.fromCharCode(p[i]!);
+  return { to, body: p.subarray(at) };
+}

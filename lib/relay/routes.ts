@@ -5,8 +5,8 @@
 // the local socket table without touching the join or forwarding logic.
 export interface Endpoint {
   readonly id: string;
-  /** Queues a complete frame (or part of one: pieces are sent in order). */
-  send(piece: Uint8Array): void;
+  /** Queues bytes of a frame (`more` follows `piece`); everything is sent in order. */
+  send(piece: Uint8Array, more?: Uint8Array): void;
   /** Bytes queued for this endpoint and not yet accepted by its socket. */
   readonly backlog: number;
 }

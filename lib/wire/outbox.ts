@@ -2,19 +2,23 @@
 //
 // Bun's socket.write() accepts only what the kernel takes and buffers nothing
 // (notes §3), so every writer keeps its own unsent tail and retries on `drain`.
-// The outbox promises: bytes leave in push() order, exactly once; small frames
-// queued together go out in one write (fewer syscalls); `bytes` is the exact
-// number of queued bytes, which callers use for backpressure decisions.
+// The outbox promises: bytes leave in push() order, exactly once; small
+// pieces are copied once into a shared staging buffer, so many small frames
+// go out in one write (fewer syscalls, no per-frame allocation); large ones
+// are queued as they are, without copying; `bytes` is the exact number of
+// queued bytes, which callers use for backpressure decisions.
 export interface WritableSocket {
   write(data: Uint8Array): number;
 }
 
-const COALESCE_BELOW = 16 * 1024; // frames smaller than this are merged...
-const COALESCE_LIMIT = 64 * 1024; // ...into writes of at most this size
+const SMALL = 16 * 1024; // pieces below this are staged (copied) ...
+const STAGE = 64 * 1024; // ... into buffers of this size
 
 export class Outbox {
   private queue: Uint8Array[] = [];
   private head = 0;
+  private stage: Uint8Array | null = null;
+  private staged = 0;
   /** Bytes queued and not yet accepted by the kernel. */
   bytes = 0;
   /** Time (ms) of the last write that made progress, or of the last push into an empty outbox. */
@@ -23,37 +27,33 @@ export class Outbox {
 
   constructor(private readonly socket: WritableSocket) {}
 
-  push(buf: Uint8Array): void {
-    if (this.closed || buf.length === 0) return;
+  /** Queues `a` followed by `b` (a frame's header and body, say). */
+  push(a: Uint8Array, b?: Uint8Array): void {
+    if (this.closed) return;
+    const n = a.length + (b?.length ?? 0);
+    if (n === 0) return;
     if (this.bytes === 0) this.lastProgress = performance.now();
-    this.queue.push(buf);
-    this.bytes += buf.length;
+    this.bytes += n;
+    if (n < SMALL) {
+      if (!this.stage || this.staged + n > this.stage.length) {
+        this.sealStage();
+        this.stage = new Uint8Array(STAGE);
+      }
+      this.stage.set(a, this.staged);
+      if (b) this.stage.set(b, this.staged + a.length);
+      this.staged += n;
+      return;
+    }
+    this.sealStage();
+    this.queue.push(a);
+    if (b?.length) this.queue.push(b);
   }
 
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
   flush(): boolean {
-    while (this.head < this.queue.length && !this.closed) {
-      const first = this.queue[this.head]!;
-      let chunk = first;
-      let merged = 1;
-      if (first.length < COALESCE_BELOW && this.queue.length - this.head > 1) {
-        let total = first.length;
-        while (this.head + merged < this.queue.length) {
-          const next = this.queue[this.head + merged]!;
-          if (next.length >= COALESCE_BELOW || total + next.length > COALESCE_LIMIT) break;
-          total += next.length;
-          merged++;
-        }
-        if (merged > 1) {
-          chunk = new Uint8Array(total);
-          let at = 0;
-          for (let i = 0; i < merged; i++) {
-            const part = this.queue[this.head + i]!;
-            chunk.set(part, at);
-            at += part.length;
-          }
-        }
-      }
+    this.sealStage();
+    while (this.head < this.queue.length) {
+      const chunk = this.queue[this.head]!;
       const written = this.socket.write(chunk);
       if (written < 0) {
         this.close();
@@ -64,13 +64,14 @@ export class Outbox {
         this.lastProgress = performance.now();
       }
       if (written < chunk.length) {
-        // Keep the unsent tail in place of the merged entries.
-        this.head += merged - 1;
-        this.queue[this.head] = chunk.subarray(written);
-        this.compact();
+        this.queue[this.head] = chunk.subarray(written); // keep the unsent tail
+        if (this.head > 1024 && this.head * 2 > this.queue.length) {
+          this.queue = this.queue.slice(this.head);
+          this.head = 0;
+        }
         return false;
       }
-      this.head += merged;
+      this.head++;
     }
     this.queue.length = 0;
     this.head = 0;
@@ -81,13 +82,16 @@ export class Outbox {
     this.closed = true;
     this.queue = [];
     this.head = 0;
+    this.stage = null;
+    this.staged = 0;
     this.bytes = 0;
   }
 
-  private compact(): void {
-    if (this.head > 1024 && this.head * 2 > this.queue.length) {
-      this.queue = this.queue.slice(this.head);
-      this.head = 0;
-    }
+  private sealStage(): void {
+    if (!this.stage || this.staged === 0) return;
+    this.queue.push(this.stage.subarray(0, this.staged));
+    // The rest of the buffer stays usable for the next small pieces.
+    this.stage = this.staged + SMALL <= STAGE ? this.stage.subarray(this.staged) : null;
+    this.staged = 0;
   }
 }

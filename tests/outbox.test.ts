@@ -1,0 +1,74 @@
+// The write queue under partial writes, and the relay's `send` fast path
+// against the general decoder.
+import { expect, test } from "bun:test";
+import { Outbox } from "../lib/wire/outbox.ts";
+import { parseSimpleSend } from "../lib/relay/protocol.ts";
+import { decodePayload, encodeFrame } from "../lib/wire/frame.ts";
+
+test("bytes leave in order, exactly once, whatever the socket accepts each time", () => {
+  let seed = 7;
+  const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  const written: number[] = [];
+  let open = true;
+  const socket = {
+    write(data: Uint8Array) {
+      if (!open) return -1;
+      const n = Math.min(data.length, rand(3) === 0 ? 0 : rand(40_000));
+      for (let i = 0; i < n; i++) written.push(data[i]!);
+      return n;
+    },
+  };
+  const box = new Outbox(socket);
+  const expected: number[] = [];
+  let value = 0;
+  for (let round = 0; round < 300; round++) {
+    const sizes = [rand(100), rand(20_000), rand(3) === 0 ? 70_000 : rand(10)];
+    const a = new Uint8Array(sizes[0]!).map(() => value++ & 0xff);
+    const b = new Uint8Array(sizes[1]!).map(() => value++ & 0xff);
+    box.push(a, b);
+    const c = new Uint8Array(sizes[2]!).map(() => value++ & 0xff);
+    box.push(c);
+    expected.push(...a, ...b, ...c);
+    expect(box.bytes).toBe(expected.length - written.length);
+    if (rand(2)) box.flush();
+  }
+  while (!box.flush());
+  expect(box.bytes).toBe(0);
+  expect(written.length).toBe(expected.length);
+  expect(Buffer.from(written).equals(Buffer.from(expected))).toBe(true);
+  open = false;
+  box.push(new Uint8Array(10));
+  expect(box.flush()).toBe(false);
+  expect(box.closed).toBe(true);
+});
+
+test("the relay's send fast path agrees with the general decoder, or declines", () => {
+  const cases = [
+    { t: "send", to: "abcdefgh", body: new Uint8Array(0) },
+    { t: "send", to: "abcdefgh", body: new Uint8Array(255).fill(1) },
+    { t: "send", to: "abcdefgh", body: new Uint8Array(256).fill(2) },
+    { t: "send", to: "abcdefgh", body: new Uint8Array(65_535).fill(3) },
+    { t: "send", to: "abcdefgh", body: new Uint8Array(65_536).fill(4) },
+  ];
+  for (const c of cases) {
+    const payload = encodeFrame(c).subarray(4);
+    const fast = parseSimpleSend(payload)!;
+    const slow = decodePayload(payload);
+    expect(fast.to).toBe(slow.to as string);
+    expect(Buffer.compare(fast.body, slow.body as Uint8Array)).toBe(0);
+  }
+  // Anything else goes the general way.
+  const others = [
+    { t: "send", to: ["abcdefgh"], body: new Uint8Array(1) },
+    { t: "send", to: "abcdefgh", body: new Uint8Array(1), ref: 1 },
+    { to: "abcdefgh", t: "send", body: new Uint8Array(1) },
+    { t: "send", to: "abcdefghi", body: new Uint8Array(1) },
+    { t: "send", to: "abcdefgh", body: "text" },
+    { t: "list" },
+  ];
+  for (const o of others) expect(parseSimpleSend(encodeFrame(o).subarray(4))).toBeNull();
+  const truncated = encodeFrame(cases[1]!).subarray(4, 100);
+  expect(parseSimpleSend(truncated)).toBeNull();
+  const trailing = new Uint8Array([...encodeFrame(cases[1]!).subarray(4), 0]);
+  expect(parseSimpleSend(trailing)).toBeNull();
+});
