@@ -146,11 +146,12 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     {
       sendContent(peer, item) {
         const s = sessions.get(peer);
-        if (s) queueContent(s, item, 64);
+        if (s) queueContent(s, item, 128 + 3 * (typeof item.name === "string" ? item.name.length : 0) + 3 * (typeof item.reason === "string" ? item.reason.length : 0));
       },
       sendMessage: sendE2E,
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
+      maxFrame: () => link.maxFrame,
       emit,
     },
     { downloadDir: opts.downloadDir ?? ".", maxFileSize: opts.maxFileSize ?? DEFAULT_MAX_FILE_SIZE },

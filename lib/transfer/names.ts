@@ -21,14 +21,18 @@ export function safeName(offered: string): string {
   let name = offered.split(/[/\\]/).pop() ?? "";
   name = name
     .replace(/[\u0000-\u001f\u007f-\u009f]/g, "") // controls, including ESC
-    .replace(/[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g, "") // invisible and bidi overrides
-    .replace(/[<>:"|?*]/g, "_") // reserved on Windows
-    .replace(/^[.\s]+/, "") // no hidden files, no "..", no leading spaces
-    .replace(/[.\s]+$/, ""); // Windows drops these silently
-  const stem = name.split(".")[0] ?? "";
+    .replace(/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g, "") // invisible, separators, bidi overrides
+    .replace(/[<>:"|?*]/g, "_"); // reserved on Windows
+  name = trimEnds(name);
+  while (Buffer.byteLength(name) > MAX_BYTES) name = trimEnds(trimKeepingExtension(name));
+  const stem = (name.split(".")[0] ?? "").trimEnd();
   if (DEVICE.test(stem)) name = `_${name}`;
-  while (Buffer.byteLength(name) > MAX_BYTES) name = trimKeepingExtension(name);
   return name || "file";
+}
+
+/** No hidden files, no "..", no leading spaces; no trailing dots or spaces (Windows drops them). */
+function trimEnds(name: string): string {
+  return name.replace(/^[.\s]+/, "").replace(/[.\s]+$/, "");
 }
 
 function trimKeepingExtension(name: string): string {

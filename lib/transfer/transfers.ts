@@ -33,12 +33,16 @@ export interface TransferDeps {
   sendMessage(peer: string, frame: Frame): void;
   backlog(): number;
   drained(bytes: number): Promise<void>;
+  /** The relay's frame limit: a chunk must fit in one frame. */
+  maxFrame(): number;
   emit(e: TransferEvent): void;
 }
 
 export interface TransferOptions {
   downloadDir: string;
   maxFileSize: number;
+  /** A transfer with no progress for this long fails (default 60 s). */
+  idleTimeoutMs?: number;
 }
 
 export class TransferError extends Error {
@@ -64,6 +68,7 @@ interface Outgoing {
   size: number;
   fileKey: Uint8Array;
   state: "offered" | "sending" | "awaiting" | "over";
+  lastActivity: number;
   sha256?: string;
   resolve(): void;
   reject(err: TransferError): void;
@@ -82,6 +87,7 @@ interface Incoming {
   received: number;
   hash: Bun.CryptoHasher;
   lastProgress: number;
+  lastActivity: number;
 }
 
 const hexId = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -90,6 +96,20 @@ const shortId = (id: string) => id.slice(0, 8);
 export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   const outgoing = new Map<string, Outgoing>();
   const incoming = new Map<string, Incoming>();
+  const idleMs = opts.idleTimeoutMs ?? 60_000;
+
+  // One sweep, running only while transfers exist, ends those that stopped
+  // moving: a peer that never answers an offer, a relay that stopped
+  // forwarding, a sender that vanished without its peer being reported gone.
+  let sweeper: Timer | null = null;
+  function watch(): void {
+    sweeper ??= setInterval(() => {
+      const now = performance.now();
+      for (const t of [...outgoing.values()]) if (now - t.lastActivity > idleMs) failOut(t, "failed", `no progress for ${Math.round(idleMs / 1000)} s`);
+      for (const t of [...incoming.values()]) if (now - t.lastActivity > idleMs) failIn(t, "failed", `no data for ${Math.round(idleMs / 1000)} s`, true);
+      if (!outgoing.size && !incoming.size) clearInterval(sweeper!), (sweeper = null);
+    }, Math.min(1000, idleMs / 4));
+  }
 
   function finishOut(t: Outgoing, err?: TransferError): void {
     if (t.state === "over") return;
@@ -133,6 +153,9 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       if (err instanceof TransferError) return Promise.reject(err);
       return Promise.reject(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
     }
+    if (deps.maxFrame() < CHUNK_BYTES + 1024) {
+      return Promise.reject(new TransferError("relay_limit", `the relay's frame limit (${deps.maxFrame()} bytes) is too small for file chunks`));
+    }
     if (size > opts.maxFileSize) {
       return Promise.reject(new TransferError("too_large", `${path} is ${size} bytes, over the limit of ${opts.maxFileSize} (--max-file-size)`));
     }
@@ -140,9 +163,11 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const fileKey = randomBytes(32);
     const name = basename(path);
     return new Promise<void>((resolve, reject) => {
-      const t: Outgoing = { id: hexId(fileId), fileId, peer, path, name, size, fileKey, state: "offered", resolve, reject };
+      const t: Outgoing = { id: hexId(fileId), fileId, peer, path, name, size, fileKey, state: "offered", lastActivity: performance.now(), resolve, reject };
       outgoing.set(t.id, t);
-      deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey });
+      watch();
+      // The offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
+      deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey.slice() });
       deps.emit({ event: "transfer", id: shortId(t.id), peer, direction: "out", name, size, state: "offered" });
     });
   }
@@ -150,6 +175,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   async function stream(t: Outgoing): Promise<void> {
     const keys = fileKeys(t.fileKey, t.fileId);
     const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+    const probe = Buffer.allocUnsafe(1);
     const hash = new Bun.CryptoHasher("sha256");
     let fd = -1;
     try {
@@ -162,10 +188,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (got === 0 && sent < t.size) throw new Error("the file shrank while being sent");
         sent += got;
         const last = sent === t.size;
+        // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
+        if (last && readSync(fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
         const plain = buf.subarray(0, got);
         hash.update(plain);
         deps.sendMessage(t.peer, sealChunk(keys, t.fileId, n, last, plain));
         const now = performance.now();
+        t.lastActivity = now;
         if (last || now - lastProgress >= PROGRESS_MS) {
           lastProgress = now;
           deps.emit({ event: "progress", id: shortId(t.id), peer: t.peer, direction: "out", name: t.name, bytes: sent, size: t.size });
@@ -173,7 +202,6 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (last) break;
         if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
       }
-      if (readSync(fd, buf, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
       t.sha256 = hash.digest("hex");
       if (t.state === "sending") t.state = "awaiting";
     } catch (err) {
@@ -206,9 +234,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     } catch (err) {
       return decline(`receiver cannot write to its download directory (${(err as NodeJS.ErrnoException).code})`);
     }
-    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0 };
+    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now() };
     wipe(key);
     incoming.set(tid, t);
+    watch();
     deps.sendContent(peer, { t: "accept", id });
     deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: t.size, state: "receiving" });
   }
@@ -219,6 +248,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     if (!t || t.peer !== peer) return; // unknown, finished or someone else's: nothing to attach it to
     const chunk = openChunk(t.keys, t.fileId, t.next, m);
     if (!chunk) return failIn(t, "failed", `chunk ${t.next} failed verification (tampered, missing, duplicated or reordered)`, true);
+    if (!chunk.last && chunk.plaintext.length !== CHUNK_BYTES) return failIn(t, "failed", `chunk ${t.next} has ${chunk.plaintext.length} bytes; only the last may be short`, true);
     t.received += chunk.plaintext.length;
     if (t.received > t.size) return failIn(t, "failed", `more data than the ${t.size} bytes offered`, true);
     try {
@@ -229,6 +259,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     t.hash.update(chunk.plaintext);
     t.next++;
     const now = performance.now();
+    t.lastActivity = now;
     if (chunk.last || now - t.lastProgress >= PROGRESS_MS) {
       t.lastProgress = now;
       deps.emit({ event: "progress", id: shortId(t.id), peer, direction: "in", name: t.name, bytes: t.received, size: t.size });
@@ -258,6 +289,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const reason = typeof item.reason === "string" ? item.reason.slice(0, 200) : "no reason given";
     const out = outgoing.get(tid);
     if (out && out.peer === peer) {
+      out.lastActivity = performance.now();
       if (item.t === "accept" && out.state === "offered") {
         out.state = "sending";
         deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "out", name: out.name, size: out.size, state: "sending" });
