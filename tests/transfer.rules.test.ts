@@ -1,0 +1,89 @@
+// Rules of the file layer that need no network: names, timeouts, chunk sizes,
+// and a file that changes while it is being sent.
+import { afterEach, expect, test } from "bun:test";
+import { appendFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
+import { safeName } from "../lib/transfer/names.ts";
+import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
+import type { Frame } from "../lib/wire/frame.ts";
+import { waitFor } from "./helpers.ts";
+
+const dirs: string[] = [];
+const tempDir = () => (dirs.push(mkdtempSync(join(tmpdir(), "smts-rules-"))), dirs.at(-1)!);
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void } = {}) {
+  const contents: Frame[] = [];
+  const messages: Frame[] = [];
+  const events: TransferEvent[] = [];
+  const dir = tempDir();
+  const t = createTransfers(
+    {
+      sendContent: (_p, item) => void contents.push(item),
+      sendMessage: (_p, f) => void (messages.push(f), opts.onMessage?.(f)),
+      backlog: () => 0,
+      drained: async () => {},
+      emit: (e) => void events.push(e),
+      maxFrame: () => 256 * 1024,
+    },
+    { downloadDir: dir, maxFileSize: 10 * 1024 * 1024, idleTimeoutMs: opts.idleTimeoutMs },
+  );
+  return { t, contents, messages, events, dir };
+}
+
+test("names: no trailing space or dot after shortening; device names with spaces; invisible separators", () => {
+  const long = safeName(`${"a".repeat(199)} bb`);
+  expect(long).not.toMatch(/[.\s]$/);
+  expect(Buffer.byteLength(long)).toBeLessThanOrEqual(200);
+  expect(safeName("con .txt")).toStartWith("_");
+  expect(safeName("a\u2028b\u2060c\u061cd")).toBe("abcd");
+});
+
+test("an offer nobody answers fails after the idle timeout", async () => {
+  const h = harness({ idleTimeoutMs: 200 });
+  const src = join(h.dir, "x.bin");
+  writeFileSync(src, "hello");
+  const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
+  expect(await outcome).toContain("no progress");
+  expect(h.events.at(-1)).toMatchObject({ event: "transfer", state: "failed" });
+});
+
+test("a receiver gives up on a sender that stops, and removes its temporary file", async () => {
+  const h = harness({ idleTimeoutMs: 200 });
+  h.t.onContent("abcdefgh", { t: "offer", id: new Uint8Array(16).fill(1), name: "f", size: 10, key: new Uint8Array(32) });
+  expect(readdirSync(h.dir)).toHaveLength(1); // the temporary file
+  await waitFor(() => h.events.find((e) => e.event === "transfer" && e.state === "failed"), "receiver timeout");
+  expect(readdirSync(h.dir)).toEqual([]);
+  expect(h.contents.at(-1)).toMatchObject({ t: "failed" });
+});
+
+test("a short chunk that is not the last fails the transfer", () => {
+  const h = harness();
+  const id = new Uint8Array(16).fill(2);
+  const key = new Uint8Array(32).fill(3);
+  const keys = fileKeys(key.slice(), id);
+  h.t.onContent("abcdefgh", { t: "offer", id, name: "f", size: CHUNK_BYTES + 10, key });
+  h.t.onChunk("abcdefgh", sealChunk(keys, id, 0, false, new Uint8Array(10)));
+  expect(h.events.at(-1)).toMatchObject({ state: "failed", reason: expect.stringContaining("only the last may be short") });
+  expect(readdirSync(h.dir)).toEqual([]);
+});
+
+test("a file that grows while being sent fails before its last chunk leaves", async () => {
+  let grown = false;
+  const h = harness({
+    onMessage: () => {
+      if (!grown) appendFileSync(src, "more"), (grown = true); // grows after the first chunk was read
+    },
+  });
+  const src = join(h.dir, "growing.bin");
+  writeFileSync(src, new Uint8Array(CHUNK_BYTES * 2));
+  const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
+  const offer = h.contents[0]!;
+  h.t.onContent("abcdefgh", { t: "accept", id: offer.id });
+  expect(await outcome).toContain("grew");
+  expect(h.messages.filter((m) => m.last === true)).toEqual([]); // no final chunk was ever sent
+});
