@@ -116,8 +116,10 @@ export const chatCommand = defineCommand({
         if (command.kind === "exit") break;
         if (!(await execute(command, ctx))) failures++;
       }
-      // End of input: let transfers finish, then drain and exit.
+      // End of input: let transfers finish (ours and those arriving; each ends
+      // within the idle timeout at worst), then drain and exit.
       for (const ok of await Promise.all(running)) if (!ok) failures++;
+      while (client.activeTransfers() > 0) await Bun.sleep(50);
       await client.flush();
       await finish(failures ? 1 : 0);
     });
