@@ -10,7 +10,7 @@
 // the name is first created exclusively (O_EXCL), then the temporary file is
 // renamed onto that empty placeholder. (Hard links would avoid the brief
 // empty placeholder but do not exist on every filesystem, e.g. FAT on phones.)
-import { closeSync, openSync, renameSync } from "node:fs";
+import { closeSync, openSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
@@ -59,7 +59,12 @@ export function claimFinalName(tempPath: string, dir: string, name: string): str
       if ((err as NodeJS.ErrnoException).code === "EEXIST") continue;
       throw err;
     }
-    renameSync(tempPath, path);
+    try {
+      renameSync(tempPath, path);
+    } catch (err) {
+      rmSync(path, { force: true }); // never leave the empty placeholder under the final name
+      throw err;
+    }
     return path;
   }
   throw new Error(`no free name for ${name} in ${dir}`);

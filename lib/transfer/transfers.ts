@@ -58,6 +58,8 @@ export class TransferError extends Error {
 const SEND_HIGH = 1024 * 1024; // pause reading the file while this much is queued
 const SEND_LOW = 256 * 1024;
 const PROGRESS_MS = 250;
+/** Files being received at once (each holds a temporary file and a descriptor). */
+const MAX_INCOMING = 32;
 
 interface Outgoing {
   id: string;
@@ -226,6 +228,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
     if (incoming.has(tid)) return decline("duplicate offer");
+    if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
     if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
     const temp = join(opts.downloadDir, `.${tid}.smts-part`);
     let fd: number;

@@ -1,0 +1,314 @@
+// The file layer's pure parts: safe names for received files (names.ts),
+// never overwriting (claimFinalName on a real temp dir), and the STREAM-style
+// chunk seal/open (chunks.ts) against every kind of tampering.
+import { afterEach, describe, expect, test } from "bun:test";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { randomBytes } from "../lib/crypto/primitives.ts";
+import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
+import { claimFinalName, numbered, safeName } from "../lib/transfer/names.ts";
+import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
+import { decodePayload, type Frame } from "../lib/wire/frame.ts";
+import { pack } from "../lib/wire/msgpack.ts";
+import { waitFor } from "./helpers.ts";
+
+const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
+
+/** The promises of names.ts, checked one by one so a failure names the broken rule. */
+function nameProblems(name: string): string[] {
+  const problems: string[] = [];
+  if (!name) problems.push("empty");
+  if (/[/\\]/.test(name)) problems.push("path separator");
+  if (name === "." || name === "..") problems.push("dot name");
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) problems.push("control character");
+  if (/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/.test(name)) problems.push("invisible, separator or bidi character");
+  if (/[<>:"|?*]/.test(name)) problems.push("Windows-reserved character");
+  if (/^[.\s]/.test(name)) problems.push("leading dot or space");
+  if (/[.\s]$/.test(name)) problems.push("trailing dot or space");
+  if (DEVICE.test((name.split(".")[0] ?? "").trimEnd())) problems.push("device name"); // Windows ignores spaces before the dot too
+  if (Buffer.byteLength(name) > 200) problems.push(`${Buffer.byteLength(name)} bytes`);
+  return problems;
+}
+
+const HOSTILE: [string, string][] = [
+  ["../x", "x"],
+  ["/etc/passwd", "passwd"],
+  ["..\\..\\win.ini", "win.ini"],
+  ["C:\\Windows\\System32\\cmd.exe", "cmd.exe"],
+  ["a/b/../../../../tmp/evil", "evil"],
+  ["..", "file"],
+  [".", "file"],
+  ["", "file"],
+  ["/", "file"],
+  ["...", "file"],
+  ["CON", "_CON"],
+  ["con.txt", "_con.txt"],
+  ["nul", "_nul"],
+  ["Com1.tar.gz", "_Com1.tar.gz"],
+  ["LPT9", "_LPT9"],
+  ["conout$", "_conout$"],
+  [".bashrc", "bashrc"],
+  ["..bashrc", "bashrc"],
+  [" .ssh", "ssh"],
+  ["evil\nname.txt", "evilname.txt"],
+  ["a\r\nb", "ab"],
+  ["\x1b[31mred.txt", "[31mred.txt"],
+  ["\x1b]0;pwned\x07", "]0;pwned"],
+  ["\x9b2Jc1.txt", "2Jc1.txt"], // C1 CSI
+  ["nul\u0000byte", "nulbyte"],
+  ["\u202egnp.exe", "gnp.exe"], // RIGHT-TO-LEFT OVERRIDE
+  ["in\u2066visible\u2069\u200b\ufeff.txt", "invisible.txt"],
+  ["a<b>c:d\"e|f?g*h", "a_b_c_d_e_f_g_h"],
+  ["trailing. . .", "trailing"],
+  ["CON .txt", "_CON .txt"], // Windows ignores the space: still the console device
+  ["line\u2028sep\u2029.txt", "linesep.txt"], // Unicode line and paragraph separators
+  ["\u061cal\u2060m.txt", "alm.txt"], // Arabic letter mark, word joiner
+  ["ünïcödé 文件.pdf", "ünïcödé 文件.pdf"],
+];
+
+describe("safeName", () => {
+  for (const [offered, expected] of HOSTILE) {
+    test(`${JSON.stringify(offered)} → ${JSON.stringify(expected)}`, () => {
+      const name = safeName(offered);
+      expect(name).toBe(expected);
+      expect(nameProblems(name)).toEqual([]);
+    });
+  }
+
+  test("a 1000-character name is cut to at most 200 bytes of UTF-8, keeping a short extension", () => {
+    for (const offered of ["x".repeat(1000), `${"y".repeat(1000)}.tar`, `${"é".repeat(500)}.txt`, `${"😀".repeat(300)}.md`, "文".repeat(1000)]) {
+      const name = safeName(offered);
+      expect(nameProblems(name)).toEqual([]);
+      expect(Buffer.byteLength(name)).toBeGreaterThan(180); // cut, not emptied
+      expect(name.includes("\ufffd")).toBe(false); // no split code points
+      const ext = /\.[a-z]+$/.exec(offered)?.[0];
+      if (ext) expect(name.endsWith(ext)).toBe(true);
+    }
+  });
+
+  test("every name from a mixed hostile corpus obeys all rules", () => {
+    const parts = ["..", "/", "\\", "\x1b", "\n", "\u202e", " ", ".", "CON", "a", "é", "\u0000", ":", "lpt1", "😀", "\u2028", "x".repeat(90), ".txt"];
+    let seed = 12345;
+    const rnd = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff), seed / 0x7fffffff);
+    for (let i = 0; i < 2000; i++) {
+      const offered = Array.from({ length: 1 + Math.floor(rnd() * 12) }, () => parts[Math.floor(rnd() * parts.length)]).join("");
+      const name = safeName(offered);
+      const problems = nameProblems(name);
+      if (problems.length) throw new Error(`${JSON.stringify(offered)} → ${JSON.stringify(name)}: ${problems.join(", ")}`);
+    }
+  });
+
+  // Regression: the 200-byte cut used to leave a trailing space or dot (fixed in c0e5bea).
+  test("a long name cut to 200 bytes never ends with a space or a dot", () => {
+    expect(nameProblems(safeName(`${"a".repeat(199)} ${"b".repeat(100)}`))).toEqual([]);
+    expect(nameProblems(safeName("x ".repeat(150)))).toEqual([]);
+    expect(nameProblems(safeName(`${"a".repeat(198)}. ${"b".repeat(100)}`))).toEqual([]);
+  });
+});
+
+describe("numbered", () => {
+  test("report.pdf → report (n).pdf, two-part extensions kept, no extension appended", () => {
+    expect(numbered("report.pdf", 0)).toBe("report.pdf");
+    expect(numbered("report.pdf", 1)).toBe("report (1).pdf");
+    expect(numbered("archive.tar.gz", 2)).toBe("archive (2).tar.gz");
+    expect(numbered("README", 3)).toBe("README (3)");
+    expect(numbered("my file.txt", 1)).toBe("my file (1).txt");
+    expect(nameProblems(numbered(safeName("x".repeat(1000)), 9999))).toEqual(["207 bytes"]); // still far below NAME_MAX (255)
+  });
+});
+
+describe("claimFinalName (real directory)", () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const tempDir = () => {
+    const d = mkdtempSync(join(tmpdir(), "smts-names-"));
+    dirs.push(d);
+    return d;
+  };
+  const part = (dir: string, content: string) => {
+    const p = join(dir, `.${Math.random().toString(16).slice(2)}.smts-part`);
+    writeFileSync(p, content);
+    return p;
+  };
+
+  test("never overwrites: report.pdf, then report (1).pdf, report (2).pdf; existing files untouched", () => {
+    const dir = tempDir();
+    writeFileSync(join(dir, "report.pdf"), "ORIGINAL");
+    const before = statSync(join(dir, "report.pdf"));
+    const p1 = claimFinalName(part(dir, "one"), dir, "report.pdf");
+    const p2 = claimFinalName(part(dir, "two"), dir, "report.pdf");
+    expect(p1).toBe(join(dir, "report (1).pdf"));
+    expect(p2).toBe(join(dir, "report (2).pdf"));
+    expect(readFileSync(join(dir, "report.pdf"), "utf8")).toBe("ORIGINAL");
+    expect(statSync(join(dir, "report.pdf")).mtimeMs).toBe(before.mtimeMs);
+    expect(readFileSync(p1, "utf8")).toBe("one");
+    expect(readFileSync(p2, "utf8")).toBe("two");
+    expect(readdirSync(dir).sort()).toEqual(["report (1).pdf", "report (2).pdf", "report.pdf"]);
+  });
+
+  // BUG (lib/transfer/names.ts, claimFinalName): the empty placeholder is created
+  // first (O_EXCL) and then the temporary file is renamed onto it; if the rename
+  // fails (here: the temporary file is gone), the placeholder stays behind as an
+  // empty file under the final name. Fix: on a rename error, unlinkSync(path) and rethrow.
+  test("regression: when the rename fails, no (empty) file is left under the final name", () => {
+    const dir = tempDir();
+    expect(() => claimFinalName(join(dir, ".gone.smts-part"), dir, "report.pdf")).toThrow(/ENOENT/);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  test("a directory or a dangling symlink under the name is skipped, not replaced or followed", () => {
+    const dir = tempDir();
+    const outside = tempDir();
+    mkdirSync(join(dir, "a.txt"));
+    symlinkSync(join(outside, "target.txt"), join(dir, "a (1).txt"));
+    const p = claimFinalName(part(dir, "data"), dir, "a.txt");
+    expect(p).toBe(join(dir, "a (2).txt"));
+    expect(dirname(p)).toBe(dir);
+    expect(existsSync(join(outside, "target.txt"))).toBe(false);
+    expect(readFileSync(p, "utf8")).toBe("data");
+  });
+});
+
+describe("chunks (STREAM)", () => {
+  const key = randomBytes(32);
+  const id = randomBytes(FILE_ID_BYTES);
+  const keys = fileKeys(key, id);
+
+  test("seal/open round trip for 0, 1, 16, CHUNK_BYTES bytes", () => {
+    for (const size of [0, 1, 16, CHUNK_BYTES]) {
+      const plain = randomBytes(size);
+      const c = sealChunk(keys, id, 7, size === 0, plain);
+      expect(c.ct.length).toBe(size - (size % 16) + 16);
+      const opened = openChunk(keys, id, 7, c);
+      expect(opened).not.toBeNull();
+      expect(Buffer.from(opened!.plaintext).equals(Buffer.from(plain))).toBe(true);
+      expect(opened!.last).toBe(size === 0);
+    }
+  });
+
+  test("any change is rejected: index, final flag, file ID, key, IV, ciphertext, MAC, shapes", () => {
+    const plain = randomBytes(1000);
+    const c = sealChunk(keys, id, 3, false, plain);
+    const flip = (b: Uint8Array, i = 0) => {
+      const o = new Uint8Array(b);
+      o[i]! ^= 1;
+      return o;
+    };
+    expect(openChunk(keys, id, 3, c)).not.toBeNull();
+    expect(openChunk(keys, id, 2, c)).toBeNull(); // replayed / duplicated
+    expect(openChunk(keys, id, 4, c)).toBeNull(); // reordered / missing
+    expect(openChunk(keys, id, 3, { ...c, n: 4 })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, last: true })).toBeNull(); // truncation: middle chunk marked final
+    expect(openChunk(keys, flip(id), 3, c)).toBeNull(); // spliced from another file
+    expect(openChunk(fileKeys(key, flip(id)), flip(id), 3, c)).toBeNull();
+    expect(openChunk(fileKeys(randomBytes(32), id), id, 3, c)).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, iv: flip(c.iv) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, ct: flip(c.ct, 500) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, ct: c.ct.subarray(0, 992) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, mac: flip(c.mac, 31) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, mac: c.mac.subarray(0, 16) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, last: 1 })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, iv: c.iv.subarray(1) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, ct: new Uint8Array(0) })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, ct: "x" })).toBeNull();
+    expect(openChunk(keys, id, 3, { ...c, n: "3" })).toBeNull();
+  });
+
+  test("a chunk bigger than CHUNK_BYTES is refused even with a valid MAC", () => {
+    const big = sealChunk(keys, id, 0, true, randomBytes(CHUNK_BYTES + 16));
+    expect(openChunk(keys, id, 0, big)).toBeNull();
+  });
+});
+
+// Two file layers wired directly to each other (msgpack round trip, in order,
+// like the records and chunks of one relay connection), so the idle timeout
+// can be set short. `dropChunk` / `dropContent` play a network that loses things.
+describe("createTransfers wired back to back (real temp dirs)", () => {
+  const dirs: string[] = [];
+  afterEach(() => {
+    for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+  });
+  const tempDir = () => {
+    const d = mkdtempSync(join(tmpdir(), "smts-layer-"));
+    dirs.push(d);
+    return d;
+  };
+
+  function wired(net: { dropChunk?: (c: Frame) => boolean; dropContent?: (c: Frame) => boolean } = {}, maxFrame = 256 * 1024) {
+    const ev = { a: [] as TransferEvent[], b: [] as TransferEvent[] };
+    const dir = { a: tempDir(), b: tempDir() };
+    const make = (me: "a" | "b", other: () => ReturnType<typeof createTransfers>) =>
+      createTransfers(
+        {
+          sendContent: (_peer, item) => {
+            const c = decodePayload(pack(item));
+            if (!net.dropContent?.(c)) queueMicrotask(() => other().onContent(me, c));
+          },
+          sendMessage: (_peer, frame) => {
+            const c = decodePayload(pack(frame));
+            if (!net.dropChunk?.(c)) queueMicrotask(() => other().onChunk(me, c));
+          },
+          backlog: () => 0,
+          drained: async () => {},
+          maxFrame: () => maxFrame,
+          emit: (e) => void ev[me].push(e),
+        },
+        { downloadDir: dir[me], maxFileSize: 10 * 1024 * 1024, idleTimeoutMs: 300 },
+      );
+    const a: ReturnType<typeof createTransfers> = make("a", () => b);
+    const b: ReturnType<typeof createTransfers> = make("b", () => a);
+    return { a, b, ev, dir };
+  }
+  const source = (size: number) => {
+    const path = join(tempDir(), "src.bin");
+    writeFileSync(path, randomBytes(size));
+    return path;
+  };
+
+  test("control: a file goes through and nothing is left running", async () => {
+    const { a, b, ev, dir } = wired();
+    await a.send("b", source(3 * CHUNK_BYTES + 5));
+    expect(readdirSync(dir.b)).toEqual(["src.bin"]);
+    expect(ev.a.filter((e) => e.event === "delivered")).toHaveLength(1);
+    expect(a.active() + b.active()).toBe(0);
+  });
+
+  test("the final chunk lost in transit: both sides end the transfer after the idle timeout, the temporary file is removed", async () => {
+    const { a, b, ev, dir } = wired({ dropChunk: (c) => c.last === true });
+    const err = await a.send("b", source(3 * CHUNK_BYTES + 5)).then(
+      () => null,
+      (e: Error & { code: string }) => e,
+    );
+    expect(err?.code).toBe("failed");
+    expect(err?.message).toMatch(/no (data|progress) for/);
+    const failedIn = await waitFor(() => ev.b.find((e) => e.event === "transfer" && e.state === "failed"), "receiver failure");
+    expect(failedIn).toMatchObject({ direction: "in", reason: expect.stringMatching(/no data for/) });
+    expect(readdirSync(dir.b)).toEqual([]);
+    expect(a.active() + b.active()).toBe(0);
+  });
+
+  test("an offer that is never answered fails at the sender after the idle timeout", async () => {
+    const { a, ev } = wired({ dropContent: (c) => c.t === "offer" });
+    const err = await a.send("b", source(10)).then(
+      () => null,
+      (e: Error & { code: string }) => e,
+    );
+    expect(err?.code).toBe("failed");
+    expect(err?.message).toMatch(/no progress for/);
+    expect(ev.a.map((e) => (e.event === "transfer" ? e.state : e.event))).toEqual(["offered", "failed"]);
+  });
+
+  test("a relay whose frame limit cannot carry a full chunk: the sender refuses before offering (relay_limit)", async () => {
+    const offers: Frame[] = [];
+    const { a } = wired({ dropContent: (c) => (offers.push(c), false) }, CHUNK_BYTES + 1023);
+    const err = await a.send("b", source(10)).then(
+      () => null,
+      (e: Error & { code: string }) => e,
+    );
+    expect(err?.code).toBe("relay_limit");
+    expect(offers).toEqual([]);
+  });
+});
