@@ -9,7 +9,7 @@
 // that leaves has its session and keys erased; a new key exchange with a peer
 // that already has a session is always announced with the new fingerprint.
 import type { DhEngine } from "../crypto/dh.ts";
-import { wipe } from "../crypto/primitives.ts";
+import { randomBytes, wipe } from "../crypto/primitives.ts";
 import { joinRelay, type Link, type LinkClose } from "../link/relay-link.ts";
 import { isId } from "../relay/protocol.ts";
 import {
@@ -116,6 +116,8 @@ export interface ChatClient {
   /** Resolves once a session with `peer` is established (whoever started it). */
   waitSession(peer: string, timeoutMs: number): Promise<void>;
   sendText(peer: string, text: string): void;
+  /** Sends `text` to every peer with an established session, encrypted once; returns the recipients. */
+  broadcastText(text: string): string[];
   /** Offers a file; resolves when the peer reports it complete and verified. */
   sendFile(peer: string, path: string): Promise<void>;
   /** Cancels transfers whose ID starts with `prefix` (all if empty); returns how many. */
@@ -141,7 +143,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   let link: Link;
   let closing = false;
 
-  const sendE2E = (peer: string, frame: Frame) => link.send(peer, pack(frame));
+  const sendE2E = (to: string | string[], frame: Frame) => link.send(to, pack(frame));
   const transfers = createTransfers(
     {
       sendContent(peer, item) {
@@ -179,6 +181,58 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     s.queuedBytes = 0;
     const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
     link.send(s.peer, pack(s.send.seal(plain)));
+  }
+
+  // ---- Broadcast (docs/PROTOCOL.md, "Broadcast layer") ----------------------
+  // One sender key per recipient set: a fresh random chain key, given to each
+  // recipient inside its pairwise session (`skey`), then used for records sent
+  // once to the whole list (`brec`). Any change of the set makes a new key, so
+  // a peer that left cannot read later broadcasts and a newcomer earlier ones.
+  let ownKey: { kid: Uint8Array; chain: SendChain; members: string } | null = null;
+  const peerKeys = new Map<string, { kid: string; chain: ReceiveChain }>();
+  let broadcastQueue: Frame[] = [];
+  let broadcastBytes = 0;
+
+  function broadcastMembers(): string[] {
+    return [...sessions.keys()].sort();
+  }
+
+  function sealBroadcast(): void {
+    const members = broadcastMembers();
+    const items = broadcastQueue;
+    broadcastQueue = [];
+    broadcastBytes = 0;
+    if (!items.length || !members.length) return;
+    const set = members.join(",");
+    if (ownKey?.members !== set) {
+      ownKey?.chain.erase();
+      const kid = randomBytes(16);
+      const key = randomBytes(32);
+      for (const p of members) queueContent(sessions.get(p)!, { t: "skey", kid, key: key.slice() }, 96);
+      ownKey = { kid, chain: new SendChain(key), members: set };
+    }
+    for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
+    const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
+    link.send(members, pack({ ...ownKey.chain.seal(plain), t: "brec", kid: ownKey.kid }));
+  }
+
+  function onSenderKey(peer: string, c: Frame): void {
+    if (!(c.kid instanceof Uint8Array) || c.kid.length !== 16 || !(c.key instanceof Uint8Array) || c.key.length !== 32) {
+      emit({ event: "error", code: "malformed", message: `malformed broadcast key from ${peer}`, peer });
+      return;
+    }
+    peerKeys.get(peer)?.chain.erase();
+    peerKeys.set(peer, { kid: Buffer.from(c.kid).toString("hex"), chain: new ReceiveChain(c.key.slice()) });
+    wipe(c.key);
+  }
+
+  function onBroadcastRecord(peer: string, m: Frame): void {
+    const k = peerKeys.get(peer);
+    if (!sessions.has(peer) || !k || !(m.kid instanceof Uint8Array) || Buffer.from(m.kid).toString("hex") !== k.kid) {
+      emit({ event: "error", code: "no_key", message: `broadcast from ${peer} under a key we do not hold: ignored`, peer });
+      return;
+    }
+    openRecord(peer, k.chain, { ...m, t: "rec" }, true);
   }
 
   function settle(peer: string, err?: ChatError): void {
@@ -251,6 +305,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const s = sessions.get(peer);
     endHandshake(peer);
     transfers.abandon(peer, `${peer} ${reason}`);
+    peerKeys.get(peer)?.chain.erase();
+    peerKeys.delete(peer);
     settle(peer, new ChatError("peer_left", `${peer} ${reason}`, peer));
     if (!s) return;
     s.send.erase();
@@ -324,7 +380,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       emit({ event: "error", code: "no_session", message: `encrypted record from ${peer} without a session: ignored`, peer });
       return;
     }
-    const r = s.receive.open(m);
+    openRecord(peer, s.receive, m, false);
+  }
+
+  function openRecord(peer: string, chain: ReceiveChain, m: Frame, broadcast: boolean): void {
+    const r = chain.open(m);
     if (!r.ok) {
       const what = { malformed: "a malformed record", replayed: "a replayed or reordered record", tampered: "a forged or tampered record", too_far: "a record too far ahead" }[r.reason];
       emit({ event: "error", code: r.reason, message: `rejected ${what} from ${peer} (not shown)`, peer });
@@ -340,15 +400,19 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       emit({ event: "error", code: "malformed", message: `undecodable record content from ${peer}`, peer });
       return;
     }
-    if (inner.t === "batch" && Array.isArray(inner.items)) for (const item of inner.items) onContent(peer, item);
-    else onContent(peer, inner);
+    if (inner.t === "batch" && Array.isArray(inner.items)) for (const item of inner.items) onContent(peer, item, broadcast);
+    else onContent(peer, inner, broadcast);
   }
 
-  function onContent(peer: string, item: unknown): void {
+  function onContent(peer: string, item: unknown, broadcast: boolean): void {
     const c = item as Frame;
-    if (c && typeof c === "object" && transfers.onContent(peer, c)) return;
+    // Broadcast records carry texts only; keys and file control go pairwise.
+    if (!broadcast && c && typeof c === "object") {
+      if (c.t === "skey") return onSenderKey(peer, c);
+      if (transfers.onContent(peer, c)) return;
+    }
     if (c && c.t === "text" && typeof c.text === "string") {
-      emit({ event: "message", from: peer, text: c.text, broadcast: false });
+      emit({ event: "message", from: peer, text: c.text, broadcast });
     } else {
       emit({ event: "error", code: "unsupported", message: `unsupported record content from ${peer}`, peer });
     }
@@ -365,6 +429,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       return;
     }
     if (m.t === "rec") return onRecord(from, m);
+    if (m.t === "brec") return onBroadcastRecord(from, m);
     if (m.t === "chunk") return transfers.onChunk(from, m);
     if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void onHandshakeFrame(from, m);
     emit({ event: "error", code: "malformed", message: `unknown message type from ${from}`, peer: from });
@@ -450,6 +515,17 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`, peer);
       queueContent(s, { t: "text", text }, bytes + 16);
     },
+    broadcastText(text) {
+      const members = broadcastMembers();
+      if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
+      const bytes = Buffer.byteLength(text);
+      if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`);
+      if (broadcastBytes + bytes > BATCH_BYTES) sealBroadcast();
+      broadcastQueue.push({ t: "text", text });
+      broadcastBytes += bytes + 16;
+      if (broadcastQueue.length === 1) queueMicrotask(sealBroadcast);
+      return members;
+    },
     peers() {
       const ids = new Set([...online, ...sessions.keys(), ...handshakes.keys()]);
       return [...ids].sort().map((id) => {
@@ -482,11 +558,15 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     cancel: (prefix) => transfers.cancel(prefix),
     activeTransfers: () => transfers.active(),
     async flush() {
+      sealBroadcast();
       for (const s of sessions.values()) sealQueued(s);
       await link.drained(0);
     },
     async close() {
       closing = true;
+      sealBroadcast();
+      ownKey?.chain.erase();
+      for (const k of peerKeys.values()) k.chain.erase();
       transfers.cancel("");
       for (const s of sessions.values()) sealQueued(s);
       for (const peer of [...sessions.keys()]) {

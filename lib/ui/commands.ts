@@ -6,6 +6,7 @@ export type Command =
   | { kind: "connect"; peer: string }
   | { kind: "msg"; peer: string; text: string }
   | { kind: "send"; peer: string; path: string }
+  | { kind: "bmsg"; text: string }
   | { kind: "cancel"; id: string }
   | { kind: "verify"; peer: string }
   | { kind: "fingerprint"; peer: string }
@@ -19,13 +20,14 @@ export const HELP = `Commands:
   /connect ID        start an encrypted session with ID (key exchange)
   /msg ID text       send a private message
   /send ID path      send a file (encrypted, streamed, verified on arrival)
+  /bmsg text         send a message to everyone you have a session with
   /cancel [FILE-ID]  stop a file transfer (all of them without an ID)
   /list              online peers, session state, fingerprints
   /verify ID         mark ID verified after comparing fingerprints out of band
   /fingerprint ID    show the full 256-bit fingerprint for careful comparison
   /help              this help
   /exit              erase all keys and quit
-Coming next: /bmsg text, /bsend path.`;
+Coming next: /bsend path.`;
 
 const USAGE: Record<string, string> = {
   connect: "/connect ID",
@@ -75,6 +77,7 @@ export function parseCommand(line: string): Command {
       if (rest && !/^[0-9a-f]{1,32}$/i.test(rest)) return { kind: "invalid", message: "usage: /cancel [FILE-ID] (the hex ID shown when the transfer started)" };
       return { kind: "cancel", id: rest.toLowerCase() };
     case "bmsg":
+      return rest ? { kind: "bmsg", text: rest } : { kind: "invalid", message: "usage: /bmsg text" };
     case "bsend":
       return { kind: "invalid", message: `/${name} is not available in this version yet` };
     default:

@@ -41,6 +41,9 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
         if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
         client.sendText(cmd.peer, cmd.text);
         return true;
+      case "bmsg":
+        client.broadcastText(cmd.text);
+        return true;
       case "send": {
         if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
         const done = client.sendFile(cmd.peer, cmd.path);
