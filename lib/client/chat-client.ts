@@ -120,6 +120,8 @@ export interface ChatClient {
   broadcastText(text: string): string[];
   /** Offers a file; resolves when the peer reports it complete and verified. */
   sendFile(peer: string, path: string): Promise<void>;
+  /** Offers a file to every peer with a session, encrypted and uploaded once; resolves when all have it. */
+  broadcastFile(path: string): Promise<void>;
   /** Cancels transfers whose ID starts with `prefix` (all if empty); returns how many. */
   cancel(prefix: string): number;
   /** Transfers still running. */
@@ -552,6 +554,16 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         await transfers.send(peer, path);
       } catch (err) {
         if (err instanceof TransferError) throw new ChatError(err.code, err.message, err.peer ?? peer);
+        throw err;
+      }
+    },
+    async broadcastFile(path) {
+      const members = broadcastMembers();
+      if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
+      try {
+        await transfers.send(members, path, true);
+      } catch (err) {
+        if (err instanceof TransferError) throw new ChatError(err.code, err.message, err.peer);
         throw err;
       }
     },

@@ -7,6 +7,12 @@
 //                     ← record {t:"done", id, sha256} | {t:"failed", id, reason}
 //   either side: record {t:"cancel", id}
 //
+// A broadcast file (/bsend) is offered to every recipient over its own
+// session with the same file ID and key, and its chunks are encrypted once
+// and sent once, addressed to all recipients that accepted: the relay copies
+// them. Each recipient succeeds or fails on its own; the sender is told per
+// recipient.
+//
 // Promises: a file is never held whole in memory (64 KiB chunks; the sender
 // reads only as fast as its socket drains, the receiver writes each chunk
 // before reading the next); the receiver enforces its own size limit on the
@@ -30,7 +36,7 @@ export interface TransferDeps {
   /** Sends a record content to the peer (authenticated, in order with messages). */
   sendContent(peer: string, item: Frame): void;
   /** Sends an E2E message outside the session records (chunks). */
-  sendMessage(peer: string, frame: Frame): void;
+  sendMessage(to: string | string[], frame: Frame): void;
   backlog(): number;
   drained(bytes: number): Promise<void>;
   /** The relay's frame limit: a chunk must fit in one frame. */
@@ -60,16 +66,23 @@ const SEND_LOW = 256 * 1024;
 const PROGRESS_MS = 250;
 /** Files being received at once (each holds a temporary file and a descriptor). */
 const MAX_INCOMING = 32;
+/** A broadcast starts streaming once every recipient answered, or after this long with those that did. */
+const BROADCAST_ANSWER_MS = 10_000;
+
+type RecipientState = "offered" | "accepted" | "done" | "failed";
 
 interface Outgoing {
   id: string;
   fileId: Uint8Array;
-  peer: string;
   path: string;
   name: string;
   size: number;
   fileKey: Uint8Array;
+  broadcast: boolean;
+  recipients: Map<string, RecipientState>;
+  failures: string[];
   state: "offered" | "sending" | "awaiting" | "over";
+  offeredAt: number;
   lastActivity: number;
   sha256?: string;
   resolve(): void;
@@ -90,6 +103,7 @@ interface Incoming {
   hash: Bun.CryptoHasher;
   lastProgress: number;
   lastActivity: number;
+  broadcast: boolean;
 }
 
 const hexId = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -107,25 +121,60 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   function watch(): void {
     sweeper ??= setInterval(() => {
       const now = performance.now();
-      for (const t of [...outgoing.values()]) if (now - t.lastActivity > idleMs) failOut(t, "failed", `no progress for ${Math.round(idleMs / 1000)} s`);
+      for (const t of [...outgoing.values()]) {
+        if (now - t.lastActivity > idleMs) failAll(t, "failed", `no progress for ${Math.round(idleMs / 1000)} s`);
+        else if (t.state === "offered" && now - t.offeredAt > BROADCAST_ANSWER_MS) {
+          for (const [peer, st] of t.recipients) if (st === "offered") dropRecipient(t, peer, "failed", "no answer to the offer");
+        }
+      }
       for (const t of [...incoming.values()]) if (now - t.lastActivity > idleMs) failIn(t, "failed", `no data for ${Math.round(idleMs / 1000)} s`, true);
       if (!outgoing.size && !incoming.size) clearInterval(sweeper!), (sweeper = null);
     }, Math.min(1000, idleMs / 4));
   }
 
-  function finishOut(t: Outgoing, err?: TransferError): void {
+  const accepted = (t: Outgoing) => [...t.recipients].filter(([, st]) => st === "accepted").map(([peer]) => peer);
+  const outEvent = (t: Outgoing, peer: string, state: "offered" | "sending" | "declined" | "failed" | "cancelled", reason?: string) =>
+    deps.emit({ event: "transfer", id: shortId(t.id), peer, direction: "out", name: t.name, size: t.size, state, ...(reason ? { reason } : {}) });
+
+  function finishOut(t: Outgoing): void {
     if (t.state === "over") return;
     t.state = "over";
     outgoing.delete(t.id);
     wipe(t.fileKey);
-    if (err) t.reject(err);
-    else t.resolve();
+    const n = t.recipients.size;
+    if (!t.failures.length) return t.resolve();
+    const [only] = t.recipients.keys();
+    const code = n === 1 ? t.failures[0]!.split(" ", 1)[0]! : "partial";
+    const message =
+      n === 1 ? `sending ${t.name} to ${only}: ${t.failures[0]!.slice(code.length + 1)}` : `sending ${t.name}: delivered to ${n - t.failures.length} of ${n}; ${t.failures.map((f) => f.slice(f.indexOf(" ") + 1)).join("; ")}`;
+    t.reject(new TransferError(code, message, n === 1 ? only : undefined));
   }
 
-  function failOut(t: Outgoing, state: "declined" | "failed" | "cancelled", reason: string): void {
-    if (t.state === "over") return;
-    deps.emit({ event: "transfer", id: shortId(t.id), peer: t.peer, direction: "out", name: t.name, size: t.size, state, reason });
-    finishOut(t, new TransferError(state, `sending ${t.name} to ${t.peer}: ${reason}`, t.peer));
+  /** Ends one recipient's part; the others go on. */
+  function dropRecipient(t: Outgoing, peer: string, state: "declined" | "failed" | "cancelled", reason: string): void {
+    const st = t.recipients.get(peer);
+    if (st === undefined || st === "done" || st === "failed") return;
+    t.recipients.set(peer, "failed");
+    t.failures.push(`${state} ${t.recipients.size > 1 ? `${peer}: ` : ""}${reason}`);
+    outEvent(t, peer, state, reason);
+    progressOut(t);
+  }
+
+  function failAll(t: Outgoing, state: "failed" | "cancelled", reason: string): void {
+    for (const peer of [...t.recipients.keys()]) dropRecipient(t, peer, state, reason);
+  }
+
+  /** Moves a transfer on once its recipients' states allow: start streaming, or finish. */
+  function progressOut(t: Outgoing): void {
+    const states = [...t.recipients.values()];
+    if (t.state === "offered" && !states.includes("offered")) {
+      if (!states.includes("accepted")) return finishOut(t);
+      t.state = "sending";
+      for (const peer of accepted(t)) outEvent(t, peer, "sending");
+      void stream(t);
+    } else if ((t.state === "sending" || t.state === "awaiting") && !states.includes("accepted")) {
+      finishOut(t); // everyone is done or failed (a stream still running sees "over" and stops)
+    }
   }
 
   function failIn(t: Incoming, state: "failed" | "cancelled", reason: string, tellPeer: boolean): void {
@@ -141,8 +190,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     deps.emit({ event: "transfer", id: shortId(t.id), peer: t.peer, direction: "in", name: t.name, size: t.size, state, reason });
   }
 
-  /** Offers `path` to `peer`; resolves once the peer reports it complete and verified. */
-  function send(peer: string, path: string): Promise<void> {
+  /**
+   * Offers `path` to `peers` (one for /send, every session for /bsend);
+   * resolves once every recipient reports it complete and verified, rejects
+   * if any did not (the others still got it).
+   */
+  function send(to: string | string[], path: string, broadcast = false): Promise<void> {
+    const peers = typeof to === "string" ? [to] : to;
     let fd: number;
     let size: number;
     try {
@@ -165,12 +219,16 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const fileKey = randomBytes(32);
     const name = basename(path);
     return new Promise<void>((resolve, reject) => {
-      const t: Outgoing = { id: hexId(fileId), fileId, peer, path, name, size, fileKey, state: "offered", lastActivity: performance.now(), resolve, reject };
+      const now = performance.now();
+      const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
+      const t: Outgoing = { id: hexId(fileId), fileId, path, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, resolve, reject };
       outgoing.set(t.id, t);
       watch();
-      // The offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
-      deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey.slice() });
-      deps.emit({ event: "transfer", id: shortId(t.id), peer, direction: "out", name, size, state: "offered" });
+      for (const peer of peers) {
+        // Each offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
+        deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey.slice(), ...(broadcast ? { bc: true } : {}) });
+        outEvent(t, peer, "offered");
+      }
     });
   }
 
@@ -185,7 +243,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       let sent = 0;
       let lastProgress = 0;
       for (let n = 0; ; n++) {
-        if (t.state !== "sending") return; // cancelled or failed meanwhile
+        const to = accepted(t);
+        if (t.state !== "sending" || !to.length) return; // cancelled or failed meanwhile
         const got = readSync(fd, buf, 0, Math.min(CHUNK_BYTES, t.size - sent), null);
         if (got === 0 && sent < t.size) throw new Error("the file shrank while being sent");
         sent += got;
@@ -194,12 +253,12 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (last && readSync(fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
         const plain = buf.subarray(0, got);
         hash.update(plain);
-        deps.sendMessage(t.peer, sealChunk(keys, t.fileId, n, last, plain));
+        deps.sendMessage(to.length === 1 ? to[0]! : to, sealChunk(keys, t.fileId, n, last, plain)); // encrypted once, copied by the relay
         const now = performance.now();
         t.lastActivity = now;
         if (last || now - lastProgress >= PROGRESS_MS) {
           lastProgress = now;
-          deps.emit({ event: "progress", id: shortId(t.id), peer: t.peer, direction: "out", name: t.name, bytes: sent, size: t.size });
+          deps.emit({ event: "progress", id: shortId(t.id), peer: t.broadcast ? "*" : to[0]!, direction: "out", name: t.name, bytes: sent, size: t.size });
         }
         if (last) break;
         if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
@@ -207,8 +266,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       t.sha256 = hash.digest("hex");
       if (t.state === "sending") t.state = "awaiting";
     } catch (err) {
-      deps.sendContent(t.peer, { t: "cancel", id: t.fileId, reason: "sender failed" });
-      failOut(t, "failed", (err as Error).message);
+      for (const peer of accepted(t)) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "sender failed" });
+      failAll(t, "failed", (err as Error).message);
     } finally {
       if (fd >= 0) closeSync(fd);
       wipe(keys.enc, keys.mac);
@@ -237,7 +296,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     } catch (err) {
       return decline(`receiver cannot write to its download directory (${(err as NodeJS.ErrnoException).code})`);
     }
-    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now() };
+    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true };
     wipe(key);
     incoming.set(tid, t);
     watch();
@@ -280,7 +339,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     wipe(t.keys.enc, t.keys.mac);
     const sha256 = t.hash.digest("hex");
     deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
-    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: false });
+    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast });
   }
 
   /** Handles a record content of the file layer; false if `item` is not one. */
@@ -291,20 +350,21 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const tid = hexId(item.id);
     const reason = typeof item.reason === "string" ? item.reason.slice(0, 200) : "no reason given";
     const out = outgoing.get(tid);
-    if (out && out.peer === peer) {
+    if (out && out.recipients.has(peer)) {
       out.lastActivity = performance.now();
-      if (item.t === "accept" && out.state === "offered") {
-        out.state = "sending";
-        deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "out", name: out.name, size: out.size, state: "sending" });
-        void stream(out);
-      } else if (item.t === "decline") failOut(out, "declined", reason);
-      else if (item.t === "failed") failOut(out, "failed", reason);
-      else if (item.t === "cancel") failOut(out, "cancelled", `cancelled by ${peer}`);
-      else if (item.t === "done" && out.state === "awaiting") {
+      const st = out.recipients.get(peer);
+      if (item.t === "accept" && st === "offered" && out.state === "offered") {
+        out.recipients.set(peer, "accepted");
+        progressOut(out);
+      } else if (item.t === "decline") dropRecipient(out, peer, "declined", reason);
+      else if (item.t === "failed") dropRecipient(out, peer, "failed", reason);
+      else if (item.t === "cancel") dropRecipient(out, peer, "cancelled", `cancelled by ${peer}`);
+      else if (item.t === "done" && out.state === "awaiting" && st === "accepted") {
         const theirs = item.sha256 instanceof Uint8Array ? Buffer.from(item.sha256).toString("hex") : "";
-        if (theirs !== out.sha256) return failOut(out, "failed", "the receiver's SHA-256 differs from ours"), true;
+        if (theirs !== out.sha256) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
+        out.recipients.set(peer, "done");
         deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256 });
-        finishOut(out);
+        progressOut(out);
       }
       return true;
     }
@@ -318,8 +378,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     let n = 0;
     for (const t of [...outgoing.values()]) {
       if (!t.id.startsWith(prefix)) continue;
-      deps.sendContent(t.peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
-      failOut(t, "cancelled", "cancelled");
+      for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+      failAll(t, "cancelled", "cancelled");
       n++;
     }
     for (const t of [...incoming.values()]) {
@@ -332,7 +392,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay. */
   function abandon(peer: string | null, reason: string): void {
-    for (const t of [...outgoing.values()]) if (peer === null || t.peer === peer) failOut(t, "failed", reason);
+    for (const t of [...outgoing.values()]) {
+      if (peer === null) failAll(t, "failed", reason);
+      else dropRecipient(t, peer, "failed", reason);
+    }
     for (const t of [...incoming.values()]) if (peer === null || t.peer === peer) failIn(t, "failed", reason, false);
   }
 

@@ -7,6 +7,7 @@ export type Command =
   | { kind: "msg"; peer: string; text: string }
   | { kind: "send"; peer: string; path: string }
   | { kind: "bmsg"; text: string }
+  | { kind: "bsend"; path: string }
   | { kind: "cancel"; id: string }
   | { kind: "verify"; peer: string }
   | { kind: "fingerprint"; peer: string }
@@ -21,13 +22,13 @@ export const HELP = `Commands:
   /msg ID text       send a private message
   /send ID path      send a file (encrypted, streamed, verified on arrival)
   /bmsg text         send a message to everyone you have a session with
+  /bsend path        send a file to everyone you have a session with (uploaded once)
   /cancel [FILE-ID]  stop a file transfer (all of them without an ID)
   /list              online peers, session state, fingerprints
   /verify ID         mark ID verified after comparing fingerprints out of band
   /fingerprint ID    show the full 256-bit fingerprint for careful comparison
   /help              this help
-  /exit              erase all keys and quit
-Coming next: /bsend path.`;
+  /exit              erase all keys and quit`;
 
 const USAGE: Record<string, string> = {
   connect: "/connect ID",
@@ -79,7 +80,7 @@ export function parseCommand(line: string): Command {
     case "bmsg":
       return rest ? { kind: "bmsg", text: rest } : { kind: "invalid", message: "usage: /bmsg text" };
     case "bsend":
-      return { kind: "invalid", message: `/${name} is not available in this version yet` };
+      return rest ? { kind: "bsend", path: unquote(rest.trim()) } : { kind: "invalid", message: "usage: /bsend path" };
     default:
       return { kind: "invalid", message: `unknown command /${name} (try /help)` };
   }

@@ -44,9 +44,10 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
       case "bmsg":
         client.broadcastText(cmd.text);
         return true;
-      case "send": {
-        if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
-        const done = client.sendFile(cmd.peer, cmd.path);
+      case "send":
+      case "bsend": {
+        if (cmd.kind === "send" && ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
+        const done = cmd.kind === "send" ? client.sendFile(cmd.peer, cmd.path) : client.broadcastFile(cmd.path);
         // The command returns at once (transfers run side by side); failures are reported when they happen.
         ctx.background(
           done.then(
