@@ -62,7 +62,7 @@ export function formatEvent(e: ChatEvent): string | null {
     case "progress":
       return null; // shown in the status line (see progressLine)
     case "file":
-      return `* received ${sanitize(e.name)} from ${e.from}: ${formatSize(e.size)}, saved as ${sanitize(e.path)}, sha256 ${e.sha256}`;
+      return `* received ${sanitize(e.name)} from ${e.from}${e.broadcast ? " (to all)" : ""}: ${formatSize(e.size)}, saved as ${sanitize(e.path)}, sha256 ${e.sha256}`;
     case "delivered":
       return `* ${e.to} has ${sanitize(e.name)} (${formatSize(e.size)}), verified: sha256 ${e.sha256}`;
   }
