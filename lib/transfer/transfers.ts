@@ -11,7 +11,10 @@
 // session with the same file ID and key, and its chunks are encrypted once
 // and sent once, addressed to all recipients that accepted: the relay copies
 // them. Each recipient succeeds or fails on its own; the sender is told per
-// recipient.
+// recipient. Recipients of a broadcast file share its key, so one of them
+// (with the relay's help) could forge chunks for another; a broadcast offer
+// therefore carries the file's SHA-256, which each recipient checks before
+// it keeps the file: the offer travels over its own pairwise session.
 //
 // Promises: a file is never held whole in memory (64 KiB chunks; the sender
 // reads only as fast as its socket drains, the receiver writes each chunk
@@ -104,9 +107,24 @@ interface Incoming {
   lastProgress: number;
   lastActivity: number;
   broadcast: boolean;
+  /** For broadcast files: the SHA-256 the sender announced in its offer. */
+  expected: string | null;
 }
 
 const hexId = (b: Uint8Array) => Buffer.from(b).toString("hex");
+
+/** SHA-256 of a file, read in 1 MiB pieces (never whole). */
+function hashFile(path: string): Uint8Array {
+  const fd = openSync(path, "r");
+  try {
+    const hash = new Bun.CryptoHasher("sha256");
+    const buf = Buffer.allocUnsafe(1024 * 1024);
+    for (let got; (got = readSync(fd, buf, 0, buf.length, null)) > 0; ) hash.update(buf.subarray(0, got));
+    return hash.digest();
+  } finally {
+    closeSync(fd);
+  }
+}
 const shortId = (id: string) => id.slice(0, 8);
 
 export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
@@ -215,6 +233,14 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     if (size > opts.maxFileSize) {
       return Promise.reject(new TransferError("too_large", `${path} is ${size} bytes, over the limit of ${opts.maxFileSize} (--max-file-size)`));
     }
+    let digest: Uint8Array | null = null;
+    if (broadcast) {
+      try {
+        digest = hashFile(path);
+      } catch (err) {
+        return Promise.reject(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+      }
+    }
     const fileId = randomBytes(FILE_ID_BYTES);
     const fileKey = randomBytes(32);
     const name = basename(path);
@@ -226,7 +252,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       watch();
       for (const peer of peers) {
         // Each offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
-        deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey.slice(), ...(broadcast ? { bc: true } : {}) });
+        deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey.slice(), ...(digest ? { bc: true, sha256: digest } : {}) });
         outEvent(t, peer, "offered");
       }
     });
@@ -275,8 +301,12 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   function onOffer(peer: string, m: Frame): void {
-    const { id, name, size, key } = m;
+    const { id, name, size, key, sha256 } = m;
     if (!(id instanceof Uint8Array) || id.length !== FILE_ID_BYTES || typeof name !== "string" || !Number.isSafeInteger(size) || (size as number) < 0 || !(key instanceof Uint8Array) || key.length !== 32) {
+      deps.emit({ event: "transfer", id: "?", peer, direction: "in", name: "?", size: 0, state: "failed", reason: "malformed offer" });
+      return;
+    }
+    if (m.bc === true && !(sha256 instanceof Uint8Array && sha256.length === 32)) {
       deps.emit({ event: "transfer", id: "?", peer, direction: "in", name: "?", size: 0, state: "failed", reason: "malformed offer" });
       return;
     }
@@ -296,7 +326,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     } catch (err) {
       return decline(`receiver cannot write to its download directory (${(err as NodeJS.ErrnoException).code})`);
     }
-    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true };
+    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true, expected: m.bc === true ? hexId(sha256 as Uint8Array) : null };
     wipe(key);
     incoming.set(tid, t);
     watch();
@@ -328,6 +358,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     }
     if (!chunk.last) return;
     if (t.received !== t.size) return failIn(t, "failed", `size mismatch: ${t.received} bytes received, ${t.size} offered`, true);
+    const sha256 = t.hash.digest("hex");
+    if (t.expected !== null && sha256 !== t.expected) return failIn(t, "failed", "content does not match the SHA-256 in the sender's offer", true);
     let path: string;
     try {
       closeSync(t.fd);
@@ -337,7 +369,6 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     }
     incoming.delete(t.id);
     wipe(t.keys.enc, t.keys.mac);
-    const sha256 = t.hash.digest("hex");
     deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
     deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast });
   }
