@@ -52,3 +52,42 @@ export function writeSection(title: string, body: string): void {
   }
   writeFileSync(REPORT, doc.endsWith("\n") ? doc : `${doc}\n`);
 }
+
+export interface TcpSocketInfo {
+  local: string;
+  peer: string;
+  /** The process holding the socket (null if `ss` could not tell). */
+  pid: number | null;
+  /** Payload bytes this socket has sent (tcpi_bytes_sent: retransmissions included, TCP/IP headers not). */
+  bytesSent: number;
+  /** Of bytesSent, those sent again (tcpi_bytes_retrans). */
+  bytesRetrans: number;
+  /** Payload bytes this socket has received (tcpi_bytes_received). */
+  bytesReceived: number;
+}
+
+/**
+ * The kernel's own byte counters (Linux tcp_info, read with iproute2's `ss -ti`)
+ * for every established TCP connection with `port` at either end. These count
+ * what actually went through the sockets, not what the application meant to send.
+ */
+export function tcpSockets(port: number): TcpSocketInfo[] {
+  const r = Bun.spawnSync(["ss", "-tinpH", "state", "established", `( sport = :${port} or dport = :${port} )`]);
+  if (r.exitCode !== 0) throw new Error(`ss failed: ${r.stderr.toString().trim()}`);
+  const out: TcpSocketInfo[] = [];
+  let cur: TcpSocketInfo | null = null;
+  for (const line of r.stdout.toString().split("\n")) {
+    if (!line.trim()) continue;
+    if (!/^\s/.test(line)) {
+      // Recv-Q Send-Q Local Peer [users:(("bun",pid=123,fd=7))]
+      const cols = line.trim().split(/\s+/);
+      cur = { local: cols[2]!, peer: cols[3]!, pid: Number(/pid=(\d+)/.exec(line)?.[1] ?? NaN) || null, bytesSent: 0, bytesRetrans: 0, bytesReceived: 0 };
+      out.push(cur);
+    } else if (cur) {
+      cur.bytesSent += Number(/\bbytes_sent:(\d+)/.exec(line)?.[1] ?? 0);
+      cur.bytesRetrans += Number(/\bbytes_retrans:(\d+)/.exec(line)?.[1] ?? 0);
+      cur.bytesReceived += Number(/\bbytes_received:(\d+)/.exec(line)?.[1] ?? 0);
+    }
+  }
+  return out;
+}

@@ -199,8 +199,17 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     return [...sessions.keys()].sort();
   }
 
+  /** True while our pairwise content for `peer` is held for a re-key (see sealQueued). */
+  function held(peer: string): boolean {
+    const h = handshakes.get(peer);
+    return h?.role === "initiator" && h.step === "confirm";
+  }
+
   function sealBroadcast(): void {
     const members = broadcastMembers();
+    // A new key must reach every member before the record under it: wait for
+    // any member whose pairwise content is held (establish/fail call us again).
+    if (members.some(held)) return;
     const items = broadcastQueue;
     broadcastQueue = [];
     broadcastBytes = 0;
@@ -281,6 +290,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     settle(peer, err);
     const s = sessions.get(peer);
     if (s) sealQueued(s); // content held for the exchange goes out under the old session
+    sealBroadcast();
   }
 
   function establish(peer: string, keys: SessionKeys): void {
@@ -301,6 +311,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     emit({ event: "session", peer, state: old ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
     settle(peer);
     sealQueued(s);
+    sealBroadcast();
   }
 
   function dropSession(peer: string, reason: string): void {
@@ -520,8 +531,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     broadcastText(text) {
       const members = broadcastMembers();
       if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
+      // The one frame also lists every recipient (≤ 10 bytes each); the relay takes at most 1000.
+      if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
       const bytes = Buffer.byteLength(text);
-      if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`);
+      const limit = link.maxFrame - 1024 - 10 * members.length;
+      if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
       if (broadcastBytes + bytes > BATCH_BYTES) sealBroadcast();
       broadcastQueue.push({ t: "text", text });
       broadcastBytes += bytes + 16;

@@ -25,8 +25,15 @@ export interface DhEngine {
   close(): void;
 }
 
+// Set only in `bun build --compile` binaries (scripts/release.ts): the worker's
+// name inside the executable. There every module's import.meta.url is the
+// executable's own entry (file:///$bunfs/root/NAME), so "./dh-worker.ts"
+// would not be found; the worker is embedded as a second entry point.
+declare const SMTS_DH_WORKER: string | undefined;
+
 export function startDhEngine(): DhEngine {
-  const worker = new Worker(new URL("./dh-worker.ts", import.meta.url).href);
+  const url = typeof SMTS_DH_WORKER === "string" ? new URL(SMTS_DH_WORKER, import.meta.url) : new URL("./dh-worker.ts", import.meta.url);
+  const worker = new Worker(url.href);
   // Not unref()'d: Bun delivers an unref'd worker's messages late (measured:
   // keypair + secret 2.0 ms instead of 1.0 ms). Owners call close() instead.
   const pending = new Map<number, (r: DhResponse) => void>();
@@ -36,9 +43,18 @@ export function startDhEngine(): DhEngine {
     const done = pending.get(r.id);
     if (done) pending.delete(r.id), done(r);
   };
+  // A worker that cannot load (say, a binary built without it) or dies fails
+  // every pending and later call, instead of leaving a /connect waiting forever.
+  let broken: string | null = null;
+  worker.onerror = (event: ErrorEvent) => {
+    broken = event.message || "the DH worker failed";
+    for (const done of pending.values()) done({ id: 0, error: broken });
+    pending.clear();
+  };
   type Request = DhRequest extends infer R ? (R extends DhRequest ? Omit<R, "id"> : never) : never;
   const call = (req: Request): Promise<DhResponse> =>
     new Promise((resolve, reject) => {
+      if (broken) return reject(new Error(`DH: ${broken}`));
       const id = nextId++;
       pending.set(id, (r) => (r.error ? reject(new Error(`DH: ${r.error}`)) : resolve(r)));
       worker.postMessage({ id, ...req });

@@ -142,7 +142,11 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       for (const t of [...outgoing.values()]) {
         if (now - t.lastActivity > idleMs) failAll(t, "failed", `no progress for ${Math.round(idleMs / 1000)} s`);
         else if (t.state === "offered" && now - t.offeredAt > BROADCAST_ANSWER_MS) {
-          for (const [peer, st] of t.recipients) if (st === "offered") dropRecipient(t, peer, "failed", "no answer to the offer");
+          for (const [peer, st] of t.recipients) {
+            if (st !== "offered") continue;
+            deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "no answer to the offer" }); // a late accept must not leave a temp file
+            dropRecipient(t, peer, "failed", "no answer to the offer");
+          }
         }
       }
       for (const t of [...incoming.values()]) if (now - t.lastActivity > idleMs) failIn(t, "failed", `no data for ${Math.round(idleMs / 1000)} s`, true);

@@ -1,0 +1,515 @@
+// docs/PROTOCOL.md, "Broadcast layer", and the code must not drift. This file
+// reads every bcast.* test vector from the document and checks it
+//   1. against the reference functions (SendChain.seal with the vector IV,
+//      ReceiveChain.open, pack, encodeFrame);
+//   2. against plain node:crypto written from the document's text;
+//   3. against the transfer state machine (createTransfers) for the broadcast
+//      offer, on both the sender's and the receiver's side;
+//   4. live: a real relay, a real broadcasting client behind a recording TCP
+//      proxy (which sees, and can inject, exactly what the relay sees), and
+//      real recipients: one `brec` per broadcast addressed to the sorted
+//      member list, `skey` records before the first `brec` of each key, a new
+//      key for every membership change, `no_key` and `replayed` for records
+//      the relay replays, and each broadcast file chunk sent once to the list.
+//
+// The vectors are named `bcast.*` (with a dot) so that the relay test's
+// "exactly these vectors" check, which matches names of [a-z0-9-] only and
+// skips the e2e-* ones, does not count them, and neither does the file test
+// (which takes file.* names).
+import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { createCipheriv, createHash, createHmac } from "node:crypto";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Socket } from "bun";
+import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import { startDhEngine } from "../lib/crypto/dh.ts";
+import { startRelay } from "../lib/relay/server.ts";
+import { ReceiveChain, SendChain } from "../lib/session/records.ts";
+import { fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
+import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
+import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
+import { pack } from "../lib/wire/msgpack.ts";
+
+setDefaultTimeout(30_000);
+
+const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
+const flat = doc.replace(/\s+/g, " ");
+
+// ---- Reading the document (same format as the other protocol-*-doc tests) ------
+
+function block(name: string): string {
+  const marker = `<!-- vector: ${name} -->`;
+  const at = doc.indexOf(marker);
+  if (at < 0) throw new Error(`no vector ${name} in docs/PROTOCOL.md`);
+  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`vector ${name} appears twice`);
+  const m = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
+  if (!m) throw new Error(`vector ${name} is not followed by a code block`);
+  return m[1]!;
+}
+
+/** The bytes of a vector: the hex before the first double space of every line. */
+function vector(name: string): Uint8Array {
+  let hex = "";
+  for (const line of block(name).split("\n")) {
+    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
+    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes)) throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
+    hex += bytes.replaceAll(" ", "");
+  }
+  return new Uint8Array(Buffer.from(hex, "hex"));
+}
+
+const VECTORS = [
+  "bcast.skey",
+  "bcast.plaintext",
+  "bcast.enc-key-0",
+  "bcast.mac-key-0",
+  "bcast.chain-key-1",
+  "bcast.ct",
+  "bcast.mac-input",
+  "bcast.mac",
+  "bcast.brec",
+  "bcast.send-frame",
+  "bcast.offer",
+];
+const v = (name: string) => {
+  if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
+  return vector(name);
+};
+
+// ---- Plain implementations from the document's text ------------------------------
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+const ascii = (s: string) => new Uint8Array(Buffer.from(s, "utf8"));
+/** Bytes of a string of code points 0..255 (msgpack headers written as \xNN). */
+const bin = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
+const cat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
+const range = (start: number, n: number) => Uint8Array.from({ length: n }, (_, i) => start + i);
+const sha256 = (...parts: Uint8Array[]) => new Uint8Array(createHash("sha256").update(cat(...parts)).digest());
+const hmac = (key: Uint8Array, ...parts: Uint8Array[]) => new Uint8Array(createHmac("sha256", key).update(cat(...parts)).digest());
+const aesEncrypt = (key: Uint8Array, iv: Uint8Array, plain: Uint8Array) => {
+  const c = createCipheriv("aes-256-cbc", key, iv);
+  return new Uint8Array(Buffer.concat([c.update(plain), c.final()]));
+};
+const byte = (b: number) => new Uint8Array([b]);
+
+// ---- The document's inputs (§40) ------------------------------------------------
+
+const SENDER_KEY = range(0x00, 32);
+const KID = range(0xa0, 16);
+const IV = range(0x00, 16);
+const MEMBERS = ["abcdefgh", "k3x9pm2q"];
+// The file of §32, for the broadcast offer.
+const FILE_KEY = range(0x00, 32);
+const FILE_ID = range(0xf0, 16);
+const FILE = Uint8Array.from({ length: 70000 }, (_, i) => i % 251);
+
+const dirs: string[] = [];
+afterAll(() => {
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+});
+function tempDir(): string {
+  const d = mkdtempSync(join(tmpdir(), "smts-bcast-doc-"));
+  dirs.push(d);
+  return d;
+}
+
+describe("broadcast-layer test vectors in docs/PROTOCOL.md", () => {
+  test("the document has exactly the bcast vectors checked here, none visible to the other layers' tests", () => {
+    const all = [...doc.matchAll(/<!-- vector: (bcast\.[a-z0-9.-]+) -->/g)].map((m) => m[1]!);
+    expect([...all].sort()).toEqual([...VECTORS].sort());
+    for (const name of all) vector(name);
+    // tests/protocol-doc.test.ts takes every vector named [a-z0-9-]+ that is not e2e-* as a relay vector,
+    // tests/protocol-e2e-doc.test.ts every e2e-[a-z0-9-]+, tests/protocol-file-doc.test.ts every file.*:
+    const relayLike = [...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!);
+    expect(relayLike.filter((n) => n.startsWith("bcast"))).toEqual([]);
+    expect([...doc.matchAll(/<!-- vector: (e2e-[a-z0-9-]+|file\.[a-z0-9.-]+) -->/g)].map((m) => m[1]!).filter((n) => n.includes("bcast"))).toEqual([]);
+    // The layer is no longer a placeholder, and the message tables name the new types.
+    expect(doc).not.toContain("(to be specified)");
+    expect(flat).toContain("| `brec` | the sender of a broadcast |");
+    expect(flat).toContain("| `skey` | `kid`: bin 16, `key`: bin 32 |");
+    expect(flat).toContain('mac = HMAC(key = macKey_n, "smts/1 rec" ‖ u64be(n) ‖ iv ‖ ct)');
+  });
+
+  test("skey and the plaintext: pack of the documented values", () => {
+    expect(hex(pack({ t: "skey", kid: KID, key: SENDER_KEY }))).toBe(hex(v("bcast.skey")));
+    expect(v("bcast.skey").length).toBe(68);
+    expect(decodePayload(v("bcast.skey"))).toEqual({ t: "skey", kid: KID, key: SENDER_KEY });
+    expect(hex(pack({ t: "text", text: "hi all" }))).toBe(hex(v("bcast.plaintext")));
+  });
+
+  test("the broadcast chain is §19.1's chain from the sender key (node:crypto from the document's text)", () => {
+    expect(hex(hmac(SENDER_KEY, byte(1)))).toBe(hex(v("bcast.enc-key-0")));
+    expect(hex(hmac(SENDER_KEY, byte(2)))).toBe(hex(v("bcast.mac-key-0")));
+    expect(hex(hmac(SENDER_KEY, byte(3)))).toBe(hex(v("bcast.chain-key-1")));
+    const ct = aesEncrypt(v("bcast.enc-key-0"), IV, v("bcast.plaintext"));
+    expect(hex(ct)).toBe(hex(v("bcast.ct")));
+    expect(hex(cat(ascii("smts/1 rec"), new Uint8Array(8), IV, ct))).toBe(hex(v("bcast.mac-input")));
+    expect(hex(hmac(v("bcast.mac-key-0"), v("bcast.mac-input")))).toBe(hex(v("bcast.mac")));
+    // The brec body assembled by hand from the field table of §35.1.
+    const byHand = cat(
+      byte(0x87),
+      bin("\xa1t\xa4brec\xa1v"),
+      byte(1),
+      bin("\xa3seq"),
+      byte(0),
+      bin("\xa2iv"),
+      byte(0xc4),
+      byte(16),
+      IV,
+      bin("\xa2ct"),
+      byte(0xc4),
+      byte(32),
+      ct,
+      bin("\xa3mac"),
+      byte(0xc4),
+      byte(32),
+      v("bcast.mac"),
+      bin("\xa3kid"),
+      byte(0xc4),
+      byte(16),
+      KID,
+    );
+    expect(hex(byHand)).toBe(hex(v("bcast.brec")));
+  });
+
+  test("SendChain.seal with the vector IV and the reference client's spread reproduce brec and the send frame", () => {
+    const chain = new SendChain(SENDER_KEY.slice());
+    const rec = chain.seal(v("bcast.plaintext"), IV);
+    expect(rec.seq).toBe(0);
+    const brec = { ...rec, t: "brec", kid: KID }; // as lib/client/chat-client.ts builds it
+    expect(Object.keys(brec)).toEqual(["t", "v", "seq", "iv", "ct", "mac", "kid"]);
+    const body = pack(brec);
+    expect(hex(body)).toBe(hex(v("bcast.brec")));
+    expect(body.length).toBe(134);
+    expect(hex(encodeFrame({ t: "send", to: MEMBERS, body }))).toBe(hex(v("bcast.send-frame")));
+    expect(v("bcast.send-frame").length).toBe(175);
+    // Sequence numbers go on from 0 under the same key.
+    expect(chain.seal(v("bcast.plaintext")).seq).toBe(1);
+  });
+
+  test("ReceiveChain over the sender key opens the brec as a rec (§35.4), with the rules of §19.3", () => {
+    const m = decodePayload(v("bcast.brec"));
+    expect(m.t).toBe("brec");
+    expect(hex(m.kid as Uint8Array)).toBe(hex(KID));
+    const rx = new ReceiveChain(SENDER_KEY.slice());
+    const r = rx.open({ ...m, t: "rec" });
+    expect(r.ok).toBe(true);
+    if (r.ok) {
+      expect(hex(r.plaintext)).toBe(hex(v("bcast.plaintext")));
+      expect(r.skipped).toBe(0);
+      expect(decodePayload(r.plaintext)).toEqual({ t: "text", text: "hi all" });
+    }
+    expect(rx.open({ ...m, t: "rec" })).toEqual({ ok: false, reason: "replayed" });
+    // Tampering with any authenticated field fails on a fresh chain; the chain is not moved.
+    const fresh = new ReceiveChain(SENDER_KEY.slice());
+    const flip = (b: Uint8Array) => {
+      const c = new Uint8Array(b);
+      c[0]! ^= 1;
+      return c;
+    };
+    for (const change of [{ iv: flip(m.iv as Uint8Array) }, { ct: flip(m.ct as Uint8Array) }, { mac: flip(m.mac as Uint8Array) }, { seq: 1 }]) {
+      expect(fresh.open({ ...m, ...change })).toEqual({ ok: false, reason: "tampered" });
+    }
+    expect(fresh.open({ ...m, seq: 2000 })).toEqual({ ok: false, reason: "too_far" });
+    expect(fresh.open(m).ok).toBe(true); // still at 0; kid and t are not in the MAC
+    // The same record under any other key (a pairwise chain, another sender key) is a forgery.
+    expect(new ReceiveChain(range(0x01, 32)).open(m)).toEqual({ ok: false, reason: "tampered" });
+  });
+});
+
+// ---- Broadcast files (§36) -----------------------------------------------------
+
+function transfersHarness(dir: string) {
+  const contents: { peer: string; item: Frame }[] = [];
+  const messages: { to: string | string[]; frame: Frame }[] = [];
+  const events: TransferEvent[] = [];
+  const t = createTransfers(
+    {
+      sendContent: (peer, item) => void contents.push({ peer, item }),
+      sendMessage: (to, frame) => void messages.push({ to, frame }),
+      backlog: () => 0,
+      drained: async () => {},
+      emit: (e) => void events.push(e),
+      maxFrame: () => 256 * 1024,
+    },
+    { downloadDir: dir, maxFileSize: 10 * 1024 * 1024 },
+  );
+  return { t, contents, messages, events, dir };
+}
+
+const docChunks = () => {
+  const keys = fileKeys(FILE_KEY, FILE_ID);
+  return [sealChunk(keys, FILE_ID, 0, false, FILE.subarray(0, 65536), range(0x00, 16)), sealChunk(keys, FILE_ID, 1, true, FILE.subarray(65536), range(0x10, 16))];
+};
+
+describe("broadcast offers (§36) against the transfer state machine", () => {
+  test("the sender offers the same file ID and key to every member, with bc: true and the file's SHA-256", async () => {
+    const dir = tempDir();
+    const path = join(dir, "report.pdf");
+    writeFileSync(path, FILE);
+    const s = transfersHarness(dir);
+    const done = s.t.send(MEMBERS, path, true).catch((e: Error) => e);
+    expect(s.contents.map((c) => c.peer)).toEqual(MEMBERS);
+    const [a, b] = s.contents.map((c) => c.item);
+    expect(Object.keys(a!)).toEqual(["t", "id", "name", "size", "key", "bc", "sha256"]);
+    expect(hex(a!.id as Uint8Array)).toBe(hex(b!.id as Uint8Array));
+    expect(hex(a!.key as Uint8Array)).toBe(hex(b!.key as Uint8Array));
+    expect(a!.key).not.toBe(b!.key); // each offer holds its own copy
+    // Equal to the document's offer once the random file ID and key are replaced by the vector's.
+    expect(hex(pack({ ...a!, id: FILE_ID, key: FILE_KEY }))).toBe(hex(v("bcast.offer")));
+    expect(hex(a!.sha256 as Uint8Array)).toBe(hex(sha256(FILE)));
+    // Both accept: each chunk is sealed once and sent once, to the list.
+    for (const peer of MEMBERS) s.t.onContent(peer, { t: "accept", id: a!.id });
+    for (let i = 0; i < 100 && s.messages.length < 2; i++) await Bun.sleep(5);
+    expect(s.messages.map((m) => [m.to, m.frame.n, m.frame.last])).toEqual([
+      [MEMBERS, 0, false],
+      [MEMBERS, 1, true],
+    ]);
+    s.t.cancel("");
+    expect(await done).toBeInstanceOf(Error);
+  });
+
+  test("the receiver: the document's offer and the §32 chunks give a file marked broadcast; a wrong sha256 fails it", () => {
+    const peer = "k3x9pm2q";
+    const ok = transfersHarness(tempDir());
+    expect(ok.t.onContent(peer, decodePayload(v("bcast.offer")))).toBe(true);
+    expect(ok.contents.map((c) => c.item.t)).toEqual(["accept"]);
+    for (const c of docChunks()) ok.t.onChunk(peer, c);
+    expect(ok.contents.map((c) => c.item.t)).toEqual(["accept", "done"]);
+    expect(ok.events.at(-1)).toMatchObject({ event: "file", from: peer, name: "report.pdf", size: 70000, sha256: hex(sha256(FILE)), broadcast: true });
+
+    // Each offer fresh from the document: the receiver erases the key bytes of an offer it accepts.
+    const offer = () => decodePayload(v("bcast.offer"));
+    const bad = transfersHarness(tempDir());
+    bad.t.onContent(peer, { ...offer(), sha256: new Uint8Array(32) });
+    for (const c of docChunks()) bad.t.onChunk(peer, c);
+    expect(bad.contents.at(-1)!.item).toMatchObject({ t: "failed", reason: "content does not match the SHA-256 in the sender's offer" });
+    expect(readdirSync(bad.dir)).toEqual([]); // the temporary file is gone, nothing was saved
+
+    // bc: true without a 32-byte sha256 is malformed: nothing sent, nothing created.
+    for (const sha of [undefined, new Uint8Array(31), "x"]) {
+      const m = transfersHarness(tempDir());
+      m.t.onContent(peer, { ...offer(), sha256: sha });
+      expect(m.contents).toEqual([]);
+      expect(m.events.at(-1)).toMatchObject({ state: "failed", reason: "malformed offer" });
+    }
+    // Without bc the offer is an ordinary one, whatever sha256 holds.
+    const plain = transfersHarness(tempDir());
+    plain.t.onContent(peer, { ...offer(), bc: undefined, sha256: new Uint8Array(32) });
+    for (const c of docChunks()) plain.t.onChunk(peer, c);
+    expect(plain.events.at(-1)).toMatchObject({ event: "file", broadcast: false });
+  });
+});
+
+// ---- Live: what the relay sees from a broadcasting client ---------------------------
+
+/** A TCP proxy for one client connection: forwards whole frames, records what the client sends, and can inject frames. */
+async function recordingProxy(upstreamPort: number) {
+  const sent: Frame[] = [];
+  let toRelay: Pipe | null = null;
+  class Pipe {
+    private queue: Uint8Array[] = [];
+    socket: Socket<unknown> | null = null;
+    push(b: Uint8Array) {
+      this.queue.push(b);
+      this.flush();
+    }
+    flush() {
+      while (this.socket && this.queue.length) {
+        const b = this.queue[0]!;
+        const n = this.socket.write(b);
+        if (n < b.length) {
+          this.queue[0] = b.subarray(Math.max(0, n));
+          return;
+        }
+        this.queue.shift();
+      }
+    }
+  }
+  const server = Bun.listen<{ up: Pipe; down: Pipe; decoder: FrameDecoder; upstream?: Socket<unknown> }>({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(client) {
+        const up = new Pipe();
+        const down = new Pipe();
+        down.socket = client as Socket<unknown>;
+        client.data = { up, down, decoder: new FrameDecoder(64 * 1024 * 1024) };
+        toRelay = up;
+        void Bun.connect({
+          hostname: "127.0.0.1",
+          port: upstreamPort,
+          socket: {
+            open(s) {
+              up.socket = s as Socket<unknown>;
+              client.data.upstream = s as Socket<unknown>;
+              up.flush();
+            },
+            data(_s, chunk) {
+              down.push(new Uint8Array(chunk));
+            },
+            drain() {
+              up.flush();
+            },
+            close() {
+              client.end();
+            },
+          },
+        });
+      },
+      data(client, chunk) {
+        // Whole frames only, so that injected frames never land inside one.
+        client.data.decoder.each(new Uint8Array(chunk), (payload) => {
+          sent.push(decodePayload(payload));
+          const framed = new Uint8Array(4 + payload.length);
+          new DataView(framed.buffer).setUint32(0, payload.length);
+          framed.set(payload, 4);
+          client.data.up.push(framed);
+        });
+      },
+      drain(client) {
+        client.data.down.flush();
+      },
+      close(client) {
+        client.data.upstream?.end();
+      },
+    },
+  });
+  return {
+    port: server.port,
+    sent,
+    /** Sends `frame` to the relay as if the client had (what a relay, or the network, can do). */
+    inject: (frame: Frame) => toRelay!.push(encodeFrame(frame)),
+    stop: () => server.stop(true),
+  };
+}
+
+describe("live: a broadcasting client as the relay sees it", () => {
+  test("brec once per broadcast to the sorted members, skey first, a new key per membership, replays rejected, file chunks once to the list", async () => {
+    const quiet = { info() {}, warn() {}, debug() {} };
+    const relay = startRelay({ host: "127.0.0.1", port: 0, secret: null, log: quiet });
+    const proxy = await recordingProxy(relay.port);
+    const dh = startDhEngine();
+    const clients: ChatClient[] = [];
+    let closedC: ChatClient | null = null;
+    const events = new Map<string, ChatEvent[]>();
+    const joinChat = async (port: number, name: string) => {
+      const list: ChatEvent[] = [];
+      const c = await startChat({ host: "127.0.0.1", port, secret: null, dh, onEvent: (e) => void list.push(e), downloadDir: tempDir() });
+      events.set(name, list);
+      clients.push(c);
+      return c;
+    };
+    const waitFor = async (what: string, check: () => boolean) => {
+      for (const deadline = performance.now() + 10_000; !check(); await Bun.sleep(5)) {
+        if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      }
+    };
+    const got = (name: string, match: (e: ChatEvent) => boolean) => events.get(name)!.some(match);
+    const message = (text: string) => (e: ChatEvent) => e.event === "message" && e.text === text && e.broadcast === true;
+    /** The end-to-end messages the client sent since `from`, with their relay `to`. */
+    const e2e = (from: number) =>
+      proxy.sent
+        .slice(from)
+        .filter((f) => f.t === "send")
+        .map((f) => ({ to: f.to as string | string[], m: decodePayload(f.body as Uint8Array) }));
+
+    try {
+      const a = await joinChat(proxy.port, "A");
+      const b = await joinChat(relay.port, "B");
+      const c = await joinChat(relay.port, "C");
+      const d = await joinChat(relay.port, "D");
+      await a.connect(b.id);
+      await a.connect(c.id);
+
+      // One broadcast: skey records to B and C, then one brec to [B, C] (sorted), seq 0.
+      let mark = proxy.sent.length;
+      a.broadcastText("one");
+      await waitFor("one at B and C", () => got("B", message("one")) && got("C", message("one")));
+      let sends = e2e(mark);
+      let brecs = sends.filter((s) => s.m.t === "brec");
+      expect(brecs.length).toBe(1);
+      expect(brecs[0]!.to).toEqual([b.id, c.id].sort());
+      expect(brecs[0]!.m.seq).toBe(0);
+      const kid1 = hex(brecs[0]!.m.kid as Uint8Array);
+      expect(kid1).toHaveLength(32);
+      const first = sends.indexOf(brecs[0]!);
+      for (const p of [b.id, c.id]) expect(sends.findIndex((s) => s.to === p && s.m.t === "rec")).toBeLessThan(first);
+      const oldBrec = pack(brecs[0]!.m);
+
+      // Same members: same key, next seq, no pairwise record.
+      mark = proxy.sent.length;
+      a.broadcastText("two");
+      await waitFor("two at B and C", () => got("B", message("two")) && got("C", message("two")));
+      sends = e2e(mark);
+      expect(sends.map((s) => [s.m.t, s.m.seq, hex(s.m.kid as Uint8Array)])).toEqual([["brec", 1, kid1]]);
+
+      // A newcomer: a new key, seq 0 again, skey to every member before the brec.
+      await d.connect(a.id);
+      await a.waitSession(d.id, 5000);
+      mark = proxy.sent.length;
+      a.broadcastText("three");
+      await waitFor("three at B, C and D", () => ["B", "C", "D"].every((n) => got(n, message("three"))));
+      expect(got("D", message("one")) || got("D", message("two"))).toBe(false);
+      sends = e2e(mark);
+      brecs = sends.filter((s) => s.m.t === "brec");
+      expect(brecs.length).toBe(1);
+      expect(brecs[0]!.to).toEqual([b.id, c.id, d.id].sort());
+      expect(brecs[0]!.m.seq).toBe(0);
+      const kid2 = hex(brecs[0]!.m.kid as Uint8Array);
+      expect(kid2).not.toBe(kid1);
+      for (const p of [b.id, c.id, d.id]) expect(sends.findIndex((s) => s.to === p && s.m.t === "rec")).toBeLessThan(sends.indexOf(brecs[0]!));
+      const currentBrec = pack(brecs[0]!.m);
+
+      // The relay replays: a brec under the old key is no_key, the current one again is replayed.
+      proxy.inject({ t: "send", to: d.id, body: oldBrec });
+      await waitFor("no_key at D", () => got("D", (e) => e.event === "error" && e.code === "no_key"));
+      proxy.inject({ t: "send", to: b.id, body: currentBrec });
+      await waitFor("replayed at B", () => got("B", (e) => e.event === "error" && e.code === "replayed"));
+      // Delivered to a client without a session with the sender, it is no_key too.
+      const stranger = await joinChat(relay.port, "E");
+      proxy.inject({ t: "send", to: stranger.id, body: currentBrec });
+      await waitFor("no_key at E", () => got("E", (e) => e.event === "error" && e.code === "no_key"));
+      expect(got("E", (e) => e.event === "message")).toBe(false);
+
+      // A member leaves: a new key for the others; the departed one is not addressed.
+      closedC = c;
+      await c.close();
+      await waitFor("A drops C", () => !a.hasSession(c.id));
+      mark = proxy.sent.length;
+      a.broadcastText("four");
+      await waitFor("four at B and D", () => got("B", message("four")) && got("D", message("four")));
+      expect(got("C", message("four"))).toBe(false);
+      sends = e2e(mark);
+      brecs = sends.filter((s) => s.m.t === "brec");
+      expect(brecs.map((s) => s.to)).toEqual([[b.id, d.id].sort()]);
+      expect(brecs[0]!.m.seq).toBe(0);
+      expect([kid1, kid2]).not.toContain(hex(brecs[0]!.m.kid as Uint8Array));
+
+      // A broadcast file: offers travel in pairwise records; each chunk is sent once, to the list.
+      const dir = tempDir();
+      const path = join(dir, "report.pdf");
+      writeFileSync(path, FILE);
+      mark = proxy.sent.length;
+      await a.broadcastFile(path);
+      sends = e2e(mark);
+      const chunks = sends.filter((s) => s.m.t === "chunk");
+      expect(chunks.map((s) => [s.to, s.m.n, s.m.last])).toEqual([
+        [[b.id, d.id].sort(), 0, false],
+        [[b.id, d.id].sort(), 1, true],
+      ]);
+      expect(sends.some((s) => s.m.t === "offer")).toBe(false); // never in the clear
+      for (const n of ["B", "D"]) {
+        const f = events.get(n)!.find((e) => e.event === "file");
+        expect(f).toMatchObject({ event: "file", name: "report.pdf", size: 70000, sha256: hex(sha256(FILE)), broadcast: true });
+      }
+      expect(events.get("A")!.filter((e) => e.event === "delivered").map((e) => (e as { to: string }).to).sort()).toEqual([b.id, d.id].sort());
+    } finally {
+      for (const x of clients) if (x !== closedC) await x.close().catch(() => {});
+      dh.close();
+      proxy.stop();
+      await relay.stop();
+    }
+  });
+});
