@@ -291,7 +291,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
           deps.emit({ event: "progress", id: shortId(t.id), peer: t.broadcast ? "*" : to[0]!, direction: "out", name: t.name, bytes: sent, size: t.size });
         }
         if (last) break;
+        // Yield after every chunk so the socket starts writing at once (no pipeline
+        // fill of a whole megabyte); wait for the socket when it is behind.
         if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
+        else await null;
       }
       t.sha256 = hash.digest("hex");
       if (t.state === "sending") t.state = "awaiting";
