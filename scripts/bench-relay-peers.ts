@@ -71,13 +71,28 @@ const wallMs = () => performance.timeOrigin + performance.now();
 
 // ---- sockets -----------------------------------------------------------------
 
-/** One TCP connection; the roles swap `onData` as they go. All writes go through `out`. */
+/**
+ * One TCP connection. The roles swap the `onData` handler as they go (join,
+ * then counting); while it is null, received chunks are kept and handed to
+ * the next handler, so nothing is lost between two phases. All writes go
+ * through `out`.
+ */
 class Conn {
   socket!: Sock;
   readonly out = new Writer(this);
-  onData: (chunk: Buffer) => void = () => {};
-  closed = false;
   onClose: () => void = () => {};
+  private handler: ((chunk: Buffer) => void) | null = null;
+  private early: Buffer[] = [];
+
+  set onData(fn: ((chunk: Buffer) => void) | null) {
+    this.handler = fn;
+    while (fn && this.early.length && this.handler === fn) fn(this.early.shift()!);
+  }
+
+  deliver(chunk: Buffer): void {
+    if (this.handler) this.handler(chunk);
+    else this.early.push(chunk);
+  }
 }
 
 const handlers = {
@@ -85,13 +100,12 @@ const handlers = {
     s.setNoDelay(true);
   },
   data(s: Sock, chunk: Buffer) {
-    s.data.onData(chunk);
+    s.data.deliver(chunk);
   },
   drain(s: Sock) {
     s.data.out.onDrain();
   },
   close(s: Sock) {
-    s.data.closed = true;
     s.data.onClose();
   },
   error(_s: Sock, err: Error) {
@@ -147,7 +161,7 @@ function joinSmts(conn: Conn): Promise<string> {
           conn.out.control(encodeFrame({ t: "join", v: 1, proof: new Uint8Array(32), nonce: crypto.getRandomValues(new Uint8Array(32)), watch: false }));
         } else if (f.t === "welcome" && typeof f.id === "string") {
           if (decoder.buffered > 0) die("unexpected bytes after welcome");
-          conn.onData = () => {};
+          conn.onData = null;
           conn.onClose = () => {};
           resolve(f.id);
         } else die(`unexpected frame during join: ${JSON.stringify(f)}`);
@@ -171,7 +185,7 @@ function handshakeNats(conn: Conn, subscribe: boolean): Promise<void> {
         if (line === "PING") conn.out.control(PONG);
         if (line === "PONG") {
           if (text.length) die("unexpected bytes after PONG");
-          conn.onData = () => {};
+          conn.onData = null;
           conn.onClose = () => {};
           resolve();
         }
@@ -336,6 +350,7 @@ class Writer {
 class FrameCounter {
   frames = 0;
   bytes = 0;
+  chunks = 0;
   badLength = 0;
   private skip = 0; // payload bytes of the current frame still to come
   private header = new Uint8Array(4);
@@ -351,6 +366,7 @@ class FrameCounter {
 
   push(chunk: Buffer): void {
     this.bytes += chunk.length;
+    this.chunks++;
     const end = chunk.length;
     let pos = 0;
     while (pos < end) {
@@ -608,6 +624,7 @@ async function streamRecv(a: Args): Promise<void> {
       doneAt: wallMs(),
       frames: counter.frames,
       bytes: counter.bytes,
+      reads: counter.chunks,
       expectedBytes: total * (payloadLen + 4),
       badLength: counter.badLength,
       checked: checker.checked,

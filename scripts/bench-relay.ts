@@ -27,9 +27,15 @@
 //   3. Memory: the relay runs as its own process (`smts relay --open`);
 //      VmRSS is sampled every 50 ms and VmHWM read after each phase (socat's
 //      and nats-server's too, for comparison).
+// Also, for interpretation: a "direct" bulk run (sender → receiver, no hop:
+// the ceiling of these clients), and the CPU each process used during each
+// run (from /proc/PID/stat), including what other processes on the machine
+// used meanwhile. The benchmark waits (bounded) for a quiet machine before
+// each run and marks the runs that shared it with busy processes.
 // Every run is checked: all frames arrive, with the right lengths, and every
 // 64th (bulk) / 1024th (rate) frame is decoded and its sequence number and
-// body bytes compared. Runs alternate smts/reference; medians are reported.
+// body bytes compared. 3 runs of each (1 with --quick), alternating smts and
+// reference; medians are reported.
 //
 // socat and nats-server are installed with apt-get when missing (as root); if
 // they still cannot be found, that reference is skipped and the report says so.
@@ -47,6 +53,8 @@ const TARGET_RATIO = 0.5;
 const BULK_BODY = 64 * 1024;
 const RATE_BODY = 200;
 const SOCAT_BUFFER = 131072;
+/** Background CPU (% of one core) above which the machine counts as busy. */
+const QUIET_LOAD = 15;
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes("--quick");
@@ -54,12 +62,12 @@ const flagValue = (name: string): string | null => {
   const i = argv.indexOf(name);
   return i >= 0 ? (argv[i + 1] ?? null) : null;
 };
-const repsFlag = argv.indexOf("--reps");
+const REPS = flagValue("--reps");
 const ONLY = flagValue("--only");
 const RELAY_PROF_DIR = flagValue("--relay-cpu-prof");
 const CONFIG = {
   quick: QUICK,
-  reps: repsFlag >= 0 ? Math.max(1, Number(argv[repsFlag + 1]) || 1) : QUICK ? 1 : 3,
+  reps: REPS !== null ? Math.max(1, Number(REPS) || 1) : QUICK ? 1 : 3,
   bulkFrames: QUICK ? 4096 : 16384, // 256 MiB or 1 GiB of 64 KiB bodies
   rateWarmupMs: QUICK ? 250 : 500,
   rateDurationMs: QUICK ? 2000 : 5000,
@@ -202,39 +210,91 @@ function procStatusKiB(pid: number, field: "VmRSS" | "VmHWM"): number | null {
   }
 }
 
-/** CPU seconds (user + system) a process has used so far, from /proc/PID/stat. */
-function cpuSeconds(pid: number): number | null {
+/** CPU seconds (user, system) a process has used so far, from /proc/PID/stat. */
+function cpuSeconds(pid: number): { user: number; sys: number } | null {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
     const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in USER_HZ (100 on Linux)
+    return { user: Number(f[11]) / 100, sys: Number(f[12]) / 100 }; // utime, stime in USER_HZ (100 on Linux)
   } catch {
     return null;
   }
 }
 
-/** CPU use of some processes between start() and stop(), as % of one core. */
+/** CPU seconds used by the whole machine (all cores, everything but idle and iowait), from /proc/stat. */
+function machineBusySeconds(): number {
+  const f = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const [user = 0, nice = 0, system = 0, , , irq = 0, softirq = 0, steal = 0] = f;
+  return (user + nice + system + irq + softirq + steal) / 100;
+}
+
+/** This benchmark's own CPU seconds (the orchestrator process). */
+const selfSeconds = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
+/**
+ * CPU use of some processes between start and stop(), as % of one core
+ * (`NAME`), plus the kernel part of it (`NAME.sys`), and `others`: what the
+ * rest of the machine used meanwhile (other people's jobs distort the numbers).
+ */
 function cpuMeter(pids: Record<string, number>) {
   const t0 = performance.now();
+  const m0 = machineBusySeconds();
+  const s0 = selfSeconds();
   const c0 = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuSeconds(pid)]));
   return {
     stop(): Record<string, number> {
       const wall = (performance.now() - t0) / 1000;
       const out: Record<string, number> = {};
+      let ours = selfSeconds() - s0;
       for (const [k, pid] of Object.entries(pids)) {
         const a = c0[k];
         const b = cpuSeconds(pid);
-        if (a != null && b != null) out[k] = (100 * (b - a)) / wall;
+        if (!a || !b) continue;
+        ours += b.user + b.sys - a.user - a.sys;
+        out[k] = (100 * (b.user + b.sys - a.user - a.sys)) / wall;
+        out[`${k}.sys`] = (100 * (b.sys - a.sys)) / wall;
       }
+      out.others = Math.max(0, (100 * (machineBusySeconds() - m0 - ours)) / wall);
       return out;
     },
   };
 }
 
-const cpuText = (cpu: Record<string, number>) =>
-  Object.entries(cpu)
-    .map(([k, v]) => `${k} ${v.toFixed(0)}%`)
+/** Busy CPU of the whole machine over `ms`, in % of one core. */
+async function machineLoad(ms: number): Promise<number> {
+  const m0 = machineBusySeconds();
+  const s0 = selfSeconds();
+  await Bun.sleep(ms);
+  return (100 * (machineBusySeconds() - m0 - (selfSeconds() - s0))) / (ms / 1000);
+}
+
+/** Waits (up to `maxWaitMs`) for the machine to be quiet; returns the last background load seen. */
+async function waitForQuiet(maxWaitMs: number, probeMs = 1000): Promise<number> {
+  const deadline = performance.now() + maxWaitMs;
+  let load = await machineLoad(probeMs);
+  while (load > QUIET_LOAD && performance.now() < deadline) {
+    console.log(`machine busy: other processes use ${load.toFixed(0)}% CPU; waiting for them to finish ...`);
+    load = await machineLoad(2000);
+  }
+  if (load > QUIET_LOAD) console.log(`WARNING: other processes still use ${load.toFixed(0)}% CPU; numbers will be low and noisy`);
+  return load;
+}
+
+/** Before each run: a short look at the machine, waiting a little if someone else is busy. */
+const settle = () => waitForQuiet(QUICK ? 10_000 : 30_000, 300);
+
+/** "sender 20%, forwarder 95% (kernel 60%), receiver 55%" */
+function cpuLine(get: (k: string) => number | undefined, keys: string[]): string {
+  return keys
+    .filter((k) => !k.endsWith(".sys") && get(k) !== undefined)
+    .map((k) => `${k === "others" ? "other processes" : k} ${get(k)!.toFixed(0)}%` + (k === "forwarder" ? ` (kernel ${(get(`${k}.sys`) ?? 0).toFixed(0)}%)` : ""))
     .join(", ");
+}
+
+const cpuText = (cpu: Record<string, number>) => cpuLine((k) => cpu[k], Object.keys(cpu));
 
 /** Samples VmRSS of the watched processes every 50 ms; keeps the peak per label. */
 class RssSampler {
@@ -366,6 +426,8 @@ interface BulkResult {
   socatHwmKiB: number | null;
   /** CPU use during the run, % of one core: sender, forwarder, receiver. */
   cpu: Record<string, number>;
+  /** Average size of the receiver's reads, in KiB. */
+  readKiB: number;
 }
 
 interface RecvResult {
@@ -374,6 +436,8 @@ interface RecvResult {
   doneAt: number;
   frames: number;
   bytes: number;
+  /** data callbacks the receiver got (bytes / reads = the average read). */
+  reads: number;
   expectedBytes: number;
   badLength: number;
   checked: number;
@@ -421,7 +485,7 @@ async function bulkRun(via: { pid: number; port: number } | "socat" | "direct"):
     if (got.bytes !== got.expectedBytes) problems.push(`receiver got ${got.bytes} bytes, expected ${got.expectedBytes}`);
     if (got.badLength) problems.push(`${got.badLength} frames with an unexpected length`);
     if (got.checked < 2) problems.push("too few frames sampled");
-    return { mbPerS: (frames * BULK_BODY) / seconds / 1e6, seconds, ok: problems.length === 0, problems, checked: got.checked, socatHwmKiB, cpu };
+    return { mbPerS: (frames * BULK_BODY) / seconds / 1e6, seconds, ok: problems.length === 0, problems, checked: got.checked, socatHwmKiB, cpu, readKiB: got.bytes / Math.max(1, got.reads) / 1024 };
   } finally {
     await Promise.all(peers.map((p) => p.close()));
     if (socat) {
@@ -500,12 +564,24 @@ function machine(): Record<string, string> {
     kernel: `${os.type()} ${os.release()}`,
     bun: Bun.version,
     date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    code: codeVersion(),
   };
+}
+
+/** The commit measured, and whether lib/ or cmd/ had uncommitted changes at the time. */
+function codeVersion(): string {
+  const git = (...args: string[]) => Bun.spawnSync(["git", "-C", ROOT, ...args]).stdout.toString().trim();
+  const head = git("rev-parse", "--short", "HEAD");
+  if (!head) return "unknown (not a git checkout)";
+  const dirty = git("status", "--porcelain", "--", "lib", "cmd");
+  return dirty ? `commit ${head} plus uncommitted changes in lib/ or cmd/` : `commit ${head}`;
 }
 
 const fmt = (n: number, digits = 0) => n.toLocaleString("en-US", { maximumFractionDigits: digits, minimumFractionDigits: digits });
 
 interface Results {
+  /** CPU % (of one core) used by other processes just before the runs. */
+  backgroundLoad: number;
   tools: Record<string, Tool>;
   bulkSmts: BulkResult[];
   bulkSocat: BulkResult[];
@@ -526,12 +602,12 @@ interface Results {
 /** Median CPU use per process over some runs, as text. */
 function cpuMedian(runs: { cpu: Record<string, number> }[]): string {
   if (!runs.length) return "–";
-  const keys = Object.keys(runs[0]!.cpu);
-  return keys.map((k) => `${k} ${median(runs.map((x) => x.cpu[k] ?? 0)).toFixed(0)}%`).join(", ");
+  return cpuLine((k) => median(runs.map((x) => x.cpu[k] ?? 0)), Object.keys(runs[0]!.cpu));
 }
 
 function ratioRow(what: string, smts: number[], ref: number[], refName: string, unit: string, digits: number): string {
-  const s = smts.length ? median(smts) : NaN;
+  if (!smts.length) return `| ${what} | not run, or no run passed its checks | – | – | ≥ ${TARGET_RATIO.toFixed(2)} | – |`;
+  const s = median(smts);
   if (!ref.length) return `| ${what} | ${fmt(s, digits)} ${unit} | ${refName}: not measured (not available) | – | ≥ ${TARGET_RATIO.toFixed(2)} | unknown |`;
   const r = median(ref);
   const ratio = s / r;
@@ -543,25 +619,44 @@ function renderReport(r: Results, m: Record<string, string>): string {
   const socatName = tools.socat!.found ? `socat ${tools.socat!.version} \`-b ${SOCAT_BUFFER}\`` : "socat";
   const natsName = tools["nats-server"]!.found ? `nats-server ${tools["nats-server"]!.version}` : "nats-server";
   const runs = (xs: { ok: boolean }[], v: (x: never) => number, digits: number) =>
-    xs.length ? xs.map((x) => fmt(v(x as never), digits) + (x.ok ? "" : " (FAILED CHECKS)")).join(", ") : "–";
+    xs.length ? xs.map((x) => fmt(v(x as never), digits) + (busy(x) ? "*" : "") + (x.ok ? "" : " (FAILED CHECKS)")).join(", ") : "–";
+  const busy = (x: unknown) => ((x as { cpu: Record<string, number> }).cpu.others ?? 0) > QUIET_LOAD;
   const bulkGiB = (CONFIG.bulkFrames * BULK_BODY) / 2 ** 30;
+  const allRuns = [...r.bulkSmts, ...r.bulkSocat, ...r.bulkDirect, ...r.rateSmts, ...r.rateNats];
+  const othersDuring = allRuns.length ? median(allRuns.map((x) => x.cpu.others ?? 0)) : 0;
+  const contended = allRuns.filter(busy).length;
+  const quiet = <T extends { ok: boolean; cpu: Record<string, number> }>(xs: T[]) => xs.filter((x) => x.ok && !busy(x));
+  const passed = <T extends { ok: boolean }>(xs: T[]) => xs.filter((x) => x.ok);
+  const quietMedians = (what: string, a: number[], b: number[], refName: string, unit: string) =>
+    a.length && b.length ? `${what}: smts ${fmt(median(a))} ${unit} vs ${refName} ${fmt(median(b))} ${unit}, ratio ${(median(a) / median(b)).toFixed(2)} (${a.length} + ${b.length} runs)` : `${what}: no quiet run on one side`;
   const lines = [
     SECTION,
     "",
     `Measured by \`bun scripts/bench-relay.ts${CONFIG.quick ? " --quick" : ""}\` on ${m.date}${CONFIG.quick ? " (**quick mode**: shorter runs, numbers are rougher)" : ""}; ` +
-      `${CONFIG.reps} run(s) of each, alternating smts and reference; the table shows medians.`,
+      `${CONFIG.reps} run(s) of each, alternating smts and reference; the table shows medians. Code measured: ${m.code}.`,
     "",
     `Machine: ${m.cpu}, ${m.cores} cores, ${m.ram} RAM, ${m.kernel}, Bun ${m.bun}` +
       `${tools.socat!.found ? `, socat ${tools.socat!.version}` : ""}${tools["nats-server"]!.found ? `, nats-server ${tools["nats-server"]!.version}` : ""}. ` +
-      "Everything runs on this one machine over loopback; sender, forwarder and receiver are separate processes.",
+      "Everything runs on this one machine over loopback; sender, forwarder and receiver are separate processes. " +
+      `Background: other processes used ${r.backgroundLoad.toFixed(0)}% CPU just before the runs and a median ${othersDuring.toFixed(0)}% during them (of ${Number(m.cores) * 100}%).`,
+    "",
+    "Medians are over the runs that passed their checks (a failed run is listed below, marked FAILED CHECKS).",
     "",
     "| measurement | smts relay | reference (same run) | smts / reference | target | met |",
     "|---|---|---|---|---|---|",
-    ratioRow(`64 KiB bodies, 1 sender → 1 receiver, ${fmt(bulkGiB, 2)} GiB per run`, r.bulkSmts.map((x) => x.mbPerS), r.bulkSocat.map((x) => x.mbPerS), socatName, "MB/s", 0),
-    ratioRow(`200-byte bodies, 1 publisher → 1 subscriber, ${CONFIG.rateDurationMs / 1000} s window`, r.rateSmts.map((x) => x.rate), r.rateNats.map((x) => x.rate), natsName, "msgs/s", 0),
-    `| forwarder peak RSS (VmHWM over all its runs) | ${mb(r.relayHwmKiB)} | socat ${mb(r.socatHwmKiB)}, nats-server ${mb(r.natsHwmKiB)} | – | – | – |`,
+    ratioRow(`64 KiB bodies, 1 sender → 1 receiver, ${fmt(bulkGiB, 2)} GiB per run`, passed(r.bulkSmts).map((x) => x.mbPerS), passed(r.bulkSocat).map((x) => x.mbPerS), socatName, "MB/s", 0),
+    ratioRow(`200-byte bodies, 1 publisher → 1 subscriber, ${CONFIG.rateDurationMs / 1000} s window`, passed(r.rateSmts).map((x) => x.rate), passed(r.rateNats).map((x) => x.rate), natsName, "msgs/s", 0),
+    `| forwarder peak RSS (VmHWM, or the 50 ms VmRSS peak if higher) | ${mb(r.relayHwmKiB)} | socat ${mb(r.socatHwmKiB)}, nats-server ${mb(r.natsHwmKiB)} | – | – | – |`,
     "",
-    "Individual runs (CPU is the median use during the run, in % of one core; the machine has " + m.cores + "):",
+    ...(contended
+      ? [
+          `${contended} of ${allRuns.length} runs shared the machine with other busy processes (marked * below). Medians of the quiet runs only:`,
+          ...(r.bulkSmts.length ? [`- ${quietMedians("64 KiB", quiet(r.bulkSmts).map((x) => x.mbPerS), quiet(r.bulkSocat).map((x) => x.mbPerS), "socat", "MB/s")}`] : []),
+          ...(r.rateSmts.length ? [`- ${quietMedians("200 B", quiet(r.rateSmts).map((x) => x.rate), quiet(r.rateNats).map((x) => x.rate), "NATS", "msgs/s")}`] : []),
+          "",
+        ]
+      : []),
+    "Individual runs (CPU is the median use during the run, in % of one core; the machine has " + m.cores + `; * marks a run during which other processes used more than ${QUIET_LOAD}% CPU):`,
     `- smts relay, 64 KiB bodies, MB/s: ${runs(r.bulkSmts, (x: BulkResult) => x.mbPerS, 0)}; CPU ${cpuMedian(r.bulkSmts)}`,
     `- socat, 64 KiB bodies, MB/s: ${tools.socat!.found ? `${runs(r.bulkSocat, (x: BulkResult) => x.mbPerS, 0)}; CPU ${cpuMedian(r.bulkSocat)}` : `skipped: ${tools.socat!.note || "socat not found"}`}`,
     `- direct, sender → receiver with no forwarder (the ceiling of these clients), MB/s: ${runs(r.bulkDirect, (x: BulkResult) => x.mbPerS, 0)}; CPU ${cpuMedian(r.bulkDirect)}`,
@@ -584,6 +679,9 @@ function renderReport(r: Results, m: Record<string, string>): string {
     "",
   ];
   const problems = [
+    ...(contended || r.backgroundLoad > QUIET_LOAD
+      ? [`the machine was not quiet: other processes used ${r.backgroundLoad.toFixed(0)}% CPU before the runs, and more than ${QUIET_LOAD}% during ${contended} of ${allRuns.length} runs; those numbers are lower and noisier than on an idle machine.`]
+      : []),
     ...r.problems,
     ...Object.values(tools)
       .filter((t) => !t.found)
@@ -611,7 +709,9 @@ function writeReport(section: string): void {
 async function main(): Promise<void> {
   console.log(`relay benchmark (${CONFIG.quick ? "quick" : "normal"} mode, ${CONFIG.reps} run(s) each)`);
   const tools = await ensureTools();
+  const backgroundLoad = await waitForQuiet(QUICK ? 30_000 : 300_000);
   const r: Results = {
+    backgroundLoad,
     tools,
     bulkSmts: [],
     bulkSocat: [],
@@ -642,7 +742,10 @@ async function main(): Promise<void> {
     const relayAt = { pid: relay.proc.pid, port: relay.port };
     const show = (label: string, res: BulkResult | RateResult, i: number) => {
       note(`${label} run ${i}`, res);
-      const value = "mbPerS" in res ? `${fmt(res.mbPerS)} MB/s (${res.seconds.toFixed(2)} s` : `${fmt(res.rate)} msgs/s (${fmt(res.messages)} in window`;
+      const value =
+        "mbPerS" in res
+          ? `${fmt(res.mbPerS)} MB/s (${res.seconds.toFixed(2)} s, receiver reads ${fmt(res.readKiB)} KiB on average`
+          : `${fmt(res.rate)} msgs/s (${fmt(res.messages)} in window`;
       const problems = res.ok ? "" : ` PROBLEMS: ${res.problems.join("; ")}`;
       console.log(`${label.padEnd(24)} run ${i}: ${value}, ${res.checked} checked; CPU ${cpuText(res.cpu)})${problems}`);
     };
@@ -650,15 +753,18 @@ async function main(): Promise<void> {
     // 1. bulk: relay and socat alternating, plus the clients' own ceiling (direct)
     sampler.watch("relay-bulk", relay.proc.pid);
     for (let i = 1; i <= (CONFIG.bulk ? CONFIG.reps : 0); i++) {
+      await settle();
       const s = await bulkRun(relayAt);
       r.bulkSmts.push(s);
       show("64 KiB smts relay", s, i);
       if (tools.socat!.found) {
+        await settle();
         const c = await bulkRun("socat");
         r.bulkSocat.push(c);
         show("64 KiB socat", c, i);
         r.socatHwmKiB = Math.max(r.socatHwmKiB ?? 0, c.socatHwmKiB ?? 0, sampler.peakKiB.get("socat") ?? 0);
       }
+      await settle();
       const d = await bulkRun("direct");
       r.bulkDirect.push(d);
       show("64 KiB direct (no hop)", d, i);
@@ -674,10 +780,12 @@ async function main(): Promise<void> {
     }
     sampler.watch("relay-rate", relay.proc.pid);
     for (let i = 1; i <= (CONFIG.rate ? CONFIG.reps : 0); i++) {
+      await settle();
       const s = await rateRun("smts", relayAt);
       r.rateSmts.push(s);
       show("200 B smts relay", s, i);
       if (nats) {
+        await settle();
         const n = await rateRun("nats", { pid: nats.proc.pid, port: nats.port });
         r.rateNats.push(n);
         show("200 B nats-server", n, i);
@@ -685,7 +793,7 @@ async function main(): Promise<void> {
     }
     sampler.unwatch("relay-rate");
     r.relayPeakRateKiB = sampler.peakKiB.get("relay-rate") ?? null;
-    r.relayHwmKiB = procStatusKiB(relay.proc.pid, "VmHWM");
+    r.relayHwmKiB = Math.max(procStatusKiB(relay.proc.pid, "VmHWM") ?? 0, r.relayPeakBulkKiB ?? 0, r.relayPeakRateKiB ?? 0) || null;
     if (nats) r.natsHwmKiB = procStatusKiB(nats.proc.pid, "VmHWM");
   } finally {
     sampler.stop();
@@ -702,6 +810,11 @@ async function main(): Promise<void> {
     writeReport(section);
     console.log(`written to ${REPORT}`);
   } else console.log(`(not written to ${REPORT}: --no-write, --only or --relay-cpu-prof)`);
+  const failed = [...r.bulkSmts, ...r.bulkSocat, ...r.bulkDirect, ...r.rateSmts, ...r.rateNats].filter((x) => !x.ok).length;
+  if (failed) {
+    console.log(`${failed} run(s) failed their checks: see "Problems in this run"`);
+    process.exitCode = 1;
+  }
 }
 
 await main().catch((err: Error) => {
