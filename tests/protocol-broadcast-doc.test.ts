@@ -30,34 +30,14 @@ import { fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
+import { doc, docBlock, docVector } from "./doc-vectors.ts";
 
 setDefaultTimeout(30_000);
 
-const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
 const flat = doc.replace(/\s+/g, " ");
 
 // ---- Reading the document (same format as the other protocol-*-doc tests) ------
 
-function block(name: string): string {
-  const marker = `<!-- vector: ${name} -->`;
-  const at = doc.indexOf(marker);
-  if (at < 0) throw new Error(`no vector ${name} in docs/PROTOCOL.md`);
-  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`vector ${name} appears twice`);
-  const m = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
-  if (!m) throw new Error(`vector ${name} is not followed by a code block`);
-  return m[1]!;
-}
-
-/** The bytes of a vector: the hex before the first double space of every line. */
-function vector(name: string): Uint8Array {
-  let hex = "";
-  for (const line of block(name).split("\n")) {
-    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
-    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes)) throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
-    hex += bytes.replaceAll(" ", "");
-  }
-  return new Uint8Array(Buffer.from(hex, "hex"));
-}
 
 const VECTORS = [
   "bcast.skey",
@@ -74,7 +54,7 @@ const VECTORS = [
 ];
 const v = (name: string) => {
   if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
-  return vector(name);
+  return docVector(name);
 };
 
 // ---- Plain implementations from the document's text ------------------------------
@@ -118,7 +98,7 @@ describe("broadcast-layer test vectors in docs/PROTOCOL.md", () => {
   test("the document has exactly the bcast vectors checked here, none visible to the other layers' tests", () => {
     const all = [...doc.matchAll(/<!-- vector: (bcast\.[a-z0-9.-]+) -->/g)].map((m) => m[1]!);
     expect([...all].sort()).toEqual([...VECTORS].sort());
-    for (const name of all) vector(name);
+    for (const name of all) docVector(name);
     // tests/protocol-doc.test.ts takes every vector named [a-z0-9-]+ that is not e2e-* as a relay vector,
     // tests/protocol-e2e-doc.test.ts every e2e-[a-z0-9-]+, tests/protocol-file-doc.test.ts every file.*:
     const relayLike = [...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!);

@@ -8,7 +8,6 @@
 //      real chat client through a real relay, in both roles.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createCipheriv, createDecipheriv, createDiffieHellman, createHash, createHmac, hkdfSync, randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { Packr } from "msgpackr";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
@@ -34,36 +33,13 @@ import {
 } from "../lib/session/handshake.ts";
 import { MAX_SKIP, ReceiveChain, recordMac, SendChain } from "../lib/session/records.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
+import { doc, docBlock, docVector } from "./doc-vectors.ts";
 
 setDefaultTimeout(30_000); // the DH worker takes ~0.5 s to start, more on a busy machine
 
-const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
 
 // ---- Reading the document (same format as tests/protocol-doc.test.ts) ---------
 
-/** The code block after `<!-- KIND: name -->`. */
-function block(kind: "vector" | "text", name: string): string {
-  const marker = `<!-- ${kind}: ${name} -->`;
-  const at = doc.indexOf(marker);
-  if (at < 0) throw new Error(`no ${kind} ${name} in docs/PROTOCOL.md`);
-  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`${kind} ${name} appears twice`);
-  const m = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
-  if (!m) throw new Error(`${kind} ${name} is not followed by a code block`);
-  return m[1]!;
-}
-
-/** The bytes of a vector: the hex before the first double space of every line. */
-function vector(name: string): Uint8Array {
-  let hex = "";
-  for (const line of block("vector", name).split("\n")) {
-    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
-    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes) && !/^([0-9a-f]{2})+$/.test(bytes)) {
-      throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
-    }
-    hex += bytes.replaceAll(" ", "");
-  }
-  return new Uint8Array(Buffer.from(hex, "hex"));
-}
 
 /** Every e2e vector checked below; the document must have exactly these. */
 const VECTORS = [
@@ -97,7 +73,7 @@ const VECTORS = [
 ];
 const v = (name: string) => {
   if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
-  return vector(name);
+  return docVector(name);
 };
 
 // ---- Plain implementations from the document's text ------------------------------
@@ -134,7 +110,7 @@ const packr = new Packr({ useRecords: false, variableMapSize: true });
 const pack = (value: unknown) => new Uint8Array(packr.pack(value));
 
 // The group, read from the document (not from lib/).
-const DOC_P = big(vector("e2e-group14-prime"));
+const DOC_P = big(docVector("e2e-group14-prime"));
 const DOC_Q = (DOC_P - 1n) / 2n;
 
 // ---- The document's inputs -----------------------------------------------------
@@ -170,7 +146,7 @@ describe("e2e test vectors in docs/PROTOCOL.md", () => {
   test("the document has exactly the e2e vectors checked here", () => {
     const all = [...doc.matchAll(/<!-- vector: (e2e-[a-z0-9-]+) -->/g)].map((m) => m[1]!);
     expect([...all].sort()).toEqual([...VECTORS].sort());
-    for (const name of all) vector(name);
+    for (const name of all) docVector(name);
     expect([...doc.matchAll(/<!-- text: ([a-z0-9-]+) -->/g)].map((m) => m[1])).toEqual(["e2e-fingerprint-short", "e2e-fingerprint-long"]);
   });
 
@@ -269,8 +245,8 @@ describe("e2e test vectors in docs/PROTOCOL.md", () => {
     expect(hex(r.peerConfirm)).toBe(hex(v("e2e-confirm-initiator")));
 
     const fp = okm.subarray(128, 160);
-    const short = block("text", "e2e-fingerprint-short");
-    const long = block("text", "e2e-fingerprint-long");
+    const short = docBlock("text", "e2e-fingerprint-short");
+    const long = docBlock("text", "e2e-fingerprint-long");
     expect(shortFingerprint(fp)).toBe(short);
     expect(longFingerprint(fp)).toBe(long);
     // The forms as the document describes them.
@@ -320,7 +296,7 @@ describe("e2e test vectors in docs/PROTOCOL.md", () => {
     expect(hex(keysI.sendChain)).toBe(hex(okm.subarray(0, 32)));
     expect(hex(done.keys.sendChain)).toBe(hex(okm.subarray(32, 64)));
     expect(hex(keysI.fingerprint)).toBe(hex(done.keys.fingerprint));
-    expect(shortFingerprint(keysI.fingerprint)).toBe(block("text", "e2e-fingerprint-short"));
+    expect(shortFingerprint(keysI.fingerprint)).toBe(docBlock("text", "e2e-fingerprint-short"));
   });
 
   test("the documented failures of §17.4", async () => {

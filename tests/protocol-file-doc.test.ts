@@ -21,32 +21,12 @@ import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.t
 import { DEFAULT_MAX_FILE_SIZE } from "../lib/client/chat-client.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
+import { doc, docBlock, docVector } from "./doc-vectors.ts";
 
-const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
 const flat = doc.replace(/\s+/g, " ");
 
 // ---- Reading the document (same format as tests/protocol-e2e-doc.test.ts) ------
 
-function block(name: string): string {
-  const marker = `<!-- vector: ${name} -->`;
-  const at = doc.indexOf(marker);
-  if (at < 0) throw new Error(`no vector ${name} in docs/PROTOCOL.md`);
-  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`vector ${name} appears twice`);
-  const m = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
-  if (!m) throw new Error(`vector ${name} is not followed by a code block`);
-  return m[1]!;
-}
-
-/** The bytes of a vector: the hex before the first double space of every line. */
-function vector(name: string): Uint8Array {
-  let hex = "";
-  for (const line of block(name).split("\n")) {
-    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
-    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes)) throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
-    hex += bytes.replaceAll(" ", "");
-  }
-  return new Uint8Array(Buffer.from(hex, "hex"));
-}
 
 const VECTORS = [
   "file.enc-key",
@@ -63,7 +43,7 @@ const VECTORS = [
 ];
 const v = (name: string) => {
   if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
-  return vector(name);
+  return docVector(name);
 };
 
 // ---- Plain implementations from the document's text ------------------------------
@@ -113,7 +93,7 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
   test("the document has exactly the file vectors checked here, none visible to the other layers' tests", () => {
     const all = [...doc.matchAll(/<!-- vector: (file\.[a-z0-9.-]+) -->/g)].map((m) => m[1]!);
     expect([...all].sort()).toEqual([...VECTORS].sort());
-    for (const name of all) vector(name);
+    for (const name of all) docVector(name);
     // tests/protocol-doc.test.ts takes every [a-z0-9-]+ vector that is not e2e-* as a relay vector.
     expect([...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!).filter((n) => n.startsWith("file"))).toEqual([]);
   });

@@ -1,0 +1,31 @@
+// Reads test vectors out of docs/PROTOCOL.md, so the document and the code
+// cannot drift apart. A vector is a code block right after a marker
+// `<!-- vector: NAME -->` (or `<!-- text: NAME -->` for text); on each line
+// the hex bytes come before the first run of two spaces, the rest is comment.
+import { readFileSync } from "node:fs";
+
+export const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
+
+/** The code block after `<!-- KIND: name -->`; it must appear exactly once. */
+export function docBlock(kind: "vector" | "text", name: string): string {
+  const marker = `<!-- ${kind}: ${name} -->`;
+  const at = doc.indexOf(marker);
+  if (at < 0) throw new Error(`no ${kind} ${name} in docs/PROTOCOL.md`);
+  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`${kind} ${name} appears twice`);
+  const m = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
+  if (!m) throw new Error(`${kind} ${name} is not followed by a code block`);
+  return m[1]!;
+}
+
+/** The bytes of a vector: the hex before the first double space of every line. */
+export function docVector(name: string): Uint8Array {
+  let hex = "";
+  for (const line of docBlock("vector", name).split("\n")) {
+    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
+    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes) && !/^([0-9a-f]{2})+$/.test(bytes)) {
+      throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
+    }
+    hex += bytes.replaceAll(" ", "");
+  }
+  return new Uint8Array(Buffer.from(hex, "hex"));
+}
