@@ -425,8 +425,10 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     const busy = harness();
     writeFileSync(join(busy.dir, TEMP), "someone else's");
     busy.t.onContent(PEER, docOffer());
-    expect(busy.contents).toEqual([{ t: "decline", id: expect.anything(), reason: "receiver cannot write to its download directory (EEXIST)" }]);
+    // Taken (say, by another recipient of the same broadcast): a suffixed name, the other file untouched.
+    expect(busy.contents).toEqual([{ t: "accept", id: expect.anything() }]);
     expect(readFileSync(join(busy.dir, TEMP), "utf8")).toBe("someone else's");
+    expect(readdirSync(busy.dir).filter((n) => n !== TEMP)).toEqual([expect.stringMatching(new RegExp(`^\\.${hex(FILE_ID)}\\.[0-9a-f]{8}\\.smts-part$`))]);
   });
 
   test("names: the offered name is made safe and never overwrites (§29)", () => {

@@ -166,6 +166,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // is sealed on its own, so this changes nothing for interactive use and
   // cuts per-message cost several-fold for scripts that send in bulk.
   function queueContent(s: Session, item: Frame, bytes: number): void {
+    if (broadcastQueue.length) sealBroadcast(); // an earlier broadcast goes first
     if (s.queuedBytes + bytes > BATCH_BYTES) sealQueued(s);
     s.queued.push(item);
     s.queuedBytes += bytes;
@@ -537,6 +538,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       const limit = link.maxFrame - 1024 - 10 * members.length;
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
       if (broadcastBytes + bytes > BATCH_BYTES) sealBroadcast();
+      for (const s of sessions.values()) sealQueued(s); // earlier private messages go first
       broadcastQueue.push({ t: "text", text });
       broadcastBytes += bytes + 16;
       if (broadcastQueue.length === 1) queueMicrotask(sealBroadcast);

@@ -231,7 +231,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       if (err instanceof TransferError) return Promise.reject(err);
       return Promise.reject(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
     }
-    if (deps.maxFrame() < CHUNK_BYTES + 1024) {
+    // A chunk frame to several recipients also lists them (≤ 10 bytes each).
+    if (deps.maxFrame() < CHUNK_BYTES + 1024 + (peers.length > 1 ? 10 * peers.length : 0)) {
       return Promise.reject(new TransferError("relay_limit", `the relay's frame limit (${deps.maxFrame()} bytes) is too small for file chunks`));
     }
     if (size > opts.maxFileSize) {
@@ -326,12 +327,18 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     if (incoming.has(tid)) return decline("duplicate offer");
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
     if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
-    const temp = join(opts.downloadDir, `.${tid}.smts-part`);
-    let fd: number;
-    try {
-      fd = openSync(temp, "wx", 0o600);
-    } catch (err) {
-      return decline(`receiver cannot write to its download directory (${(err as NodeJS.ErrnoException).code})`);
+    // Recipients of one broadcast share the file ID and may share a directory:
+    // a taken temporary name gets a random suffix.
+    let temp = join(opts.downloadDir, `.${tid}.smts-part`);
+    let fd = -1;
+    for (let attempt = 0; fd < 0; attempt++) {
+      try {
+        fd = openSync(temp, "wx", 0o600);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code !== "EEXIST" || attempt === 8) return decline(`receiver cannot write to its download directory (${code})`);
+        temp = join(opts.downloadDir, `.${tid}.${hexId(randomBytes(4))}.smts-part`);
+      }
     }
     const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true, expected: m.bc === true ? hexId(sha256 as Uint8Array) : null };
     wipe(key);

@@ -1,0 +1,323 @@
+// Helpers for tests/broadcast.test.ts: a "world" (one relay of its own, a
+// MITM in front of it, real chat clients, temp dirs) cleaned up in one call;
+// a raw protocol peer that runs the real key exchange with a chat client and
+// keeps the broadcast keys it is given (so a test can try them on records it
+// should not be able to read); and a byte-counting TCP proxy that measures
+// what one client actually writes to its socket.
+import type { Socket, TCPSocketListener } from "bun";
+import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import type { DhEngine } from "../lib/crypto/dh.ts";
+import { joinRelay, type Link } from "../lib/link/relay-link.ts";
+import type { Relay, RelayOptions } from "../lib/relay/server.ts";
+import { initiatorConfirm, initiatorFinish, startInitiator } from "../lib/session/handshake.ts";
+import { ReceiveChain, SendChain, type OpenResult } from "../lib/session/records.ts";
+import { decodePayload, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
+import { pack } from "../lib/wire/msgpack.ts";
+import { SECRET, startTestRelay, waitFor } from "./helpers.ts";
+import { e2eOf, isE2E, startMitm, type Mitm } from "./mitm.ts";
+
+export const LONG = 30_000;
+export const MiB = 1024 * 1024;
+
+export const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
+export const hex = (b: unknown) => Buffer.from(b as Uint8Array).toString("hex");
+
+/** Rejection of a promise, as a value (fails the test if it resolves). */
+export async function rejection(p: Promise<unknown>): Promise<{ code?: string; message: string; peer?: string }> {
+  try {
+    await p;
+  } catch (err) {
+    return err as { code?: string; message: string };
+  }
+  throw new Error("expected the promise to reject");
+}
+
+export interface Party {
+  chat: ChatClient;
+  id: string;
+  dir: string;
+  events: ChatEvent[];
+  of<K extends ChatEvent["event"]>(kind: K): Extract<ChatEvent, { event: K }>[];
+  texts(): string[];
+}
+
+export interface RawPeer {
+  id: string;
+  link: Link;
+  /** Every frame the relay sent us. */
+  inbox: Frame[];
+  /** Pairwise record contents from the victim (decrypted, batches unpacked), in order. */
+  contents: Frame[];
+  /** Sender keys (`skey`) the victim gave us: kid (hex) → a copy of the 32-byte key. */
+  keys: Map<string, Uint8Array>;
+  /** Decrypts pending pairwise records; returns the contents. */
+  pump(): Frame[];
+  /** Broadcast records (`brec`) the victim sent us, in arrival order. */
+  brecs(): Frame[];
+  /** Opens `brec` with a fresh ReceiveChain on the key we hold for its kid (or on `key`). */
+  open(brec: Frame, key?: Uint8Array): OpenResult;
+  /** Sends a pairwise record to the victim. */
+  record(content: Frame): void;
+}
+
+export interface World {
+  relay: Relay;
+  mitm: Mitm;
+  /** A real chat client; via the MITM unless `direct` (or an explicit `port`). */
+  party(opts?: { direct?: boolean; port?: number; maxFileSize?: number; dir?: string }): Promise<Party>;
+  /** A hand-driven peer that runs the key exchange (as initiator) with `victim`. */
+  rawPeer(victim: Party, opts?: { viaMitm?: boolean }): Promise<RawPeer>;
+  tempDir(prefix?: string): string;
+  makeFile(name: string, size: number): { path: string; bytes: Uint8Array; sha256: string; size: number };
+  counting(): CountingProxy;
+  close(): Promise<void>;
+}
+
+export async function startWorld(engines: DhEngine[], relayOpts: Partial<RelayOptions> = {}): Promise<World> {
+  const relay = startTestRelay(relayOpts);
+  const mitm = startMitm(relay.port);
+  const chats: ChatClient[] = [];
+  const links: Link[] = [];
+  const dirs: string[] = [];
+  const proxies: CountingProxy[] = [];
+  let nextEngine = 0;
+
+  const tempDir = (prefix = "smts-bc-") => {
+    const d = mkdtempSync(join(tmpdir(), prefix));
+    dirs.push(d);
+    return d;
+  };
+
+  const world: World = {
+    relay,
+    mitm,
+    tempDir,
+    async party(opts = {}) {
+      const events: ChatEvent[] = [];
+      const dir = opts.dir ?? tempDir("smts-bc-dl-");
+      const port = opts.port ?? (opts.direct ? relay.port : mitm.port);
+      const chat = await startChat({
+        host: "127.0.0.1",
+        port,
+        secret: SECRET,
+        dh: engines[nextEngine++ % engines.length]!,
+        onEvent: (e) => void events.push(e),
+        downloadDir: dir,
+        ...(opts.maxFileSize ? { maxFileSize: opts.maxFileSize } : {}),
+      });
+      chats.push(chat);
+      if (port === mitm.port) await waitFor(() => mitm.pipes.some((p) => p.id === chat.id), "the client's MITM pipe", LONG);
+      const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
+      return { chat, id: chat.id, dir, events, of, texts: () => of("message").map((m) => m.text) };
+    },
+    async rawPeer(victim, opts = {}) {
+      const inbox: Frame[] = [];
+      const link = await joinRelay({ host: "127.0.0.1", port: opts.viaMitm ? mitm.port : relay.port, secret: SECRET, watch: false, onFrame: (f) => void inbox.push(f) });
+      links.push(link);
+      const dh = engines[0]!;
+      const next = async (t: string) => {
+        const i = await waitFor(() => inbox.findIndex((f) => isE2E(f, t, victim.id)) + 1, `${t} from the victim`, LONG);
+        return e2eOf(inbox.splice(i - 1, 1)[0]!)!;
+      };
+      const { state, hello } = await startInitiator(dh, link.id, victim.id);
+      link.send(victim.id, pack(hello));
+      const { reveal, pending } = await initiatorFinish(dh, state, await next("reply"));
+      link.send(victim.id, pack(reveal));
+      const sessionKeys = initiatorConfirm(pending, await next("confirm"));
+      const send = new SendChain(sessionKeys.sendChain);
+      const receive = new ReceiveChain(sessionKeys.receiveChain);
+      await victim.chat.waitSession(link.id, LONG);
+      const contents: Frame[] = [];
+      const keys = new Map<string, Uint8Array>();
+      const pump = () => {
+        for (let i = 0; i < inbox.length; i++) {
+          if (!isE2E(inbox[i]!, "rec", victim.id)) continue;
+          const r = receive.open(e2eOf(inbox.splice(i--, 1)[0]!)!);
+          if (!r.ok) throw new Error(`raw peer: bad pairwise record (${r.reason})`);
+          const inner = decodePayload(r.plaintext);
+          for (const item of inner.t === "batch" ? (inner.items as Frame[]) : [inner]) {
+            contents.push(item);
+            if (item.t === "skey") keys.set(hex(item.kid), new Uint8Array(item.key as Uint8Array));
+          }
+        }
+        return contents;
+      };
+      return {
+        id: link.id,
+        link,
+        inbox,
+        contents,
+        keys,
+        pump,
+        brecs: () => inbox.filter((f) => isE2E(f, "brec", victim.id)).map((f) => e2eOf(f)!),
+        open(brec, key) {
+          pump();
+          const k = key ?? keys.get(hex(brec.kid));
+          if (!k) throw new Error(`raw peer holds no key for kid ${hex(brec.kid)}`);
+          return new ReceiveChain(new Uint8Array(k)).open(brec);
+        },
+        record(content) {
+          link.send(victim.id, pack(send.seal(pack(content))));
+        },
+      };
+    },
+    makeFile(name, size) {
+      const bytes = new Uint8Array(nodeRandomBytes(size));
+      const path = join(tempDir("smts-bc-src-"), name);
+      writeFileSync(path, bytes);
+      return { path, bytes, sha256: sha256(bytes), size };
+    },
+    counting() {
+      const p = startCountingProxy(relay.port);
+      proxies.push(p);
+      return p;
+    },
+    async close() {
+      for (const c of chats) await c.close().catch(() => {});
+      for (const l of links) l.close();
+      for (const p of proxies) p.stop();
+      mitm.stop();
+      await relay.stop();
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    },
+  };
+  return world;
+}
+
+/** Texts of a decrypted broadcast record (a single text or a batch of them). */
+export function textsOf(plaintext: Uint8Array): string[] {
+  const inner = decodePayload(plaintext);
+  return (inner.t === "batch" ? (inner.items as Frame[]) : [inner]).map((i) => i.text as string);
+}
+
+/** Temporary `.smts-part` files in `dir` (they must never linger). */
+export const partFiles = (dir: string) => readdirSync(dir).filter((n) => n.endsWith(".smts-part"));
+export const listing = (dir: string) => readdirSync(dir).sort();
+
+// ---- A byte-counting proxy --------------------------------------------------
+
+export interface SentFrame {
+  /** The `to` of the client's `send` frame (an ID or a list). */
+  to: string | string[];
+  /** Type of the end-to-end message in its body (rec, brec, chunk, hello, ...). */
+  type: string;
+  /** The end-to-end message, decoded. */
+  inner: Frame;
+}
+
+export interface CountingProxy {
+  readonly port: number;
+  /** Bytes the client wrote to its socket (client → relay), counted as they arrive. */
+  readonly up: number;
+  /** Bytes the relay wrote towards the client. */
+  readonly down: number;
+  /** The client's `send` frames, decoded. */
+  readonly sends: SentFrame[];
+  stop(): void;
+}
+
+/** A plain TCP proxy to the relay that counts the bytes of each direction (one client). */
+export function startCountingProxy(relayPort: number): CountingProxy {
+  const state = { port: 0, up: 0, down: 0, sends: [] as SentFrame[], stop() {} };
+  const decoder = new FrameDecoder(16 * 1024 * 1024);
+  const sockets: Socket<unknown>[] = [];
+
+  /** Write queue honouring short writes; pauses `source` while the queue is long. */
+  function sink(source: () => Socket<unknown> | null) {
+    const queue: Uint8Array[] = [];
+    let target: Socket<unknown> | null = null;
+    let queued = 0;
+    const flush = () => {
+      while (target && queue.length) {
+        const head = queue[0]!;
+        const n = target.write(head);
+        if (n < 0) return;
+        queued -= Math.max(n, 0);
+        if (n < head.length) {
+          queue[0] = head.subarray(n);
+          return;
+        }
+        queue.shift();
+      }
+      if (queued < 256 * 1024) source()?.resume();
+    };
+    return {
+      attach(s: Socket<unknown>) {
+        target = s;
+        flush();
+      },
+      write(bytes: Uint8Array) {
+        queue.push(bytes);
+        queued += bytes.length;
+        flush();
+        if (queued > 1024 * 1024) source()?.pause();
+      },
+      flush,
+    };
+  }
+
+  const listener: TCPSocketListener<{ up: ReturnType<typeof sink>; down: ReturnType<typeof sink> }> = Bun.listen({
+    hostname: "127.0.0.1",
+    port: 0,
+    socket: {
+      open(client) {
+        sockets.push(client as Socket<unknown>);
+        let upstream: Socket<unknown> | null = null;
+        const up = sink(() => client as Socket<unknown>);
+        const down = sink(() => upstream);
+        client.data = { up, down };
+        down.attach(client as Socket<unknown>);
+        Bun.connect({
+          hostname: "127.0.0.1",
+          port: relayPort,
+          socket: {
+            open(s) {
+              upstream = s;
+              sockets.push(s);
+              up.attach(s);
+            },
+            data(_s, chunk) {
+              state.down += chunk.length;
+              down.write(new Uint8Array(chunk));
+            },
+            drain() {
+              up.flush();
+            },
+            close() {
+              client.end();
+            },
+            error() {},
+          },
+        }).catch(() => client.end());
+      },
+      data(client, chunk) {
+        state.up += chunk.length;
+        const copy = new Uint8Array(chunk);
+        for (const payload of decoder.push(copy)) {
+          const f = decodePayload(payload);
+          if (f.t !== "send" || !(f.body instanceof Uint8Array)) continue;
+          const inner = decodePayload(f.body);
+          state.sends.push({ to: f.to as string | string[], type: String(inner.t), inner });
+        }
+        client.data.up.write(copy);
+      },
+      drain(client) {
+        client.data.down.flush();
+      },
+      close() {
+        for (const s of sockets) s.end();
+      },
+      error() {},
+    },
+  });
+  state.port = listener.port;
+  state.stop = () => {
+    for (const s of sockets) s.end();
+    listener.stop(true);
+  };
+  return state;
+}
