@@ -1,20 +1,36 @@
 #!/usr/bin/env bun
 // Entry point: `smts relay` and `smts chat`. Argument parsing lives in cmd/,
 // everything else in lib/.
-import { defineCommand, runMain } from "citty";
+//
+// Start-up: only the subcommand being run is imported. `smts --help` and
+// `smts --version` need nothing but the names and descriptions below, so the
+// relay, the chat client, msgpackr and the DH worker are never loaded for
+// them (docs/BENCHMARKS.md, "Start-up (issue 6)").
+import { defineCommand, runMain, type CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
-import { chatCommand } from "./chat.ts";
-import { relayCommand } from "./relay.ts";
 
-const main = defineCommand({
-  meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" },
-  subCommands: { relay: relayCommand, chat: chatCommand },
-});
+/** The subcommands. `description` repeats the command's own meta (tests/binary.smoke.test.ts checks they agree). */
+const COMMANDS = {
+  relay: {
+    description: "Run the transparent relay (forwards ciphertext, stores nothing)",
+    load: async (): Promise<CommandDef<any>> => (await import("./relay.ts")).relayCommand,
+  },
+  chat: {
+    description: "Join a relay and talk end-to-end encrypted (interactive, or commands on stdin)",
+    load: async (): Promise<CommandDef<any>> => (await import("./chat.ts")).chatCommand,
+  },
+};
 
 const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
+  const { RELAY_PROTOCOL_VERSION } = await import("../lib/relay/protocol.ts");
   process.stdout.write(`smts ${pkg.version} (protocol ${RELAY_PROTOCOL_VERSION})\n`);
 } else {
-  await runMain(main);
+  // The top level takes no options, so the first word that is not an option
+  // names the subcommand (as citty decides too). Every other subcommand is
+  // represented by its name and description only.
+  const wanted = argv.find((a) => !a.startsWith("-"));
+  const subCommands: Record<string, CommandDef<any> | (() => Promise<CommandDef<any>>)> = {};
+  for (const [name, c] of Object.entries(COMMANDS)) subCommands[name] = name === wanted ? c.load : { meta: { name, description: c.description } };
+  await runMain(defineCommand({ meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" }, subCommands }));
 }
