@@ -101,3 +101,20 @@ test("when a peer leaves, its session is erased and sending to it fails clearly"
   expect(() => a.c.sendText(bId, "hello?")).toThrow(/no session/);
   expect(a.c.peers().find((p) => p.id === bId)).toBeUndefined();
 });
+
+test("a broken DH engine fails /connect with a clear error instead of crashing or hanging", async () => {
+  const broken: DhEngine = {
+    keypair: () => Promise.reject(new Error("worker failed to load")),
+    secret: () => Promise.reject(new Error("worker failed to load")),
+    forget() {},
+    close() {},
+  };
+  const b = await client();
+  const a = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh: broken, onEvent() {} });
+  clients.push(a);
+  const outcome = await a.connect(b.c.id).then(
+    () => "connected",
+    (err: Error) => err.message,
+  );
+  expect(outcome).toContain("worker failed to load");
+});

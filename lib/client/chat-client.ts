@@ -517,6 +517,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     async connect(peer) {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
       const done = nextSession(peer, HANDSHAKE_TIMEOUT_MS + 1000);
+      // It may fail while we await below, before our caller holds it: mark it handled now.
+      done.catch(() => {});
       if (!handshakes.has(peer)) await startExchange(peer);
       return done;
     },
