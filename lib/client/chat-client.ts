@@ -140,7 +140,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const { dh, onEvent: emit } = opts;
   const online = new Set<string>();
   const sessions = new Map<string, Session>();
-  const handshakes = new Map<string, Handshake & { timer: Timer }>();
+  const handshakes = new Map<string, Handshake>();
   const waiters = new Map<string, Waiter[]>();
   let link: Link;
   let closing = false;
@@ -175,10 +175,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function sealQueued(s: Session): void {
     if (!s.queued.length || sessions.get(s.peer) !== s) return;
-    // After our reveal the peer already uses the new keys: hold content
-    // until the exchange completes (or fails) instead of sealing it with old ones.
-    const h = handshakes.get(s.peer);
-    if (h?.role === "initiator" && h.step === "confirm") return;
+    if (held(s.peer)) return;
     const items = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
@@ -200,7 +197,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     return [...sessions.keys()].sort();
   }
 
-  /** True while our pairwise content for `peer` is held for a re-key (see sealQueued). */
+  /**
+   * True while our pairwise content for `peer` is held: after our reveal in a
+   * re-key the peer already uses the new keys, so content waits until the
+   * exchange completes (or fails) instead of being sealed with the old ones.
+   */
   function held(peer: string): boolean {
     const h = handshakes.get(peer);
     return h?.role === "initiator" && h.step === "confirm";
