@@ -9,12 +9,12 @@ import { parseSize } from "../lib/cli/size.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import { JoinError } from "../lib/link/relay-link.ts";
 import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
-import { loadSecret, SecretError, secretBytes } from "../lib/secret/secret.ts";
+import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
 import { formatEvent, progressTracker } from "../lib/ui/format.ts";
 import { startTerminal } from "../lib/ui/terminal.ts";
-import { checkFlags, Failure, guard, parsePort, parsePositive, UsageError } from "./usage.ts";
+import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
   relay: { type: "positional", description: "Relay address, HOST[:PORT] (default port 5555)", required: true },
@@ -47,13 +47,7 @@ export const chatCommand = defineCommand({
       } catch (err) {
         throw new Failure(`cannot save files in --download-dir ${downloadDir}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
       }
-      let secret: string | null;
-      try {
-        secret = loadSecret(a["secret-file"]);
-      } catch (err) {
-        if (err instanceof SecretError) throw new Failure(err.message);
-        throw err;
-      }
+      const secret = readSecret(a["secret-file"]);
       const json = Boolean(a.json);
       const interactive = Boolean(process.stdin.isTTY) && !json;
       const dh = startDhEngine();

@@ -3,8 +3,8 @@ import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
 import { RELAY_DEFAULTS, startRelay } from "../lib/relay/server.ts";
-import { generateSecret, loadSecret, SecretError, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
-import { checkFlags, Failure, guard, parsePort, parsePositive, UsageError } from "./usage.ts";
+import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
+import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
   host: { type: "string", description: "Address to listen on", default: RELAY_DEFAULTS.host },
@@ -31,13 +31,7 @@ export const relayCommand = defineCommand({
         process.stdout.write(`${generateSecret()}\n`);
         return;
       }
-      let secret: string | null;
-      try {
-        secret = loadSecret(a["secret-file"]);
-      } catch (err) {
-        if (err instanceof SecretError) throw new Failure(err.message);
-        throw err;
-      }
+      const secret = readSecret(a["secret-file"]);
       if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
       if (!secret && !a.open) {
         throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");

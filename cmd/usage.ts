@@ -2,6 +2,7 @@
 // flags, so a typo like `--prot 1` would silently run with defaults. Every
 // command checks its flags here and a mistake prints usage plus one line.
 import { renderUsage, type ArgsDef, type CommandDef } from "citty";
+import { loadSecret, SecretError } from "../lib/secret/secret.ts";
 
 export class UsageError extends Error {}
 /** A runtime failure with a one-line reason (exit code 1). */
@@ -33,6 +34,16 @@ export function parsePositive(flag: string, text: string | undefined, fallback: 
   const n = parse(text);
   if (n === null || !Number.isFinite(n) || n <= 0) throw new UsageError(`invalid value for --${flag}: ${JSON.stringify(text)}`);
   return n;
+}
+
+/** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. */
+export function readSecret(file: string | undefined): string | null {
+  try {
+    return loadSecret(file);
+  } catch (err) {
+    if (err instanceof SecretError) throw new Failure(err.message);
+    throw err;
+  }
 }
 
 /** Runs a command body; usage mistakes print usage and exit 2, failures one line and exit 1. */

@@ -35,27 +35,20 @@ export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length
   return out;
 }
 
+/** AES-256-CBC with PKCS#7 padding added. */
 export function aesCbcEncrypt(key: Uint8Array, iv: Uint8Array, plaintext: Uint8Array): Uint8Array {
-  const c = createCipheriv("aes-256-cbc", key, iv);
-  const a = c.update(plaintext);
-  const b = c.final();
-  if (b.length === 0) return new Uint8Array(a.buffer, a.byteOffset, a.length);
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
+  return runCipher(createCipheriv("aes-256-cbc", key, iv), plaintext);
 }
 
 /** Decrypts and strips PKCS#7 padding; throws on bad padding. Call only after the MAC verified. */
 export function aesCbcDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): Uint8Array {
-  const d = createDecipheriv("aes-256-cbc", key, iv);
-  const a = d.update(ciphertext);
-  const b = d.final();
-  if (b.length === 0) return new Uint8Array(a.buffer, a.byteOffset, a.length);
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
+  return runCipher(createDecipheriv("aes-256-cbc", key, iv), ciphertext);
+}
+
+function runCipher(c: { update(data: Uint8Array): Buffer; final(): Buffer }, data: Uint8Array): Uint8Array {
+  const a = c.update(data);
+  const b = c.final();
+  return b.length === 0 ? new Uint8Array(a.buffer, a.byteOffset, a.length) : concat(a, b);
 }
 
 /** Constant-time equality for MACs and secrets (lengths are public). */
