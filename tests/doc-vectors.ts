@@ -29,3 +29,28 @@ export function docVector(name: string): Uint8Array {
   }
   return new Uint8Array(Buffer.from(hex, "hex"));
 }
+
+// ---- Independent byte helpers ---------------------------------------------------
+// Written with node:crypto from the document's text, never with lib/, so the
+// vector tests check the code against a second implementation.
+import { createCipheriv, createDecipheriv, createHash, createHmac } from "node:crypto";
+
+export const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+export const ascii = (s: string) => new Uint8Array(Buffer.from(s, "utf8"));
+export const cat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
+export const range = (start: number, n: number) => Uint8Array.from({ length: n }, (_, i) => start + i);
+export const sha256 = (...parts: Uint8Array[]) => new Uint8Array(createHash("sha256").update(cat(...parts)).digest());
+export const hmac = (key: Uint8Array, ...parts: Uint8Array[]) => new Uint8Array(createHmac("sha256", key).update(cat(...parts)).digest());
+export const u64 = (n: number) => {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(n));
+  return new Uint8Array(b);
+};
+export const aesEncrypt = (key: Uint8Array, iv: Uint8Array, plain: Uint8Array) => {
+  const c = createCipheriv("aes-256-cbc", key, iv);
+  return new Uint8Array(Buffer.concat([c.update(plain), c.final()]));
+};
+export const aesDecrypt = (key: Uint8Array, iv: Uint8Array, ct: Uint8Array) => {
+  const d = createDecipheriv("aes-256-cbc", key, iv);
+  return new Uint8Array(Buffer.concat([d.update(ct), d.final()]));
+};

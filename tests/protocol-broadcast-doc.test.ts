@@ -17,7 +17,6 @@
 // skips the e2e-* ones, does not count them, and neither does the file test
 // (which takes file.* names).
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createCipheriv, createHash, createHmac } from "node:crypto";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -30,7 +29,7 @@ import { fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { doc, docBlock, docVector } from "./doc-vectors.ts";
+import { doc, docBlock, docVector, aesEncrypt, ascii, cat, hex, hmac, range, sha256 } from "./doc-vectors.ts";
 
 setDefaultTimeout(30_000);
 
@@ -59,18 +58,8 @@ const v = (name: string) => {
 
 // ---- Plain implementations from the document's text ------------------------------
 
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
-const ascii = (s: string) => new Uint8Array(Buffer.from(s, "utf8"));
 /** Bytes of a string of code points 0..255 (msgpack headers written as \xNN). */
 const bin = (s: string) => new Uint8Array(Buffer.from(s, "latin1"));
-const cat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
-const range = (start: number, n: number) => Uint8Array.from({ length: n }, (_, i) => start + i);
-const sha256 = (...parts: Uint8Array[]) => new Uint8Array(createHash("sha256").update(cat(...parts)).digest());
-const hmac = (key: Uint8Array, ...parts: Uint8Array[]) => new Uint8Array(createHmac("sha256", key).update(cat(...parts)).digest());
-const aesEncrypt = (key: Uint8Array, iv: Uint8Array, plain: Uint8Array) => {
-  const c = createCipheriv("aes-256-cbc", key, iv);
-  return new Uint8Array(Buffer.concat([c.update(plain), c.final()]));
-};
 const byte = (b: number) => new Uint8Array([b]);
 
 // ---- The document's inputs (§40) ------------------------------------------------

@@ -7,7 +7,7 @@
 //      no lib/session or lib/crypto) runs key exchanges and records with the
 //      real chat client through a real relay, in both roles.
 import { afterAll, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { createCipheriv, createDecipheriv, createDiffieHellman, createHash, createHmac, hkdfSync, randomBytes } from "node:crypto";
+import { createCipheriv, createDiffieHellman, hkdfSync, randomBytes } from "node:crypto";
 import { Packr } from "msgpackr";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
@@ -33,7 +33,7 @@ import {
 } from "../lib/session/handshake.ts";
 import { MAX_SKIP, ReceiveChain, recordMac, SendChain } from "../lib/session/records.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
-import { doc, docBlock, docVector } from "./doc-vectors.ts";
+import { doc, docBlock, docVector, aesDecrypt, aesEncrypt, ascii, cat, hex, hmac as mac, range, sha256, u64 } from "./doc-vectors.ts";
 
 setDefaultTimeout(30_000); // the DH worker takes ~0.5 s to start, more on a busy machine
 
@@ -78,17 +78,6 @@ const v = (name: string) => {
 
 // ---- Plain implementations from the document's text ------------------------------
 
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
-const ascii = (s: string) => new Uint8Array(Buffer.from(s, "utf8"));
-const cat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
-const range = (start: number, n: number) => Uint8Array.from({ length: n }, (_, i) => start + i);
-const sha256 = (...parts: Uint8Array[]) => new Uint8Array(createHash("sha256").update(cat(...parts)).digest());
-const mac = (key: Uint8Array, ...parts: Uint8Array[]) => new Uint8Array(createHmac("sha256", key).update(cat(...parts)).digest());
-const u64 = (n: number) => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(BigInt(n));
-  return new Uint8Array(b);
-};
 function modpow(base: bigint, exp: bigint, m: bigint): bigint {
   let r = 1n;
   base %= m;
@@ -97,14 +86,6 @@ function modpow(base: bigint, exp: bigint, m: bigint): bigint {
 }
 const big = (b: Uint8Array) => BigInt("0x" + (hex(b) || "0"));
 const bytes256 = (n: bigint) => new Uint8Array(Buffer.from(n.toString(16).padStart(512, "0"), "hex"));
-const aesEncrypt = (key: Uint8Array, iv: Uint8Array, plain: Uint8Array) => {
-  const c = createCipheriv("aes-256-cbc", key, iv);
-  return new Uint8Array(Buffer.concat([c.update(plain), c.final()]));
-};
-const aesDecrypt = (key: Uint8Array, iv: Uint8Array, ct: Uint8Array) => {
-  const d = createDecipheriv("aes-256-cbc", key, iv);
-  return new Uint8Array(Buffer.concat([d.update(ct), d.final()]));
-};
 /** The packer the reference client uses for bodies and record plaintexts. */
 const packr = new Packr({ useRecords: false, variableMapSize: true });
 const pack = (value: unknown) => new Uint8Array(packr.pack(value));

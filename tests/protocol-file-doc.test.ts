@@ -11,7 +11,7 @@
 // "exactly these vectors" check, which matches names of [a-z0-9-] only and
 // skips the e2e-* ones, does not count them.
 import { afterAll, describe, expect, test } from "bun:test";
-import { createCipheriv, createDecipheriv, createHash, createHmac, hkdfSync } from "node:crypto";
+import { hkdfSync } from "node:crypto";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -21,7 +21,7 @@ import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.t
 import { DEFAULT_MAX_FILE_SIZE } from "../lib/client/chat-client.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { doc, docBlock, docVector } from "./doc-vectors.ts";
+import { doc, docBlock, docVector, aesDecrypt, aesEncrypt, ascii, cat, hex, hmac, range, sha256, u64 } from "./doc-vectors.ts";
 
 const flat = doc.replace(/\s+/g, " ");
 
@@ -48,25 +48,6 @@ const v = (name: string) => {
 
 // ---- Plain implementations from the document's text ------------------------------
 
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
-const ascii = (s: string) => new Uint8Array(Buffer.from(s, "utf8"));
-const cat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
-const range = (start: number, n: number) => Uint8Array.from({ length: n }, (_, i) => start + i);
-const sha256 = (...parts: Uint8Array[]) => new Uint8Array(createHash("sha256").update(cat(...parts)).digest());
-const hmac = (key: Uint8Array, ...parts: Uint8Array[]) => new Uint8Array(createHmac("sha256", key).update(cat(...parts)).digest());
-const u64 = (n: number) => {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64BE(BigInt(n));
-  return new Uint8Array(b);
-};
-const aesEncrypt = (key: Uint8Array, iv: Uint8Array, plain: Uint8Array) => {
-  const c = createCipheriv("aes-256-cbc", key, iv);
-  return new Uint8Array(Buffer.concat([c.update(plain), c.final()]));
-};
-const aesDecrypt = (key: Uint8Array, iv: Uint8Array, ct: Uint8Array) => {
-  const d = createDecipheriv("aes-256-cbc", key, iv);
-  return new Uint8Array(Buffer.concat([d.update(ct), d.final()]));
-};
 
 // ---- The document's inputs (§32) -------------------------------------------------
 
