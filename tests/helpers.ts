@@ -139,3 +139,35 @@ export function rssOf(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
   return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1]) * 1024;
 }
+
+/** Mounts a tmpfs on `dir` (needs root) and records it in `mounts`; returns null, or why it was not possible here. */
+export function tryMount(mounts: string[], dir: string, options: string): string | null {
+  try {
+    const r = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", options, "tmpfs", dir]);
+    if (r.exitCode === 0) {
+      mounts.push(dir);
+      return null;
+    }
+    return r.stderr.toString().trim() || `mount exited with ${r.exitCode}`;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
+const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
+
+/** The promises of lib/transfer/names.ts, checked one by one so a failure names the broken rule. */
+export function nameProblems(name: string): string[] {
+  const problems: string[] = [];
+  if (!name) problems.push("empty");
+  if (/[/\\]/.test(name)) problems.push("path separator");
+  if (name === "." || name === "..") problems.push("dot name");
+  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) problems.push("control character");
+  if (/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/.test(name)) problems.push("invisible, separator or bidi character");
+  if (/[<>:"|?*]/.test(name)) problems.push("Windows-reserved character");
+  if (/^[.\s]/.test(name)) problems.push("leading dot or space");
+  if (/[.\s]$/.test(name)) problems.push("trailing dot or space");
+  if (DEVICE.test((name.split(".")[0] ?? "").trimEnd())) problems.push("device name"); // Windows ignores spaces before the dot too
+  if (Buffer.byteLength(name) > 200) problems.push(`${Buffer.byteLength(name)} bytes`);
+  return problems;
+}

@@ -8,7 +8,7 @@ import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ROOT, SECRET_TEXT, spawnRelay, waitFor, type RelayProcess } from "./helpers.ts";
+import { ROOT, SECRET_TEXT, spawnRelay, tryMount, waitFor, type RelayProcess } from "./helpers.ts";
 
 setDefaultTimeout(90_000);
 const LONG = 30_000;
@@ -31,19 +31,6 @@ afterEach(() => {
   mounts = [];
 });
 
-/** Mounts a tmpfs (needs root); returns null, with the reason, when that is not possible here. */
-function tryMount(dir: string, options: string): string | null {
-  try {
-    const r = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", options, "tmpfs", dir]);
-    if (r.exitCode === 0) {
-      mounts.push(dir);
-      return null;
-    }
-    return r.stderr.toString().trim() || `mount exited with ${r.exitCode}`;
-  } catch (err) {
-    return (err as Error).message;
-  }
-}
 
 function tempDir(prefix = "smts-cli-xfer-"): string {
   const d = realpathSync(mkdtempSync(join(tmpdir(), prefix)));
@@ -180,7 +167,7 @@ test("a missing, non-directory or read-only --download-dir → exit 1 with one c
   ];
   const ro = join(cwd, "ro");
   mkdirSync(ro);
-  const why = tryMount(ro, "ro,size=64k");
+  const why = tryMount(mounts, ro, "ro,size=64k");
   if (why === null) cases.push([ro, /EROFS/]);
   else console.warn(`SKIPPED the read-only --download-dir case: cannot mount a read-only tmpfs (${why}); a chmod'ed directory cannot stand in, since root ignores permission bits`);
   for (const [dir, why] of cases) {

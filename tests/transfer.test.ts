@@ -19,7 +19,7 @@ import { ReceiveChain, SendChain } from "../lib/session/records.ts";
 import { CHUNK_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { SECRET, spawnRelay, startTestRelay, waitFor, type RelayProcess } from "./helpers.ts";
+import { nameProblems, SECRET, spawnRelay, startTestRelay, tryMount, waitFor, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
 
 setDefaultTimeout(90_000);
@@ -58,19 +58,6 @@ afterEach(async () => {
   relayProc = null;
 });
 
-/** Mounts a tmpfs (needs root); returns null, with the reason, when that is not possible here. */
-function tryMount(dir: string, options: string): string | null {
-  try {
-    const r = Bun.spawnSync(["mount", "-t", "tmpfs", "-o", options, "tmpfs", dir]);
-    if (r.exitCode === 0) {
-      mounts.push(dir);
-      return null;
-    }
-    return r.stderr.toString().trim() || `mount exited with ${r.exitCode}`;
-  } catch (err) {
-    return (err as Error).message;
-  }
-}
 
 function tempDir(prefix = "smts-xfer-"): string {
   const d = mkdtempSync(join(tmpdir(), prefix));
@@ -78,22 +65,6 @@ function tempDir(prefix = "smts-xfer-"): string {
   return d;
 }
 
-// The promises of lib/transfer/names.ts (same checks as tests/transfer.unit.test.ts).
-const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
-function nameProblems(name: string): string[] {
-  const problems: string[] = [];
-  if (!name) problems.push("empty");
-  if (/[/\\]/.test(name)) problems.push("path separator");
-  if (name === "." || name === "..") problems.push("dot name");
-  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) problems.push("control character");
-  if (/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/.test(name)) problems.push("invisible, separator or bidi character");
-  if (/[<>:"|?*]/.test(name)) problems.push("Windows-reserved character");
-  if (/^[.\s]/.test(name)) problems.push("leading dot or space");
-  if (/[.\s]$/.test(name)) problems.push("trailing dot or space");
-  if (DEVICE.test((name.split(".")[0] ?? "").trimEnd())) problems.push("device name"); // Windows ignores spaces before the dot too
-  if (Buffer.byteLength(name) > 200) problems.push(`${Buffer.byteLength(name)} bytes`);
-  return problems;
-}
 
 const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 
@@ -785,7 +756,7 @@ describe("failures leave no file under the final name and no temporary file", ()
 
   test("disk full (a 1 MiB tmpfs as download dir): the receiver fails with ENOSPC, tells the sender, removes the temporary file", async () => {
     const mnt = tempDir("smts-tmpfs-");
-    const why = tryMount(mnt, "size=1m");
+    const why = tryMount(mounts, mnt, "size=1m");
     if (why !== null) {
       console.warn(`SKIPPED disk-full test: cannot mount a 1 MiB tmpfs (${why}); needs root`);
       return;

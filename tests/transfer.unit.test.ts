@@ -11,25 +11,8 @@ import { claimFinalName, numbered, safeName } from "../lib/transfer/names.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { waitFor } from "./helpers.ts";
+import { nameProblems, waitFor } from "./helpers.ts";
 
-const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
-
-/** The promises of names.ts, checked one by one so a failure names the broken rule. */
-function nameProblems(name: string): string[] {
-  const problems: string[] = [];
-  if (!name) problems.push("empty");
-  if (/[/\\]/.test(name)) problems.push("path separator");
-  if (name === "." || name === "..") problems.push("dot name");
-  if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) problems.push("control character");
-  if (/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/.test(name)) problems.push("invisible, separator or bidi character");
-  if (/[<>:"|?*]/.test(name)) problems.push("Windows-reserved character");
-  if (/^[.\s]/.test(name)) problems.push("leading dot or space");
-  if (/[.\s]$/.test(name)) problems.push("trailing dot or space");
-  if (DEVICE.test((name.split(".")[0] ?? "").trimEnd())) problems.push("device name"); // Windows ignores spaces before the dot too
-  if (Buffer.byteLength(name) > 200) problems.push(`${Buffer.byteLength(name)} bytes`);
-  return problems;
-}
 
 const HOSTILE: [string, string][] = [
   ["../x", "x"],
