@@ -26,7 +26,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChat, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
-import { machine, spawnBenchRelay, tcpSockets, writeSection } from "./bench-util.ts";
+import { lineReader, machine, spawnBenchRelay, tcpSockets, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const FILE_SIZE = 10 * 1024 * 1024;
@@ -49,26 +49,7 @@ if (process.argv[2] === "--peer") {
 
 async function spawnPeer(port: number, dir: string) {
   const proc = Bun.spawn([process.execPath, import.meta.path, "--peer", "127.0.0.1", String(port), dir], { stdout: "pipe", stderr: "inherit" });
-  const reader = proc.stdout.getReader();
-  let buf = "";
-  const lines: string[] = [];
-  void (async () => {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buf += new TextDecoder().decode(value);
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) lines.push(buf.slice(0, nl)), (buf = buf.slice(nl + 1));
-    }
-  })();
-  const nextLine = async (timeoutMs = 30_000) => {
-    const deadline = performance.now() + timeoutMs;
-    while (!lines.length) {
-      if (performance.now() > deadline) throw new Error("peer process said nothing");
-      await Bun.sleep(1);
-    }
-    return lines.shift()!;
-  };
+  const nextLine = lineReader(proc.stdout).next;
   return { proc, dir, id: await nextLine(), nextLine };
 }
 

@@ -8,7 +8,7 @@
 // Usage: bun scripts/bench-chat.ts [--quick]   (writes docs/BENCHMARKS.md)
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
-import { machine, percentile, spawnBenchRelay, writeSection } from "./bench-util.ts";
+import { lineReader, machine, percentile, spawnBenchRelay, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 
@@ -35,23 +35,8 @@ if (process.argv[2] === "--peer") {
 
 async function spawnPeer(port: number, mode: "count" | "echo") {
   const proc = Bun.spawn([process.execPath, import.meta.path, "--peer", "127.0.0.1", String(port), mode], { stdout: "pipe", stderr: "inherit" });
-  const reader = proc.stdout.getReader();
-  let buf = "";
-  const lines: string[] = [];
-  const pump = (async () => {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return;
-      buf += new TextDecoder().decode(value);
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) lines.push(buf.slice(0, nl)), (buf = buf.slice(nl + 1));
-    }
-  })();
-  const nextLine = async () => {
-    while (!lines.length) await Bun.sleep(1);
-    return lines.shift()!;
-  };
-  return { proc, id: await nextLine(), nextLine, pump };
+  const nextLine = lineReader(proc.stdout).next;
+  return { proc, id: await nextLine(), nextLine };
 }
 
 const relay = await spawnBenchRelay();
