@@ -2,7 +2,7 @@
 // and against an independent decoder (msgpackr) on random values.
 import { describe, expect, test } from "bun:test";
 import { Unpackr } from "msgpackr";
-import { pack } from "../lib/wire/msgpack.ts";
+import { pack, PackedBin } from "../lib/wire/msgpack.ts";
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
 const decode = (b: Uint8Array) => new Unpackr({ useRecords: false, mapsAsObjects: true, int64AsType: "auto" as never }).unpack(b);
@@ -62,6 +62,18 @@ test("random nested values decode to themselves with msgpackr", () => {
     const back = decode(pack(v));
     expect(back instanceof Uint8Array ? new Uint8Array(back) : back).toEqual(v instanceof Uint8Array ? v : normalise(v));
   }
+});
+
+test("a PackedBin encodes exactly as packing its value and embedding the bytes as bin, at every bin size boundary", () => {
+  const packedSizes = new Set<number>();
+  for (const length of [0, 1, 248, 249, 250, 251, 65_527, 65_528, 65_529, 65_530, 70_000]) {
+    const value = { ct: new Uint8Array(length).map((_, i) => i * 7) }; // packs to 6 + length bytes below 256, else 7 + length
+    const inner = pack(value);
+    packedSizes.add(inner.length);
+    expect(hex(pack({ t: "send", to: ["A", "B"], body: new PackedBin(value) }, 4))).toBe(hex(pack({ t: "send", to: ["A", "B"], body: inner }, 4)));
+  }
+  // The cases above really straddle bin8/bin16/bin32.
+  for (const edge of [255, 256, 65_535, 65_536]) expect(packedSizes.has(edge)).toBe(true);
 });
 
 /** msgpackr decodes bin to Buffer; compare as plain Uint8Array. */

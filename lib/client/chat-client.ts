@@ -30,7 +30,7 @@ import {
 import { ReceiveChain, SendChain } from "../session/records.ts";
 import { createTransfers, TransferError, type TransferEvent } from "../transfer/transfers.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
-import { pack } from "../wire/msgpack.ts";
+import { pack, PackedBin } from "../wire/msgpack.ts";
 
 export type ChatEvent =
   | { event: "ready"; id: string }
@@ -145,7 +145,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   let link: Link;
   let closing = false;
 
-  const sendE2E = (to: string | string[], frame: Frame) => link.send(to, pack(frame));
+  const sendE2E = (to: string | string[], frame: Frame) => link.send(to, new PackedBin(frame));
   const transfers = createTransfers(
     {
       sendContent(peer, item) {
@@ -180,7 +180,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     s.queued = [];
     s.queuedBytes = 0;
     const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
-    link.send(s.peer, pack(s.send.seal(plain)));
+    link.send(s.peer, new PackedBin(s.send.seal(plain)));
   }
 
   // ---- Broadcast (docs/PROTOCOL.md, "Broadcast layer") ----------------------
@@ -226,7 +226,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     }
     for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
     const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
-    link.send(members, pack({ ...ownKey.chain.seal(plain), t: "brec", kid: ownKey.kid }));
+    link.send(members, new PackedBin({ ...ownKey.chain.seal(plain), t: "brec", kid: ownKey.kid }));
   }
 
   function onSenderKey(peer: string, c: Frame): void {

@@ -8,6 +8,7 @@
 // drain); `drained()` lets a producer wait for the socket before queueing more.
 import type { Socket } from "bun";
 import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText as text, type Frame } from "../wire/frame.ts";
+import type { PackedBin } from "../wire/msgpack.ts";
 import { Outbox } from "../wire/outbox.ts";
 import {
   clientProof,
@@ -51,7 +52,8 @@ export interface LinkOptions {
 export interface Link {
   readonly id: string;
   readonly maxFrame: number;
-  send(to: string | string[], body: Uint8Array, ref?: number): void;
+  /** `body` is the opaque E2E payload; a PackedBin is packed straight into the frame. */
+  send(to: string | string[], body: Uint8Array | PackedBin, ref?: number): void;
   sendFrame(frame: Frame): void;
   /** Bytes queued locally and not yet taken by the socket. */
   readonly backlog: number;

@@ -87,6 +87,7 @@ interface Outgoing {
   state: "offered" | "sending" | "awaiting" | "over";
   offeredAt: number;
   lastActivity: number;
+  /** Hex SHA-256 of what was sent: from the broadcast offer, or hashed while streaming. */
   sha256?: string;
   resolve(): void;
   reject(err: TransferError): void;
@@ -253,6 +254,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       const now = performance.now();
       const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
       const t: Outgoing = { id: hexId(fileId), fileId, path, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, resolve, reject };
+      // A broadcast's receivers check the content against the offer's digest, so hashing it again while streaming would add nothing.
+      if (digest) t.sha256 = hexId(digest);
       outgoing.set(t.id, t);
       watch();
       for (const peer of peers) {
@@ -267,7 +270,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const keys = fileKeys(t.fileKey, t.fileId);
     const buf = Buffer.allocUnsafe(CHUNK_BYTES);
     const probe = Buffer.allocUnsafe(1);
-    const hash = new Bun.CryptoHasher("sha256");
+    const hash = t.sha256 === undefined ? new Bun.CryptoHasher("sha256") : null;
     let fd = -1;
     try {
       fd = openSync(t.path, "r");
@@ -283,7 +286,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
         if (last && readSync(fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
         const plain = buf.subarray(0, got);
-        hash.update(plain);
+        hash?.update(plain);
         deps.sendMessage(to.length === 1 ? to[0]! : to, sealChunk(keys, t.fileId, n, last, plain)); // encrypted once, copied by the relay
         const now = performance.now();
         t.lastActivity = now;
@@ -297,7 +300,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
         else await null;
       }
-      t.sha256 = hash.digest("hex");
+      if (hash) t.sha256 = hash.digest("hex");
       if (t.state === "sending") t.state = "awaiting";
     } catch (err) {
       for (const peer of accepted(t)) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "sender failed" });

@@ -136,7 +136,8 @@ export class FrameDecoder {
         pos += length;
         onFrame(chunk.subarray(pos - length, pos));
       } else {
-        this.partial = new Uint8Array(length);
+        // Not zero-filled: every byte is written before the payload is handed on.
+        this.partial = Buffer.allocUnsafe(length);
         this.partialFill = 0;
       }
     }

@@ -9,6 +9,15 @@ const encoder = new TextEncoder();
 
 export type Packable = null | undefined | boolean | number | string | Uint8Array | Packable[] | { [key: string]: Packable };
 
+/**
+ * A value encoded in place as a msgpack `bin` holding `pack(value)`: the same
+ * bytes as packing it first and embedding the result, without the extra
+ * buffer and copy (a relay `send` frame carries the packed E2E frame as body).
+ */
+export class PackedBin {
+  constructor(readonly value: unknown) {}
+}
+
 /** Encodes `value`, leaving `offset` zero bytes in front (for a length prefix). */
 export function pack(value: unknown, offset = 0): Uint8Array {
   const out = new Uint8Array(offset + sizeOf(value));
@@ -25,6 +34,8 @@ function strBytes(s: string): number {
   return n;
 }
 
+const binSize = (n: number) => n + (n < 0x100 ? 2 : n < 0x10000 ? 3 : 5);
+
 function headerSize(n: number, fix: number): number {
   return n < fix ? 1 : n < 0x10000 ? 3 : 5;
 }
@@ -40,7 +51,8 @@ function sizeOf(v: unknown): number {
     const n = strBytes(v);
     return n + (n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5);
   }
-  if (v instanceof Uint8Array) return v.length + (v.length < 0x100 ? 2 : v.length < 0x10000 ? 3 : 5);
+  if (v instanceof Uint8Array) return binSize(v.length);
+  if (v instanceof PackedBin) return binSize(sizeOf(v.value));
   if (Array.isArray(v)) {
     let n = headerSize(v.length, 16);
     for (const x of v) n += sizeOf(x);
@@ -83,6 +95,11 @@ function writeHeader(out: Uint8Array, at: number, n: number, fix: number, fixTag
   return at + 5;
 }
 
+function writeBinHeader(out: Uint8Array, at: number, n: number): number {
+  if (n < 0x100) return (out[at] = 0xc4), (out[at + 1] = n), at + 2;
+  return writeHeader(out, at, n, 0, 0, 0xc5);
+}
+
 function write(v: unknown, out: Uint8Array, at: number): number {
   if (v === null || v === undefined) return (out[at] = 0xc0), at + 1;
   if (v === false) return (out[at] = 0xc2), at + 1;
@@ -120,12 +137,11 @@ function write(v: unknown, out: Uint8Array, at: number): number {
     return at + n;
   }
   if (v instanceof Uint8Array) {
-    const n = v.length;
-    if (n < 0x100) (out[at] = 0xc4), (out[at + 1] = n), (at += 2);
-    else at = writeHeader(out, at, n, 0, 0, 0xc5);
+    at = writeBinHeader(out, at, v.length);
     out.set(v, at);
-    return at + n;
+    return at + v.length;
   }
+  if (v instanceof PackedBin) return write(v.value, out, writeBinHeader(out, at, sizeOf(v.value)));
   if (Array.isArray(v)) {
     at = writeHeader(out, at, v.length, 16, 0x90, 0xdc);
     for (const x of v) at = write(x, out, at);
