@@ -44,6 +44,7 @@
 import type { Subprocess } from "bun";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
+import { recordTargets, type TargetRow } from "./bench-util.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const PEERS = `${ROOT}scripts/bench-relay-peers.ts`;
@@ -614,6 +615,27 @@ function ratioRow(what: string, smts: number[], ref: number[], refName: string, 
   return `| ${what} | ${fmt(s, digits)} ${unit} | ${refName}: ${fmt(r, digits)} ${unit} | **${ratio.toFixed(2)}** | ≥ ${TARGET_RATIO.toFixed(2)} | ${ratio >= TARGET_RATIO ? "yes" : "**no**"} |`;
 }
 
+/** The two forwarding targets, for the summary table (docs/BENCHMARKS.md). */
+function summaryRows(r: Results): TargetRow[] {
+  const passed = <T extends { ok: boolean }>(xs: T[]) => xs.filter((x) => x.ok);
+  const row = (id: string, what: string, smts: number[], ref: number[], refName: string, unit: string): TargetRow => {
+    const ratio = smts.length && ref.length ? median(smts) / median(ref) : null;
+    return {
+      id,
+      what,
+      measured: smts.length ? `${fmt(median(smts))} ${unit}` : "no run passed its checks",
+      reference: ref.length ? `${refName}: ${fmt(median(ref))} ${unit}` : `${refName}: not available`,
+      ratio: ratio === null ? "–" : `**${ratio.toFixed(2)}**`,
+      target: `≥ ${TARGET_RATIO.toFixed(2)} of the reference`,
+      met: ratio === null ? null : ratio >= TARGET_RATIO,
+    };
+  };
+  return [
+    row("relay-msgs", "relay-only forwarding, 200-byte messages, 1 publisher → 1 subscriber", passed(r.rateSmts).map((x) => x.rate), passed(r.rateNats).map((x) => x.rate), `nats-server ${r.tools["nats-server"]!.version}`, "msgs/s"),
+    row("relay-bulk", "relay-only forwarding, 64 KiB bodies (issue 2)", passed(r.bulkSmts).map((x) => x.mbPerS), passed(r.bulkSocat).map((x) => x.mbPerS), `socat ${r.tools.socat!.version}`, "MB/s"),
+  ];
+}
+
 function renderReport(r: Results, m: Record<string, string>): string {
   const { tools } = r;
   const socatName = tools.socat!.found ? `socat ${tools.socat!.version} \`-b ${SOCAT_BUFFER}\`` : "socat";
@@ -808,6 +830,7 @@ async function main(): Promise<void> {
   console.log(`\n${section}`);
   if (CONFIG.write) {
     writeReport(section);
+    recordTargets("bench-relay", `bun scripts/bench-relay.ts${CONFIG.quick ? " --quick" : ""}`, summaryRows(r));
     console.log(`written to ${REPORT}`);
   } else console.log(`(not written to ${REPORT}: --no-write, --only or --relay-cpu-prof)`);
   const failed = [...r.bulkSmts, ...r.bulkSocat, ...r.bulkDirect, ...r.rateSmts, ...r.rateNats].filter((x) => !x.ok).length;

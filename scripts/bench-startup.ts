@@ -11,7 +11,7 @@
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { machine, percentile, ROOT, writeSection } from "./bench-util.ts";
+import { machine, percentile, recordTargets, ROOT, writeSection } from "./bench-util.ts";
 import { buildBinary, checkRuns, hostTarget } from "./release.ts";
 
 const args = process.argv.slice(2);
@@ -104,5 +104,9 @@ const section = [
 if (args.includes("--no-write")) console.log(section);
 else {
   writeSection("Start-up (issue 6)", section);
+  const fromSource = rows.find((r) => r.label.includes("from source"));
+  recordTargets("bench-startup", "bun scripts/bench-startup.ts", [
+    { id: "help", what: "`smts --help` of the compiled binary (linux-x64), median of " + RUNS, measured: `**${fmt(help.median)} ms**`, reference: fromSource ? `\`bun cmd/smts.ts --help\` from source: ${fmt(fromSource.median)} ms` : "–", ratio: "–", target: `≤ ${TARGET_MS} ms`, met: help.median <= TARGET_MS },
+  ]);
   console.log(section);
 }

@@ -1,6 +1,8 @@
 // Shared pieces of the benchmark scripts: the machine description, a relay
-// process to measure against, percentiles, and writing one section of
-// docs/BENCHMARKS.md without disturbing the others.
+// process to measure against, percentiles, writing one section of
+// docs/BENCHMARKS.md without disturbing the others, and the summary table of
+// the brief's targets at the top of it (fed by every script's recordTargets,
+// kept between runs in docs/benchmarks.json so one script can be re-run alone).
 import { cpus, totalmem } from "node:os";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { release } from "node:os";
@@ -39,13 +41,81 @@ export async function spawnBenchRelay(extra: string[] = []) {
   }
 }
 
+/** The commit measured, and whether lib/ or cmd/ had uncommitted changes. */
+export function codeVersion(): string {
+  const git = (...args: string[]) => Bun.spawnSync(["git", ...args], { cwd: ROOT }).stdout.toString().trim();
+  return `${git("rev-parse", "--short", "HEAD")}${git("status", "--porcelain", "lib", "cmd") ? " + uncommitted changes" : ""}`;
+}
+
+/** One row of the summary: a target of the brief (§6) or of an issue, as one benchmark measured it. */
+export interface TargetRow {
+  /** Fixes the row's place in the summary (SUMMARY_ORDER). */
+  id: string;
+  what: string;
+  measured: string;
+  /** The reference measured in the same run ("–" for an absolute target). */
+  reference: string;
+  ratio: string;
+  target: string;
+  /** null: reported, no target. */
+  met: boolean | null;
+}
+
+interface BenchRecord {
+  command: string;
+  at: string;
+  commit: string;
+  machine: string;
+  rows: TargetRow[];
+}
+
+const RESULTS = `${ROOT}docs/benchmarks.json`;
+const SUMMARY_TITLE = "Summary: the targets of the brief";
+/** The brief's §6 table order, then the issue-7 rows. */
+const SUMMARY_ORDER = ["connect", "file-10mib", "file-10mib-openssl", "file-rss-sender", "file-rss-relay", "file-rss-receiver", "broadcast-upload", "e2e-msgs", "relay-msgs", "relay-bulk", "idle-10k", "help", "load-delivered", "load-latency", "fuzz"];
+
+/** Stores `rows` as the latest results of `bench` and rewrites the summary table. */
+export function recordTargets(bench: string, command: string, rows: TargetRow[]): void {
+  const all = readResults();
+  all[bench] = { command, at: `${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`, commit: codeVersion(), machine: machine(), rows };
+  writeFileSync(RESULTS, `${JSON.stringify(all, null, 2)}\n`);
+  writeSummary();
+}
+
+function readResults(): Record<string, BenchRecord> {
+  return existsSync(RESULTS) ? (JSON.parse(readFileSync(RESULTS, "utf8")) as Record<string, BenchRecord>) : {};
+}
+
+/** The summary section, always first in docs/BENCHMARKS.md; `run` describes a whole scripts/bench.ts run. */
+export function writeSummary(run?: string): void {
+  const all = readResults();
+  const benches = Object.entries(all);
+  const rank = (id: string) => (SUMMARY_ORDER.includes(id) ? SUMMARY_ORDER.indexOf(id) : SUMMARY_ORDER.length);
+  const rows = benches.flatMap(([name, b]) => b.rows.map((r) => ({ ...r, name }))).sort((x, y) => rank(x.id) - rank(y.id));
+  const machines = [...new Set(benches.map(([, b]) => b.machine))];
+  const verdict = (met: boolean | null) => (met === null ? "–" : met ? "yes" : "**no**");
+  const body = [
+    run ?? "",
+    `Machine: ${machines.join("; ")}. Loopback only; relay and clients are separate processes on this one machine. Every reference (OpenSSL, socat, NATS) is measured in the same run as the value it is compared with.`,
+    "",
+    "| what | measured | reference (same run) | ratio | target | met | by |",
+    "|---|---|---|---|---|---|---|",
+    ...rows.map((r) => `| ${r.what} | ${r.measured} | ${r.reference} | ${r.ratio} | ${r.target} | ${verdict(r.met)} | \`${r.name}\` |`),
+    "",
+    "When each script last ran: " + benches.map(([name, b]) => `\`${b.command}\` ${b.at} (commit ${b.commit})`).join("; ") + ". Details, runs and notes are in the sections below.",
+  ].join("\n");
+  writeSection(SUMMARY_TITLE, body, true);
+}
+
 /** Replaces (or appends) the `## title` section of docs/BENCHMARKS.md. */
-export function writeSection(title: string, body: string): void {
+export function writeSection(title: string, body: string, first = false): void {
   const heading = `## ${title}`;
   let doc = existsSync(REPORT) ? readFileSync(REPORT, "utf8") : "# Benchmarks\n";
   const start = doc.indexOf(`${heading}\n`);
   const block = `${heading}\n\n${body.trim()}\n`;
-  if (start < 0) doc = `${doc.trimEnd()}\n\n${block}`;
+  const firstSection = doc.indexOf("\n## ");
+  if (start < 0 && first && firstSection >= 0) doc = `${doc.slice(0, firstSection + 1)}${block}\n${doc.slice(firstSection + 1)}`;
+  else if (start < 0) doc = `${doc.trimEnd()}\n\n${block}`;
   else {
     const next = doc.indexOf("\n## ", start + heading.length);
     doc = doc.slice(0, start) + block + (next < 0 ? "" : doc.slice(next));

@@ -1,9 +1,11 @@
 // Runs the fuzzers of tests/fuzz-lib.ts for longer, by hand:
-//   bun scripts/fuzz.ts [--seconds 60] [--seed N] [--only relay|client]
+//   bun scripts/fuzz.ts [--seconds 60] [--seed N] [--only relay|client] [--record]
 // Time is split between the relay and client fuzzers; each runs in rounds of
 // at most 10 s with seeds seed, seed+1, ... so a failure names a seed that
 // reproduces it: `bun scripts/fuzz.ts --seconds 10 --seed <that seed> --only <fuzzer>`.
+// --record puts the totals in the summary of docs/BENCHMARKS.md (scripts/bench.ts uses it).
 import { clientFuzz, relayFuzz, type FuzzResult } from "../tests/fuzz-lib.ts";
+import { recordTargets } from "./bench-util.ts";
 
 function arg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
@@ -22,6 +24,7 @@ const fuzzers = [
 ].filter((f) => !only || f.name === only);
 console.log(`fuzzing for ${seconds} s, starting seed ${seed0}`);
 let failed = false;
+const totals: string[] = [];
 for (const fz of fuzzers) {
   const budget = (seconds * 1000) / fuzzers.length;
   const end = performance.now() + budget;
@@ -46,5 +49,11 @@ for (const fz of fuzzers) {
     seed++;
   }
   console.log(`${fz.name} fuzz total: ${total.toLocaleString("en")} ${fz.unit}, ${Math.round((total / ms) * 1000).toLocaleString("en")}/s`);
+  totals.push(`${total.toLocaleString("en")} ${fz.name === "relay" ? "relay frames" : "client E2E/file bodies"}`);
+}
+if (process.argv.includes("--record")) {
+  recordTargets("fuzz", `bun scripts/fuzz.ts --seconds ${seconds} --seed ${seed0}${only ? ` --only ${only}` : ""}`, [
+    { id: "fuzz", what: `seeded fuzzing for ${seconds} s (tests/fuzz-lib.ts)`, measured: `${totals.join(", ")}; ${failed ? "**a failure** (see the run's output)" : "no crash, no hang, every offender closed with an error, honest clients unaffected"}`, reference: "–", ratio: "–", target: "no crash or leak (issue 7)", met: !failed },
+  ]);
 }
 process.exit(failed ? 1 : 0);
