@@ -2,7 +2,7 @@
 // Load test (issue 7, item 2): how many idle clients one relay holds and at
 // what memory cost, and whether 1,000 active clients lose anything.
 //
-//   bun scripts/load.ts [--quick] [--no-write]
+//   bun scripts/load.ts [--quick] [--no-write] [--seconds N]   (N: active phase, default 10)
 //
 // The relay runs as its own process (`smts relay --open --max-clients 20000`);
 // the clients run in 2–4 separate processes started from this same script
@@ -249,7 +249,7 @@ async function parentMain(): Promise<void> {
   const IDLE_PROCS = QUICK ? 2 : 4;
   const ACTIVE = 1_000;
   const ACTIVE_PROCS = 2;
-  const DURATION_MS = QUICK ? 3_000 : 10_000;
+  const DURATION_MS = arg("--seconds", QUICK ? 3 : 10) * 1000;
   const HOLD_MS = QUICK ? 2_000 : 5_000;
   const TARGET_RSS_MIB = 300;
   const WANT_FD = 65536;
@@ -402,7 +402,14 @@ async function parentMain(): Promise<void> {
     const ids: string[] = aj.flatMap((j) => j.ids);
     if (ids.length !== ACTIVE) throw new Error(`only ${ids.length}/${ACTIVE} active clients joined: ${JSON.stringify(aj.map((j) => j.errors))}`);
     let activePeak = 0;
-    const sampler2 = setInterval(() => (activePeak = Math.max(activePeak, status(rpid).rss)), 100);
+    // Relay RSS once a second too: a leak would show as steady growth, GC lag as a plateau.
+    const perSecond: number[] = [];
+    let ticks = 0;
+    const sampler2 = setInterval(() => {
+      const rss = status(rpid).rss;
+      activePeak = Math.max(activePeak, rss);
+      if (ticks++ % 10 === 0) perSecond.push(rss);
+    }, 100);
     const cpuRun0 = cpuSec(rpid);
     const tRun0 = performance.now();
     for (const k of activeKids) k.send({ cmd: "run", ids, durationMs: DURATION_MS });
@@ -436,6 +443,7 @@ async function parentMain(): Promise<void> {
     const over100 = lat.filter((l) => l > 100).length;
     const rate = sent / (DURATION_MS / 1000);
     console.log(`active: sent ${sent}, delivered ${delivered}, unknown_peer ${unknownPeer}, ${rate.toFixed(0)} msgs/s, latency p50 ${p50} ms p99 ${p99} ms max ${pmax} ms`);
+    console.log(`active: relay RSS each second ${perSecond.map((x) => x.toFixed(0)).join(" ")} MiB`);
     console.log(`active: relay CPU ${cpuRun.toFixed(2)} s over ${(runMs / 1000).toFixed(2)} s (${((100 * cpuRun) / (runMs / 1000)).toFixed(0)} % of a core), RSS peak ${mib(activePeak)}, HWM ${mib(afterRun.hwm)}`);
     for (const k of activeKids) k.proc.kill("SIGKILL");
 
@@ -457,7 +465,7 @@ ${QUICK ? "\n**Quick run** (1,000 idle clients, 3 s active phase): the idle targ
 | messages delivered vs sent | ${delivered} / ${sent}${unknownPeer ? ` (${unknownPeer} unknown_peer)` : ""} | equal | ${yes(delivered === sent)} |
 | latency send → receive p50 / p99 / p99.9 (max) | ${p50.toFixed(2)} / ${p99.toFixed(2)} / ${p999.toFixed(2)} ms (${pmax.toFixed(1)} ms); ${over100} messages (${((100 * over100) / Math.max(1, lat.length)).toFixed(2)} %) took > 100 ms | — | — |
 | relay CPU during the active run | ${cpuRun.toFixed(2)} s over ${(runMs / 1000).toFixed(2)} s (${((100 * cpuRun) / (runMs / 1000)).toFixed(0)} % of one core) | — | — |
-| relay RSS during the active run | peak ${mib(activePeak)}, ${mib(afterRun.rss)} at the end (VmHWM of the whole run ${mib(afterRun.hwm)}) | — | — |
+| relay RSS during the active run | peak ${mib(activePeak)}, ${mib(afterRun.rss)} at the end (VmHWM of the whole run ${mib(afterRun.hwm)}); each second: ${perSecond.map((x) => x.toFixed(0)).join(", ")} MiB | — | — |
 
 Notes:
 - The relay is its own process (\`smts relay --open --max-clients 20000\`); clients are ${IDLE_PROCS} (idle) and ${ACTIVE_PROCS} (active) separate processes of \`scripts/load.ts --client\`, each holding raw TCP connections that do the real join (challenge → \`join\` with a 32-byte zero proof on an open relay, \`watch: false\`, \`welcome\` checked) and answer pings, at most 100 handshakes in flight per process (the relay refuses more than 1,000 pending joins). Client processes used ${idleClientRss.map(mib).join(", ")} (idle) and ${activeClientRss.map(mib).join(", ")} (active).
