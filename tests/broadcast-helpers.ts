@@ -1,9 +1,8 @@
 // Helpers for tests/broadcast.test.ts: a "world" (one relay of its own, a
-// MITM in front of it, real chat clients, temp dirs) cleaned up in one call;
-// a raw protocol peer that runs the real key exchange with a chat client and
-// keeps the broadcast keys it is given (so a test can try them on records it
-// should not be able to read); and a byte-counting TCP proxy that measures
-// what one client actually writes to its socket.
+// MITM in front of it, real chat clients, raw peers (tests/raw-peer.ts) that
+// keep the broadcast keys they are given, temp dirs) cleaned up in one call;
+// and a byte-counting TCP proxy that measures what one client actually writes
+// to its socket.
 import type { Socket, TCPSocketListener } from "bun";
 import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
@@ -11,14 +10,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
-import { joinRelay, type Link } from "../lib/link/relay-link.ts";
+import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay, RelayOptions } from "../lib/relay/server.ts";
-import { initiatorConfirm, initiatorFinish, startInitiator } from "../lib/session/handshake.ts";
-import { ReceiveChain, SendChain, type OpenResult } from "../lib/session/records.ts";
 import { decodePayload, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
-import { pack } from "../lib/wire/msgpack.ts";
 import { SECRET, startTestRelay, waitFor } from "./helpers.ts";
-import { e2eOf, isE2E, startMitm, type Mitm } from "./mitm.ts";
+import { startMitm, type Mitm } from "./mitm.ts";
+import { startRawPeer, type RawPeer } from "./raw-peer.ts";
 
 export const LONG = 30_000;
 export const MiB = 1024 * 1024;
@@ -43,25 +40,6 @@ export interface Party {
   events: ChatEvent[];
   of<K extends ChatEvent["event"]>(kind: K): Extract<ChatEvent, { event: K }>[];
   texts(): string[];
-}
-
-export interface RawPeer {
-  id: string;
-  link: Link;
-  /** Every frame the relay sent us. */
-  inbox: Frame[];
-  /** Pairwise record contents from the victim (decrypted, batches unpacked), in order. */
-  contents: Frame[];
-  /** Sender keys (`skey`) the victim gave us: kid (hex) → a copy of the 32-byte key. */
-  keys: Map<string, Uint8Array>;
-  /** Decrypts pending pairwise records; returns the contents. */
-  pump(): Frame[];
-  /** Broadcast records (`brec`) the victim sent us, in arrival order. */
-  brecs(): Frame[];
-  /** Opens `brec` with a fresh ReceiveChain on the key we hold for its kid (or on `key`). */
-  open(brec: Frame, key?: Uint8Array): OpenResult;
-  /** Sends a pairwise record to the victim. */
-  record(content: Frame): void;
 }
 
 export interface World {
@@ -114,56 +92,8 @@ export async function startWorld(engines: DhEngine[], relayOpts: Partial<RelayOp
       const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
       return { chat, id: chat.id, dir, events, of, texts: () => of("message").map((m) => m.text) };
     },
-    async rawPeer(victim, opts = {}) {
-      const inbox: Frame[] = [];
-      const link = await joinRelay({ host: "127.0.0.1", port: opts.viaMitm ? mitm.port : relay.port, secret: SECRET, watch: false, onFrame: (f) => void inbox.push(f) });
-      links.push(link);
-      const dh = engines[0]!;
-      const next = async (t: string) => {
-        const i = await waitFor(() => inbox.findIndex((f) => isE2E(f, t, victim.id)) + 1, `${t} from the victim`, LONG);
-        return e2eOf(inbox.splice(i - 1, 1)[0]!)!;
-      };
-      const { state, hello } = await startInitiator(dh, link.id, victim.id);
-      link.send(victim.id, pack(hello));
-      const { reveal, pending } = await initiatorFinish(dh, state, await next("reply"));
-      link.send(victim.id, pack(reveal));
-      const sessionKeys = initiatorConfirm(pending, await next("confirm"));
-      const send = new SendChain(sessionKeys.sendChain);
-      const receive = new ReceiveChain(sessionKeys.receiveChain);
-      await victim.chat.waitSession(link.id, LONG);
-      const contents: Frame[] = [];
-      const keys = new Map<string, Uint8Array>();
-      const pump = () => {
-        for (let i = 0; i < inbox.length; i++) {
-          if (!isE2E(inbox[i]!, "rec", victim.id)) continue;
-          const r = receive.open(e2eOf(inbox.splice(i--, 1)[0]!)!);
-          if (!r.ok) throw new Error(`raw peer: bad pairwise record (${r.reason})`);
-          const inner = decodePayload(r.plaintext);
-          for (const item of inner.t === "batch" ? (inner.items as Frame[]) : [inner]) {
-            contents.push(item);
-            if (item.t === "skey") keys.set(hex(item.kid), new Uint8Array(item.key as Uint8Array));
-          }
-        }
-        return contents;
-      };
-      return {
-        id: link.id,
-        link,
-        inbox,
-        contents,
-        keys,
-        pump,
-        brecs: () => inbox.filter((f) => isE2E(f, "brec", victim.id)).map((f) => e2eOf(f)!),
-        open(brec, key) {
-          pump();
-          const k = key ?? keys.get(hex(brec.kid));
-          if (!k) throw new Error(`raw peer holds no key for kid ${hex(brec.kid)}`);
-          return new ReceiveChain(new Uint8Array(k)).open(brec);
-        },
-        record(content) {
-          link.send(victim.id, pack(send.seal(pack(content))));
-        },
-      };
+    rawPeer(victim, opts = {}) {
+      return startRawPeer(victim, { port: opts.viaMitm ? mitm.port : relay.port, dh: engines[0]!, track: links });
     },
     makeFile(name, size) {
       const bytes = new Uint8Array(nodeRandomBytes(size));

@@ -1,8 +1,8 @@
 // `smts chat` as real processes in scripted --json mode against a real relay
 // process: join failures, a full session with messages, waiting for a session
 // the peer starts, and exit codes.
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import type { Subprocess } from "bun";
+import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
+import { killChats, spawnChat, type ChatProcessOptions } from "./chat-process.ts";
 import { ROOT, SECRET_TEXT, spawnRelay, waitFor, type RelayProcess } from "./helpers.ts";
 
 let relay: RelayProcess;
@@ -10,58 +10,13 @@ beforeAll(async () => {
   relay = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
 });
 afterAll(() => relay.proc.kill());
+afterEach(killChats);
 
-interface ChatProcess {
-  proc: Subprocess<"pipe", "pipe", "pipe">;
-  events: Record<string, unknown>[];
-  stderr(): string;
-  id: string;
-  send(line: string): void;
-  event(match: (e: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
-}
-
-async function chat(extraArgs: string[] = [], env: Record<string, string> = { SMTS_SECRET: SECRET_TEXT }): Promise<ChatProcess> {
-  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`, "--json", ...extraArgs], {
-    stdin: "pipe",
-    stdout: "pipe",
-    stderr: "pipe",
-    env: { PATH: process.env.PATH ?? "", ...env },
-  });
-  const events: Record<string, unknown>[] = [];
-  let err = "";
-  (async () => {
-    let buf = "";
-    for await (const chunk of proc.stdout) {
-      buf += new TextDecoder().decode(chunk);
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        events.push(JSON.parse(buf.slice(0, nl)));
-        buf = buf.slice(nl + 1);
-      }
-    }
-  })();
-  (async () => {
-    for await (const chunk of proc.stderr) err += new TextDecoder().decode(chunk);
-  })();
-  const c: ChatProcess = {
-    proc,
-    events,
-    stderr: () => err,
-    id: "",
-    send(line) {
-      proc.stdin.write(`${line}\n`);
-      proc.stdin.flush();
-    },
-    event: (match, what) => waitFor(() => events.find(match), what, 10_000),
-  };
-  const ready = await waitFor(() => events.find((e) => e.event === "ready") ?? (proc.exitCode !== null ? { event: "exited" } : null), "ready event", 10_000);
-  c.id = String(ready.id ?? "");
-  return c;
-}
+const chat = (args: string[] = [], opts: ChatProcessOptions = {}) => spawnChat(relay.port, args, { timeoutMs: 10_000, ...opts });
 
 test("a wrong secret and an unreachable relay exit non-zero with one clear line", async () => {
-  const wrong = await chat([], { SMTS_SECRET: "definitely not the secret" });
-  expect(await wrong.proc.exited).toBe(1);
+  const wrong = await chat([], { env: { SMTS_SECRET: "definitely not the secret" }, mayExit: true });
+  expect(await wrong.exited()).toBe(1);
   expect(wrong.stderr().trim().split("\n")).toEqual([expect.stringContaining("wrong join secret")]);
 
   const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", "127.0.0.1:1", "--json"], { env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT }, stdin: "ignore" });
@@ -97,13 +52,13 @@ test("scripted: /connect, /msg both ways, same fingerprint on both sides, exit 0
   a.send("/list");
   await waitFor(() => a.events.filter((e) => e.event === "list").length === 2, "second list");
   expect((a.events.filter((e) => e.event === "list")[1]!.peers as { verified: boolean }[])[0]!.verified).toBe(true);
-  a.proc.stdin.end();
-  expect(await a.proc.exited).toBe(0);
+  a.end();
+  expect(await a.exited()).toBe(0);
   // b sees a leave and erases the session.
   await b.event((e) => e.event === "session" && e.state === "closed", "session closed at b");
   await b.event((e) => e.event === "peer" && e.online === false, "peer offline at b");
-  b.proc.stdin.end();
-  expect(await b.proc.exited).toBe(0);
+  b.end();
+  expect(await b.exited()).toBe(0);
 });
 
 test("scripted: /msg waits for a session the peer starts", async () => {
@@ -113,18 +68,18 @@ test("scripted: /msg waits for a session the peer starts", async () => {
   await Bun.sleep(200);
   b.send(`/connect ${a.id}`);
   expect((await b.event((e) => e.event === "message", "message at b")).text).toBe("sent once b connected");
-  a.proc.stdin.end();
-  b.proc.stdin.end();
-  expect(await a.proc.exited).toBe(0);
-  expect(await b.proc.exited).toBe(0);
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(0);
+  expect(await b.exited()).toBe(0);
 });
 
 test("scripted: a failed command makes the exit code non-zero; typos are one error line", async () => {
   const a = await chat(["--timeout", "1"]);
   a.send("/frobnicate");
   a.send("/msg zzzzzzzz nobody is there");
-  a.proc.stdin.end();
-  expect(await a.proc.exited).toBe(1);
+  a.end();
+  expect(await a.exited()).toBe(1);
   const errors = a.events.filter((e) => e.event === "error");
   expect(errors[0]).toMatchObject({ code: "usage", message: expect.stringContaining("unknown command /frobnicate") });
   expect(errors[1]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });

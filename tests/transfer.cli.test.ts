@@ -3,11 +3,11 @@
 // --download-dir values exit 1 with one clear line, limits on both sides,
 // and a sender killed mid-way leaves nothing behind at the receiver.
 import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
-import type { Subprocess } from "bun";
 import { createHash, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type ChatProcess, killChats, spawnChat } from "./chat-process.ts";
 import { ROOT, SECRET_TEXT, spawnRelay, tryMount, waitFor, type RelayProcess } from "./helpers.ts";
 
 setDefaultTimeout(90_000);
@@ -16,17 +16,15 @@ const MiB = 1024 * 1024;
 
 let relay: RelayProcess;
 let dirs: string[] = [];
-let procs: Subprocess[] = [];
 let mounts: string[] = [];
 beforeAll(async () => {
   relay = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
 });
 afterAll(() => relay.proc.kill());
 afterEach(() => {
-  for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
+  killChats();
   for (const m of mounts) Bun.spawnSync(["umount", "-l", m]);
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  procs = [];
   dirs = [];
   mounts = [];
 });
@@ -46,61 +44,7 @@ function makeFile(dir: string, name: string, size: number) {
 }
 const env = { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT };
 
-interface ChatProcess {
-  proc: Subprocess<"pipe", "pipe", "pipe">;
-  events: Record<string, unknown>[];
-  stderr(): string;
-  id: string;
-  send(line: string): void;
-  end(): void;
-  /** Resolves with the exit code once the process exited and all its output was read. */
-  exited(): Promise<number>;
-  event(match: (e: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
-}
-
-async function chat(cwd: string, extraArgs: string[] = []): Promise<ChatProcess> {
-  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`, "--json", ...extraArgs], { cwd, stdin: "pipe", stdout: "pipe", stderr: "pipe", env });
-  procs.push(proc);
-  const events: Record<string, unknown>[] = [];
-  let err = "";
-  const out = (async () => {
-    let buf = "";
-    const dec = new TextDecoder();
-    for await (const chunk of proc.stdout) {
-      buf += dec.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) {
-        events.push(JSON.parse(buf.slice(0, nl)));
-        buf = buf.slice(nl + 1);
-      }
-    }
-  })();
-  const errDone = (async () => {
-    const dec = new TextDecoder();
-    for await (const chunk of proc.stderr) err += dec.decode(chunk, { stream: true });
-  })();
-  const c: ChatProcess = {
-    proc,
-    events,
-    stderr: () => err,
-    id: "",
-    send(line) {
-      proc.stdin.write(`${line}\n`);
-      proc.stdin.flush();
-    },
-    end: () => void proc.stdin.end(),
-    async exited() {
-      const code = await proc.exited;
-      await Promise.all([out, errDone]);
-      return code;
-    },
-    event: (match, what) => waitFor(() => events.find(match), what, LONG),
-  };
-  const ready = await waitFor(() => events.find((e) => e.event === "ready") ?? (proc.exitCode !== null ? { event: "exited" } : null), "ready event", LONG);
-  if (ready.event !== "ready") throw new Error(`chat exited early: ${err}`);
-  c.id = String(ready.id);
-  return c;
-}
+const chat = (cwd: string, args: string[] = []) => spawnChat(relay.port, args, { cwd, timeoutMs: LONG });
 
 const ofKind = (c: ChatProcess, kind: string) => c.events.filter((e) => e.event === kind);
 

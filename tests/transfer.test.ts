@@ -11,16 +11,13 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
-import { randomBytes } from "../lib/crypto/primitives.ts";
-import { joinRelay, type Link } from "../lib/link/relay-link.ts";
+import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay } from "../lib/relay/server.ts";
-import { initiatorConfirm, initiatorFinish, startInitiator } from "../lib/session/handshake.ts";
-import { ReceiveChain, SendChain } from "../lib/session/records.ts";
-import { CHUNK_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
-import { decodePayload, type Frame } from "../lib/wire/frame.ts";
-import { pack } from "../lib/wire/msgpack.ts";
+import { CHUNK_BYTES, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
+import type { Frame } from "../lib/wire/frame.ts";
 import { nameProblems, SECRET, spawnRelay, startTestRelay, tryMount, waitFor, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
+import { startRawPeer } from "./raw-peer.ts";
 
 setDefaultTimeout(90_000);
 const LONG = 30_000; // generous: a busy 2-core machine, tens of MiB through three hops
@@ -161,80 +158,8 @@ async function expectFailedCleanly(receiver: Party, what: RegExp, state = "faile
   return ev;
 }
 
-// ---- A hand-driven peer that speaks the protocol itself ---------------------
-
-/**
- * A peer that runs the real key exchange (as initiator) with `victim` and then
- * sends whatever record contents and chunks a test wants: offers with any
- * name and any size, and more (or fewer) bytes than it offered.
- */
-async function rawPeer(victim: Party) {
-  const inbox: Frame[] = [];
-  const link = await joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET, watch: false, onFrame: (f) => void inbox.push(f) });
-  links.push(link);
-  const dh = engines[0]!;
-  const next = async (t: string) => {
-    const i = await waitFor(() => inbox.findIndex((f) => isE2E(f, t, victim.id)) + 1, `${t} from the victim`, LONG);
-    return e2eOf(inbox.splice(i - 1, 1)[0]!)!;
-  };
-  const { state, hello } = await startInitiator(dh, link.id, victim.id);
-  link.send(victim.id, pack(hello));
-  const { reveal, pending } = await initiatorFinish(dh, state, await next("reply"));
-  link.send(victim.id, pack(reveal));
-  const keys = initiatorConfirm(pending, await next("confirm"));
-  const send = new SendChain(keys.sendChain);
-  const receive = new ReceiveChain(keys.receiveChain);
-  await victim.chat.waitSession(link.id, LONG);
-  /** Record contents the victim sent us (decrypted, batches unpacked). */
-  const contents: Frame[] = [];
-  const pump = () => {
-    for (let i = 0; i < inbox.length; i++) {
-      if (!isE2E(inbox[i]!, "rec", victim.id)) continue;
-      const r = receive.open(e2eOf(inbox.splice(i--, 1)[0]!)!);
-      if (!r.ok) throw new Error(`raw peer: bad record (${r.reason})`);
-      const inner = decodePayload(r.plaintext);
-      for (const item of inner.t === "batch" ? (inner.items as Frame[]) : [inner]) contents.push(item);
-    }
-  };
-  const peer = {
-    id: link.id,
-    contents,
-    /** Chunk messages the victim sent us, in arrival order. */
-    chunks: () => inbox.filter((f) => isE2E(f, "chunk", victim.id)).map((f) => e2eOf(f)!),
-    record(content: Frame) {
-      link.send(victim.id, pack(send.seal(pack(content))));
-    },
-    async content(match: (c: Frame) => boolean, what: string): Promise<Frame> {
-      return waitFor(() => (pump(), contents.find(match)), what, LONG);
-    },
-    /** Offers a file; returns what is needed to send its chunks. */
-    offer(name: string, size: number) {
-      const id = randomBytes(16);
-      const key = randomBytes(32);
-      const fk = fileKeys(new Uint8Array(key), id);
-      peer.record({ t: "offer", id, name, size, key });
-      return {
-        id,
-        answer: () => peer.content((c) => ["accept", "decline"].includes(c.t as string) && Buffer.from(c.id as Uint8Array).equals(Buffer.from(id)), "accept or decline"),
-        outcome: () => peer.content((c) => ["done", "failed", "cancel"].includes(c.t as string) && Buffer.from(c.id as Uint8Array).equals(Buffer.from(id)), "done or failed"),
-        chunk(n: number, last: boolean, plain: Uint8Array) {
-          link.send(victim.id, pack(sealChunk(fk, id, n, last, plain)));
-        },
-        /** Sends `bytes` as correctly sealed chunks 0..k, the last one flagged final. */
-        sendAll(bytes: Uint8Array) {
-          let n = 0;
-          for (let at = 0; ; n++) {
-            const piece = bytes.subarray(at, at + CHUNK_BYTES);
-            at += piece.length;
-            this.chunk(n, at >= bytes.length, piece);
-            if (at >= bytes.length) break;
-          }
-        },
-      };
-    },
-  };
-  return peer;
-}
+/** A hand-driven peer (tests/raw-peer.ts) that has run the key exchange with `victim`: it lies about names and sizes at will. */
+const rawPeer = (victim: Party) => startRawPeer(victim, { port: relay.port, dh: engines[0]!, track: links });
 
 // ---- Happy path --------------------------------------------------------------
 

@@ -1,0 +1,93 @@
+// `smts chat --json` as a real child process, for CLI tests: spawns it against
+// a relay on 127.0.0.1, collects its JSON event lines and its stderr, waits
+// for events and for its exit, and SIGKILLs whatever is still running
+// (killChats, for afterEach).
+import type { Subprocess } from "bun";
+import { ROOT, SECRET_TEXT, waitFor } from "./helpers.ts";
+
+export interface ChatProcess {
+  proc: Subprocess<"pipe", "pipe", "pipe">;
+  /** The JSON event lines read so far, parsed. */
+  events: Record<string, unknown>[];
+  /** Everything the process wrote to stderr so far. */
+  stderr(): string;
+  /** Its ID from the `ready` event ("" if it exited before joining). */
+  id: string;
+  /** Writes one line to its stdin. */
+  send(line: string): void;
+  /** Ends its stdin (end of input). */
+  end(): void;
+  /** Resolves with the exit code once the process exited and all its output was read. */
+  exited(): Promise<number>;
+  /** Waits for the first event matching `match`. */
+  event(match: (e: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
+}
+
+export interface ChatProcessOptions {
+  cwd?: string;
+  /** Added to the environment (PATH and the test SMTS_SECRET), overriding it. */
+  env?: Record<string, string>;
+  /** For `ready` and each event() wait. */
+  timeoutMs?: number;
+  /** The process may exit before `ready` (a join failure under test): do not throw, leave `id` empty. */
+  mayExit?: boolean;
+}
+
+const running: Subprocess[] = [];
+
+/** Starts `smts chat 127.0.0.1:PORT --json ...args` and waits for its `ready` event. */
+export async function spawnChat(port: number, args: string[] = [], opts: ChatProcessOptions = {}): Promise<ChatProcess> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`, "--json", ...args], {
+    cwd: opts.cwd,
+    stdin: "pipe",
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT, ...opts.env },
+  });
+  running.push(proc);
+  const events: Record<string, unknown>[] = [];
+  let err = "";
+  const out = (async () => {
+    let buf = "";
+    const dec = new TextDecoder();
+    for await (const chunk of proc.stdout) {
+      buf += dec.decode(chunk, { stream: true });
+      let nl: number;
+      while ((nl = buf.indexOf("\n")) >= 0) {
+        events.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+    }
+  })();
+  const errDone = (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of proc.stderr) err += dec.decode(chunk, { stream: true });
+  })();
+  const c: ChatProcess = {
+    proc,
+    events,
+    stderr: () => err,
+    id: "",
+    send(line) {
+      proc.stdin.write(`${line}\n`);
+      proc.stdin.flush();
+    },
+    end: () => void proc.stdin.end(),
+    async exited() {
+      const code = await proc.exited;
+      await Promise.all([out, errDone]);
+      return code;
+    },
+    event: (match, what) => waitFor(() => events.find(match), what, timeoutMs),
+  };
+  const ready = await waitFor(() => events.find((e) => e.event === "ready") ?? (proc.exitCode !== null ? { event: "exited" } : null), "ready event", timeoutMs);
+  if (ready.event !== "ready" && !opts.mayExit) throw new Error(`chat exited early: ${err}`);
+  c.id = String(ready.id ?? "");
+  return c;
+}
+
+/** SIGKILLs every chat process started by spawnChat that is still running. */
+export function killChats(): void {
+  for (const p of running.splice(0)) if (p.exitCode === null) p.kill("SIGKILL");
+}
