@@ -15,9 +15,10 @@ import { ReceiveChain, SendChain } from "../lib/session/records.ts";
 import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { hex, listing, LONG, MiB, partFiles, rejection, sha256, startWorld, textsOf, type Party, type RawPeer, type World } from "./broadcast-helpers.ts";
+import { hex, listing, LONG, MiB, partFiles, rejection, sha256, startWorld, textsOf, type Party, type World } from "./broadcast-helpers.ts";
 import { waitFor } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame } from "./mitm.ts";
+import type { RawPeer } from "./raw-peer.ts";
 
 setDefaultTimeout(120_000);
 
@@ -378,9 +379,9 @@ describe("re-keying on membership change", () => {
     const fp = w.mitm.pipe(f.id);
     fp.injectToClient(msgFrame(s.id, brec1));
     await waitFor(() => f.of("error").some((x) => x.code === "no_key"), "f: no_key", LONG);
-    fp.injectToClient(msgFrame(s.id, { ...brec1, kid: brec2.kid })); // seq 0: already used under K2
+    fp.injectToClient(msgFrame(s.id, brec2)); // the current record again: genuine tags, seq 0 already used
     await waitFor(() => f.of("error").some((x) => x.code === "replayed"), "f: replayed", LONG);
-    fp.injectToClient(msgFrame(s.id, { ...brec1, kid: brec2.kid, seq: 1 })); // the next seq: the MAC decides
+    fp.injectToClient(msgFrame(s.id, { ...brec1, kid: brec2.kid, seq: 1 })); // relabelled: its tags are for K1's tag keys
     await waitFor(() => f.of("error").some((x) => x.code === "tampered"), "f: tampered", LONG);
     expect(f.texts()).toEqual(["fresh news"]);
     // Its key chain was not disturbed: the next broadcast is shown, with nothing reported lost.
@@ -420,13 +421,11 @@ describe("re-keying on membership change", () => {
     for (const p of [b, c, d]) expect(p.of("error")).toEqual([]);
   });
 
-  // Known, documented weakness (docs/PROTOCOL.md, broadcast layer, "Limitation 1"):
-  // the sender key is symmetric, so every recipient can MAC records under it, and
-  // a recipient colluding with the relay (brief §4 adversary) can make the sender
-  // appear to broadcast anything to the other recipients. Marked `failing`: it
-  // passes while the weakness exists, and fails (flip it to `test`) once
-  // broadcast records are authenticated by the sender alone.
-  test.failing("a recipient holding the sender key cannot, with the relay's help, forge a broadcast that another recipient shows as coming from the sender", async () => {
+  // The sender key is symmetric, so every recipient can make records whose MAC
+  // verifies; the per-recipient tags (docs/PROTOCOL.md §35.2, §38) are what stop
+  // a recipient colluding with the relay (brief §4 adversary) from making the
+  // sender appear to broadcast anything, or from using up its sequence numbers.
+  test("a recipient holding the sender key cannot, with the relay's help, forge a broadcast that another recipient shows as coming from the sender", async () => {
     const w = await start();
     const s = await w.party();
     const [b, c] = [await w.party(), await w.party()];
@@ -439,11 +438,17 @@ describe("re-keying on membership change", () => {
     d.pump();
     const chain = new SendChain(new Uint8Array(d.keys.get(hex(brec1.kid))!));
     chain.seal(new Uint8Array(16)); // seq 0 was "genuine"
-    const forged = { ...chain.seal(pack({ t: "text", text: "forged by d" })), t: "brec", kid: brec1.kid };
+    // A valid record MAC at the next seq, with the genuine record's tags (all d has).
+    const forged = { ...chain.seal(pack({ t: "text", text: "forged by d" })), t: "brec", kid: brec1.kid, tags: brec1.tags };
+    expect(new ReceiveChain(new Uint8Array(d.keys.get(hex(brec1.kid))!)).open({ ...forged, t: "rec" }).ok).toBe(true); // its MAC alone would pass
     w.mitm.pipe(b.id).injectToClient(msgFrame(s.id, forged)); // the relay stamps whatever `from` it likes
-    s.chat.sendText(b.id, "marker");
-    await gotText(b, "marker");
-    expect(b.texts()).not.toContain("forged by d");
+    await waitFor(() => b.of("error").some((x) => x.code === "tampered"), "b: tampered", LONG);
+    // Nothing shown, and the sender's real seq 1 is not pre-empted: it is shown, nothing replayed or lost.
+    s.chat.broadcastText("genuine again");
+    for (const p of [b, c]) await gotText(p, "genuine again");
+    expect(b.texts()).toEqual(["genuine", "genuine again"]);
+    expect(b.of("error").map((x) => x.code)).toEqual(["tampered"]);
+    expect(c.texts()).toEqual(["genuine", "genuine again"]);
   });
 });
 

@@ -25,6 +25,7 @@ import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-c
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import { startRelay } from "../lib/relay/server.ts";
 import { ReceiveChain, SendChain } from "../lib/session/records.ts";
+import { acceptSenderKey, newSenderKey, sealBroadcastRecord, tagValid } from "../lib/session/sender-keys.ts";
 import { fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
@@ -47,6 +48,8 @@ const VECTORS = [
   "bcast.ct",
   "bcast.mac-input",
   "bcast.mac",
+  "bcast.tag-input",
+  "bcast.tags",
   "bcast.brec",
   "bcast.send-frame",
   "bcast.offer",
@@ -68,6 +71,7 @@ const SENDER_KEY = range(0x00, 32);
 const KID = range(0xa0, 16);
 const IV = range(0x00, 16);
 const MEMBERS = ["abcdefgh", "k3x9pm2q"];
+const TAG_KEYS = [range(0xb0, 32), range(0xd0, 32)];
 // The file of §32, for the broadcast offer.
 const FILE_KEY = range(0x00, 32);
 const FILE_ID = range(0xf0, 16);
@@ -96,14 +100,23 @@ describe("broadcast-layer test vectors in docs/PROTOCOL.md", () => {
     // The layer is no longer a placeholder, and the message tables name the new types.
     expect(doc).not.toContain("(to be specified)");
     expect(flat).toContain("| `brec` | the sender of a broadcast |");
-    expect(flat).toContain("| `skey` | `kid`: bin 16, `key`: bin 32 |");
+    expect(flat).toContain("| `skey` | `kid`: bin 16, `key`: bin 32, `tk`: bin 32, `slot`: uint |");
+    expect(flat).toContain('tag_j = HMAC(key = tk_j, "smts/1 btag" ‖ kid ‖ mac)');
     expect(flat).toContain('mac = HMAC(key = macKey_n, "smts/1 rec" ‖ u64be(n) ‖ iv ‖ ct)');
   });
 
-  test("skey and the plaintext: pack of the documented values", () => {
-    expect(hex(pack({ t: "skey", kid: KID, key: SENDER_KEY }))).toBe(hex(v("bcast.skey")));
-    expect(v("bcast.skey").length).toBe(68);
-    expect(decodePayload(v("bcast.skey"))).toEqual({ t: "skey", kid: KID, key: SENDER_KEY });
+  test("skey and the plaintext: pack of the documented values, and newSenderKey's contents have that shape", () => {
+    const skey = { t: "skey", kid: KID, key: SENDER_KEY, tk: TAG_KEYS[0]!, slot: 0 };
+    expect(hex(pack(skey))).toBe(hex(v("bcast.skey")));
+    expect(v("bcast.skey").length).toBe(111);
+    expect(decodePayload(v("bcast.skey"))).toEqual(skey);
+    // The reference: one content per member, same kid and key, own tag key, slot = place in the list.
+    const made = newSenderKey(MEMBERS);
+    expect(made.skeys.map((c) => Object.keys(c))).toEqual([Object.keys(skey), Object.keys(skey)]);
+    expect(made.skeys.map((c) => c.slot)).toEqual([0, 1]);
+    expect(hex(made.skeys[0]!.key as Uint8Array)).toBe(hex(made.skeys[1]!.key as Uint8Array));
+    expect(hex(made.skeys[0]!.tk as Uint8Array)).not.toBe(hex(made.skeys[1]!.tk as Uint8Array));
+    expect(made.key.members).toBe(MEMBERS.join(","));
     expect(hex(pack({ t: "text", text: "hi all" }))).toBe(hex(v("bcast.plaintext")));
   });
 
@@ -115,9 +128,11 @@ describe("broadcast-layer test vectors in docs/PROTOCOL.md", () => {
     expect(hex(ct)).toBe(hex(v("bcast.ct")));
     expect(hex(cat(ascii("smts/1 rec"), new Uint8Array(8), IV, ct))).toBe(hex(v("bcast.mac-input")));
     expect(hex(hmac(v("bcast.mac-key-0"), v("bcast.mac-input")))).toBe(hex(v("bcast.mac")));
+    expect(hex(cat(ascii("smts/1 btag"), KID, v("bcast.mac")))).toBe(hex(v("bcast.tag-input")));
+    expect(hex(cat(...TAG_KEYS.map((tk) => hmac(tk, v("bcast.tag-input")))))).toBe(hex(v("bcast.tags")));
     // The brec body assembled by hand from the field table of §35.1.
     const byHand = cat(
-      byte(0x87),
+      byte(0x88),
       bin("\xa1t\xa4brec\xa1v"),
       byte(1),
       bin("\xa3seq"),
@@ -138,23 +153,47 @@ describe("broadcast-layer test vectors in docs/PROTOCOL.md", () => {
       byte(0xc4),
       byte(16),
       KID,
+      bin("\xa4tags"),
+      byte(0xc4),
+      byte(64),
+      v("bcast.tags"),
     );
     expect(hex(byHand)).toBe(hex(v("bcast.brec")));
   });
 
-  test("SendChain.seal with the vector IV and the reference client's spread reproduce brec and the send frame", () => {
-    const chain = new SendChain(SENDER_KEY.slice());
-    const rec = chain.seal(v("bcast.plaintext"), IV);
-    expect(rec.seq).toBe(0);
-    const brec = { ...rec, t: "brec", kid: KID }; // as lib/client/chat-client.ts builds it
-    expect(Object.keys(brec)).toEqual(["t", "v", "seq", "iv", "ct", "mac", "kid"]);
+  test("sealBroadcastRecord with the vector keys and IV reproduces brec and the send frame", () => {
+    const own = { kid: KID, chain: new SendChain(SENDER_KEY.slice()), members: MEMBERS.join(","), tagKeys: TAG_KEYS.map((k) => k.slice()) };
+    const brec = sealBroadcastRecord(own, v("bcast.plaintext"), IV);
+    expect(brec.seq).toBe(0);
+    expect(Object.keys(brec)).toEqual(["t", "v", "seq", "iv", "ct", "mac", "kid", "tags"]);
     const body = pack(brec);
     expect(hex(body)).toBe(hex(v("bcast.brec")));
-    expect(body.length).toBe(134);
+    expect(body.length).toBe(205);
     expect(hex(encodeFrame({ t: "send", to: MEMBERS, body }))).toBe(hex(v("bcast.send-frame")));
-    expect(v("bcast.send-frame").length).toBe(175);
+    expect(v("bcast.send-frame").length).toBe(246);
     // Sequence numbers go on from 0 under the same key.
-    expect(chain.seal(v("bcast.plaintext")).seq).toBe(1);
+    expect(sealBroadcastRecord(own, v("bcast.plaintext")).seq).toBe(1);
+  });
+
+  test("each member's tag: both slots accept the brec; a record re-MACed by a member (it holds the sender key) is rejected before the chain moves (§35.4)", () => {
+    const m = decodePayload(v("bcast.brec"));
+    const keyFor = (slot: number) => acceptSenderKey({ t: "skey", kid: KID, key: SENDER_KEY, tk: TAG_KEYS[slot]!, slot })!;
+    for (const slot of [0, 1]) expect(tagValid(keyFor(slot), m)).toBe(true);
+    // Slot 1 with slot 0's tag key, or a tag list too short for the slot: rejected.
+    expect(tagValid(acceptSenderKey({ t: "skey", kid: KID, key: SENDER_KEY, tk: TAG_KEYS[0]!, slot: 1 })!, m)).toBe(false);
+    expect(tagValid(keyFor(1), { ...m, tags: (m.tags as Uint8Array).subarray(0, 32) })).toBe(false);
+    expect(tagValid(keyFor(0), { ...m, tags: (m.tags as Uint8Array).subarray(0, 40) })).toBe(false);
+    // An insider seals its own text under the sender key: a valid record MAC, and the old tags.
+    const insider = new SendChain(SENDER_KEY.slice()).seal(pack({ t: "text", text: "forged" }));
+    const forged = { ...m, ...insider, t: "brec" };
+    const rx = keyFor(1);
+    expect(tagValid(rx, forged)).toBe(false);
+    expect(new ReceiveChain(SENDER_KEY.slice()).open({ ...forged, t: "rec" }).ok).toBe(true); // the MAC alone would accept it
+    expect(rx.chain.open({ ...m, t: "rec" }).ok).toBe(true); // the genuine record 0 still opens: nothing was used up
+    // Malformed sender keys.
+    for (const bad of [{ tk: new Uint8Array(31) }, { tk: undefined }, { slot: -1 }, { slot: 1.5 }, { slot: "0" }, { key: new Uint8Array(16) }, { kid: new Uint8Array(15) }]) {
+      expect(acceptSenderKey({ t: "skey", kid: KID, key: SENDER_KEY, tk: TAG_KEYS[0]!, slot: 0, ...bad })).toBeNull();
+    }
   });
 
   test("ReceiveChain over the sender key opens the brec as a rec (§35.4), with the rules of §19.3", () => {
@@ -401,6 +440,7 @@ describe("live: a broadcasting client as the relay sees it", () => {
       expect(brecs.length).toBe(1);
       expect(brecs[0]!.to).toEqual([b.id, c.id].sort());
       expect(brecs[0]!.m.seq).toBe(0);
+      expect((brecs[0]!.m.tags as Uint8Array).length).toBe(2 * 32); // one tag per member
       const kid1 = hex(brecs[0]!.m.kid as Uint8Array);
       expect(kid1).toHaveLength(32);
       const first = sends.indexOf(brecs[0]!);

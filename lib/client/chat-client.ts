@@ -28,6 +28,7 @@ import {
   type SessionKeys,
 } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
+import { acceptSenderKey, eraseOwnKey, erasePeerKey, isUnder, newSenderKey, sealBroadcastRecord, tagValid, type OwnSenderKey, type PeerSenderKey } from "../session/sender-keys.ts";
 import { createTransfers, TransferError, type TransferEvent } from "../transfer/transfers.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
 import { pack, PackedBin } from "../wire/msgpack.ts";
@@ -184,12 +185,13 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   }
 
   // ---- Broadcast (docs/PROTOCOL.md, "Broadcast layer") ----------------------
-  // One sender key per recipient set: a fresh random chain key, given to each
-  // recipient inside its pairwise session (`skey`), then used for records sent
-  // once to the whole list (`brec`). Any change of the set makes a new key, so
-  // a peer that left cannot read later broadcasts and a newcomer earlier ones.
-  let ownKey: { kid: Uint8Array; chain: SendChain; members: string } | null = null;
-  const peerKeys = new Map<string, { kid: string; chain: ReceiveChain }>();
+  // One sender key per recipient set (lib/session/sender-keys.ts), given to
+  // each recipient inside its pairwise session (`skey`), then used for records
+  // sent once to the whole list (`brec`). Any change of the set makes a new
+  // key, so a peer that left cannot read later broadcasts and a newcomer
+  // earlier ones.
+  let ownKey: OwnSenderKey | null = null;
+  const peerKeys = new Map<string, PeerSenderKey>();
   let broadcastQueue: Frame[] = [];
   let broadcastBytes = 0;
 
@@ -218,31 +220,37 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (!items.length || !members.length) return;
     const set = members.join(",");
     if (ownKey?.members !== set) {
-      ownKey?.chain.erase();
-      const kid = randomBytes(16);
-      const key = randomBytes(32);
-      for (const p of members) queueContent(sessions.get(p)!, { t: "skey", kid, key: key.slice() }, 96);
-      ownKey = { kid, chain: new SendChain(key), members: set };
+      eraseOwnKey(ownKey);
+      const made = newSenderKey(members);
+      members.forEach((p, slot) => queueContent(sessions.get(p)!, made.skeys[slot]!, 160));
+      ownKey = made.key;
     }
     for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
     const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
-    link.send(members, new PackedBin({ ...ownKey.chain.seal(plain), t: "brec", kid: ownKey.kid }));
+    link.send(members, new PackedBin(sealBroadcastRecord(ownKey, plain)));
   }
 
   function onSenderKey(peer: string, c: Frame): void {
-    if (!(c.kid instanceof Uint8Array) || c.kid.length !== 16 || !(c.key instanceof Uint8Array) || c.key.length !== 32) {
+    const k = acceptSenderKey(c);
+    if (c.key instanceof Uint8Array) wipe(c.key);
+    if (c.tk instanceof Uint8Array) wipe(c.tk);
+    if (!k) {
       emit({ event: "error", code: "malformed", message: `malformed broadcast key from ${peer}`, peer });
       return;
     }
-    peerKeys.get(peer)?.chain.erase();
-    peerKeys.set(peer, { kid: Buffer.from(c.kid).toString("hex"), chain: new ReceiveChain(c.key.slice()) });
-    wipe(c.key);
+    erasePeerKey(peerKeys.get(peer));
+    peerKeys.set(peer, k);
   }
 
   function onBroadcastRecord(peer: string, m: Frame): void {
     const k = peerKeys.get(peer);
-    if (!sessions.has(peer) || !k || !(m.kid instanceof Uint8Array) || Buffer.from(m.kid).toString("hex") !== k.kid) {
+    if (!sessions.has(peer) || !k || !isUnder(k, m)) {
       emit({ event: "error", code: "no_key", message: `broadcast from ${peer} under a key we do not hold: ignored`, peer });
+      return;
+    }
+    // Any member holds the sender key; only the broadcaster holds our tag key.
+    if (!tagValid(k, m)) {
+      emit({ event: "error", code: "tampered", message: `rejected a forged or tampered broadcast from ${peer} (not shown)`, peer });
       return;
     }
     openRecord(peer, k.chain, { ...m, t: "rec" }, true);
@@ -320,7 +328,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const s = sessions.get(peer);
     endHandshake(peer);
     transfers.abandon(peer, `${peer} ${reason}`);
-    peerKeys.get(peer)?.chain.erase();
+    erasePeerKey(peerKeys.get(peer));
     peerKeys.delete(peer);
     settle(peer, new ChatError("peer_left", `${peer} ${reason}`, peer));
     if (!s) return;
@@ -596,8 +604,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     async close() {
       closing = true;
       sealBroadcast();
-      ownKey?.chain.erase();
-      for (const k of peerKeys.values()) k.chain.erase();
+      eraseOwnKey(ownKey);
+      for (const k of peerKeys.values()) erasePeerKey(k);
       transfers.cancel("");
       for (const s of sessions.values()) sealQueued(s);
       for (const peer of [...sessions.keys()]) {
