@@ -210,6 +210,11 @@ describe("/bmsg to many", () => {
       expect(s.of("disconnected")).toEqual([]);
       expect(textsOf((recipients[0]!.open(recipients[0]!.brecs()[0]!) as { plaintext: Uint8Array }).plaintext)).toEqual([text]);
     }
+    // The longest text the client accepts for 120 recipients (IDs and tags counted) goes through.
+    const longest = "y".repeat(maxFrame - 1024 - 42 * 120);
+    s.chat.broadcastText(longest);
+    await waitFor(() => recipients.every((r) => r.brecs().some((b) => r.open(b).ok)) || s.of("disconnected").length > 0, "the longest broadcast to arrive", LONG);
+    expect(s.of("disconnected")).toEqual([]);
     // Either way the sender is still connected and can broadcast.
     s.chat.broadcastText("still connected");
     const opened = (r: RawPeer, b: Frame) => {

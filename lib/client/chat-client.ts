@@ -546,7 +546,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       // The one frame also lists every recipient (≤ 10 bytes each); the relay takes at most 1000.
       if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
       const bytes = Buffer.byteLength(text);
-      const limit = link.maxFrame - 1024 - 10 * members.length;
+      const limit = link.maxFrame - 1024 - 42 * members.length; // per member: its ID in the relay frame (≤ 10 bytes) and its tag (32)
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
       if (broadcastBytes + bytes > BATCH_BYTES) sealBroadcast();
       for (const s of sessions.values()) sealQueued(s); // earlier private messages go first
