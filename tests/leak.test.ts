@@ -116,8 +116,20 @@ const chats: Chat[] = [];
 const spawned: Proc[] = [];
 let sampler: ReturnType<typeof setInterval> | undefined;
 
-// Filled in by beforeAll and checked by the tests.
-const why: { strace?: string; capture?: string; proc?: string } = {};
+// What cannot run here, decided before any test so that those tests are
+// reported as skipped (never as passed). Once a probe succeeded, a failure in
+// the real run is an error, not a skip.
+const probeFails = (argv: string[], okExit: number) => {
+  const r = Bun.spawnSync(argv, { stdout: "ignore", stderr: "pipe" });
+  return r.exitCode === okExit ? undefined : oneLine(r.stderr.toString()) || `exit ${r.exitCode}`;
+};
+const why: { strace?: string; capture?: string; proc?: string } = {
+  strace: !LINUX ? "not Linux" : !Bun.which("strace") ? "strace is not installed (Debian/Ubuntu: apt-get install strace)" : probeFails(["strace", "-f", "-o", "/dev/null", "true"], 0),
+  // tcpdump captures until `timeout` stops it (exit 124) if it may capture at all.
+  capture: !LINUX ? "not Linux" : !Bun.which("tcpdump") ? "tcpdump is not installed (Debian/Ubuntu: apt-get install tcpdump)" : probeFails(["timeout", "1", "tcpdump", "-i", "lo", "-w", "/dev/null"], 124),
+  proc: existsSync("/proc/self/fd") ? undefined : "no /proc file system here",
+};
+for (const [check, reason] of Object.entries(why)) if (reason) console.warn(`SKIPPED the ${check} checks: ${reason}`);
 const MARKERS = ["msg", "bmsg", "reply", "note", "bigName", "noteName"] as const;
 /** Unique per run: message texts, a line inside the text file, and both file names. */
 const markers = {} as Record<(typeof MARKERS)[number], string>;
@@ -186,9 +198,7 @@ async function startRelay(traceDir: string): Promise<void> {
   const argv = [process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0"];
   const env = { ...secretEnv, HOME: home, BUN_RUNTIME_TRANSPILER_CACHE_PATH: "0" };
   const listening = (p: Proc) => Number(/listening on [^\s]+:(\d+)/.exec(p.stderr())?.[1]);
-  if (!LINUX) why.strace = "not Linux";
-  else if (!Bun.which("strace")) why.strace = "strace is not installed (Debian/Ubuntu: apt-get install strace)";
-  else {
+  if (!why.strace) {
     // -ff: one log per thread, so calls are never interleaved; --seccomp-bpf: stop only on the
     // traced calls; -s: whole argv strings in the execve line.
     const traced = spawn(["strace", "-f", "-ff", "--seccomp-bpf", "-s", "4096", "-e", TRACE, "-o", join(traceDir, "trace"), ...argv], { env });
@@ -204,7 +214,7 @@ async function startRelay(traceDir: string): Promise<void> {
       return;
     }
     await traced.done;
-    why.strace = `strace could not run the relay here (${oneLine(traced.stderr())})`;
+    throw new Error(`strace could not run the relay (${oneLine(traced.stderr())})`);
   }
   relay = spawn(argv, { env });
   relayPort = await waitFor(() => listening(relay!) || (relay!.proc.exitCode !== null ? -1 : 0), "relay to listen", LONG);
@@ -214,8 +224,7 @@ async function startRelay(traceDir: string): Promise<void> {
 
 /** Starts tcpdump on the relay's port, or records why it cannot run here. */
 async function startCapture(pcapPath: string): Promise<void> {
-  if (!LINUX) return void (why.capture = "not Linux");
-  if (!Bun.which("tcpdump")) return void (why.capture = "tcpdump is not installed (Debian/Ubuntu: apt-get install tcpdump)");
+  if (why.capture) return;
   // -U: write each packet as it is processed; -s 0: whole packets; -B: a 16 MiB
   // kernel buffer so a fast transfer is not dropped; -Z root (as root only):
   // do not switch to the tcpdump user, who may not write in our temp directory.
@@ -224,7 +233,7 @@ async function startCapture(pcapPath: string): Promise<void> {
   const started = await waitFor(() => /listening on/.test(p.stderr()) || p.proc.exitCode !== null, "tcpdump to start", LONG);
   if (started && p.proc.exitCode === null) return void (tcpdump = p);
   await p.done;
-  why.capture = `tcpdump cannot capture on lo here (${oneLine(p.stderr())})`;
+  throw new Error(`tcpdump could not capture on lo (${oneLine(p.stderr())})`);
 }
 
 function sampleRelay(): FdSample | null {
@@ -244,8 +253,7 @@ beforeAll(async () => {
   writeFileSync(notes.path, notes.bytes);
 
   await startRelay(dirs.trace);
-  if (!LINUX || !existsSync(`/proc/${relayPid}/fd`)) why.proc = "no /proc file system here";
-  else sampler = setInterval(sampleRelay, 25);
+  if (!why.proc) sampler = setInterval(sampleRelay, 25);
   await startCapture(join(home, "capture.pcap"));
 
   b = await startChat(dirs.b, ["--download-dir", dirs.dl]);
@@ -345,8 +353,7 @@ test("the run really carried the data: messages both ways, a broadcast, and both
   expect(longFingerprint.replace(/ /g, "").startsWith(shortFingerprint.replace(/-/g, ""))).toBe(true);
 });
 
-test("strace: the relay (all its threads) opened no file for writing and created, renamed, linked or removed nothing", () => {
-  if (why.strace) return void console.warn(`SKIPPED the strace check: ${why.strace}`);
+test.skipIf(!!why.strace)("strace: the relay (all its threads) opened no file for writing and created, renamed, linked or removed nothing", () => {
   const r = strace!;
   // Positive controls: the log is the relay's, covers its whole life, and sees file opens at all.
   expect(r.main[0]).toStartWith(`execve("${process.execPath}", ["${process.execPath}", "${ROOT}cmd/smts.ts", "relay"`);
@@ -359,15 +366,13 @@ test("strace: the relay (all its threads) opened no file for writing and created
   expect(r.violations).toEqual([]);
 });
 
-test("/proc: no regular file was ever open for writing in the relay (sampled through the run)", () => {
-  if (why.proc) return void console.warn(`SKIPPED the /proc descriptor check: ${why.proc}`);
+test.skipIf(!!why.proc)("/proc: no regular file was ever open for writing in the relay (sampled through the run)", () => {
   // Positive control: a sample taken while both clients were connected sees the listener and both sockets.
   expect(fdWhileConnected?.sockets).toBeGreaterThanOrEqual(3);
   expect([...new Set(fdSamples.flatMap((s) => s.writable))]).toEqual([]);
 });
 
-test("capture: complete, and it holds the relay-visible cleartext and the whole file's worth of frames", () => {
-  if (why.capture) return void console.warn(`SKIPPED the traffic check: ${why.capture}`);
+test.skipIf(!!why.capture)("capture: complete, and it holds the relay-visible cleartext and the whole file's worth of frames", () => {
   const cap = parsePcap(pcapBytes!);
   expect({ truncated: cap.truncated, trailing: cap.trailing }).toEqual({ truncated: 0, trailing: 0 });
   expect(Number(/(\d+) packets? captured/.exec(tcpdumpStats)?.[1])).toBe(cap.packets);
@@ -396,8 +401,7 @@ test("capture: complete, and it holds the relay-visible cleartext and the whole 
   expect(Math.max(...bodyBytes(fromRelay))).toBeGreaterThan(big.bytes.length);
 });
 
-test("capture: no message text, file name, file content, fingerprint or join secret in any TCP stream or in the raw capture", () => {
-  if (why.capture) return void console.warn(`SKIPPED the traffic check: ${why.capture}`);
+test.skipIf(!!why.capture)("capture: no message text, file name, file content, fingerprint or join secret in any TCP stream or in the raw capture", () => {
   const files = [new FileWindows("the big file", big.bytes), new FileWindows("the notes file", notes.bytes)];
   const streams = reassemble(parsePcap(pcapBytes!).segments);
   expect(streams.length).toBe(4);
@@ -465,8 +469,7 @@ test("strace reader control: write-opens, creations, renames and removals are re
   expect(r.violations.map((l) => /"([^"]+)"/.exec(l)?.[1])).toEqual(["/tmp/a", "/tmp/b", "/tmp/c", "/tmp/a", "/tmp/d", "/tmp/e"]);
 });
 
-test("/proc sampler control: a regular file this process holds open for writing is reported, a read-only one is not", () => {
-  if (why.proc) return void console.warn(`SKIPPED the /proc sampler control: ${why.proc}`);
+test.skipIf(!!why.proc)("/proc sampler control: a regular file this process holds open for writing is reported, a read-only one is not", () => {
   const path = join(home, "sampler-control.bin");
   const w = openSync(path, "w");
   const r = openSync(path, "r");

@@ -2,12 +2,12 @@
 // never overwriting (claimFinalName on a real temp dir), and the STREAM-style
 // chunk seal/open (chunks.ts) against every kind of tampering.
 import { afterEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { randomBytes } from "../lib/crypto/primitives.ts";
 import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
-import { claimFinalName, numbered, safeName } from "../lib/transfer/names.ts";
+import { claimFinalName, numbered, safeName, tempName } from "../lib/transfer/names.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
@@ -219,6 +219,30 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     dirs.push(d);
     return d;
   };
+
+  test("on start, temporary files a killed client left (ours, older than 2 idle timeouts) are removed; fresh ones, other names and directories stay", () => {
+    const dir = tempDir();
+    const id = "0123456789abcdef0123456789abcdef";
+    const old = Date.now() / 1000 - 300;
+    const names = {
+      stale: tempName(id),
+      staleSalted: tempName(id, "a1b2c3d4"),
+      fresh: tempName(id.replace("0", "f")),
+      foreign: ".notes.smts-part",
+      kept: "report.pdf",
+    };
+    for (const n of Object.values(names)) writeFileSync(join(dir, n), "x");
+    for (const n of [names.stale, names.staleSalted, names.foreign, names.kept]) utimesSync(join(dir, n), old, old);
+    mkdirSync(join(dir, tempName(id.replace("1", "e"))));
+    utimesSync(join(dir, tempName(id.replace("1", "e"))), old, old);
+    const deps = { sendContent() {}, sendMessage() {}, backlog: () => 0, drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const before = readdirSync(dir).sort();
+    // 300 s old is younger than two idle timeouts of 200 s: kept (its transfer may still be running).
+    createTransfers(deps, { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 200_000 });
+    expect(readdirSync(dir).sort()).toEqual(before);
+    createTransfers(deps, { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 60_000 });
+    expect(readdirSync(dir).sort()).toEqual([names.fresh, names.foreign, names.kept, tempName(id.replace("1", "e"))].sort());
+  });
 
   function wired(net: { dropChunk?: (c: Frame) => boolean; dropContent?: (c: Frame) => boolean } = {}, maxFrame = 256 * 1024) {
     const ev = { a: [] as TransferEvent[], b: [] as TransferEvent[] };

@@ -478,10 +478,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;
         if (f.code === "unknown_peer" && peer) {
+          const known = online.has(peer) || handshakes.has(peer) || sessions.has(peer);
           online.delete(peer);
           const h = handshakes.get(peer);
           if (h) failHandshake(peer, h.token, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
+          // Frames in flight when a peer left come back one by one (a file's
+          // chunks: one per 64 KiB); its departure was reported once already.
+          if (!known) return;
         }
         emit({ event: "error", code: safeText(f.code, 32), message: `relay: ${safeText(f.message)}`, ...(peer ? { peer } : {}) });
         return;

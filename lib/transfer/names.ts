@@ -10,7 +10,9 @@
 // the name is first created exclusively (O_EXCL), then the temporary file is
 // renamed onto that empty placeholder. (Hard links would avoid the brief
 // empty placeholder but do not exist on every filesystem, e.g. FAT on phones.)
-import { closeSync, openSync, renameSync, rmSync } from "node:fs";
+// tempName() is where a file is received; removeStaleParts() clears those a
+// killed client left behind.
+import { closeSync, lstatSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
@@ -68,4 +70,28 @@ export function claimFinalName(tempPath: string, dir: string, name: string): str
     return path;
   }
   throw new Error(`no free name for ${name} in ${dir}`);
+}
+
+/** The hidden temporary name a transfer writes to (`salt` after a collision). */
+export function tempName(transferId: string, salt?: string): string {
+  return salt ? `.${transferId}.${salt}.smts-part` : `.${transferId}.smts-part`;
+}
+const TEMP = /^\.[0-9a-f]{32}(\.[0-9a-f]{8})?\.smts-part$/;
+
+/**
+ * Removes temporary files of transfers that cannot be running any more: a
+ * live transfer writes at least once per idle timeout or fails and removes
+ * its own file, so one untouched for longer was left by a killed client.
+ * Only our own names, only regular files; errors are ignored (best effort).
+ */
+export function removeStaleParts(dir: string, olderThanMs: number): number {
+  let removed = 0;
+  try {
+    for (const name of readdirSync(dir)) {
+      if (!TEMP.test(name)) continue;
+      const st = lstatSync(join(dir, name), { throwIfNoEntry: false });
+      if (st?.isFile() && Date.now() - st.mtimeMs > olderThanMs) rmSync(join(dir, name), { force: true }), removed++;
+    }
+  } catch {}
+  return removed;
 }

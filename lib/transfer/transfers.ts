@@ -27,7 +27,7 @@ import { basename, join } from "node:path";
 import { randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
 import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, sealChunk, type FileKeys } from "./chunks.ts";
-import { claimFinalName, safeName } from "./names.ts";
+import { claimFinalName, removeStaleParts, safeName, tempName } from "./names.ts";
 
 export type TransferEvent =
   | { event: "transfer"; id: string; peer: string; direction: "in" | "out"; name: string; size: number; state: "offered" | "sending" | "receiving" | "declined" | "failed" | "cancelled"; reason?: string }
@@ -132,6 +132,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   const outgoing = new Map<string, Outgoing>();
   const incoming = new Map<string, Incoming>();
   const idleMs = opts.idleTimeoutMs ?? 60_000;
+  removeStaleParts(opts.downloadDir, 2 * idleMs);
 
   // One sweep, running only while transfers exist, ends those that stopped
   // moving: a peer that never answers an offer, a relay that stopped
@@ -298,6 +299,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         // Yield after every chunk so the socket starts writing at once (no pipeline
         // fill of a whole megabyte); wait for the socket when it is behind.
         if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
+        // Once per MiB let the event loop read the socket too: when the relay takes
+        // chunks as fast as we seal them (it discards those for a peer that left),
+        // microtasks alone would keep a `left` or `cancel` unread until the end.
+        else if (n % 16 === 15) await new Promise((resolve) => setImmediate(resolve));
         else await null;
       }
       if (hash) t.sha256 = hash.digest("hex");
@@ -332,7 +337,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
     // Recipients of one broadcast share the file ID and may share a directory:
     // a taken temporary name gets a random suffix.
-    let temp = join(opts.downloadDir, `.${tid}.smts-part`);
+    let temp = join(opts.downloadDir, tempName(tid));
     let fd = -1;
     for (let attempt = 0; fd < 0; attempt++) {
       try {
@@ -340,7 +345,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       } catch (err) {
         const code = (err as NodeJS.ErrnoException).code;
         if (code !== "EEXIST" || attempt === 8) return decline(`receiver cannot write to its download directory (${code})`);
-        temp = join(opts.downloadDir, `.${tid}.${hexId(randomBytes(4))}.smts-part`);
+        temp = join(opts.downloadDir, tempName(tid, hexId(randomBytes(4))));
       }
     }
     const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true, expected: m.bc === true ? hexId(sha256 as Uint8Array) : null };
