@@ -9,7 +9,7 @@
 // that leaves has its session and keys erased; a new key exchange with a peer
 // that already has a session is always announced with the new fingerprint.
 import type { DhEngine } from "../crypto/dh.ts";
-import { randomBytes, wipe } from "../crypto/primitives.ts";
+import { wipe } from "../crypto/primitives.ts";
 import { joinRelay, type Link, type LinkClose } from "../link/relay-link.ts";
 import { isId } from "../relay/protocol.ts";
 import {

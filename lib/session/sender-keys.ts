@@ -15,7 +15,7 @@ import { equalBytes, hmac, randomBytes, utf8, wipe } from "../crypto/primitives.
 import { ReceiveChain, SendChain, type RecordFrame } from "./records.ts";
 
 const L_TAG = utf8("smts/1 btag");
-export const KID_BYTES = 16;
+const KID_BYTES = 16;
 const TAG_BYTES = 32;
 
 /** Our own sender key for one member list. */
