@@ -17,7 +17,7 @@
 // The per-chunk steps of lib/ are also timed alone, and each process's CPU
 // time is read from /proc, to show where the time goes. The section in
 // docs/BENCHMARKS.md is rewritten on every run, except for hand-written notes
-// after a `<!-- bench-files notes -->` line, which are kept.
+// after a `<!-- notes -->` line, which are kept (scripts/bench-util.ts).
 // Usage: bun scripts/bench-files.ts [--quick] [--profile]
 //   --quick: 3 runs of 10 MiB and a 128 MiB file instead of 7 runs and 1 GiB.
 //   --profile: also writes `bun --cpu-prof` profiles (.cpuprofile) of the
@@ -645,23 +645,11 @@ const section = [
 ].join("\n");
 
 // Hand-written analysis below this marker in the section survives re-runs.
-const NOTES_MARK = "<!-- bench-files notes -->";
-let notes = "";
-try {
-  const doc = readFileSync(`${ROOT}docs/BENCHMARKS.md`, "utf8");
-  const start = doc.indexOf("## File transfer (issue 4)\n");
-  if (start >= 0) {
-    const end = doc.indexOf("\n## ", start + 10);
-    const body = doc.slice(start, end < 0 ? undefined : end);
-    const at = body.indexOf(NOTES_MARK);
-    if (at >= 0) notes = body.slice(at).trim();
-  }
-} catch {}
 
 console.log(section);
 if (profile) console.error("--profile: the profilers slow the peers down, so docs/BENCHMARKS.md was not updated");
 else {
-  writeSection("File transfer (issue 4)", notes ? `${section}\n\n${notes}` : section);
+  writeSection("File transfer (issue 4)", section);
   const fileRow = { what: `10 MiB file A → relay → B, SHA-256 verified (median of ${small.length})`, measured: `**${fmt(smallRate)} MB/s** (${smallMedMs.toFixed(1)} ms)`, target: `≥ 0.40 of the bound (≤ ${targetMs.toFixed(1)} ms)` };
   const targets: TargetRow[] = [
     { id: "file-10mib", ...fileRow, reference: `one-core encrypt-then-MAC bound, Bun primitives: ${fmt(bunBound)} MB/s`, ratio: `**${ratio.toFixed(2)}**`, met: ratio >= 0.4 },

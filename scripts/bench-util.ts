@@ -107,18 +107,24 @@ export function writeSummary(run?: string): void {
   writeSection(SUMMARY_TITLE, body, true);
 }
 
-/** Replaces (or appends) the `## title` section of docs/BENCHMARKS.md. */
+/** Hand-written notes after this line in a section survive the script's rewrites of it. */
+const NOTES = "<!-- notes -->";
+
+/** Replaces (or adds; `first`: as the first section) the `## title` section of docs/BENCHMARKS.md. */
 export function writeSection(title: string, body: string, first = false): void {
   const heading = `## ${title}`;
   let doc = existsSync(REPORT) ? readFileSync(REPORT, "utf8") : "# Benchmarks\n";
   const start = doc.indexOf(`${heading}\n`);
-  const block = `${heading}\n\n${body.trim()}\n`;
   const firstSection = doc.indexOf("\n## ");
-  if (start < 0 && first && firstSection >= 0) doc = `${doc.slice(0, firstSection + 1)}${block}\n${doc.slice(firstSection + 1)}`;
-  else if (start < 0) doc = `${doc.trimEnd()}\n\n${block}`;
-  else {
+  if (start < 0) {
+    const block = `${heading}\n\n${body.trim()}\n`;
+    if (first && firstSection >= 0) doc = `${doc.slice(0, firstSection + 1)}${block}\n${doc.slice(firstSection + 1)}`;
+    else doc = `${doc.trimEnd()}\n\n${block}`;
+  } else {
     const next = doc.indexOf("\n## ", start + heading.length);
-    doc = doc.slice(0, start) + block + (next < 0 ? "" : doc.slice(next));
+    const old = doc.slice(start, next < 0 ? undefined : next);
+    const notes = old.includes(NOTES) ? `\n\n${old.slice(old.indexOf(NOTES)).trim()}` : "";
+    doc = `${doc.slice(0, start)}${heading}\n\n${body.trim()}${notes}\n${next < 0 ? "" : doc.slice(next)}`;
   }
   writeFileSync(REPORT, doc.endsWith("\n") ? doc : `${doc}\n`);
 }
