@@ -6,6 +6,7 @@
 // `smts --version` need nothing but the names and descriptions below, so the
 // relay, the chat client, msgpackr and the DH worker are never loaded for
 // them (docs/BENCHMARKS.md, "Start-up (issue 6)").
+import "./plain-output.ts"; // first: before citty reads the environment
 import { defineCommand, runMain, type CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 

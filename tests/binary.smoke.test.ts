@@ -83,6 +83,7 @@ test("--version prints the package and protocol version; --help lists both comma
   const bad = run(["relay", "--prot", "1"]);
   expect(bad.code).toBe(2);
   expect(bad.err).toContain("unknown option --prot");
+  for (const text of [h.out, r.out, bad.err]) expect(text).not.toContain("\x1b["); // piped: no colour codes
 });
 
 test("carries no path of the build machine (nothing is loaded from the build checkout)", async () => {

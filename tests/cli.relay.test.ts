@@ -42,11 +42,16 @@ test("--generate-secret prints a fresh 160-bit secret each time", () => {
   expect(a).not.toBe(b);
 });
 
+const typoUsage = () => run(["relay", "--prot", "1"]);
+
 test("--version and --help", () => {
   expect(run(["--version"]).stdout).toMatch(/^smts \d+\.\d+\.\d+ \(protocol 1\)\n$/);
   const help = run(["relay", "--help"]);
   expect(help.code).toBe(0);
   expect(help.stdout + help.stderr).toContain("--secret-file");
+  // Piped, not a terminal: plain text, no colour escape codes (cmd/plain-output.ts).
+  expect(help.stdout + help.stderr).not.toContain("\x1b[");
+  expect(typoUsage().stderr).not.toContain("\x1b[");
 });
 
 test("reads the secret from --secret-file, warns about a short one, and logs no IDs", async () => {
