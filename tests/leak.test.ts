@@ -18,6 +18,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodePayload, FrameDecoder } from "../lib/wire/frame.ts";
+import { spawnChat, killChats, type ChatProcess } from "./chat-process.ts";
 import { ROOT, SECRET_TEXT, waitFor } from "./helpers.ts";
 import {
   buildPcap,
@@ -93,16 +94,6 @@ function spawn(argv: string[], opts: { cwd?: string; env?: Record<string, string
   return p;
 }
 
-interface Chat {
-  proc: Subprocess<"pipe", "pipe", "pipe">;
-  id: string;
-  events: Record<string, unknown>[];
-  stderr(): string;
-  send(line: string): void;
-  event(match: (e: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
-  /** Ends stdin (scripted mode: finish, then exit) and resolves with the exit code once all output is read. */
-  finish(): Promise<number>;
-}
 
 // ---- The run ------------------------------------------------------------------------------
 
@@ -112,7 +103,6 @@ let relay: Proc | undefined;
 let relayPid = 0;
 let relayPort = 0;
 let tcpdump: Proc | undefined;
-const chats: Chat[] = [];
 const spawned: Proc[] = [];
 let sampler: ReturnType<typeof setInterval> | undefined;
 
@@ -135,7 +125,7 @@ const MARKERS = ["msg", "bmsg", "reply", "note", "bigName", "noteName"] as const
 const markers = {} as Record<(typeof MARKERS)[number], string>;
 let big: { path: string; bytes: Uint8Array };
 let notes: { path: string; bytes: Uint8Array };
-let a: Chat, b: Chat;
+let a: ChatProcess, b: ChatProcess;
 let longFingerprint = "";
 let shortFingerprint = "";
 const fdSamples: FdSample[] = [];
@@ -144,54 +134,8 @@ let strace: StraceReport | undefined;
 let pcapBytes: Uint8Array | undefined;
 let tcpdumpStats = "";
 
-async function startChat(cwd: string, extra: string[] = []): Promise<Chat> {
-  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relayPort}`, "--json", ...extra], {
-    cwd,
-    env: secretEnv,
-    stdin: "pipe",
-    stdout: "pipe",
-    stderr: "pipe",
-  });
-  const events: Record<string, unknown>[] = [];
-  let err = "";
-  const out = (async () => {
-    let buf = "";
-    const dec = new TextDecoder();
-    for await (const chunk of proc.stdout) {
-      buf += dec.decode(chunk, { stream: true });
-      for (let nl = buf.indexOf("\n"); nl >= 0; nl = buf.indexOf("\n")) {
-        events.push(JSON.parse(buf.slice(0, nl)));
-        buf = buf.slice(nl + 1);
-      }
-    }
-  })();
-  const errDone = (async () => {
-    const dec = new TextDecoder();
-    for await (const chunk of proc.stderr) err += dec.decode(chunk, { stream: true });
-  })();
-  const chat: Chat = {
-    proc,
-    id: "",
-    events,
-    stderr: () => err,
-    send(line) {
-      proc.stdin.write(`${line}\n`);
-      proc.stdin.flush();
-    },
-    event: (match, what) => waitFor(() => events.find(match), what, LONG),
-    async finish() {
-      proc.stdin.end();
-      const code = await proc.exited;
-      await Promise.all([out, errDone]);
-      return code;
-    },
-  };
-  chats.push(chat);
-  const ready = await waitFor(() => events.find((e) => e.event === "ready") ?? (proc.exitCode !== null ? { event: "exited" } : null), "ready event", LONG);
-  if (ready.event !== "ready") throw new Error(`chat exited early: ${err}`);
-  chat.id = String(ready.id);
-  return chat;
-}
+/** A chat process in `cwd` against our relay (tests/chat-process.ts). */
+const startChat = (cwd: string, extra: string[] = []) => spawnChat(relayPort, extra, { cwd, timeoutMs: LONG });
 
 /** Starts the relay, under strace when possible; sets relay, relayPid, relayPort. */
 async function startRelay(traceDir: string): Promise<void> {
@@ -272,15 +216,17 @@ beforeAll(async () => {
     await a.event((e) => e.event === "message", "the reply at a");
     await waitFor(() => a.events.filter((e) => e.event === "delivered").length === 2, "both files delivered", LONG);
   } catch (err) {
-    const tail = (c: Chat) => `stderr: ${c.stderr().trim().slice(-500)}; events: ${c.events.filter((e) => e.event !== "progress").map((e) => JSON.stringify(e)).join(" ").slice(-1500)}`;
+    const tail = (c: ChatProcess) => `stderr: ${c.stderr().trim().slice(-500)}; events: ${c.events.filter((e) => e.event !== "progress").map((e) => JSON.stringify(e)).join(" ").slice(-1500)}`;
     throw new Error(`${(err as Error).message}\n  a (${a.id}) ${tail(a)}\n  b (${b.id}) ${tail(b)}`);
   }
   longFingerprint = /fingerprint of the session with \w+:\n\s*([0-9a-f ]+)/.exec(a.stderr())?.[1]?.trim() ?? "";
   shortFingerprint = String(a.events.find((e) => e.event === "session")?.fingerprint ?? "");
   if (!why.proc) fdWhileConnected = sampleRelay(); // both clients still connected
 
-  expect(await a.finish()).toBe(0);
-  expect(await b.finish()).toBe(0);
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(0);
+  expect(await b.exited()).toBe(0);
 
   if (tcpdump) {
     // Stop only once every stream's FIN is in the file: the capture is complete, not cut off.
@@ -311,7 +257,7 @@ beforeAll(async () => {
 
 afterAll(() => {
   clearInterval(sampler);
-  for (const c of chats) if (c.proc.exitCode === null) c.proc.kill("SIGKILL");
+  killChats();
   for (const p of spawned) {
     if (p.proc.exitCode !== null) continue;
     // strace's child (the relay) first: it may outlive a killed strace.
@@ -334,7 +280,7 @@ function secrets(): Secret[] {
 // ---- Tests -----------------------------------------------------------------------------------
 
 test("the run really carried the data: messages both ways, a broadcast, and both files saved with matching SHA-256", () => {
-  const texts = (c: Chat) => c.events.filter((e) => e.event === "message").map((e) => [e.from, e.text, e.broadcast]);
+  const texts = (c: ChatProcess) => c.events.filter((e) => e.event === "message").map((e) => [e.from, e.text, e.broadcast]);
   expect(texts(b)).toEqual([
     [a.id, markers.msg, false],
     [a.id, markers.bmsg, true],
