@@ -185,7 +185,7 @@ describe("/bmsg", () => {
 });
 
 describe("/bmsg to many", () => {
-  // Bug (lib/client/chat-client.ts, broadcastText): the length check keeps a
+  // Regression test for a fixed bug (lib/client/chat-client.ts, broadcastText): the length check keeps a
   // 1024-byte margin for the record and the envelope, but the envelope of a
   // broadcast also carries the recipient list (9 bytes per ID). With ~115 or
   // more recipients a message the client accepts makes a frame over the
@@ -226,7 +226,7 @@ describe("/bmsg to many", () => {
 });
 
 describe("/bmsg ordering", () => {
-  // Bug (lib/client/chat-client.ts, sealBroadcast): the broadcast is sealed in a
+  // Regression test for a fixed bug (lib/client/chat-client.ts, sealBroadcast): the broadcast is sealed in a
   // microtask that first seals every member's pending pairwise queue, so a /msg
   // typed after a /bmsg in the same tick leaves before it.
   test("a /bmsg then a /msg to one member, sent in the same tick, arrive in the order sent", async () => {
@@ -398,7 +398,7 @@ describe("re-keying on membership change", () => {
     for (const p of [s, b, c]) expect(p.of("error")).toEqual([]);
   });
 
-  // Bug (lib/client/chat-client.ts, sealBroadcast): a new sender key travels in
+  // Regression test for a fixed bug (lib/client/chat-client.ts, sealBroadcast): a new sender key travels in
   // the pairwise queue, which sealQueued holds back while we (as initiator) wait
   // for a peer's confirm; the broadcast record under that key is sent at once,
   // so that peer gets the record before the key, reports no_key and never shows it.
@@ -507,7 +507,7 @@ describe("/bsend", () => {
     expect(s.chat.activeTransfers()).toBe(0);
   });
 
-  // Bug (lib/transfer/transfers.ts, onOffer): the temporary file is named after
+  // Regression test for a fixed bug (lib/transfer/transfers.ts, onOffer): the temporary file is named after
   // the file ID alone (`.${tid}.smts-part`), and a broadcast gives every
   // recipient the same file ID, so recipients sharing a download directory
   // collide: all but the first decline with EEXIST.
@@ -682,7 +682,7 @@ describe("/bsend", () => {
     expect(mute.inbox.filter((f) => isE2E(f, "chunk"))).toEqual([]); // never accepted, never sent a chunk
   });
 
-  // Bug (lib/transfer/transfers.ts, the sweeper in watch() → dropRecipient): when
+  // Regression test for a fixed bug (lib/transfer/transfers.ts, the sweeper in watch() → dropRecipient): when
   // the sender gives up on a recipient that did not answer within the answer
   // window, it does not tell that recipient. One whose `accept` was merely
   // slow has already opened a temporary file, and waits for chunks that never

@@ -279,14 +279,15 @@ test("the receiving process is killed (SIGKILL) mid-transfer: the sender fails t
   expect(await exitCode(c, "the third client")).toBe(0);
 });
 
-// BUG (lib/transfer/transfers.ts stream(), with lib/client/chat-client.ts
+// Regression test for a fixed bug (lib/transfer/transfers.ts stream(), with lib/client/chat-client.ts
 // onRelayFrame "error"): once the relay discards chunks for a receiver that
 // left, the sender's socket never backs up, and stream() only yields with
 // `await null` (a microtask): incoming frames, the relay's "left" among them,
 // are not read until the whole file was read, encrypted and sent to nobody.
 // The relay answers each discarded chunk with an `unknown_peer` error, and the
 // client reports every one of them: thousands of error events / stderr lines
-// for one failure. Fix proposed in the report.
+// for one failure. Fixed: stream() also yields to the event loop once per MiB,
+// and an unknown_peer for a peer already known to be gone is not reported again.
 test("regression: the receiving process is killed mid-transfer: the sender stops streaming the file and reports the failure once", async () => {
   const relay = await startRelay();
   const at = `127.0.0.1:${relay.port}`;

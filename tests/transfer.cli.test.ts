@@ -194,12 +194,12 @@ test("scripted /cancel FILE-ID at the receiver stops the transfer: the sender ex
   expect(readdirSync(dl)).toEqual([]);
 });
 
-// BUG (cmd/chat.ts, scripted mode, end of input): brief §3 says "at end of input
+// Regression test for a fixed bug (cmd/chat.ts, scripted mode, end of input): brief §3 says "at end of input
 // the client finishes queued sends and transfers, then exits". Only outgoing
 // sends are waited for (`running`); an incoming transfer still arriving is
-// cancelled by client.close(), and the sender then fails too. Suggested fix:
-// before finish(), also wait while client.activeTransfers() > 0 (each transfer
-// ends by itself: completion, failure or the idle timeout).
+// cancelled by client.close(), and the sender then fails too. Fixed: before
+// finish(), cmd/chat.ts also waits while client.activeTransfers() > 0 (each
+// transfer ends by itself: completion, failure or the idle timeout).
 test("regression: scripted receiver: end of input while a file is arriving → it finishes receiving it, then exits 0", async () => {
   const cwd = tempDir();
   const dl = tempDir();

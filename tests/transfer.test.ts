@@ -729,7 +729,7 @@ describe("failures leave no file under the final name and no temporary file", ()
     expect(b.of("file")).toEqual([]);
   });
 
-  // BUG (lib/transfer/names.ts claimFinalName, reached from transfers.ts onChunk):
+  // Regression test for a fixed bug (lib/transfer/names.ts claimFinalName, reached from transfers.ts onChunk):
   // the final name is claimed with an empty placeholder before the rename; when
   // the rename fails the placeholder stays: an empty file under the final name.
   test("regression: the temporary file deleted mid-way (by the user or a cleaner): the transfer fails and no empty file is left under the final name", async () => {

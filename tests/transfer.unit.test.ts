@@ -132,10 +132,10 @@ describe("claimFinalName (real directory)", () => {
     expect(readdirSync(dir).sort()).toEqual(["report (1).pdf", "report (2).pdf", "report.pdf"]);
   });
 
-  // BUG (lib/transfer/names.ts, claimFinalName): the empty placeholder is created
+  // Regression test for a fixed bug (lib/transfer/names.ts, claimFinalName): the empty placeholder is created
   // first (O_EXCL) and then the temporary file is renamed onto it; if the rename
   // fails (here: the temporary file is gone), the placeholder stays behind as an
-  // empty file under the final name. Fix: on a rename error, unlinkSync(path) and rethrow.
+  // empty file under the final name. Fixed: on a rename error the placeholder is removed and the error rethrown.
   test("regression: when the rename fails, no (empty) file is left under the final name", () => {
     const dir = tempDir();
     expect(() => claimFinalName(join(dir, ".gone.smts-part"), dir, "report.pdf")).toThrow(/ENOENT/);
