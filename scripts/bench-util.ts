@@ -41,6 +41,9 @@ export async function spawnBenchRelay(extra: string[] = []) {
   }
 }
 
+/** Now, as "2026-11-27 01:43 UTC". */
+export const utcMinute = () => `${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`;
+
 /** The commit measured, and whether lib/ or cmd/ had uncommitted changes. */
 export function codeVersion(): string {
   const git = (...args: string[]) => Bun.spawnSync(["git", ...args], { cwd: ROOT }).stdout.toString().trim();
@@ -77,7 +80,7 @@ const SUMMARY_ORDER = ["connect", "file-10mib", "file-10mib-openssl", "file-rss-
 /** Stores `rows` as the latest results of `bench` and rewrites the summary table. */
 export function recordTargets(bench: string, command: string, rows: TargetRow[]): void {
   const all = readResults();
-  all[bench] = { command, at: `${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`, commit: codeVersion(), machine: machine(), rows };
+  all[bench] = { command, at: utcMinute(), commit: codeVersion(), machine: machine(), rows };
   writeFileSync(RESULTS, `${JSON.stringify(all, null, 2)}\n`);
   writeSummary();
 }

@@ -5,7 +5,7 @@
 // --quick passes --quick on (shorter runs, rougher numbers; the 1 GiB and
 // 10,000-client measurements shrink, so their targets are not tested).
 // The machine is shared and has 2 cores: nothing else should run meanwhile.
-import { codeVersion, ROOT, writeSummary } from "./bench-util.ts";
+import { codeVersion, ROOT, utcMinute, writeSummary } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const q = quick ? ["--quick"] : [];
@@ -19,8 +19,7 @@ const steps: string[][] = [
   ["fuzz.ts", "--seconds", quick ? "10" : "60", "--seed", "1", "--record"],
 ];
 
-const stamp = () => `${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`;
-const started = stamp();
+const started = utcMinute();
 const t0 = performance.now();
 const failed: string[] = [];
 for (const [script, ...args] of steps) {
@@ -35,7 +34,7 @@ for (const [script, ...args] of steps) {
 
 const minutes = ((performance.now() - t0) / 60_000).toFixed(0);
 writeSummary(
-  `Complete run: \`bun scripts/bench.ts${quick ? " --quick" : ""}\` from ${started} to ${stamp()} (${minutes} min), code ${codeVersion()}; ` +
+  `Complete run: \`bun scripts/bench.ts${quick ? " --quick" : ""}\` from ${started} to ${utcMinute()} (${minutes} min), code ${codeVersion()}; ` +
     (failed.length ? `**${failed.length} script(s) failed**, their rows below are from an earlier run: ${failed.map((f) => `\`${f}\``).join(", ")}.` : `all ${steps.length} scripts succeeded.`),
 );
 console.log(`\nsummary written to docs/BENCHMARKS.md${failed.length ? `; failed: ${failed.join("; ")}` : ""}`);
