@@ -26,7 +26,7 @@ import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChat, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
-import { lineReader, machine, recordTargets, spawnBenchRelay, tcpSockets, writeSection, type TargetRow } from "./bench-util.ts";
+import { lineReader, machine, recordTargets, spawnBenchRelay, type TargetRow, tcpSockets, utcMinute, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const FILE_SIZE = 10 * 1024 * 1024;
@@ -186,7 +186,7 @@ try {
 
 recordTargets("bench-broadcast", `bun scripts/bench-broadcast.ts${quick ? " --quick" : ""}`, targets);
 const section = [
-  `Measured ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC by \`bun scripts/bench-broadcast.ts${quick ? " --quick" : ""}\` on ${machine()}.`,
+  `Measured ${utcMinute()} by \`bun scripts/bench-broadcast.ts${quick ? " --quick" : ""}\` on ${machine()}.`,
   `The machine was ${Math.round(busyBefore * 100)}% busy (all cores) in the second before the runs (1-minute load average ${loadBefore.toFixed(2)}); wall times on this shared 2-core machine are noisy, byte counts are not.`,
   "The relay and each receiving peer are separate processes on loopback (each peer with its own DH engine and download directory); the sender runs in the benchmark process and keeps its sessions between runs, so N = 3 and N = 10 include the peers of the smaller runs.",
   "Upload is the kernel's count for the sender's one TCP connection to the relay (Linux tcp_info `bytes_sent` via `ss -ti`, read before and after each transfer): every payload byte the socket sent, i.e. offers, chunks, relay framing and recipient lists, and retransmissions (on loopback: TCP probes while the relay holds the sender back, §10 of docs/PROTOCOL.md); TCP/IP headers excluded. The relay side of the same connection (`bytes_received`, which counts each byte once) is read as a cross-check: it equals bytes sent minus retransmitted, and is noted only if it does not.",

@@ -8,7 +8,7 @@
 // Usage: bun scripts/bench-chat.ts [--quick]   (writes docs/BENCHMARKS.md)
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
-import { lineReader, machine, percentile, recordTargets, spawnBenchRelay, writeSection, type TargetRow } from "./bench-util.ts";
+import { lineReader, machine, percentile, recordTargets, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 
@@ -129,7 +129,7 @@ targets.push({
 recordTargets("bench-chat", `bun scripts/bench-chat.ts${quick ? " --quick" : ""}`, targets);
 
 const section = [
-  `Measured ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC by \`bun scripts/bench-chat.ts${quick ? " --quick" : ""}\` on ${machine()}.`,
+  `Measured ${utcMinute()} by \`bun scripts/bench-chat.ts${quick ? " --quick" : ""}\` on ${machine()}.`,
   "Relay and receiving peer are separate processes on loopback; the sender runs in the benchmark process.",
   "",
   "| what | measured | target | |",

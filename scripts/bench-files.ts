@@ -33,7 +33,7 @@ import { aesCbcDecrypt, aesCbcEncrypt } from "../lib/crypto/primitives.ts";
 import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { machine, recordTargets, ROOT, spawnBenchRelay, writeSection, type TargetRow } from "./bench-util.ts";
+import { machine, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const profile = process.argv.includes("--profile");
@@ -608,7 +608,7 @@ const stepLine = (side: "sender" | "receiver") => {
 
 const cmd = `bun scripts/bench-files.ts${quick ? " --quick" : ""}`;
 const section = [
-  `Measured ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC by \`${cmd}\` on ${machine()}; code: commit ${Bun.spawnSync(["git", "rev-parse", "--short", "HEAD"], { cwd: ROOT }).stdout.toString().trim()}${Bun.spawnSync(["git", "status", "--porcelain", "lib", "cmd"], { cwd: ROOT }).stdout.toString().trim() ? " plus uncommitted changes in lib/ or cmd/" : ""}.`,
+  `Measured ${utcMinute()} by \`${cmd}\` on ${machine()}; code: commit ${Bun.spawnSync(["git", "rev-parse", "--short", "HEAD"], { cwd: ROOT }).stdout.toString().trim()}${Bun.spawnSync(["git", "status", "--porcelain", "lib", "cmd"], { cwd: ROOT }).stdout.toString().trim() ? " plus uncommitted changes in lib/ or cmd/" : ""}.`,
   "Relay (`smts relay --open`), sender and receiver are three separate processes on loopback; each phase starts fresh processes. " +
     "Time is from the sender's `sendFile()` call to its `delivered` event, which follows the receiver's size and SHA-256 check and the rename to the final name; " +
     "afterwards the benchmark hashes every received file on disk (outside the timing) and compares it with the source. MB/s = 10^6 bytes/s; the files are pseudo-random (AES-256-CTR keystream, streamed to disk). " +

@@ -11,7 +11,7 @@
 import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { machine, percentile, recordTargets, ROOT, writeSection } from "./bench-util.ts";
+import { machine, percentile, recordTargets, ROOT, utcMinute, writeSection } from "./bench-util.ts";
 import { buildBinary, checkRuns, hostTarget } from "./release.ts";
 
 const args = process.argv.slice(2);
@@ -84,7 +84,7 @@ const rows = commands.map((c, k) => {
 });
 const help = rows[0]!;
 const section = [
-  `Measured ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC by \`bun scripts/bench-startup.ts\` on ${machine()}. ` +
+  `Measured ${utcMinute()} by \`bun scripts/bench-startup.ts\` on ${machine()}. ` +
     `Binary: ${buildNote}${dir ? "" : ` (${statSync(binary).size.toLocaleString("en-US")} B)`}; options \`--compile --minify --bytecode --format=esm --splitting\`.`,
   "",
   `Wall time from spawn to exit, ${RUNS} runs of each, interleaved; stdout and stderr discarded.`,
