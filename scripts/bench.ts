@@ -16,6 +16,7 @@ const steps: string[][] = [
   ["bench-files.ts", ...q],
   ["bench-broadcast.ts", ...q],
   ["load.ts", ...q],
+  ["load-e2e.ts", ...q],
   ["fuzz.ts", "--seconds", quick ? "10" : "60", "--seed", "1", "--record"],
 ];
 
