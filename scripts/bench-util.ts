@@ -41,6 +41,22 @@ export async function spawnBenchRelay(extra: string[] = []) {
   }
 }
 
+/** VmRSS and VmHWM of a running process, in MiB, from /proc/PID/status. */
+export function procMemMiB(pid: number): { rss: number; hwm: number } {
+  const s = readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, "m").exec(s)?.[1] ?? NaN);
+  return { rss: kb("VmRSS") / 1024, hwm: kb("VmHWM") / 1024 };
+}
+
+const CLK_TCK = Number(Bun.spawnSync(["getconf", "CLK_TCK"]).stdout.toString().trim()) || 100;
+
+/** CPU seconds (user + system, all threads) a running process has used, from /proc/PID/stat. */
+export function procCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime + stime
+}
+
 /** Now, as "2026-11-27 01:43 UTC". */
 export const utcMinute = () => `${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC`;
 

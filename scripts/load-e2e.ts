@@ -11,10 +11,9 @@
 //   bun scripts/load-e2e.ts [--quick] [--clients N] [--seconds N] [--no-write]
 // --quick: 200 clients for 3 s.
 import type { Subprocess } from "bun";
-import { readFileSync } from "node:fs";
 import { startChat, type ChatClient } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
-import { lineReader, machine, percentile, recordTargets, ROOT, utcMinute, writeSection } from "./bench-util.ts";
+import { lineReader, machine, percentile, procCpuSeconds, procMemMiB, recordTargets, ROOT, utcMinute, writeSection } from "./bench-util.ts";
 
 const argv = process.argv.slice(2);
 const opt = (name: string, dflt: number) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : dflt);
@@ -111,15 +110,8 @@ async function parentMain(): Promise<void> {
   process.on("exit", killAll);
   // One descriptor per client in the relay: raise the soft limit for every process.
   const withFds = (cmd: string[]) => ["sh", "-c", `ulimit -n 8192 2>/dev/null || ulimit -n $(ulimit -Hn); exec ${cmd.map((a) => `'${a}'`).join(" ")}`];
-  const status = (pid: number) => {
-    const s = readFileSync(`/proc/${pid}/status`, "utf8");
-    return Number(/VmRSS:\s+(\d+) kB/.exec(s)?.[1]) / 1024;
-  };
-  const ticks = Number(Bun.spawnSync(["getconf", "CLK_TCK"]).stdout.toString().trim()) || 100;
-  const cpuSec = (pid: number) => {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(f[11]) + Number(f[12])) / ticks;
-  };
+  const status = (pid: number) => procMemMiB(pid).rss;
+  const cpuSec = procCpuSeconds;
   const mib = (x: number) => `${x.toFixed(1)} MiB`;
 
   try {

@@ -28,7 +28,7 @@ import type { Subprocess } from "bun";
 import { readFileSync } from "node:fs";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { isId, newNonce, PROOF_BYTES, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
-import { machine, percentile, recordTargets, ROOT, writeSection } from "./bench-util.ts";
+import { machine, percentile, procCpuSeconds, procMemMiB, recordTargets, ROOT, writeSection } from "./bench-util.ts";
 
 const argv = process.argv.slice(2);
 const arg = (name: string, dflt: number) => {
@@ -266,16 +266,8 @@ async function parentMain(): Promise<void> {
   const ulimit = `ulimit -n ${WANT_FD} 2>/dev/null || ulimit -n ${hardFd}`;
   const shWrap = (cmd: string[]) => ["sh", "-c", `${ulimit}; exec ${cmd.map((a) => `'${a}'`).join(" ")}`];
   const fdLimit = (pid: number) => Number(/Max open files\s+(\d+)/.exec(readFileSync(`/proc/${pid}/limits`, "utf8"))?.[1] ?? NaN);
-  const status = (pid: number) => {
-    const s = readFileSync(`/proc/${pid}/status`, "utf8");
-    const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+) kB`).exec(s)?.[1] ?? NaN);
-    return { rss: kb("VmRSS") / 1024, hwm: kb("VmHWM") / 1024 };
-  };
-  const TICK = Number(Bun.spawnSync(["getconf", "CLK_TCK"]).stdout.toString().trim()) || 100;
-  const cpuSec = (pid: number) => {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-    return (Number(f[11]) + Number(f[12])) / TICK; // utime + stime
-  };
+  const status = procMemMiB;
+  const cpuSec = procCpuSeconds;
   const mib = (x: number) => `${x.toFixed(1)} MiB`;
 
   try {
