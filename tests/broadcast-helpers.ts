@@ -8,12 +8,12 @@ import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
 import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import type { ChatClient } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
 import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay, RelayOptions } from "../lib/relay/server.ts";
 import { decodePayload, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
-import { SECRET, startTestRelay, waitFor } from "./helpers.ts";
+import { startParty, startTestRelay, waitFor, type Party as BaseParty } from "./helpers.ts";
 import { startMitm, type Mitm } from "./mitm.ts";
 import { startRawPeer, type RawPeer } from "./raw-peer.ts";
 
@@ -33,12 +33,7 @@ export async function rejection(p: Promise<unknown>): Promise<{ code?: string; m
   throw new Error("expected the promise to reject");
 }
 
-export interface Party {
-  chat: ChatClient;
-  id: string;
-  dir: string;
-  events: ChatEvent[];
-  of<K extends ChatEvent["event"]>(kind: K): Extract<ChatEvent, { event: K }>[];
+export interface Party extends BaseParty {
   texts(): string[];
 }
 
@@ -75,22 +70,11 @@ export async function startWorld(engines: DhEngine[], relayOpts: Partial<RelayOp
     mitm,
     tempDir,
     async party(opts = {}) {
-      const events: ChatEvent[] = [];
-      const dir = opts.dir ?? tempDir("smts-bc-dl-");
       const port = opts.port ?? (opts.direct ? relay.port : mitm.port);
-      const chat = await startChat({
-        host: "127.0.0.1",
-        port,
-        secret: SECRET,
-        dh: engines[nextEngine++ % engines.length]!,
-        onEvent: (e) => void events.push(e),
-        downloadDir: dir,
-        ...(opts.maxFileSize ? { maxFileSize: opts.maxFileSize } : {}),
-      });
-      chats.push(chat);
-      if (port === mitm.port) await waitFor(() => mitm.pipes.some((p) => p.id === chat.id), "the client's MITM pipe", LONG);
-      const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
-      return { chat, id: chat.id, dir, events, of, texts: () => of("message").map((m) => m.text) };
+      const p = await startParty({ port, dh: engines[nextEngine++ % engines.length]!, dir: opts.dir ?? tempDir("smts-bc-dl-"), maxFileSize: opts.maxFileSize });
+      chats.push(p.chat);
+      if (port === mitm.port) await waitFor(() => mitm.pipes.some((m) => m.id === p.id), "the client's MITM pipe", LONG);
+      return { ...p, texts: () => p.of("message").map((m) => m.text) };
     },
     rawPeer(victim, opts = {}) {
       return startRawPeer(victim, { port: opts.viaMitm ? mitm.port : relay.port, dh: engines[0]!, track: links });

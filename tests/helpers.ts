@@ -2,6 +2,8 @@
 // raw sockets for hostile input, and relay subprocesses for CLI tests.
 import type { Socket, Subprocess } from "bun";
 import { readFileSync } from "node:fs";
+import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import type { DhEngine } from "../lib/crypto/dh.ts";
 import { joinRelay, type Link, type LinkOptions } from "../lib/link/relay-link.ts";
 import { startRelay, type Relay, type RelayOptions } from "../lib/relay/server.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
@@ -105,6 +107,31 @@ export class RawClient {
   close(): void {
     this.socket.terminate();
   }
+}
+
+/** A real chat client (lib/client) whose events are collected. */
+export interface Party {
+  chat: ChatClient;
+  id: string;
+  dir: string;
+  events: ChatEvent[];
+  of<K extends ChatEvent["event"]>(kind: K): Extract<ChatEvent, { event: K }>[];
+}
+
+/** Starts a chat client on 127.0.0.1:`port` with the test secret, receiving files into `dir`. */
+export async function startParty(o: { port: number; dh: DhEngine; dir: string; maxFileSize?: number }): Promise<Party> {
+  const events: ChatEvent[] = [];
+  const chat = await startChat({
+    host: "127.0.0.1",
+    port: o.port,
+    secret: SECRET,
+    dh: o.dh,
+    onEvent: (e) => void events.push(e),
+    downloadDir: o.dir,
+    ...(o.maxFileSize ? { maxFileSize: o.maxFileSize } : {}),
+  });
+  const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
+  return { chat, id: chat.id, dir: o.dir, events, of };
 }
 
 export interface RelayProcess {

@@ -48,6 +48,18 @@ const chat = (cwd: string, args: string[] = []) => spawnChat(relay.port, args, {
 
 const ofKind = (c: ChatProcess, kind: string) => c.events.filter((e) => e.event === kind);
 
+/** A random `large.bin` of `size` bytes under way from a to b (both limits 128 MiB); b saves into `dl`. */
+async function largeTransfer(size: number) {
+  const cwd = tempDir();
+  const dl = tempDir();
+  const src = makeFile(cwd, "large.bin", size);
+  const b = await chat(tempDir(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
+  const a = await chat(cwd, ["--max-file-size", "128MiB"]);
+  a.send(`/connect ${b.id}`);
+  a.send(`/send ${b.id} ${src.path}`);
+  return { a, b, src, dl };
+}
+
 test("scripted: /connect, /send ID \"path with space\", end of input → the sender exits 0 after 'delivered'; the file is under --download-dir (relative to the working directory)", async () => {
   const home = tempDir();
   const aCwd = join(home, "a");
@@ -152,13 +164,7 @@ test("limits: the sender's --max-file-size 1KiB refuses 1025 bytes (too_large, e
 });
 
 test("the sending process is killed (SIGKILL) mid-transfer: the receiver fails the transfer and leaves no file and no temporary file", async () => {
-  const cwd = tempDir();
-  const dl = tempDir();
-  const src = makeFile(cwd, "large.bin", 96 * MiB);
-  const b = await chat(tempDir(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
-  const a = await chat(cwd, ["--max-file-size", "128MiB"]);
-  a.send(`/connect ${b.id}`);
-  a.send(`/send ${b.id} ${src.path}`);
+  const { a, b, src, dl } = await largeTransfer(96 * MiB);
   await b.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing into b");
   a.proc.kill("SIGKILL");
   const failed = await b.event((e) => e.event === "transfer" && e.state === "failed", "transfer failed at b");
@@ -171,13 +177,7 @@ test("the sending process is killed (SIGKILL) mid-transfer: the receiver fails t
 });
 
 test("scripted /cancel FILE-ID at the receiver stops the transfer: the sender exits 1 (cancelled), nothing is saved; /cancel with nothing running is an error", async () => {
-  const cwd = tempDir();
-  const dl = tempDir();
-  const src = makeFile(cwd, "large.bin", 96 * MiB);
-  const b = await chat(tempDir(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
-  const a = await chat(cwd, ["--max-file-size", "128MiB"]);
-  a.send(`/connect ${b.id}`);
-  a.send(`/send ${b.id} ${src.path}`);
+  const { a, b, dl } = await largeTransfer(96 * MiB);
   a.end();
   const receiving = await b.event((e) => e.event === "transfer" && e.state === "receiving", "transfer at b");
   await b.event((e) => e.event === "progress" && (e.bytes as number) > 0, "the file flowing into b");
@@ -201,13 +201,7 @@ test("scripted /cancel FILE-ID at the receiver stops the transfer: the sender ex
 // finish(), cmd/chat.ts also waits while client.activeTransfers() > 0 (each
 // transfer ends by itself: completion, failure or the idle timeout).
 test("regression: scripted receiver: end of input while a file is arriving → it finishes receiving it, then exits 0", async () => {
-  const cwd = tempDir();
-  const dl = tempDir();
-  const src = makeFile(cwd, "large.bin", 64 * MiB);
-  const b = await chat(tempDir(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
-  const a = await chat(cwd, ["--max-file-size", "128MiB"]);
-  a.send(`/connect ${b.id}`);
-  a.send(`/send ${b.id} ${src.path}`);
+  const { a, b, src, dl } = await largeTransfer(64 * MiB);
   a.end();
   await b.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing into b");
   b.end();

@@ -9,13 +9,13 @@ import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
 import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
-import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import type { ChatClient } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay } from "../lib/relay/server.ts";
 import { CHUNK_BYTES, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
 import type { Frame } from "../lib/wire/frame.ts";
-import { nameProblems, SECRET, spawnRelay, startTestRelay, tryMount, waitFor, type RelayProcess } from "./helpers.ts";
+import { nameProblems, SECRET, spawnRelay, startParty, startTestRelay, tryMount, waitFor, type Party, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
 import { startRawPeer } from "./raw-peer.ts";
 
@@ -73,30 +73,12 @@ function makeFile(dir: string, name: string, content: number | Uint8Array) {
   return { path, bytes, sha256: sha256(bytes), size: bytes.length };
 }
 
-interface Party {
-  chat: ChatClient;
-  id: string;
-  dir: string;
-  events: ChatEvent[];
-  of<K extends ChatEvent["event"]>(kind: K): Extract<ChatEvent, { event: K }>[];
-}
 
 let nextEngine = 0;
 async function party(opts: { port?: number; dir?: string; maxFileSize?: number } = {}): Promise<Party> {
-  const events: ChatEvent[] = [];
-  const dir = opts.dir ?? tempDir("smts-dl-");
-  const chat = await startChat({
-    host: "127.0.0.1",
-    port: opts.port ?? relay.port,
-    secret: SECRET,
-    dh: engines[nextEngine++ % engines.length]!,
-    onEvent: (e) => void events.push(e),
-    downloadDir: dir,
-    ...(opts.maxFileSize ? { maxFileSize: opts.maxFileSize } : {}),
-  });
-  chats.push(chat);
-  const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
-  return { chat, id: chat.id, dir, events, of };
+  const p = await startParty({ port: opts.port ?? relay.port, dh: engines[nextEngine++ % engines.length]!, dir: opts.dir ?? tempDir("smts-dl-"), maxFileSize: opts.maxFileSize });
+  chats.push(p.chat);
+  return p;
 }
 
 /** Two parties with an established session a → b. */
