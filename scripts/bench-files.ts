@@ -33,7 +33,7 @@ import { aesCbcDecrypt, aesCbcEncrypt } from "../lib/crypto/primitives.ts";
 import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { machine, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
+import { machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const profile = process.argv.includes("--profile");
@@ -150,17 +150,6 @@ function memOf(pid: number): { rss: number; hwm: number } {
     return { rss: kb("VmRSS"), hwm: kb("VmHWM") };
   } catch {
     return { rss: 0, hwm: 0 };
-  }
-}
-
-/** User and system CPU seconds of a process (all its threads). */
-function cpuOf(pid: number): { user: number; sys: number } {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, "utf8");
-    const rest = f.slice(f.lastIndexOf(")") + 2).split(" ");
-    return { user: Number(rest[11]) / 100, sys: Number(rest[12]) / 100 }; // utime, stime in ticks (USER_HZ = 100)
-  } catch {
-    return { user: 0, sys: 0 };
   }
 }
 
@@ -393,7 +382,7 @@ async function stopRig(rig: Rig | undefined): Promise<void> {
   await rig.relay.proc.exited;
 }
 
-const cpuSnapshot = (pids: number[]) => pids.map(cpuOf);
+const cpuSnapshot = (pids: number[]) => pids.map(procCpu);
 
 interface Run {
   ms: number;

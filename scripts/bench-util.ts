@@ -50,11 +50,16 @@ export function procMemMiB(pid: number): { rss: number; hwm: number } {
 
 const CLK_TCK = Number(Bun.spawnSync(["getconf", "CLK_TCK"]).stdout.toString().trim()) || 100;
 
-/** CPU seconds (user + system, all threads) a running process has used, from /proc/PID/stat. */
-export function procCpuSeconds(pid: number): number {
+/** User and system CPU seconds (all threads) a running process has used, from /proc/PID/stat. */
+export function procCpu(pid: number): { user: number; sys: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK; // utime + stime
+  return { user: Number(f[11]) / CLK_TCK, sys: Number(f[12]) / CLK_TCK }; // utime, stime
+}
+
+export function procCpuSeconds(pid: number): number {
+  const { user, sys } = procCpu(pid);
+  return user + sys;
 }
 
 /** Now, as "2026-11-27 01:43 UTC". */

@@ -111,7 +111,6 @@ async function parentMain(): Promise<void> {
   // One descriptor per client in the relay: raise the soft limit for every process.
   const withFds = (cmd: string[]) => ["sh", "-c", `ulimit -n 8192 2>/dev/null || ulimit -n $(ulimit -Hn); exec ${cmd.map((a) => `'${a}'`).join(" ")}`];
   const status = (pid: number) => procMemMiB(pid).rss;
-  const cpuSec = procCpuSeconds;
   const mib = (x: number) => `${x.toFixed(1)} MiB`;
 
   try {
@@ -140,7 +139,7 @@ async function parentMain(): Promise<void> {
     const joinMs = performance.now() - t0;
 
     // A's client i opens the session with B's client i; B's side waits for it.
-    const cpu0 = cpuSec(relayPid);
+    const cpu0 = procCpuSeconds(relayPid);
     a.send({ cmd: "connect", peers: idsB });
     b.send({ cmd: "await", peers: idsA });
     const [conA, conB] = await Promise.all([a.next(300_000), b.next(300_000)]);
@@ -155,13 +154,13 @@ async function parentMain(): Promise<void> {
       peak = Math.max(peak, rss);
       if (samples++ % 10 === 0) perSecond.push(rss);
     }, 100);
-    const cpuRun0 = cpuSec(relayPid);
-    const kidCpu0 = kids.map((k) => cpuSec(k.proc.pid));
+    const cpuRun0 = procCpuSeconds(relayPid);
+    const kidCpu0 = kids.map((k) => procCpuSeconds(k.proc.pid));
     a.send({ cmd: "run", peers: idsB, durationMs: DURATION_MS });
     b.send({ cmd: "run", peers: idsA, durationMs: DURATION_MS });
     const sent = (await Promise.all(kids.map((k) => k.next(DURATION_MS + 60_000)))).reduce((s, r) => s + (r.sent as number), 0);
-    const cpuRun = cpuSec(relayPid) - cpuRun0;
-    const kidCpu = kids.map((k, i) => cpuSec(k.proc.pid) - kidCpu0[i]!);
+    const cpuRun = procCpuSeconds(relayPid) - cpuRun0;
+    const kidCpu = kids.map((k, i) => procCpuSeconds(k.proc.pid) - kidCpu0[i]!);
     // Drain: until everything sent has arrived, or 15 s.
     let st: { received: number; outOfOrder: number; errors: Record<string, number> }[] = [];
     for (const deadline = performance.now() + 15_000; ; await Bun.sleep(200)) {

@@ -266,8 +266,6 @@ async function parentMain(): Promise<void> {
   const ulimit = `ulimit -n ${WANT_FD} 2>/dev/null || ulimit -n ${hardFd}`;
   const shWrap = (cmd: string[]) => ["sh", "-c", `${ulimit}; exec ${cmd.map((a) => `'${a}'`).join(" ")}`];
   const fdLimit = (pid: number) => Number(/Max open files\s+(\d+)/.exec(readFileSync(`/proc/${pid}/limits`, "utf8"))?.[1] ?? NaN);
-  const status = procMemMiB;
-  const cpuSec = procCpuSeconds;
   const mib = (x: number) => `${x.toFixed(1)} MiB`;
 
   try {
@@ -302,7 +300,7 @@ async function parentMain(): Promise<void> {
     const rpid = relay.pid;
     const relayFd = fdLimit(rpid);
     console.log(`relay pid ${rpid} on port ${port}, fd limit ${relayFd} (asked ${WANT_FD}, hard limit ${hardFd})`);
-    const base = status(rpid);
+    const base = procMemMiB(rpid);
 
     // ---- client processes --------------------------------------------------
     const spawnClient = (count: number, reportIds: boolean): Child => {
@@ -359,33 +357,33 @@ async function parentMain(): Promise<void> {
     // ---- phase 1: idle --------------------------------------------------------
     console.log(`idle: ${IDLE} clients from ${IDLE_PROCS} processes ...`);
     let idlePeak = 0;
-    const sampler = setInterval(() => (idlePeak = Math.max(idlePeak, status(rpid).rss)), 100);
-    const cpuIdle0 = cpuSec(rpid);
+    const sampler = setInterval(() => (idlePeak = Math.max(idlePeak, procMemMiB(rpid).rss)), 100);
+    const cpuIdle0 = procCpuSeconds(rpid);
     const tIdle0 = performance.now();
     const idleKids = Array.from({ length: IDLE_PROCS }, (_, i) => spawnClient(Math.floor(IDLE / IDLE_PROCS) + (i < IDLE % IDLE_PROCS ? 1 : 0), false));
     const clientFd = fdLimit(idleKids[0]!.proc.pid);
     const joined = await Promise.all(idleKids.map((k) => k.next("joined", 300_000)));
     const joinMs = performance.now() - tIdle0;
-    const cpuJoin = cpuSec(rpid) - cpuIdle0;
+    const cpuJoin = procCpuSeconds(rpid) - cpuIdle0;
     const welcomed = joined.reduce((a, j) => a + j.welcomed, 0);
     const joinFailed = joined.reduce((a, j) => a + j.failed, 0);
     const joinErrors = joined.map((j) => j.errors);
-    const atHeld = status(rpid);
+    const atHeld = procMemMiB(rpid);
     console.log(`idle: ${welcomed}/${IDLE} welcomed in ${(joinMs / 1000).toFixed(2)} s, relay RSS ${mib(atHeld.rss)}, HWM ${mib(atHeld.hwm)}, CPU ${cpuJoin.toFixed(2)} s`);
-    const cpuHold0 = cpuSec(rpid);
+    const cpuHold0 = procCpuSeconds(rpid);
     await Bun.sleep(HOLD_MS);
-    const cpuHold = cpuSec(rpid) - cpuHold0;
+    const cpuHold = procCpuSeconds(rpid) - cpuHold0;
     for (const k of idleKids) k.send({ cmd: "status" });
     const idleStatus = await Promise.all(idleKids.map((k) => k.next("status")));
     const stillOpen = idleStatus.reduce((a, s) => a + s.open, 0);
-    const afterHold = status(rpid);
-    const idleClientRss = idleKids.map((k) => status(k.proc.pid).rss);
+    const afterHold = procMemMiB(rpid);
+    const idleClientRss = idleKids.map((k) => procMemMiB(k.proc.pid).rss);
     clearInterval(sampler);
     console.log(`idle: after ${HOLD_MS / 1000} s hold ${stillOpen} still open, relay RSS ${mib(afterHold.rss)}, HWM ${mib(afterHold.hwm)}, CPU during hold ${cpuHold.toFixed(3)} s`);
     for (const k of idleKids) k.proc.kill("SIGKILL");
     await Promise.all(idleKids.map((k) => k.proc.exited));
     await Bun.sleep(1_000);
-    const afterIdle = status(rpid);
+    const afterIdle = procMemMiB(rpid);
 
     // ---- phase 2: active -------------------------------------------------------
     console.log(`active: ${ACTIVE} clients from ${ACTIVE_PROCS} processes, ${RATE} msgs/s each, ${DURATION_MS / 1000} s ...`);
@@ -398,16 +396,16 @@ async function parentMain(): Promise<void> {
     const perSecond: number[] = [];
     let ticks = 0;
     const sampler2 = setInterval(() => {
-      const rss = status(rpid).rss;
+      const rss = procMemMiB(rpid).rss;
       activePeak = Math.max(activePeak, rss);
       if (ticks++ % 10 === 0) perSecond.push(rss);
     }, 100);
-    const cpuRun0 = cpuSec(rpid);
+    const cpuRun0 = procCpuSeconds(rpid);
     const tRun0 = performance.now();
     for (const k of activeKids) k.send({ cmd: "run", ids, durationMs: DURATION_MS });
     const sentEv = await Promise.all(activeKids.map((k) => k.next("sent", DURATION_MS + 60_000)));
     const runMs = performance.now() - tRun0;
-    const cpuRun = cpuSec(rpid) - cpuRun0;
+    const cpuRun = procCpuSeconds(rpid) - cpuRun0;
     const sent = sentEv.reduce((a, s) => a + s.sent, 0);
     // Drain: poll until everything sent has arrived (or 15 s pass).
     let st: any[] = [];
@@ -424,8 +422,8 @@ async function parentMain(): Promise<void> {
     const unknownPeer = st.reduce((a, s) => a + s.unknownPeer, 0);
     const activeErrors = st.map((s) => s.errors);
     const activeOpen = st.reduce((a, s) => a + s.open, 0);
-    const afterRun = status(rpid);
-    const activeClientRss = activeKids.map((k) => status(k.proc.pid).rss);
+    const afterRun = procMemMiB(rpid);
+    const activeClientRss = activeKids.map((k) => procMemMiB(k.proc.pid).rss);
     for (const k of activeKids) k.send({ cmd: "latencies" });
     const lat = (await Promise.all(activeKids.map((k) => k.next("latencies")))).flatMap((l) => l.latencies as number[]).sort((a, b) => a - b);
     const p50 = percentile(lat, 50);
