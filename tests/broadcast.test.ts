@@ -455,6 +455,24 @@ describe("re-keying on membership change", () => {
     expect(b.of("error").map((x) => x.code)).toEqual(["tampered"]);
     expect(c.texts()).toEqual(["genuine", "genuine again"]);
   });
+
+  test("a recipient handing the sender's own key back as its own is refused, so the sender's broadcast, replayed by it, is not shown as its message", async () => {
+    const w = await start();
+    const s = await w.party();
+    const b = await w.party();
+    await connectAll(s, [b]);
+    const d = await w.rawPeer(s);
+    s.chat.broadcastText("genuine");
+    await gotText(b, "genuine");
+    await waitFor(() => d.brecs().length === 1, "d: the broadcast record", LONG);
+    d.record(await d.content((c) => c.t === "skey", "d: the sender key")); // "my broadcast key": s's own
+    await waitFor(() => s.of("error").length > 0, "s: refuses its own key", LONG);
+    expect(s.of("error").map((x) => [x.code, x.message])).toEqual([["malformed", `broadcast key from ${d.id} is our own: ignored`]]);
+    d.link.send(s.id, pack(d.brecs()[0]!)); // with that key and d's tag, this would open as d's
+    await waitFor(() => s.of("error").length > 1, "s: no key for d's broadcast", LONG);
+    expect(s.of("error")[1]).toMatchObject({ code: "no_key", peer: d.id });
+    expect(s.texts()).toEqual([]);
+  });
 });
 
 // ---- /bsend ---------------------------------------------------------------------

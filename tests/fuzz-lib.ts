@@ -524,7 +524,8 @@ export async function clientFuzz({ seed, ms, log = () => {} }: FuzzOptions): Pro
       if (escapes.errors.length) throw new FuzzFailure(`uncaught error during client fuzz (seed ${seed}): ${String((escapes.errors[0] as Error)?.stack ?? escapes.errors[0])}`);
     }
     // F is a legitimate broadcast recipient of C, so it holds C's sender key and may hand
-    // that very key to C as its own (a mutated `skey` sealed under F's real session); C's
+    // it to C as its own (a mutated `skey` sealed under F's real session). C refuses its
+    // current key (PROTOCOL §34.4), but one it has since replaced is no longer its own: C's
     // broadcast replayed by F then opens, attributed to F. That is F speaking, not garbage
     // getting through: it is counted, not failed.
     const reflected = cEvents.slice(baseline).filter((e) => e.event === "message" && e.broadcast && e.text === "broadcast from C").length;

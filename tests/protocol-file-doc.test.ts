@@ -382,6 +382,20 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     expect(ok.contents).toEqual([{ t: "accept", id: expect.anything() }]);
   });
 
+  test("our own offer handed back by the peer we offered it to is a duplicate: declined, and our transfer goes on", async () => {
+    const s = harness();
+    const path = join(s.dir, "report.pdf");
+    writeFileSync(path, FILE);
+    void s.t.send(PEER, path).catch(() => {});
+    const offer = s.contents[0]!;
+    s.t.onContent(PEER, decodePayload(pack(offer)));
+    expect(s.contents.slice(1)).toEqual([{ t: "decline", id: offer.id, reason: "duplicate offer" }]);
+    expect(readdirSync(s.dir)).toEqual(["report.pdf"]); // no temporary file for it
+    s.t.onContent(PEER, { t: "accept", id: offer.id });
+    await Bun.sleep(10);
+    expect(s.messages.map((m) => m.n)).toEqual([0, 1]);
+  });
+
   test("duplicate offer, malformed offers, an existing temporary file, chunks from another peer, cancel from the sender", () => {
     const r = harness();
     r.t.onContent(PEER, docOffer());

@@ -231,11 +231,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   }
 
   function onSenderKey(peer: string, c: Frame): void {
-    const k = acceptSenderKey(c);
+    // A recipient of our broadcasts holds our current key and could hand it back as
+    // its own; our own broadcasts would then open as that peer's (PROTOCOL §34.4).
+    const own = ownKey !== null && isUnder(ownKey, c);
+    const k = own ? null : acceptSenderKey(c);
     if (c.key instanceof Uint8Array) wipe(c.key);
     if (c.tk instanceof Uint8Array) wipe(c.tk);
     if (!k) {
-      emit({ event: "error", code: "malformed", message: `malformed broadcast key from ${peer}`, peer });
+      emit({ event: "error", code: "malformed", message: own ? `broadcast key from ${peer} is our own: ignored` : `malformed broadcast key from ${peer}`, peer });
       return;
     }
     erasePeerKey(peerKeys.get(peer));

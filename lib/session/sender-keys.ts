@@ -78,8 +78,8 @@ export function erasePeerKey(k: PeerSenderKey | undefined): void {
   wipe(k.tk);
 }
 
-/** Is `m` under this key (its `kid`)? Otherwise the receiver has no key for it. */
-export function isUnder(k: PeerSenderKey, m: Record<string, unknown>): boolean {
+/** Is `m` (a `brec`, or an `skey`) under this key (its `kid`)? Otherwise the receiver has no key for it. */
+export function isUnder(k: { kid: Uint8Array }, m: Record<string, unknown>): boolean {
   return m.kid instanceof Uint8Array && equalBytes(m.kid, k.kid);
 }
 

@@ -332,7 +332,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       deps.sendContent(peer, { t: "decline", id, reason });
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
-    if (incoming.has(tid)) return decline("duplicate offer");
+    // An ID of one of our own transfers is a peer handing our offer back to us.
+    if (incoming.has(tid) || outgoing.has(tid)) return decline("duplicate offer");
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
     if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
     // Recipients of one broadcast share the file ID and may share a directory:
