@@ -33,7 +33,7 @@ import { aesCbcDecrypt, aesCbcEncrypt } from "../lib/crypto/primitives.ts";
 import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
+import { lineReader, machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const profile = process.argv.includes("--profile");
@@ -98,32 +98,6 @@ if (process.argv[2] === "--peer") {
 
 // ---- Helpers --------------------------------------------------------------------
 
-function lineReader(stream: ReadableStream<Uint8Array>) {
-  const reader = stream.getReader();
-  const decoder = new TextDecoder();
-  let buf = "";
-  const lines: string[] = [];
-  let ended = false;
-  void (async () => {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) return void (ended = true);
-      buf += decoder.decode(value, { stream: true });
-      let nl: number;
-      while ((nl = buf.indexOf("\n")) >= 0) lines.push(buf.slice(0, nl)), (buf = buf.slice(nl + 1));
-    }
-  })();
-  return async (timeoutMs = 120_000): Promise<Record<string, unknown>> => {
-    const until = performance.now() + timeoutMs;
-    while (!lines.length) {
-      if (ended) throw new Error("peer process exited");
-      if (performance.now() > until) throw new Error("peer process did not answer in time");
-      await Bun.sleep(1);
-    }
-    return JSON.parse(lines.shift()!) as Record<string, unknown>;
-  };
-}
-
 type Peer = Awaited<ReturnType<typeof spawnPeer>>;
 
 async function spawnPeer(role: "sender" | "receiver", port: number, downloadDir: string, maxFileSize: number | "default", profileDir?: string) {
@@ -133,7 +107,8 @@ async function spawnPeer(role: "sender" | "receiver", port: number, downloadDir:
     stdout: "pipe",
     stderr: "inherit",
   });
-  const next = lineReader(proc.stdout);
+  const lines = lineReader(proc.stdout);
+  const next = async (timeoutMs = 120_000) => JSON.parse(await lines.next(timeoutMs)) as Record<string, unknown>;
   const send = (o: object) => {
     proc.stdin.write(`${JSON.stringify(o)}\n`);
     proc.stdin.flush();

@@ -192,16 +192,17 @@ export function tcpSockets(port: number): TcpSocketInfo[] {
   return out;
 }
 
-/** Reads a child's stdout as lines: `next()` resolves with the next one (fails after `timeoutMs`). */
+/** Reads a child's stdout as lines: `next()` resolves with the next one (fails after `timeoutMs`, or once the child has exited). */
 export function lineReader(stream: ReadableStream<Uint8Array>) {
   const reader = stream.getReader();
   const decoder = new TextDecoder();
   const lines: string[] = [];
   let buf = "";
+  let ended = false;
   void (async () => {
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
+      if (done) return void (ended = true);
       buf += decoder.decode(value, { stream: true });
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) lines.push(buf.slice(0, nl)), (buf = buf.slice(nl + 1));
@@ -211,6 +212,7 @@ export function lineReader(stream: ReadableStream<Uint8Array>) {
     async next(timeoutMs = 30_000): Promise<string> {
       const deadline = performance.now() + timeoutMs;
       while (!lines.length) {
+        if (ended) throw new Error("child process exited");
         if (performance.now() > deadline) throw new Error("child process said nothing");
         await Bun.sleep(1);
       }
