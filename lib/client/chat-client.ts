@@ -1,5 +1,6 @@
 // The chat client without any user interface: joins a relay, tracks online
-// peers, runs key exchanges, and sends and receives encrypted records.
+// peers, turns key exchanges (exchanges.ts) into sessions, and sends and
+// receives encrypted records, broadcasts and files (../transfer/).
 // Everything the user should learn is emitted as a ChatEvent (the NDJSON
 // contract of brief §3), so the terminal UI and --json mode share one core.
 //
@@ -12,26 +13,16 @@ import type { DhEngine } from "../crypto/dh.ts";
 import { wipe } from "../crypto/primitives.ts";
 import { joinRelay, type Link, type LinkClose } from "../link/relay-link.ts";
 import { isId } from "../relay/protocol.ts";
-import {
-  HandshakeError,
-  initiatorConfirm,
-  initiatorFinish,
-  longFingerprint,
-  parseHello,
-  respond,
-  responderFinish,
-  shortFingerprint,
-  startInitiator,
-  type InitiatorState,
-  type PendingConfirm,
-  type ResponderState,
-  type SessionKeys,
-} from "../session/handshake.ts";
+import { longFingerprint, shortFingerprint, type SessionKeys } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
 import { acceptSenderKey, eraseOwnKey, erasePeerKey, isUnder, newSenderKey, sealBroadcastRecord, tagValid, type OwnSenderKey, type PeerSenderKey } from "../session/sender-keys.ts";
 import { createTransfers, TransferError, type TransferEvent } from "../transfer/transfers.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
 import { pack, PackedBin } from "../wire/msgpack.ts";
+import { ChatError } from "./chat-error.ts";
+import { createExchanges, HANDSHAKE_TIMEOUT_MS } from "./exchanges.ts";
+
+export { ChatError };
 
 export type ChatEvent =
   | { event: "ready"; id: string }
@@ -51,16 +42,6 @@ export interface PeerInfo {
   verified?: boolean;
 }
 
-export class ChatError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly peer?: string,
-  ) {
-    super(message);
-  }
-}
-
 interface Session {
   peer: string;
   send: SendChain;
@@ -75,26 +56,10 @@ interface Session {
 /** A batch record carries at most this much content, so it stays well inside a frame. */
 const BATCH_BYTES = 32 * 1024;
 
-// One key exchange in progress with a peer. `token` identifies it across the
-// awaits of the DH worker: after every await the code checks that its token
-// is still the current one, and otherwise erases what it computed, so a newer
-// exchange (or a failure) can never be overwritten by an older one.
-type HandshakeStep =
-  | { role: "initiator"; step: "starting" } // waiting for our key pair
-  | { role: "initiator"; step: "hello"; state: InitiatorState }
-  | { role: "initiator"; step: "finishing" } // computing keys from the reply
-  | { role: "initiator"; step: "confirm"; pending: PendingConfirm }
-  | { role: "responder"; step: "starting" }
-  | { role: "responder"; step: "reveal"; state: ResponderState }
-  | { role: "responder"; step: "finishing" };
-type Handshake = HandshakeStep & { token: object; timer: Timer };
-
 interface Waiter {
   resolve(): void;
   reject(err: ChatError): void;
 }
-
-const HANDSHAKE_TIMEOUT_MS = 15_000;
 
 export interface ChatOptions {
   host: string;
@@ -141,12 +106,25 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const { dh, onEvent: emit } = opts;
   const online = new Set<string>();
   const sessions = new Map<string, Session>();
-  const handshakes = new Map<string, Handshake>();
   const waiters = new Map<string, Waiter[]>();
   let link: Link;
   let closing = false;
 
   const sendE2E = (to: string | string[], frame: Frame) => link.send(to, new PackedBin(frame));
+  const exchanges = createExchanges({
+    dh,
+    myId: () => link.id,
+    sendE2E,
+    established: establish,
+    failed(peer, err) {
+      emit({ event: "session", peer, state: "failed", reason: err.message });
+      settle(peer, err);
+      const s = sessions.get(peer);
+      if (s) sealQueued(s); // content held for the exchange goes out under the old session
+      sealBroadcast();
+    },
+    stray: (peer, err) => emit({ event: "error", code: err.code, message: err.message, peer }),
+  });
   const transfers = createTransfers(
     {
       sendContent(peer, item) {
@@ -176,7 +154,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function sealQueued(s: Session): void {
     if (!s.queued.length || sessions.get(s.peer) !== s) return;
-    if (held(s.peer)) return;
+    if (exchanges.holdsContent(s.peer)) return;
     const items = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
@@ -199,21 +177,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     return [...sessions.keys()].sort();
   }
 
-  /**
-   * True while our pairwise content for `peer` is held: after our reveal in a
-   * re-key the peer already uses the new keys, so content waits until the
-   * exchange completes (or fails) instead of being sealed with the old ones.
-   */
-  function held(peer: string): boolean {
-    const h = handshakes.get(peer);
-    return h?.role === "initiator" && h.step === "confirm";
-  }
-
   function sealBroadcast(): void {
     const members = broadcastMembers();
     // A new key must reach every member before the record under it: wait for
     // any member whose pairwise content is held (establish/fail call us again).
-    if (members.some(held)) return;
+    if (members.some(exchanges.holdsContent)) return;
     const items = broadcastQueue;
     broadcastQueue = [];
     broadcastBytes = 0;
@@ -266,49 +234,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     for (const w of list) (err ? w.reject(err) : w.resolve());
   }
 
-  /** Forgets the exchange with `peer`, erasing any key material it holds. */
-  function endHandshake(peer: string): void {
-    const h = handshakes.get(peer);
-    if (!h) return;
-    clearTimeout(h.timer);
-    handshakes.delete(peer);
-    if (h.step === "hello" || h.step === "reveal") dh.forget(h.state.kp.handle);
-    if (h.step === "confirm") wipe(h.pending.keys.sendChain, h.pending.keys.receiveChain);
-  }
-
-  /** Starts a new exchange with `peer` (replacing any other) and returns its token. */
-  function newHandshake(peer: string, first: HandshakeStep): object {
-    endHandshake(peer);
-    const token = {};
-    const timer = setTimeout(() => failHandshake(peer, token, new ChatError("timeout", `key exchange with ${peer} timed out`, peer)), HANDSHAKE_TIMEOUT_MS);
-    timer.unref();
-    handshakes.set(peer, { ...first, token, timer });
-    return token;
-  }
-
-  const isCurrent = (peer: string, token: object) => handshakes.get(peer)?.token === token;
-
-  /** Moves the exchange `token` to its next step; false if it is no longer current. */
-  function advance(peer: string, token: object, next: HandshakeStep): boolean {
-    const h = handshakes.get(peer);
-    if (h?.token !== token) return false;
-    handshakes.set(peer, { ...next, token, timer: h.timer });
-    return true;
-  }
-
-  function failHandshake(peer: string, token: object, err: ChatError): void {
-    if (!isCurrent(peer, token)) return; // a newer exchange replaced it
-    endHandshake(peer);
-    emit({ event: "session", peer, state: "failed", reason: err.message });
-    settle(peer, err);
-    const s = sessions.get(peer);
-    if (s) sealQueued(s); // content held for the exchange goes out under the old session
-    sealBroadcast();
-  }
-
   function establish(peer: string, keys: SessionKeys): void {
-    const h = handshakes.get(peer);
-    if (h) clearTimeout(h.timer), handshakes.delete(peer); // its keys are the ones we now use
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
     const s: Session = {
@@ -329,7 +255,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function dropSession(peer: string, reason: string): void {
     const s = sessions.get(peer);
-    endHandshake(peer);
+    exchanges.end(peer);
     transfers.abandon(peer, `${peer} ${reason}`);
     erasePeerKey(peerKeys.get(peer));
     peerKeys.delete(peer);
@@ -340,64 +266,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     wipe(s.fingerprint);
     sessions.delete(peer);
     emit({ event: "session", peer, state: "closed", reason });
-  }
-
-  async function startExchange(peer: string): Promise<void> {
-    const token = newHandshake(peer, { role: "initiator", step: "starting" });
-    try {
-      const { state, hello } = await startInitiator(dh, link.id, peer);
-      if (!advance(peer, token, { role: "initiator", step: "hello", state })) return dh.forget(state.kp.handle);
-      sendE2E(peer, hello);
-    } catch (err) {
-      failHandshake(peer, token, new ChatError("internal", `key exchange with ${peer} failed: ${(err as Error).message}`, peer));
-    }
-  }
-
-  /** Handles one handshake message; failures end this exchange only if it is still current. */
-  async function onHandshakeFrame(peer: string, m: Frame): Promise<void> {
-    const h = handshakes.get(peer);
-    let token = h?.token ?? null; // the exchange this message belongs to
-    try {
-      switch (m.t) {
-        case "hello": {
-          const hello = parseHello(m);
-          // Both sides ran /connect at once: the smaller ID stays initiator.
-          if (h?.role === "initiator" && (h.step === "starting" || h.step === "hello") && link.id < peer) return;
-          const mine = (token = newHandshake(peer, { role: "responder", step: "starting" }));
-          const { state, reply } = await respond(dh, link.id, peer, hello);
-          if (!advance(peer, mine, { role: "responder", step: "reveal", state })) return dh.forget(state.kp.handle);
-          sendE2E(peer, reply);
-          return;
-        }
-        case "reply": {
-          if (h?.role !== "initiator" || h.step !== "hello") throw new HandshakeError("bad_message", "unexpected reply");
-          advance(peer, h.token, { role: "initiator", step: "finishing" }); // the key pair is consumed below
-          const { reveal, pending } = await initiatorFinish(dh, h.state, m);
-          if (!advance(peer, h.token, { role: "initiator", step: "confirm", pending })) return wipe(pending.keys.sendChain, pending.keys.receiveChain);
-          sendE2E(peer, reveal);
-          return;
-        }
-        case "reveal": {
-          if (h?.role !== "responder" || h.step !== "reveal") throw new HandshakeError("bad_message", "unexpected reveal");
-          advance(peer, h.token, { role: "responder", step: "finishing" });
-          const { keys, confirm } = await responderFinish(dh, h.state, m);
-          if (!isCurrent(peer, h.token)) return wipe(keys.sendChain, keys.receiveChain);
-          sendE2E(peer, confirm);
-          establish(peer, keys);
-          return;
-        }
-        case "confirm": {
-          if (h?.role !== "initiator" || h.step !== "confirm") throw new HandshakeError("bad_message", "unexpected confirm");
-          establish(peer, initiatorConfirm(h.pending, m));
-          return;
-        }
-      }
-    } catch (err) {
-      const code = err instanceof HandshakeError ? err.code : "internal";
-      const failure = new ChatError(code, `key exchange with ${peer} failed: ${(err as Error).message}`, peer);
-      if (token && isCurrent(peer, token)) failHandshake(peer, token, failure);
-      else emit({ event: "error", code, message: failure.message, peer }); // stray message; no exchange of ours to end
-    }
   }
 
   function onRecord(peer: string, m: Frame): void {
@@ -457,7 +325,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (m.t === "rec") return onRecord(from, m);
     if (m.t === "brec") return onBroadcastRecord(from, m);
     if (m.t === "chunk") return transfers.onChunk(from, m);
-    if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void onHandshakeFrame(from, m);
+    if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void exchanges.onFrame(from, m);
     emit({ event: "error", code: "malformed", message: `unknown message type from ${from}`, peer: from });
   }
 
@@ -481,10 +349,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;
         if (f.code === "unknown_peer" && peer) {
-          const known = online.has(peer) || handshakes.has(peer) || sessions.has(peer);
+          const known = online.has(peer) || exchanges.has(peer) || sessions.has(peer);
           online.delete(peer);
-          const h = handshakes.get(peer);
-          if (h) failHandshake(peer, h.token, new ChatError("unknown_peer", `${peer} is not online`, peer));
+          exchanges.fail(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
           // Frames in flight when a peer left come back one by one (a file's
           // chunks: one per 64 KiB); its departure was reported once already.
@@ -500,7 +367,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   link.sendFrame({ t: "list" });
   const closed = link.closed.then((reason) => {
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
-    for (const [peer, h] of [...handshakes]) failHandshake(peer, h.token, new ChatError("disconnected", "disconnected from relay", peer));
+    for (const peer of exchanges.peers()) exchanges.fail(peer, new ChatError("disconnected", "disconnected from relay", peer));
     if (!closing) emit({ event: "disconnected", ...reason });
     return reason;
   });
@@ -522,7 +389,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   }
 
   function waitSession(peer: string, timeoutMs: number): Promise<void> {
-    if (sessions.has(peer) && !handshakes.has(peer)) return Promise.resolve();
+    if (sessions.has(peer) && !exchanges.has(peer)) return Promise.resolve();
     return nextSession(peer, timeoutMs);
   }
 
@@ -535,7 +402,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       const done = nextSession(peer, HANDSHAKE_TIMEOUT_MS + 1000);
       // It may fail while we await below, before our caller holds it: mark it handled now.
       done.catch(() => {});
-      if (!handshakes.has(peer)) await startExchange(peer);
+      if (!exchanges.has(peer)) await exchanges.start(peer);
       return done;
     },
     waitSession,
@@ -563,10 +430,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       return members;
     },
     peers() {
-      const ids = new Set([...online, ...sessions.keys(), ...handshakes.keys()]);
+      const ids = new Set([...online, ...sessions.keys(), ...exchanges.peers()]);
       return [...ids].sort().map((id) => {
         const s = sessions.get(id);
-        const info: PeerInfo = { id, online: online.has(id), session: handshakes.has(id) ? "connecting" : s ? "established" : "none" };
+        const info: PeerInfo = { id, online: online.has(id), session: exchanges.has(id) ? "connecting" : s ? "established" : "none" };
         if (s) info.fingerprint = shortFingerprint(s.fingerprint), (info.verified = s.verified);
         return info;
       });
@@ -620,7 +487,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         s.send.erase(), s.receive.erase(), wipe(s.fingerprint);
       }
       sessions.clear();
-      for (const peer of [...handshakes.keys()]) endHandshake(peer);
+      for (const peer of exchanges.peers()) exchanges.end(peer);
       await link.drained(0);
       link.close();
       await closed;

@@ -1,0 +1,181 @@
+// Key exchanges in progress, at most one per peer (docs/PROTOCOL.md §16–§18):
+// which step each one is at, its timeout, and the key material it holds until
+// it ends. The chat client (chat-client.ts) owns the sessions they produce.
+//
+// Promises: each exchange has a `token`; after every await of the DH worker
+// the code checks that its token is still the current one and otherwise
+// erases what it computed, so a newer exchange (or a failure) is never
+// overwritten by an older one. An exchange ends exactly once: `established`
+// (its keys handed over), `failed` (reported), or `end` (dropped silently);
+// in the last two its private exponent or pending keys are erased.
+import type { DhEngine } from "../crypto/dh.ts";
+import { wipe } from "../crypto/primitives.ts";
+import {
+  HandshakeError,
+  initiatorConfirm,
+  initiatorFinish,
+  parseHello,
+  respond,
+  responderFinish,
+  startInitiator,
+  type InitiatorState,
+  type PendingConfirm,
+  type ResponderState,
+  type SessionKeys,
+} from "../session/handshake.ts";
+import type { Frame } from "../wire/frame.ts";
+import { ChatError } from "./chat-error.ts";
+
+export const HANDSHAKE_TIMEOUT_MS = 15_000;
+
+type Step =
+  | { role: "initiator"; step: "starting" } // waiting for our key pair
+  | { role: "initiator"; step: "hello"; state: InitiatorState }
+  | { role: "initiator"; step: "finishing" } // computing keys from the reply
+  | { role: "initiator"; step: "confirm"; pending: PendingConfirm }
+  | { role: "responder"; step: "starting" }
+  | { role: "responder"; step: "reveal"; state: ResponderState }
+  | { role: "responder"; step: "finishing" };
+type Exchange = Step & { token: object; timer: Timer };
+
+export interface ExchangeDeps {
+  dh: DhEngine;
+  myId(): string;
+  sendE2E(peer: string, frame: Frame): void;
+  /** The exchange with `peer` completed; the session now owns `keys`. */
+  established(peer: string, keys: SessionKeys): void;
+  /** The current exchange with `peer` failed (never called for one a newer exchange replaced). */
+  failed(peer: string, err: ChatError): void;
+  /** A handshake message that belongs to no exchange of ours was rejected. */
+  stray(peer: string, err: ChatError): void;
+}
+
+export type Exchanges = ReturnType<typeof createExchanges>;
+
+export function createExchanges(deps: ExchangeDeps) {
+  const { dh } = deps;
+  const running = new Map<string, Exchange>();
+
+  /** Forgets the exchange with `peer`, erasing any key material it holds. */
+  function end(peer: string): void {
+    const h = running.get(peer);
+    if (!h) return;
+    clearTimeout(h.timer);
+    running.delete(peer);
+    if (h.step === "hello" || h.step === "reveal") dh.forget(h.state.kp.handle);
+    if (h.step === "confirm") wipe(h.pending.keys.sendChain, h.pending.keys.receiveChain);
+  }
+
+  /** Starts a new exchange with `peer` (replacing any other) and returns its token. */
+  function begin(peer: string, first: Step): object {
+    end(peer);
+    const token = {};
+    const timer = setTimeout(() => fail(peer, token, new ChatError("timeout", `key exchange with ${peer} timed out`, peer)), HANDSHAKE_TIMEOUT_MS);
+    timer.unref();
+    running.set(peer, { ...first, token, timer });
+    return token;
+  }
+
+  const isCurrent = (peer: string, token: object) => running.get(peer)?.token === token;
+
+  /** Moves the exchange `token` to its next step; false if it is no longer current. */
+  function advance(peer: string, token: object, next: Step): boolean {
+    const h = running.get(peer);
+    if (h?.token !== token) return false;
+    running.set(peer, { ...next, token, timer: h.timer });
+    return true;
+  }
+
+  function fail(peer: string, token: object, err: ChatError): void {
+    if (!isCurrent(peer, token)) return; // a newer exchange replaced it
+    end(peer);
+    deps.failed(peer, err);
+  }
+
+  function finish(peer: string, keys: SessionKeys): void {
+    const h = running.get(peer);
+    if (h) clearTimeout(h.timer), running.delete(peer); // its keys are the session's now: not erased
+    deps.established(peer, keys);
+  }
+
+  return {
+    has: (peer: string) => running.has(peer),
+    peers: () => [...running.keys()],
+    end,
+
+    /**
+     * True while our pairwise content for `peer` must wait: after our reveal in
+     * a re-key the peer already uses the new keys, so content is held until the
+     * exchange completes (or fails) instead of being sealed with the old ones.
+     */
+    holdsContent(peer: string): boolean {
+      const h = running.get(peer);
+      return h?.role === "initiator" && h.step === "confirm";
+    },
+
+    /** Fails the exchange with `peer`, if one is running. */
+    fail(peer: string, err: ChatError): void {
+      const h = running.get(peer);
+      if (h) fail(peer, h.token, err);
+    },
+
+    /** Starts an exchange as the initiator (replacing any other with `peer`). */
+    async start(peer: string): Promise<void> {
+      const token = begin(peer, { role: "initiator", step: "starting" });
+      try {
+        const { state, hello } = await startInitiator(dh, deps.myId(), peer);
+        if (!advance(peer, token, { role: "initiator", step: "hello", state })) return dh.forget(state.kp.handle);
+        deps.sendE2E(peer, hello);
+      } catch (err) {
+        fail(peer, token, new ChatError("internal", `key exchange with ${peer} failed: ${(err as Error).message}`, peer));
+      }
+    },
+
+    /** Handles one handshake message; failures end this exchange only if it is still current. */
+    async onFrame(peer: string, m: Frame): Promise<void> {
+      const h = running.get(peer);
+      let token = h?.token ?? null; // the exchange this message belongs to
+      try {
+        switch (m.t) {
+          case "hello": {
+            const hello = parseHello(m);
+            // Both sides ran /connect at once: the smaller ID stays initiator.
+            if (h?.role === "initiator" && (h.step === "starting" || h.step === "hello") && deps.myId() < peer) return;
+            const mine = (token = begin(peer, { role: "responder", step: "starting" }));
+            const { state, reply } = await respond(dh, deps.myId(), peer, hello);
+            if (!advance(peer, mine, { role: "responder", step: "reveal", state })) return dh.forget(state.kp.handle);
+            deps.sendE2E(peer, reply);
+            return;
+          }
+          case "reply": {
+            if (h?.role !== "initiator" || h.step !== "hello") throw new HandshakeError("bad_message", "unexpected reply");
+            advance(peer, h.token, { role: "initiator", step: "finishing" }); // the key pair is consumed below
+            const { reveal, pending } = await initiatorFinish(dh, h.state, m);
+            if (!advance(peer, h.token, { role: "initiator", step: "confirm", pending })) return wipe(pending.keys.sendChain, pending.keys.receiveChain);
+            deps.sendE2E(peer, reveal);
+            return;
+          }
+          case "reveal": {
+            if (h?.role !== "responder" || h.step !== "reveal") throw new HandshakeError("bad_message", "unexpected reveal");
+            advance(peer, h.token, { role: "responder", step: "finishing" });
+            const { keys, confirm } = await responderFinish(dh, h.state, m);
+            if (!isCurrent(peer, h.token)) return wipe(keys.sendChain, keys.receiveChain);
+            deps.sendE2E(peer, confirm);
+            finish(peer, keys);
+            return;
+          }
+          case "confirm": {
+            if (h?.role !== "initiator" || h.step !== "confirm") throw new HandshakeError("bad_message", "unexpected confirm");
+            finish(peer, initiatorConfirm(h.pending, m));
+            return;
+          }
+        }
+      } catch (err) {
+        const code = err instanceof HandshakeError ? err.code : "internal";
+        const failure = new ChatError(code, `key exchange with ${peer} failed: ${(err as Error).message}`, peer);
+        if (token && isCurrent(peer, token)) fail(peer, token, failure);
+        else deps.stray(peer, failure); // no exchange of ours to end
+      }
+    },
+  };
+}
