@@ -6,8 +6,8 @@
 // `smts --version` need nothing but the names and descriptions below, so the
 // relay, the chat client, msgpackr and the DH worker are never loaded for
 // them (docs/BENCHMARKS.md, "Start-up (issue 6)").
-import "./plain-output.ts"; // first: before citty reads the environment
-import { defineCommand, runMain, type CommandDef } from "citty";
+import "./plain-output.ts";
+import type { CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 
 /** The subcommands. `description` repeats the command's own meta (tests/binary.smoke.test.ts checks they agree). */
@@ -30,6 +30,10 @@ if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
   // The top level takes no options, so the first word that is not an option
   // names the subcommand (as citty decides too). Every other subcommand is
   // represented by its name and description only.
+  // citty decides on colours once, when it loads, so it is loaded only now that
+  // plain-output.ts has run: a static import is not enough, because the release
+  // build (--splitting) moves citty into a chunk that runs before this file.
+  const { defineCommand, runMain } = await import("citty");
   const wanted = argv.find((a) => !a.startsWith("-"));
   const subCommands: Record<string, CommandDef<any> | (() => Promise<CommandDef<any>>)> = {};
   for (const [name, c] of Object.entries(COMMANDS)) subCommands[name] = name === wanted ? c.load : { meta: { name, description: c.description } };

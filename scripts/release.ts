@@ -35,8 +35,9 @@
 //   build time, so no build-machine path is left in the binary and builds are
 //   byte-identical from any checkout (the pure-JS decoder is what runs anyway).
 // After building, the binary for this machine is run (`--version`, `--help`)
-// because a broken build can still exit 0; every binary is checked to embed the
-// worker under the expected name.
+// because a broken build can still exit 0, and so is a Linux binary for the
+// other architecture where qemu user-mode emulation is installed (runnerFor);
+// every binary is checked to embed the worker under the expected name.
 import { existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import pkg from "../package.json" with { type: "json" };
@@ -79,8 +80,11 @@ export function hostTarget(): Target | null {
   const arch = process.arch === "x64" ? "x64" : process.arch === "arm64" ? "arm64" : null;
   if (!arch) return null;
   if (process.platform === "linux") {
-    const musl = existsSync(`/lib/ld-musl-${arch === "x64" ? "x86_64" : "aarch64"}.so.1`);
-    return TARGETS.find((t) => t.os === "linux" && t.arch === arch && t.libc === (musl ? "musl" : "glibc")) ?? null;
+    // The C library the running Bun uses. Not the presence of the musl loader: a glibc
+    // system may have it too (Debian's `musl` package), and cannot run a musl build.
+    const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+    const libc = report?.header?.glibcVersionRuntime ? "glibc" : "musl";
+    return TARGETS.find((t) => t.os === "linux" && t.arch === arch && t.libc === libc) ?? null;
   }
   const os = process.platform === "win32" ? "windows" : process.platform;
   return TARGETS.find((t) => t.os === os && t.arch === arch) ?? null;
@@ -160,12 +164,28 @@ export async function buildBinary(outfile: string, target: Target | null, entry 
   return { ok, bytecode, log, seconds: (performance.now() - started) / 1000 };
 }
 
-/** Runs a built binary for this machine: `--version` must print VERSION_LINE and `--help` list both commands. */
-export function checkRuns(path: string): string | null {
-  const v = Bun.spawnSync([path, "--version"], { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "", NO_COLOR: "1" } });
+/**
+ * How this machine can run a binary built for `t`: directly (`[]`) if it is this
+ * machine's target; under qemu user-mode emulation if it is Linux/glibc for the
+ * other architecture and qemu plus that architecture's C library are installed
+ * (Debian: qemu-user-static, libc6-arm64-cross or libc6-amd64-cross); else null.
+ */
+export function runnerFor(t: Target): string[] | null {
+  const host = hostTarget();
+  if (host && t.name === host.name) return [];
+  if (process.platform !== "linux" || t.os !== "linux" || t.libc !== "glibc") return null;
+  const arch = t.arch === "arm64" ? "aarch64" : "x86_64";
+  const qemu = Bun.which(`qemu-${arch}-static`) ?? Bun.which(`qemu-${arch}`);
+  const sysroot = `/usr/${arch}-linux-gnu`;
+  return qemu && existsSync(`${sysroot}/lib`) ? [qemu, "-L", sysroot] : null;
+}
+
+/** Runs a built binary (through `runner`, see runnerFor): `--version` must print VERSION_LINE and `--help` list both commands. */
+export function checkRuns(path: string, runner: string[] = []): string | null {
+  const v = Bun.spawnSync([...runner, path, "--version"], { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "", NO_COLOR: "1" } });
   const version = v.stdout.toString().trim();
   if (v.exitCode !== 0 || version !== VERSION_LINE) return `--version: exit ${v.exitCode}, printed ${JSON.stringify(version)} ${v.stderr.toString().trim()}`;
-  const h = Bun.spawnSync([path, "--help"], { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "", NO_COLOR: "1" } });
+  const h = Bun.spawnSync([...runner, path, "--help"], { stdout: "pipe", stderr: "pipe", env: { PATH: process.env.PATH ?? "", NO_COLOR: "1" } });
   const help = h.stdout.toString();
   if (h.exitCode !== 0 || !/\brelay\b/.test(help) || !/\bchat\b/.test(help)) return `--help: exit ${h.exitCode}, printed ${JSON.stringify(help.slice(0, 200))} ${h.stderr.toString().trim()}`;
   return null;
@@ -243,7 +263,6 @@ async function main(): Promise<number> {
     return 2;
   }
   const targets = only ? TARGETS.filter((t) => only!.includes(t.name)) : TARGETS;
-  const host = hostTarget();
   mkdirSync(outdir, { recursive: true });
   process.stderr.write(`smts ${VERSION}: building ${targets.length} target(s) with Bun ${Bun.version} into ${outdir}\n`);
 
@@ -254,11 +273,12 @@ async function main(): Promise<number> {
     rmSync(out, { force: true });
     const r = await buildBinary(out, t);
     let note = r.bytecode ? "" : "without bytecode (bytecode failed)";
-    if (r.ok && t === host) {
-      const problem = checkRuns(out);
+    const runner = runnerFor(t);
+    if (r.ok && runner) {
+      const problem = checkRuns(out, runner);
       if (problem) (r.ok = false), (r.log = `${problem}\n${r.log}`);
-      else note = [note, "ran --version and --help here"].filter(Boolean).join("; ");
-    } else if (r.ok) note = [note, "not run (not this machine's platform)"].filter(Boolean).join("; ");
+      else note = [note, `ran --version and --help here${runner.length ? ` under ${runner[0]!.split("/").pop()}` : ""}`].filter(Boolean).join("; ");
+    } else if (r.ok) note = [note, "not run (not this machine's platform, and no emulator for it here)"].filter(Boolean).join("; ");
     if (r.ok && t.os === "darwin") {
       // Not fatal: the fix is the user's `codesign --force --sign -` (README, "Install").
       const problem = await checkMachOSignature(out);

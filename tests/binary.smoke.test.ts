@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chatCommand } from "../cmd/chat.ts";
 import { relayCommand } from "../cmd/relay.ts";
-import { binaryContains, buildBinary, ROOT, VERSION_LINE } from "../scripts/release.ts";
+import { binaryContains, buildBinary, checkRuns, ROOT, runnerFor, TARGETS, VERSION_LINE } from "../scripts/release.ts";
 import { waitFor } from "./helpers.ts";
 
 const SECRET = "binary smoke test secret, 32+ chars";
@@ -34,16 +34,17 @@ afterAll(() => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-const baseEnv = () => ({ PATH: process.env.PATH ?? "", HOME: dir, NO_COLOR: "1" });
+// No NO_COLOR here: piped output must be plain by itself (cmd/plain-output.ts), and these tests check it.
+const baseEnv = () => ({ PATH: process.env.PATH ?? "", HOME: dir });
 
 function run(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}) {
   const r = Bun.spawnSync([bin, ...args], { cwd: opts.cwd ?? dir, env: { ...baseEnv(), ...opts.env }, stdout: "pipe", stderr: "pipe" });
   return { code: r.exitCode, out: r.stdout.toString(), err: r.stderr.toString() };
 }
 
-/** A process from the binary whose stdout/stderr are collected as they arrive. */
-function spawn(args: string[], opts: { cwd?: string; stdin?: "pipe" | "ignore" } = {}) {
-  const proc = Bun.spawn([bin, ...args], {
+/** A process from the binary (or from `exe`, a command prefix and binary) whose stdout/stderr are collected as they arrive. */
+function spawn(args: string[], opts: { cwd?: string; stdin?: "pipe" | "ignore"; exe?: string[] } = {}) {
+  const proc = Bun.spawn([...(opts.exe ?? [bin]), ...args], {
     cwd: opts.cwd ?? dir,
     env: { ...baseEnv(), SMTS_SECRET: SECRET },
     stdin: opts.stdin ?? "ignore",
@@ -156,3 +157,46 @@ test("relay + two chat clients from the binary: message and file, with SHA-256",
   relay.proc.kill("SIGTERM");
   expect(await Promise.race([relay.proc.exited, Bun.sleep(15_000).then(() => "timeout")])).toBe(0);
 }, 90_000);
+
+// The other Linux architecture's binary, where this machine can run it under
+// qemu user-mode emulation (scripts/release.ts runnerFor; .ci/run installs
+// qemu-user-static and the cross C library when it runs as root).
+const other = TARGETS.find((t) => t.os === "linux" && t.libc === "glibc" && t.arch !== (process.arch === "arm64" ? "arm64" : "x64"))!;
+const emulated = process.platform === "linux" ? runnerFor(other) : null;
+if (!emulated) console.warn(`SKIP ${other.name} binary test: no qemu user-mode emulator and ${other.arch} C library here`);
+
+test.skipIf(!emulated)(`the ${other.name} binary, emulated: --version, --help, then relay and receiving client for this machine's binary (message and file, SHA-256)`, async () => {
+  const cross = join(dir, `smts-${other.name}`);
+  const built = await buildBinary(cross, other);
+  if (!built.ok) throw new Error(`bun build --compile for ${other.name} failed:\n${built.log}`);
+  expect(built.bytecode).toBe(true);
+  expect(checkRuns(cross, emulated!)).toBeNull();
+  const exe = [...emulated!, cross];
+
+  const relay = spawn(["relay", "--host", "127.0.0.1", "--port", "0"], { exe });
+  const port = Number((await waitFor(() => /listening on [^\s]+:(\d+)/.exec(relay.out.err), `relay start (stderr: ${relay.out.err})`, 30_000))[1]);
+  const addr = `127.0.0.1:${port}`;
+  const inbox = join(dir, "cross-inbox");
+  mkdirSync(inbox);
+  const bob = spawn(["chat", addr, "--json", "--download-dir", inbox], { exe, stdin: "pipe" });
+  const bobId = String((await waitFor(() => bob.events().find((e) => e.event === "ready"), "emulated receiver ready", 30_000)).id);
+
+  const payload = randomBytes(200_000);
+  writeFileSync(join(dir, "cross.bin"), payload);
+  const sha256 = createHash("sha256").update(payload).digest("hex");
+  const alice = spawn(["chat", addr, "--json", "--timeout", "60"], { stdin: "pipe" });
+  const aliceStdin = alice.proc.stdin as import("bun").FileSink;
+  aliceStdin.write(`/connect ${bobId}\n/msg ${bobId} across architectures\n/send ${bobId} ${join(dir, "cross.bin")}\n`);
+  await aliceStdin.end();
+  expect(await Promise.race([alice.proc.exited, Bun.sleep(90_000).then(() => "timeout")])).toBe(0);
+  expect(alice.events().find((e) => e.event === "delivered")).toMatchObject({ to: bobId, size: payload.length, sha256 });
+  expect(await waitFor(() => bob.events().find((e) => e.event === "message"), "message event", 15_000)).toMatchObject({ text: "across architectures" });
+  expect(await waitFor(() => bob.events().find((e) => e.event === "file"), "file event", 15_000)).toMatchObject({ size: payload.length, sha256 });
+  expect(readFileSync(join(inbox, "cross.bin")).equals(payload)).toBe(true);
+  expect(bob.events().find((e) => e.event === "session")?.fingerprint).toBe(alice.events().find((e) => e.event === "session")?.fingerprint);
+
+  await (bob.proc.stdin as import("bun").FileSink).end();
+  expect(await Promise.race([bob.proc.exited, Bun.sleep(30_000).then(() => "timeout")])).toBe(0);
+  relay.proc.kill("SIGTERM");
+  expect(await Promise.race([relay.proc.exited, Bun.sleep(30_000).then(() => "timeout")])).toBe(0);
+}, 240_000);
