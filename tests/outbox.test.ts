@@ -42,6 +42,31 @@ test("bytes leave in order, exactly once, whatever the socket accepts each time"
   expect(box.closed).toBe(true);
 });
 
+test("small frames: a lone one is written alone; a burst is coalesced into writes that grow to 64 KiB; nothing is held once written", () => {
+  const writes: number[] = [];
+  const box = new Outbox({ write: (data) => (writes.push(data.length), data.length) });
+  const frame = new Uint8Array(100).fill(1);
+  box.push(frame);
+  expect(box.flush()).toBe(true);
+  expect(writes).toEqual([100]);
+  // The memory promise (a relay holds thousands of idle outboxes): no staging buffer is kept.
+  expect((box as unknown as { stage: Uint8Array | null }).stage).toBeNull();
+
+  writes.length = 0;
+  for (let i = 0; i < 2000; i++) box.push(frame); // 200,000 bytes in one turn
+  expect(box.flush()).toBe(true);
+  expect(writes.reduce((a, b) => a + b, 0)).toBe(200_000);
+  expect(Math.max(...writes)).toBeLessThanOrEqual(64 * 1024);
+  expect(writes.slice(0, 6)).toEqual([2000, 4000, 8100, 16300, 32700, 65500]); // 2, 4, ... 64 KiB stages of whole 100-byte frames
+  expect(writes.length).toBeLessThan(10);
+
+  writes.length = 0;
+  for (let i = 0; i < 2000; i++) box.push(frame); // the next burst starts near the size the last one reached:
+  box.flush();
+  expect(writes[0]).toBe(32700); // 32 KiB, as that burst's last 64 KiB stage was less than a quarter full
+  expect((box as unknown as { stage: Uint8Array | null }).stage).toBeNull();
+});
+
 test("the relay's send fast path agrees with the general decoder, or declines", () => {
   const cases = [
     { t: "send", to: "abcdefgh", body: new Uint8Array(0) },
