@@ -4,23 +4,19 @@
 // and a byte-counting TCP proxy that measures what one client actually writes
 // to its socket.
 import type { Socket, TCPSocketListener } from "bun";
-import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { readdirSync } from "node:fs";
 import type { ChatClient } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
 import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay, RelayOptions } from "../lib/relay/server.ts";
 import { decodePayload, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
-import { startParty, startTestRelay, waitFor, type Party as BaseParty } from "./helpers.ts";
+import { startParty, startTestRelay, tempDirs, waitFor, writeTestFile, type Party as BaseParty } from "./helpers.ts";
 import { startMitm, type Mitm } from "./mitm.ts";
 import { startRawPeer, type RawPeer } from "./raw-peer.ts";
 
 export const LONG = 30_000;
 export const MiB = 1024 * 1024;
 
-export const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
 export const hex = (b: unknown) => Buffer.from(b as Uint8Array).toString("hex");
 
 /** Rejection of a promise, as a value (fails the test if it resolves). */
@@ -55,23 +51,17 @@ export async function startWorld(engines: DhEngine[], relayOpts: Partial<RelayOp
   const mitm = startMitm(relay.port);
   const chats: ChatClient[] = [];
   const links: Link[] = [];
-  const dirs: string[] = [];
+  const temp = tempDirs("smts-bc-");
   const proxies: CountingProxy[] = [];
   let nextEngine = 0;
-
-  const tempDir = (prefix = "smts-bc-") => {
-    const d = mkdtempSync(join(tmpdir(), prefix));
-    dirs.push(d);
-    return d;
-  };
 
   const world: World = {
     relay,
     mitm,
-    tempDir,
+    tempDir: temp.make,
     async party(opts = {}) {
       const port = opts.port ?? (opts.direct ? relay.port : mitm.port);
-      const p = await startParty({ port, dh: engines[nextEngine++ % engines.length]!, dir: opts.dir ?? tempDir("smts-bc-dl-"), maxFileSize: opts.maxFileSize });
+      const p = await startParty({ port, dh: engines[nextEngine++ % engines.length]!, dir: opts.dir ?? temp.make("smts-bc-dl-"), maxFileSize: opts.maxFileSize });
       chats.push(p.chat);
       if (port === mitm.port) await waitFor(() => mitm.pipes.some((m) => m.id === p.id), "the client's MITM pipe", LONG);
       return { ...p, texts: () => p.of("message").map((m) => m.text) };
@@ -79,12 +69,7 @@ export async function startWorld(engines: DhEngine[], relayOpts: Partial<RelayOp
     rawPeer(victim, opts = {}) {
       return startRawPeer(victim, { port: opts.viaMitm ? mitm.port : relay.port, dh: engines[0]!, track: links });
     },
-    makeFile(name, size) {
-      const bytes = new Uint8Array(nodeRandomBytes(size));
-      const path = join(tempDir("smts-bc-src-"), name);
-      writeFileSync(path, bytes);
-      return { path, bytes, sha256: sha256(bytes), size };
-    },
+    makeFile: (name, size) => writeTestFile(temp.make("smts-bc-src-"), name, size),
     counting() {
       const p = startCountingProxy(relay.port);
       proxies.push(p);
@@ -96,7 +81,7 @@ export async function startWorld(engines: DhEngine[], relayOpts: Partial<RelayOp
       for (const p of proxies) p.stop();
       mitm.stop();
       await relay.stop();
-      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+      temp.removeAll();
     },
   };
   return world;

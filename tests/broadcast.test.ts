@@ -15,8 +15,8 @@ import { ReceiveChain, SendChain } from "../lib/session/records.ts";
 import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
-import { hex, listing, LONG, MiB, partFiles, rejection, sha256, startWorld, textsOf, type Party, type World } from "./broadcast-helpers.ts";
-import { waitFor } from "./helpers.ts";
+import { hex, listing, LONG, MiB, partFiles, rejection, startWorld, textsOf, type Party, type World } from "./broadcast-helpers.ts";
+import { sha256Hex, waitFor } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame } from "./mitm.ts";
 import type { RawPeer } from "./raw-peer.ts";
 
@@ -542,7 +542,7 @@ describe("/bsend", () => {
     );
     expect(outcome).toBe("delivered to all");
     expect(listing(shared)).toEqual(["report (1).pdf", "report (2).pdf", "report.pdf"]);
-    for (const name of listing(shared)) expect(sha256(readFileSync(join(shared, name)))).toBe(src.sha256);
+    for (const name of listing(shared)) expect(sha256Hex(readFileSync(join(shared, name)))).toBe(src.sha256);
     for (const p of peers) expect(p.of("file")).toHaveLength(1);
   });
 
@@ -676,7 +676,7 @@ describe("/bsend", () => {
     const again = w.makeFile("again.bin", 200_000);
     await s.chat.broadcastFile(again.path);
     expect(c.of("file").map((f) => f.sha256)).toEqual([again.sha256]);
-    expect(sha256(readFileSync(join(c.dir, "again.bin")))).toBe(again.sha256);
+    expect(sha256Hex(readFileSync(join(c.dir, "again.bin")))).toBe(again.sha256);
     for (const p of [b, c, d, s]) expect(p.of("error")).toEqual([]);
   });
 

@@ -7,10 +7,9 @@
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import type { Subprocess } from "bun";
 import { createHash, randomBytes } from "node:crypto";
-import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, realpathSync, rmSync, writeSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { closeSync, openSync, readdirSync, readFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { ROOT, SECRET_TEXT, waitFor } from "./helpers.ts";
+import { ROOT, SECRET_TEXT, tempDirs, waitFor } from "./helpers.ts";
 import { impairedNetwork, type Counters } from "./netem.ts";
 
 setDefaultTimeout(120_000);
@@ -22,19 +21,12 @@ const direct: Wrap = (argv) => argv;
 
 let procs: Subprocess[] = []; // killed after each test
 const kept: Subprocess[] = []; // shared by the tests of a describe: killed after all
-let dirs: string[] = [];
+const temp = tempDirs("smts-faults-");
 afterEach(() => {
   for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  temp.removeAll();
   procs = [];
-  dirs = [];
 });
-
-function tempDir(): string {
-  const d = realpathSync(mkdtempSync(join(tmpdir(), "smts-faults-")));
-  dirs.push(d);
-  return d;
-}
 
 /** A file of random bytes, written 1 MiB at a time (200 MiB never sits in memory). */
 function makeFile(dir: string, name: string, size: number) {
@@ -111,7 +103,7 @@ interface Chat {
 
 /** `smts chat` as a real process with commands on stdin (scripted mode), once it joined. */
 async function startChat(relay: string, opts: { json?: boolean; args?: string[]; wrap?: Wrap } = {}): Promise<Chat> {
-  const cwd = tempDir();
+  const cwd = temp.make();
   const argv = [process.execPath, `${ROOT}cmd/smts.ts`, "chat", relay, ...(opts.json ? ["--json"] : []), ...(opts.args ?? [])];
   const proc = Bun.spawn((opts.wrap ?? direct)(argv), { cwd, stdin: "pipe", stdout: "pipe", stderr: "pipe", env });
   procs.push(proc);
@@ -149,7 +141,7 @@ const partFiles = (dir: string) => readdirSync(dir).filter((n) => n.endsWith(".s
 
 /** A fresh pair on `relay`: a connects to b, a sends `src` to b; checks delivery and the bytes on disk. */
 async function transferCompletes(relay: string, src: { path: string; size: number; sha256: string }, opts: { wrap?: Wrap; args?: string[] } = {}) {
-  const dl = tempDir();
+  const dl = temp.make();
   const b = await startChat(relay, { json: true, wrap: opts.wrap, args: ["--download-dir", dl, ...(opts.args ?? [])] });
   const a = await startChat(relay, { json: true, wrap: opts.wrap, args: opts.args });
   a.send(`/connect ${b.id}`);
@@ -214,8 +206,8 @@ describe("relay killed (SIGKILL) and restarted on the same port", () => {
   test("during a 200 MiB transfer: both sides fail it, the receiver keeps no file and no temporary file; after the restart a transfer completes (SHA-256 checked)", async () => {
     let relay = await startRelay();
     const port = relay.port;
-    const src = makeFile(tempDir(), "big.bin", 200 * MiB);
-    const dl = tempDir();
+    const src = makeFile(temp.make(), "big.bin", 200 * MiB);
+    const dl = temp.make();
     const limit = ["--max-file-size", "256MiB"];
     const b = await startChat(`127.0.0.1:${port}`, { json: true, args: ["--download-dir", dl, ...limit] });
     const a = await startChat(`127.0.0.1:${port}`, { json: true, args: limit });
@@ -243,7 +235,7 @@ describe("relay killed (SIGKILL) and restarted on the same port", () => {
     expect(readdirSync(dl)).toEqual([]); // neither big.bin nor a .smts-part file
 
     relay = await startRelay({ port });
-    const small = makeFile(tempDir(), "after-restart.bin", 5 * MiB + 7);
+    const small = makeFile(temp.make(), "after-restart.bin", 5 * MiB + 7);
     await transferCompletes(`127.0.0.1:${port}`, small);
   });
 });
@@ -251,8 +243,8 @@ describe("relay killed (SIGKILL) and restarted on the same port", () => {
 test("the receiving process is killed (SIGKILL) mid-transfer: the sender fails the transfer (peer left) and keeps working with a third client", async () => {
   const relay = await startRelay();
   const at = `127.0.0.1:${relay.port}`;
-  const src = makeFile(tempDir(), "big.bin", 200 * MiB);
-  const dl = tempDir();
+  const src = makeFile(temp.make(), "big.bin", 200 * MiB);
+  const dl = temp.make();
   const limit = ["--max-file-size", "256MiB"];
   const b = await startChat(at, { json: true, args: ["--download-dir", dl, ...limit] });
   const c = await startChat(at, { json: true });
@@ -291,9 +283,9 @@ test("the receiving process is killed (SIGKILL) mid-transfer: the sender fails t
 test("regression: the receiving process is killed mid-transfer: the sender stops streaming the file and reports the failure once", async () => {
   const relay = await startRelay();
   const at = `127.0.0.1:${relay.port}`;
-  const src = makeFile(tempDir(), "big.bin", 200 * MiB);
+  const src = makeFile(temp.make(), "big.bin", 200 * MiB);
   const limit = ["--max-file-size", "256MiB"];
-  const b = await startChat(at, { json: true, args: ["--download-dir", tempDir(), ...limit] });
+  const b = await startChat(at, { json: true, args: ["--download-dir", temp.make(), ...limit] });
   const a = await startChat(at, { json: true, args: limit });
   a.send(`/connect ${b.id}`);
   a.send(`/send ${b.id} ${src.path}`);
@@ -378,7 +370,7 @@ describe("over a network with latency and loss (network namespaces, veth)", () =
 
   test.skipIf(skipNet)("a 10 MiB file: delivered, SHA-256 verified on both sides", async () => {
     const before = n.counters();
-    const src = makeFile(tempDir(), "ten.bin", 10 * MiB);
+    const src = makeFile(temp.make(), "ten.bin", 10 * MiB);
     const seconds = await transferCompletes(relayAt(), src, { wrap: n.inClients, args: ["--max-file-size", "16MiB"] });
     const { dropped } = report("10 MiB file A → relay → B (sha256 verified)", seconds, before);
     // ~15k packets crossed the link: with 1 % loss some were surely dropped (else loss was not emulated).

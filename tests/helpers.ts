@@ -1,7 +1,10 @@
 // Test helpers: real relays on 127.0.0.1 with ephemeral ports, real clients,
 // raw sockets for hostile input, and relay subprocesses for CLI tests.
 import type { Socket, Subprocess } from "bun";
-import { readFileSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
 import { joinRelay, type Link, type LinkOptions } from "../lib/link/relay-link.ts";
@@ -9,6 +12,31 @@ import { startRelay, type Relay, type RelayOptions } from "../lib/relay/server.t
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 
 export const SECRET_TEXT = "test secret, long enough to pass";
+
+/** The temporary directories of one test file (real paths); `removeAll()` deletes them (afterEach/afterAll). */
+export function tempDirs(prefix: string) {
+  const made: string[] = [];
+  return {
+    make(p = prefix): string {
+      const d = realpathSync(mkdtempSync(join(tmpdir(), p)));
+      made.push(d);
+      return d;
+    },
+    removeAll(): void {
+      for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
+    },
+  };
+}
+
+export const sha256Hex = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
+
+/** Writes `content` (or that many random bytes) to `dir/name`; returns its path, bytes, size and SHA-256. */
+export function writeTestFile(dir: string, name: string, content: number | Uint8Array) {
+  const bytes = typeof content === "number" ? new Uint8Array(randomBytes(content)) : content;
+  const path = join(dir, name);
+  writeFileSync(path, bytes);
+  return { path, bytes, sha256: sha256Hex(bytes), size: bytes.length };
+}
 export const SECRET = new TextEncoder().encode(SECRET_TEXT);
 export const ROOT = new URL("..", import.meta.url).pathname;
 

@@ -13,13 +13,13 @@
 // tcpdump is missing or not permitted, that check is skipped with a message.
 import { afterAll, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import type { Subprocess } from "bun";
-import { createHash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { decodePayload, FrameDecoder } from "../lib/wire/frame.ts";
 import { spawnChat, killChats, type ChatProcess } from "./chat-process.ts";
-import { ROOT, SECRET_TEXT, waitFor } from "./helpers.ts";
+import { ROOT, SECRET_TEXT, sha256Hex, waitFor } from "./helpers.ts";
 import {
   buildPcap,
   FileWindows,
@@ -56,7 +56,6 @@ const allowWrite = (path: string) => path === "/dev/null";
 const TRACE = "trace=%file,bind,listen,accept,accept4";
 
 const hex = (n: number) => randomBytes(n).toString("hex");
-const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 const text = (s: string) => new TextEncoder().encode(s);
 const fdFlags = (fd: number) => parseInt(/^flags:\s+([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"))![1]!, 8);
 const oneLine = (s: string) => s.trim().replace(/\s*\n\s*/g, "; ");
@@ -292,8 +291,8 @@ test("the run really carried the data: messages both ways, a broadcast, and both
     { name: `${markers.bigName}.bin`, ...big },
     { name: `${markers.noteName}.txt`, ...notes },
   ].sort((x, y) => x.name.localeCompare(y.name));
-  expect(files.map((f) => [f.name, f.size, f.sha256])).toEqual(sent.map((s) => [s.name, s.bytes.length, sha256(s.bytes)]));
-  for (const f of files) expect(sha256(readFileSync(String(f.path)))).toBe(String(f.sha256));
+  expect(files.map((f) => [f.name, f.size, f.sha256])).toEqual(sent.map((s) => [s.name, s.bytes.length, sha256Hex(s.bytes)]));
+  for (const f of files) expect(sha256Hex(readFileSync(String(f.path)))).toBe(String(f.sha256));
   expect(shortFingerprint).toMatch(/^[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$/);
   expect(longFingerprint.replace(/ /g, "")).toMatch(/^[0-9a-f]{64}$/);
   expect(longFingerprint.replace(/ /g, "").startsWith(shortFingerprint.replace(/-/g, ""))).toBe(true);

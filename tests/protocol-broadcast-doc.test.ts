@@ -17,8 +17,7 @@
 // skips the e2e-* ones, does not count them, and neither does the file test
 // (which takes file.* names).
 import { afterAll, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
@@ -30,6 +29,7 @@ import { fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
+import { tempDirs } from "./helpers.ts";
 import { doc, docBlock, docVector, aesEncrypt, ascii, cat, hex, hmac, range, sha256 } from "./doc-vectors.ts";
 
 setDefaultTimeout(30_000);
@@ -77,15 +77,8 @@ const FILE_KEY = range(0x00, 32);
 const FILE_ID = range(0xf0, 16);
 const FILE = Uint8Array.from({ length: 70000 }, (_, i) => i % 251);
 
-const dirs: string[] = [];
-afterAll(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "smts-bcast-doc-"));
-  dirs.push(d);
-  return d;
-}
+const temp = tempDirs("smts-bcast-doc-");
+afterAll(() => temp.removeAll());
 
 describe("broadcast-layer test vectors in docs/PROTOCOL.md", () => {
   test("the document has exactly the bcast vectors checked here, none visible to the other layers' tests", () => {
@@ -253,7 +246,7 @@ const docChunks = () => {
 
 describe("broadcast offers (§36) against the transfer state machine", () => {
   test("the sender offers the same file ID and key to every member, with bc: true and the file's SHA-256", async () => {
-    const dir = tempDir();
+    const dir = temp.make();
     const path = join(dir, "report.pdf");
     writeFileSync(path, FILE);
     const s = transfersHarness(dir);
@@ -280,7 +273,7 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
 
   test("the receiver: the document's offer and the §32 chunks give a file marked broadcast; a wrong sha256 fails it", () => {
     const peer = "k3x9pm2q";
-    const ok = transfersHarness(tempDir());
+    const ok = transfersHarness(temp.make());
     expect(ok.t.onContent(peer, decodePayload(v("bcast.offer")))).toBe(true);
     expect(ok.contents.map((c) => c.item.t)).toEqual(["accept"]);
     for (const c of docChunks()) ok.t.onChunk(peer, c);
@@ -289,7 +282,7 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
 
     // Each offer fresh from the document: the receiver erases the key bytes of an offer it accepts.
     const offer = () => decodePayload(v("bcast.offer"));
-    const bad = transfersHarness(tempDir());
+    const bad = transfersHarness(temp.make());
     bad.t.onContent(peer, { ...offer(), sha256: new Uint8Array(32) });
     for (const c of docChunks()) bad.t.onChunk(peer, c);
     expect(bad.contents.at(-1)!.item).toMatchObject({ t: "failed", reason: "content does not match the SHA-256 in the sender's offer" });
@@ -297,13 +290,13 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
 
     // bc: true without a 32-byte sha256 is malformed: nothing sent, nothing created.
     for (const sha of [undefined, new Uint8Array(31), "x"]) {
-      const m = transfersHarness(tempDir());
+      const m = transfersHarness(temp.make());
       m.t.onContent(peer, { ...offer(), sha256: sha });
       expect(m.contents).toEqual([]);
       expect(m.events.at(-1)).toMatchObject({ state: "failed", reason: "malformed offer" });
     }
     // Without bc the offer is an ordinary one, whatever sha256 holds.
-    const plain = transfersHarness(tempDir());
+    const plain = transfersHarness(temp.make());
     plain.t.onContent(peer, { ...offer(), bc: undefined, sha256: new Uint8Array(32) });
     for (const c of docChunks()) plain.t.onChunk(peer, c);
     expect(plain.events.at(-1)).toMatchObject({ event: "file", broadcast: false });
@@ -404,7 +397,7 @@ describe("live: a broadcasting client as the relay sees it", () => {
     const events = new Map<string, ChatEvent[]>();
     const joinChat = async (port: number, name: string) => {
       const list: ChatEvent[] = [];
-      const c = await startChat({ host: "127.0.0.1", port, secret: null, dh, onEvent: (e) => void list.push(e), downloadDir: tempDir() });
+      const c = await startChat({ host: "127.0.0.1", port, secret: null, dh, onEvent: (e) => void list.push(e), downloadDir: temp.make() });
       events.set(name, list);
       clients.push(c);
       return c;
@@ -497,7 +490,7 @@ describe("live: a broadcasting client as the relay sees it", () => {
       expect([kid1, kid2]).not.toContain(hex(brecs[0]!.m.kid as Uint8Array));
 
       // A broadcast file: offers travel in pairwise records; each chunk is sent once, to the list.
-      const dir = tempDir();
+      const dir = temp.make();
       const path = join(dir, "report.pdf");
       writeFileSync(path, FILE);
       mark = proxy.sent.length;

@@ -12,8 +12,7 @@
 // skips the e2e-* ones, does not count them.
 import { afterAll, describe, expect, test } from "bun:test";
 import { hkdfSync } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
 import { numbered, safeName } from "../lib/transfer/names.ts";
@@ -21,6 +20,7 @@ import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.t
 import { DEFAULT_MAX_FILE_SIZE } from "../lib/client/chat-client.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
+import { tempDirs } from "./helpers.ts";
 import { doc, docBlock, docVector, aesDecrypt, aesEncrypt, ascii, cat, hex, hmac, range, sha256, u64 } from "./doc-vectors.ts";
 
 const flat = doc.replace(/\s+/g, " ");
@@ -261,15 +261,8 @@ describe("openChunk: exactly the expected chunk, nothing else (§26)", () => {
 
 // ---- The transfer state machine against the document's bytes ---------------------
 
-const dirs: string[] = [];
-afterAll(() => {
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-});
-function tempDir(): string {
-  const d = mkdtempSync(join(tmpdir(), "smts-file-doc-"));
-  dirs.push(d);
-  return d;
-}
+const temp = tempDirs("smts-file-doc-");
+afterAll(() => temp.removeAll());
 
 interface Harness {
   t: ReturnType<typeof createTransfers>;
@@ -282,7 +275,7 @@ interface Harness {
 }
 
 function harness(opts: { maxFileSize?: number; backlog?: number } = {}): Harness {
-  const h: Harness = { contents: [], messages: [], events: [], dir: tempDir(), backlog: opts.backlog ?? 0, drainedCalls: [] } as unknown as Harness;
+  const h: Harness = { contents: [], messages: [], events: [], dir: temp.make(), backlog: opts.backlog ?? 0, drainedCalls: [] } as unknown as Harness;
   h.t = createTransfers(
     {
       sendContent: (_peer, item) => void h.contents.push(item),

@@ -3,19 +3,17 @@
 // --download-dir values exit 1 with one clear line, limits on both sides,
 // and a sender killed mid-way leaves nothing behind at the receiver.
 import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
-import { createHash, randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type ChatProcess, killChats, spawnChat } from "./chat-process.ts";
-import { ROOT, SECRET_TEXT, spawnRelay, tryMount, waitFor, type RelayProcess } from "./helpers.ts";
+import { ROOT, SECRET_TEXT, sha256Hex, spawnRelay, tempDirs, tryMount, waitFor, writeTestFile, type RelayProcess } from "./helpers.ts";
 
 setDefaultTimeout(90_000);
 const LONG = 30_000;
 const MiB = 1024 * 1024;
 
 let relay: RelayProcess;
-let dirs: string[] = [];
+const temp = tempDirs("smts-cli-xfer-");
 let mounts: string[] = [];
 beforeAll(async () => {
   relay = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
@@ -24,24 +22,11 @@ afterAll(() => relay.proc.kill());
 afterEach(() => {
   killChats();
   for (const m of mounts) Bun.spawnSync(["umount", "-l", m]);
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
-  dirs = [];
+  temp.removeAll();
   mounts = [];
 });
 
 
-function tempDir(prefix = "smts-cli-xfer-"): string {
-  const d = realpathSync(mkdtempSync(join(tmpdir(), prefix)));
-  dirs.push(d);
-  return d;
-}
-const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-function makeFile(dir: string, name: string, size: number) {
-  const bytes = new Uint8Array(randomBytes(size));
-  const path = join(dir, name);
-  writeFileSync(path, bytes);
-  return { path, bytes, sha256: sha256(bytes), size };
-}
 const env = { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT };
 
 const chat = (cwd: string, args: string[] = []) => spawnChat(relay.port, args, { cwd, timeoutMs: LONG });
@@ -50,10 +35,10 @@ const ofKind = (c: ChatProcess, kind: string) => c.events.filter((e) => e.event 
 
 /** A random `large.bin` of `size` bytes under way from a to b (both limits 128 MiB); b saves into `dl`. */
 async function largeTransfer(size: number) {
-  const cwd = tempDir();
-  const dl = tempDir();
-  const src = makeFile(cwd, "large.bin", size);
-  const b = await chat(tempDir(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
+  const cwd = temp.make();
+  const dl = temp.make();
+  const src = writeTestFile(cwd, "large.bin", size);
+  const b = await chat(temp.make(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
   const a = await chat(cwd, ["--max-file-size", "128MiB"]);
   a.send(`/connect ${b.id}`);
   a.send(`/send ${b.id} ${src.path}`);
@@ -61,12 +46,12 @@ async function largeTransfer(size: number) {
 }
 
 test("scripted: /connect, /send ID \"path with space\", end of input → the sender exits 0 after 'delivered'; the file is under --download-dir (relative to the working directory)", async () => {
-  const home = tempDir();
+  const home = temp.make();
   const aCwd = join(home, "a");
   const bCwd = join(home, "b");
   mkdirSync(aCwd);
   mkdirSync(join(bCwd, "incoming"), { recursive: true });
-  const src = makeFile(aCwd, "my file.bin", 2 * MiB + 3);
+  const src = writeTestFile(aCwd, "my file.bin", 2 * MiB + 3);
   const a = await chat(aCwd);
   const b = await chat(bCwd, ["--download-dir", "incoming"]);
   a.send(`/connect ${b.id}`);
@@ -92,9 +77,9 @@ test("scripted: /connect, /send ID \"path with space\", end of input → the sen
 });
 
 test("scripted: /send of a missing file or a directory → error events, one line each on stderr, exit 1; nothing offered", async () => {
-  const cwd = tempDir();
+  const cwd = temp.make();
   const a = await chat(cwd);
-  const b = await chat(tempDir(), ["--download-dir", tempDir()]);
+  const b = await chat(temp.make(), ["--download-dir", temp.make()]);
   a.send(`/connect ${b.id}`);
   a.send(`/send ${b.id} ${join(cwd, "no-such-file.bin")}`);
   a.send(`/send ${b.id} ${cwd}`);
@@ -114,7 +99,7 @@ test("scripted: /send of a missing file or a directory → error events, one lin
 });
 
 test("a missing, non-directory or read-only --download-dir → exit 1 with one clear line, before joining", async () => {
-  const cwd = tempDir();
+  const cwd = temp.make();
   writeFileSync(join(cwd, "plain-file"), "x");
   const run = (dir: string) => Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`, "--json", "--download-dir", dir], { cwd, env, stdin: "ignore" });
   const cases: [string, RegExp][] = [
@@ -137,9 +122,9 @@ test("a missing, non-directory or read-only --download-dir → exit 1 with one c
 });
 
 test("limits: the sender's --max-file-size 1KiB refuses 1025 bytes (too_large, exit 1, nothing offered); a receiver with --max-file-size 1000 declines 5000 bytes (sender exits 1)", async () => {
-  const cwd = tempDir();
-  const src = makeFile(cwd, "k.bin", 1025);
-  const b = await chat(tempDir(), ["--download-dir", tempDir(), "--max-file-size", "1000"]);
+  const cwd = temp.make();
+  const src = writeTestFile(cwd, "k.bin", 1025);
+  const b = await chat(temp.make(), ["--download-dir", temp.make(), "--max-file-size", "1000"]);
   const a = await chat(cwd, ["--max-file-size", "1KiB"]);
   a.send(`/connect ${b.id}`);
   a.send(`/send ${b.id} ${src.path}`);
@@ -150,7 +135,7 @@ test("limits: the sender's --max-file-size 1KiB refuses 1025 bytes (too_large, e
   await b.event((e) => e.event === "message", "marker at b");
   expect(ofKind(b, "transfer")).toEqual([]);
 
-  const big = makeFile(cwd, "five.bin", 5000);
+  const big = writeTestFile(cwd, "five.bin", 5000);
   const a2 = await chat(cwd);
   a2.send(`/connect ${b.id}`);
   a2.send(`/send ${b.id} ${big.path}`);

@@ -1,26 +1,22 @@
 // Rules of the file layer that need no network: names, timeouts, chunk sizes,
 // and a file that changes while it is being sent.
 import { afterEach, expect, test } from "bun:test";
-import { appendFileSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { appendFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { safeName } from "../lib/transfer/names.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import type { Frame } from "../lib/wire/frame.ts";
-import { waitFor } from "./helpers.ts";
+import { tempDirs, waitFor } from "./helpers.ts";
 
-const dirs: string[] = [];
-const tempDir = () => (dirs.push(mkdtempSync(join(tmpdir(), "smts-rules-"))), dirs.at(-1)!);
-afterEach(() => {
-  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
-});
+const temp = tempDirs("smts-rules-");
+afterEach(() => temp.removeAll());
 
 function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void } = {}) {
   const contents: Frame[] = [];
   const messages: Frame[] = [];
   const events: TransferEvent[] = [];
-  const dir = tempDir();
+  const dir = temp.make();
   const t = createTransfers(
     {
       sendContent: (_p, item) => void contents.push(item),

@@ -6,8 +6,7 @@
 // reorders chunks in transit.
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
-import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statSync, truncateSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { ChatClient } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
@@ -15,7 +14,7 @@ import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay } from "../lib/relay/server.ts";
 import { CHUNK_BYTES, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
 import type { Frame } from "../lib/wire/frame.ts";
-import { nameProblems, SECRET, spawnRelay, startParty, startTestRelay, tryMount, waitFor, type Party, type RelayProcess } from "./helpers.ts";
+import { nameProblems, SECRET, sha256Hex, spawnRelay, startParty, startTestRelay, tempDirs, tryMount, waitFor, writeTestFile, type Party, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
 import { startRawPeer } from "./raw-peer.ts";
 
@@ -27,7 +26,7 @@ let relay: Relay;
 const engines: DhEngine[] = [];
 let chats: ChatClient[] = [];
 let links: Link[] = [];
-let dirs: string[] = [];
+const temp = tempDirs("smts-xfer-");
 let mitm: Mitm | null = null;
 let relayProc: RelayProcess | null = null;
 let mounts: string[] = [];
@@ -46,37 +45,22 @@ afterEach(async () => {
   mitm?.stop();
   relayProc?.proc.kill("SIGKILL");
   for (const m of mounts) Bun.spawnSync(["umount", "-l", m]);
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  temp.removeAll();
   chats = [];
   links = [];
-  dirs = [];
   mounts = [];
   mitm = null;
   relayProc = null;
 });
 
 
-function tempDir(prefix = "smts-xfer-"): string {
-  const d = mkdtempSync(join(tmpdir(), prefix));
-  dirs.push(d);
-  return d;
-}
 
 
-const sha256 = (bytes: Uint8Array) => createHash("sha256").update(bytes).digest("hex");
-
-/** Writes `size` random bytes (or the given bytes) to `dir/name` and returns path, bytes and hash. */
-function makeFile(dir: string, name: string, content: number | Uint8Array) {
-  const bytes = typeof content === "number" ? new Uint8Array(nodeRandomBytes(content)) : content;
-  const path = join(dir, name);
-  writeFileSync(path, bytes);
-  return { path, bytes, sha256: sha256(bytes), size: bytes.length };
-}
 
 
 let nextEngine = 0;
 async function party(opts: { port?: number; dir?: string; maxFileSize?: number } = {}): Promise<Party> {
-  const p = await startParty({ port: opts.port ?? relay.port, dh: engines[nextEngine++ % engines.length]!, dir: opts.dir ?? tempDir("smts-dl-"), maxFileSize: opts.maxFileSize });
+  const p = await startParty({ port: opts.port ?? relay.port, dh: engines[nextEngine++ % engines.length]!, dir: opts.dir ?? temp.make("smts-dl-"), maxFileSize: opts.maxFileSize });
   chats.push(p.chat);
   return p;
 }
@@ -156,7 +140,7 @@ describe("delivery", () => {
   for (const [what, size] of SIZES) {
     test(`a file of ${what} arrives byte-identical under --download-dir, with its SHA-256 in 'file' and 'delivered'`, async () => {
       const { a, b } = await pair();
-      const src = makeFile(tempDir(), `data-${size}.bin`, size);
+      const src = writeTestFile(temp.make(), `data-${size}.bin`, size);
       await a.chat.sendFile(b.id, src.path); // resolves only once b reported it complete and verified
       const file = await waitFor(() => b.of("file")[0], "file event", LONG);
       expect(file).toEqual({ event: "file", from: a.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name: basename(src.path), path: join(b.dir, basename(src.path)), size, sha256: src.sha256, broadcast: false });
@@ -181,14 +165,14 @@ describe("delivery", () => {
 
   test("receiving report.pdf twice gives report.pdf and report (1).pdf, each with its own content", async () => {
     const { a, b } = await pair();
-    const one = makeFile(tempDir(), "report.pdf", 1000);
-    const two = makeFile(tempDir(), "report.pdf", 2000);
+    const one = writeTestFile(temp.make(), "report.pdf", 1000);
+    const two = writeTestFile(temp.make(), "report.pdf", 2000);
     await a.chat.sendFile(b.id, one.path);
     await a.chat.sendFile(b.id, two.path);
     expect(b.of("file").map((f) => f.path)).toEqual([join(b.dir, "report.pdf"), join(b.dir, "report (1).pdf")]);
     expect(b.of("file").map((f) => f.name)).toEqual(["report.pdf", "report (1).pdf"]);
-    expect(sha256(readFileSync(join(b.dir, "report.pdf")))).toBe(one.sha256);
-    expect(sha256(readFileSync(join(b.dir, "report (1).pdf")))).toBe(two.sha256);
+    expect(sha256Hex(readFileSync(join(b.dir, "report.pdf")))).toBe(one.sha256);
+    expect(sha256Hex(readFileSync(join(b.dir, "report (1).pdf")))).toBe(two.sha256);
     expect(listing(b.dir)).toEqual(["report (1).pdf", "report.pdf"]);
   });
 
@@ -196,13 +180,13 @@ describe("delivery", () => {
     const { a, b } = await pair();
     writeFileSync(join(b.dir, "report.pdf"), "ORIGINAL");
     const before = statSync(join(b.dir, "report.pdf"));
-    const srcs = [1, 2, 3].map((i) => makeFile(tempDir(), "report.pdf", 100_000 * i));
+    const srcs = [1, 2, 3].map((i) => writeTestFile(temp.make(), "report.pdf", 100_000 * i));
     await Promise.all(srcs.map((s) => a.chat.sendFile(b.id, s.path)));
     expect(readFileSync(join(b.dir, "report.pdf"), "utf8")).toBe("ORIGINAL");
     expect(statSync(join(b.dir, "report.pdf")).mtimeMs).toBe(before.mtimeMs);
     expect(listing(b.dir)).toEqual(["report (1).pdf", "report (2).pdf", "report (3).pdf", "report.pdf"]);
     // Each saved file is one of the sources, and every source arrived once.
-    const got = b.of("file").map((f) => sha256(readFileSync(f.path)));
+    const got = b.of("file").map((f) => sha256Hex(readFileSync(f.path)));
     expect(got.sort()).toEqual(srcs.map((s) => s.sha256).sort());
     expect(b.of("file").map((f) => f.sha256).sort()).toEqual(srcs.map((s) => s.sha256).sort());
   });
@@ -216,8 +200,8 @@ describe("hostile names", () => {
 
   test("files literally named with newlines, escapes, bidi overrides, backslashes, device names and leading dots are saved inside the download dir with safe names", async () => {
     const { a, b } = await pair();
-    const src = tempDir();
-    const sent = LITERAL.map((name, i) => makeFile(src, name, 10 + i));
+    const src = temp.make();
+    const sent = LITERAL.map((name, i) => writeTestFile(src, name, 10 + i));
     for (const s of sent) await a.chat.sendFile(b.id, s.path);
     const files = b.of("file");
     expect(files.length).toBe(LITERAL.length);
@@ -225,7 +209,7 @@ describe("hostile names", () => {
       expect(dirname(f.path)).toBe(b.dir);
       expect(basename(f.path)).toBe(f.name);
       expect(nameProblems(f.name)).toEqual([]);
-      expect(sha256(readFileSync(f.path))).toBe(sent[i]!.sha256);
+      expect(sha256Hex(readFileSync(f.path))).toBe(sent[i]!.sha256);
     }
     expect(files.map((f) => f.name)).toEqual(["evilname.txt", "[31mred.txt", "]0;pwned", "gnp.exe", "win.ini", "_CON", "_con.txt", "bashrc", "ab.txt", "2J.txt", "invisible.txt", "q_u_o_t_e_s_.txt"]);
     // The offer itself is sanitised too: the transfer events carry the safe name.
@@ -237,7 +221,7 @@ describe("hostile names", () => {
   const OFFERED = ["../x", "../../x", "/etc/passwd", "..\\..\\win.ini", "C:\\Windows\\win.ini", "a/b/../../../../../x", "", ".", "..", "/", "CON", "nul.txt", ".bashrc", "x".repeat(1000), `${"é".repeat(600)}.txt`, "evil\nname", "\x1b]0;pwned\x07", "\u202egnp.exe", "\u0000"];
 
   test("offered names with path parts, absolute paths, empty, '..', 1000 characters: every file lands inside the download dir with a safe base name", async () => {
-    const root = tempDir();
+    const root = temp.make();
     const dl = join(root, "deep", "downloads");
     mkdirSync(dl, { recursive: true });
     const victim = await party({ dir: dl });
@@ -250,7 +234,7 @@ describe("hostile names", () => {
       offer.sendAll(content);
       const done = await offer.outcome();
       expect(done.t).toBe("done");
-      expect(Buffer.from(done.sha256 as Uint8Array).toString("hex")).toBe(sha256(content));
+      expect(Buffer.from(done.sha256 as Uint8Array).toString("hex")).toBe(sha256Hex(content));
       const f = victim.of("file")[i]!;
       expect(f.from).toBe(peer.id);
       expect(dirname(f.path)).toBe(dl);
@@ -273,7 +257,7 @@ describe("on the wire (seen by a hand-driven receiver)", () => {
   test("the offer carries only the base name, the size and a fresh 32-byte key; chunks of 64 KiB, numbered 0..n, only the last final, decrypt with that key to the file", async () => {
     const a = await party();
     const peer = await rawPeer(a);
-    const src = makeFile(tempDir(), "wire.bin", 3 * CHUNK_BYTES + 100);
+    const src = writeTestFile(temp.make(), "wire.bin", 3 * CHUNK_BYTES + 100);
     const keys: Uint8Array[] = [];
     for (let round = 0; round < 2; round++) {
       const sending = a.chat.sendFile(peer.id, src.path);
@@ -306,7 +290,7 @@ describe("on the wire (seen by a hand-driven receiver)", () => {
   test("a receiver reporting a different SHA-256 → the sender fails the transfer instead of reporting it delivered; an early 'done' is ignored", async () => {
     const a = await party();
     const peer = await rawPeer(a);
-    const src = makeFile(tempDir(), "x.bin", 5 * CHUNK_BYTES);
+    const src = writeTestFile(temp.make(), "x.bin", 5 * CHUNK_BYTES);
     const sending = a.chat.sendFile(peer.id, src.path);
     sending.catch(() => {});
     const offer = await peer.content((c) => c.t === "offer", "offer");
@@ -329,7 +313,7 @@ describe("on the wire (seen by a hand-driven receiver)", () => {
 describe("limits", () => {
   test("the sender refuses a file over its own --max-file-size before sending anything (too_large); at the limit it goes", async () => {
     const { a, b } = await pair({ maxFileSize: 1000 });
-    const over = makeFile(tempDir(), "big.bin", 1001);
+    const over = writeTestFile(temp.make(), "big.bin", 1001);
     const err = await rejection(a.chat.sendFile(b.id, over.path));
     expect(err.code).toBe("too_large");
     expect(err.message).toMatch(/1001 bytes, over the limit of 1000/);
@@ -339,7 +323,7 @@ describe("limits", () => {
     await waitFor(() => texts(b).includes("after the refusal"), "message", LONG);
     expect(transfers(b)).toEqual([]);
     expect(listing(b.dir)).toEqual([]);
-    const at = makeFile(tempDir(), "fits.bin", 1000);
+    const at = writeTestFile(temp.make(), "fits.bin", 1000);
     await a.chat.sendFile(b.id, at.path);
     expect(b.of("file")[0]).toMatchObject({ size: 1000, sha256: at.sha256 });
   });
@@ -354,10 +338,10 @@ describe("limits", () => {
         const a = await party({ port: own.port });
         const b = await party({ port: own.port });
         await a.chat.connect(b.id);
-        const src = makeFile(tempDir(), "chunks.bin", 3 * CHUNK_BYTES + 1);
+        const src = writeTestFile(temp.make(), "chunks.bin", 3 * CHUNK_BYTES + 1);
         if (fits) {
           await a.chat.sendFile(b.id, src.path);
-          expect(sha256(readFileSync(join(b.dir, "chunks.bin")))).toBe(src.sha256);
+          expect(sha256Hex(readFileSync(join(b.dir, "chunks.bin")))).toBe(src.sha256);
         } else {
           const err = await rejection(a.chat.sendFile(b.id, src.path));
           expect(err.code).toBe("relay_limit");
@@ -374,7 +358,7 @@ describe("limits", () => {
 
   test("a receiver with a smaller limit declines; the sender gets a 'declined' transfer event and sendFile rejects", async () => {
     const { a, b } = await pair({}, { maxFileSize: 1000 });
-    const src = makeFile(tempDir(), "big.bin", 5000);
+    const src = writeTestFile(temp.make(), "big.bin", 5000);
     const err = await rejection(a.chat.sendFile(b.id, src.path));
     expect(err.code).toBe("declined");
     const ev = transfers(a, "declined", "out")[0]!;
@@ -448,7 +432,7 @@ describe("limits", () => {
 describe("concurrency", () => {
   test("messages are not queued behind a large file: sent after it started, they arrive (both ways) before it completes", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "large.bin", 48 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 48 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
     a.chat.sendText(b.id, "sent while the file flows");
@@ -462,16 +446,16 @@ describe("concurrency", () => {
     const backAt = a.events.findIndex((e) => e.event === "message" && e.text === "and back");
     expect(backAt).toBeGreaterThanOrEqual(0);
     expect(backAt).toBeLessThan(deliveredAt);
-    expect(sha256(readFileSync(join(b.dir, "large.bin")))).toBe(src.sha256);
+    expect(sha256Hex(readFileSync(join(b.dir, "large.bin")))).toBe(src.sha256);
   });
 
   test("several transfers at once in both directions all arrive intact", async () => {
     const { a, b } = await pair();
-    const fromA = [makeFile(tempDir(), "a1.bin", 3 * MiB), makeFile(tempDir(), "a2.bin", 2 * MiB + 7), makeFile(tempDir(), "a3.bin", 1)];
-    const fromB = [makeFile(tempDir(), "b1.bin", 3 * MiB - 1), makeFile(tempDir(), "b2.bin", 64 * 1024)];
+    const fromA = [writeTestFile(temp.make(), "a1.bin", 3 * MiB), writeTestFile(temp.make(), "a2.bin", 2 * MiB + 7), writeTestFile(temp.make(), "a3.bin", 1)];
+    const fromB = [writeTestFile(temp.make(), "b1.bin", 3 * MiB - 1), writeTestFile(temp.make(), "b2.bin", 64 * 1024)];
     await Promise.all([...fromA.map((s) => a.chat.sendFile(b.id, s.path)), ...fromB.map((s) => b.chat.sendFile(a.id, s.path))]);
-    for (const s of fromA) expect(sha256(readFileSync(join(b.dir, basename(s.path))))).toBe(s.sha256);
-    for (const s of fromB) expect(sha256(readFileSync(join(a.dir, basename(s.path))))).toBe(s.sha256);
+    for (const s of fromA) expect(sha256Hex(readFileSync(join(b.dir, basename(s.path))))).toBe(s.sha256);
+    for (const s of fromB) expect(sha256Hex(readFileSync(join(a.dir, basename(s.path))))).toBe(s.sha256);
     expect(a.of("delivered").map((d) => d.name).sort()).toEqual(["a1.bin", "a2.bin", "a3.bin"]);
     expect(b.of("delivered").map((d) => d.name).sort()).toEqual(["b1.bin", "b2.bin"]);
     expect(listing(a.dir)).toEqual(["b1.bin", "b2.bin"]);
@@ -480,22 +464,22 @@ describe("concurrency", () => {
 
   test("a re-key (a new /connect) in the middle of a transfer does not disturb it", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "large.bin", 40 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 40 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
     await b.chat.connect(a.id);
     expect(a.of("session").map((s) => s.state)).toEqual(["established", "rekeyed"]);
     expect(b.of("file")).toEqual([]); // the re-key happened while the file was still arriving
     await sending;
-    expect(sha256(readFileSync(join(b.dir, "large.bin")))).toBe(src.sha256);
+    expect(sha256Hex(readFileSync(join(b.dir, "large.bin")))).toBe(src.sha256);
     expect(a.of("delivered")).toHaveLength(1);
   });
 
   for (const who of ["receiver", "sender"] as const) {
     test(`/cancel by the ${who} stops the transfer on both sides, removes the temporary file, and the session goes on`, async () => {
       const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-      const src = makeFile(tempDir(), "large.bin", 48 * MiB);
-      const other = makeFile(tempDir(), "other.bin", 200_000);
+      const src = writeTestFile(temp.make(), "large.bin", 48 * MiB);
+      const other = writeTestFile(temp.make(), "other.bin", 200_000);
       const sending = a.chat.sendFile(b.id, src.path);
       sending.catch(() => {});
       await waitFor(() => b.of("progress").some((p) => p.bytes > 0) && partFiles(b.dir).length === 1, "the file is flowing", LONG);
@@ -538,7 +522,7 @@ describe("backpressure", () => {
       mitm.toClient = (_f, pipe) => void (pipe.fromRelay.length = 0); // forward unchanged, keep no log
       await a.chat.connect(b.id);
       const SIZE = 192 * MiB;
-      const path = join(tempDir(), "sparse.bin");
+      const path = join(temp.make(), "sparse.bin");
       writeFileSync(path, "");
       truncateSync(path, SIZE); // sparse: no disk used, zeros read back
       const sending = a.chat.sendFile(b.id, path);
@@ -584,7 +568,7 @@ describe("failures leave no file under the final name and no temporary file", ()
     const a = await party({ port: mitm.port, maxFileSize: 64 * MiB });
     const b = await party({ maxFileSize: 64 * MiB });
     await a.chat.connect(b.id);
-    const src = makeFile(tempDir(), "large.bin", 50 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 50 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
@@ -601,7 +585,7 @@ describe("failures leave no file under the final name and no temporary file", ()
     const a = await party({ maxFileSize: 64 * MiB });
     const b = await party({ port: mitm.port, maxFileSize: 64 * MiB });
     await a.chat.connect(b.id);
-    const src = makeFile(tempDir(), "large.bin", 50 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 50 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0) && partFiles(b.dir).length === 1, "the file is flowing", LONG);
@@ -615,7 +599,7 @@ describe("failures leave no file under the final name and no temporary file", ()
 
   test("the receiver closes its client mid-way: temporary file removed, the sender's transfer ends as cancelled", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "large.bin", 50 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 50 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0) && partFiles(b.dir).length === 1, "the file is flowing", LONG);
@@ -629,7 +613,7 @@ describe("failures leave no file under the final name and no temporary file", ()
 
   test("the sender closes its client mid-way (50 MiB): the receiver ends the transfer and removes the temporary file", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "large.bin", 50 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 50 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
@@ -649,7 +633,7 @@ describe("failures leave no file under the final name and no temporary file", ()
     const a = await party({ port: relayProc.port, maxFileSize: 64 * MiB });
     const b = await party({ port: relayProc.port, maxFileSize: 64 * MiB });
     await a.chat.connect(b.id);
-    const src = makeFile(tempDir(), "large.bin", 50 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 50 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0) && partFiles(b.dir).length === 1, "the file is flowing", LONG);
@@ -662,27 +646,27 @@ describe("failures leave no file under the final name and no temporary file", ()
   });
 
   test("disk full (a 1 MiB tmpfs as download dir): the receiver fails with ENOSPC, tells the sender, removes the temporary file", async () => {
-    const mnt = tempDir("smts-tmpfs-");
+    const mnt = temp.make("smts-tmpfs-");
     const why = tryMount(mounts, mnt, "size=1m");
     if (why !== null) {
       console.warn(`SKIPPED disk-full test: cannot mount a 1 MiB tmpfs (${why}); needs root`);
       return;
     }
     const { a, b } = await pair({}, { dir: mnt });
-    const src = makeFile(tempDir(), "big.bin", 3 * MiB);
+    const src = writeTestFile(temp.make(), "big.bin", 3 * MiB);
     const err = await rejection(a.chat.sendFile(b.id, src.path));
     expect(err.code).toBe("failed");
     expect(err.message).toMatch(/ENOSPC/);
     await expectFailedCleanly(b, /cannot write: ENOSPC/);
     // And the disk is usable again: a small file fits.
-    const small = makeFile(tempDir(), "small.bin", 1000);
+    const small = writeTestFile(temp.make(), "small.bin", 1000);
     await a.chat.sendFile(b.id, small.path);
     expect(listing(mnt)).toEqual(["small.bin"]);
   });
 
   test("the file shrinks while being sent: the sender stops, the receiver is told and removes the temporary file", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "shrinking.bin", 40 * MiB);
+    const src = writeTestFile(temp.make(), "shrinking.bin", 40 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
@@ -697,7 +681,7 @@ describe("failures leave no file under the final name and no temporary file", ()
 
   test("the file grows while being sent: the sender fails before the last chunk leaves, the receiver keeps nothing", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "growing.bin", 40 * MiB);
+    const src = writeTestFile(temp.make(), "growing.bin", 40 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
@@ -716,7 +700,7 @@ describe("failures leave no file under the final name and no temporary file", ()
   // the rename fails the placeholder stays: an empty file under the final name.
   test("regression: the temporary file deleted mid-way (by the user or a cleaner): the transfer fails and no empty file is left under the final name", async () => {
     const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = makeFile(tempDir(), "large.bin", 40 * MiB);
+    const src = writeTestFile(temp.make(), "large.bin", 40 * MiB);
     const sending = a.chat.sendFile(b.id, src.path);
     sending.catch(() => {});
     await waitFor(() => b.of("progress").some((p) => p.bytes > 0) && partFiles(b.dir).length === 1, "the file is flowing", LONG);
@@ -730,7 +714,7 @@ describe("failures leave no file under the final name and no temporary file", ()
   test("the download directory removed before an offer arrives: the receiver declines with the reason, the sender is told", async () => {
     const { a, b } = await pair();
     rmSync(b.dir, { recursive: true });
-    const src = makeFile(tempDir(), "x.bin", 1000);
+    const src = writeTestFile(temp.make(), "x.bin", 1000);
     const err = await rejection(a.chat.sendFile(b.id, src.path));
     expect(err.code).toBe("declined");
     expect(err.message).toMatch(/receiver cannot write to its download directory \(ENOENT\)/);
@@ -773,7 +757,7 @@ describe("failures leave no file under the final name and no temporary file", ()
         if (v === null) return null;
         return Array.isArray(v) ? v.map((x) => msgFrame(a.id, x)) : msgFrame(a.id, v);
       };
-      const src = makeFile(tempDir(), "target.bin", 5 * CHUNK_BYTES + 1000);
+      const src = writeTestFile(temp.make(), "target.bin", 5 * CHUNK_BYTES + 1000);
       const err = await rejection(a.chat.sendFile(b.id, src.path));
       expect(attacked).toBeGreaterThan(0);
       expect(err.code).toBe("failed");
@@ -787,7 +771,7 @@ describe("failures leave no file under the final name and no temporary file", ()
       a.chat.sendText(b.id, "after the attack");
       await waitFor(() => texts(b).includes("after the attack"), "message after the attack", LONG);
       await a.chat.sendFile(b.id, src.path);
-      expect(sha256(readFileSync(join(b.dir, "target.bin")))).toBe(src.sha256);
+      expect(sha256Hex(readFileSync(join(b.dir, "target.bin")))).toBe(src.sha256);
       expect(b.of("error")).toEqual([]);
     });
   }
@@ -799,12 +783,12 @@ describe("failures leave no file under the final name and no temporary file", ()
     await waitFor(() => mitm!.pipes.filter((p) => p.id).length === 2, "both pipes", LONG);
     await a.chat.connect(b.id);
     mitm.toClient = (f, pipe) => (pipe.id === b.id && isE2E(f, "chunk", a.id) && e2eOf(f)!.last === true ? [f, f] : undefined);
-    const src = makeFile(tempDir(), "x.bin", 3 * CHUNK_BYTES);
+    const src = writeTestFile(temp.make(), "x.bin", 3 * CHUNK_BYTES);
     await a.chat.sendFile(b.id, src.path);
     a.chat.sendText(b.id, "after");
     await waitFor(() => texts(b).includes("after"), "message", LONG);
     expect(listing(b.dir)).toEqual(["x.bin"]);
-    expect(sha256(readFileSync(join(b.dir, "x.bin")))).toBe(src.sha256);
+    expect(sha256Hex(readFileSync(join(b.dir, "x.bin")))).toBe(src.sha256);
     expect(transfers(b, "failed")).toEqual([]);
   });
 
