@@ -173,7 +173,7 @@ export async function buildBinary(outfile: string, target: Target | null, entry 
 export function runnerFor(t: Target): string[] | null {
   const host = hostTarget();
   if (host && t.name === host.name) return [];
-  if (process.platform !== "linux" || t.os !== "linux" || t.libc !== "glibc") return null;
+  if (process.platform !== "linux" || t.os !== "linux" || t.libc !== "glibc" || t.arch === process.arch) return null;
   const arch = t.arch === "arm64" ? "aarch64" : "x86_64";
   const qemu = Bun.which(`qemu-${arch}-static`) ?? Bun.which(`qemu-${arch}`);
   const sysroot = `/usr/${arch}-linux-gnu`;

@@ -15,8 +15,8 @@
 // it, and halves, down to 2 KiB, when a flush used less than a quarter of it.
 // So a connection that gets a message now and then costs one small buffer per
 // message, and a busy one writes up to 64 KiB per syscall. (Keeping one 64 KiB
-// buffer per connection instead made a relay's RSS 2.4× larger with 1,000
-// active clients and 2.7× with 10,000 idle ones: docs/BENCHMARKS.md, "Load".)
+// buffer per connection instead made a relay's RSS 2.5× larger with 1,000
+// active clients and 2.6× with 10,000 idle ones: docs/BENCHMARKS.md, "Load".)
 export interface WritableSocket {
   write(data: Uint8Array): number;
 }
