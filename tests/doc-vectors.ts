@@ -30,6 +30,17 @@ export function docVector(name: string): Uint8Array {
   return new Uint8Array(Buffer.from(hex, "hex"));
 }
 
+/**
+ * A lookup for the vectors one test file checks: `names` is that file's list,
+ * so a vector read but not listed (and so not checked to exist) fails at once.
+ */
+export function listedVectors(names: readonly string[]): (name: string) => Uint8Array {
+  return (name) => {
+    if (!names.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
+    return docVector(name);
+  };
+}
+
 // ---- Independent byte helpers ---------------------------------------------------
 // Written with node:crypto from the document's text, never with lib/, so the
 // vector tests check the code against a second implementation.

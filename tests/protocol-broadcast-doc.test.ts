@@ -30,7 +30,7 @@ import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.t
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
 import { tempDirs } from "./helpers.ts";
-import { doc, docBlock, docVector, aesEncrypt, ascii, cat, hex, hmac, range, sha256 } from "./doc-vectors.ts";
+import { doc, docBlock, docVector, listedVectors, aesEncrypt, ascii, cat, hex, hmac, range, sha256 } from "./doc-vectors.ts";
 
 setDefaultTimeout(30_000);
 
@@ -54,10 +54,7 @@ const VECTORS = [
   "bcast.send-frame",
   "bcast.offer",
 ];
-const v = (name: string) => {
-  if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
-  return docVector(name);
-};
+const v = listedVectors(VECTORS);
 
 // ---- Plain implementations from the document's text ------------------------------
 

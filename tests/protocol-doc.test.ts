@@ -6,7 +6,6 @@
 // tests/protocol-e2e-doc.test.ts.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { createHmac } from "node:crypto";
-import { readFileSync } from "node:fs";
 import type { Socket } from "bun";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 import {
@@ -23,29 +22,9 @@ import {
 } from "../lib/relay/protocol.ts";
 import { MAX_LISTED, RELAY_DEFAULTS, startRelay, type Relay } from "../lib/relay/server.ts";
 import { loadSecret, secretBytes } from "../lib/secret/secret.ts";
-
-const doc = readFileSync(new URL("../docs/PROTOCOL.md", import.meta.url), "utf8");
+import { cat, doc, docVector, hex, listedVectors } from "./doc-vectors.ts";
 
 // ---- Reading the document ----------------------------------------------------
-
-/** The bytes of `<!-- vector: name -->`: the hex before the first double space of every line of the next code block. */
-function vector(name: string): Uint8Array {
-  const marker = `<!-- vector: ${name} -->`;
-  const at = doc.indexOf(marker);
-  if (at < 0) throw new Error(`no vector ${name} in docs/PROTOCOL.md`);
-  if (doc.indexOf(marker, at + 1) >= 0) throw new Error(`vector ${name} appears twice`);
-  const block = /^\s*```[a-z]*\n([\s\S]*?)\n```/.exec(doc.slice(at + marker.length));
-  if (!block) throw new Error(`vector ${name} is not followed by a code block`);
-  let hex = "";
-  for (const line of block[1]!.split("\n")) {
-    const bytes = line.split(/ {2,}|\t/)[0]!.trim();
-    if (!/^[0-9a-f]{2}( [0-9a-f]{2})*$/.test(bytes) && !/^([0-9a-f]{2})+$/.test(bytes)) {
-      throw new Error(`vector ${name}: cannot read hex bytes in line ${JSON.stringify(line)}`);
-    }
-    hex += bytes.replaceAll(" ", "");
-  }
-  return new Uint8Array(Buffer.from(hex, "hex"));
-}
 
 /** Rows of the table after `<!-- table: name -->`, as trimmed cells, header and separator dropped. */
 function table(name: string): string[][] {
@@ -62,8 +41,6 @@ function table(name: string): string[][] {
 }
 
 const unquote = (cell: string) => /^`(.*)`$/.exec(cell)?.[1] ?? cell;
-const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
-const concat = (...parts: Uint8Array[]) => new Uint8Array(Buffer.concat(parts));
 
 /** `bytes` with every occurrence of `from` (same length as `to`) replaced by `to`. */
 function replaceBytes(bytes: Uint8Array, from: Uint8Array, to: Uint8Array): Uint8Array {
@@ -110,10 +87,7 @@ const VECTORS = [
   "joined-frame",
   "left-frame",
 ];
-const v = (name: string) => {
-  if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
-  return vector(name);
-};
+const v = listedVectors(VECTORS);
 
 describe("test vectors in docs/PROTOCOL.md", () => {
   test("challenge frame", () => {
@@ -130,8 +104,8 @@ describe("test vectors in docs/PROTOCOL.md", () => {
     // The documented HMAC inputs, checked with a plain HMAC.
     const cIn = v("client-proof-input");
     const rIn = v("relay-proof-input");
-    expect(hex(cIn)).toBe(hex(concat(ascii("smts/1 join client"), RELAY_NONCE, CLIENT_NONCE)));
-    expect(hex(rIn)).toBe(hex(concat(ascii("smts/1 join relay"), RELAY_NONCE, CLIENT_NONCE)));
+    expect(hex(cIn)).toBe(hex(cat(ascii("smts/1 join client"), RELAY_NONCE, CLIENT_NONCE)));
+    expect(hex(rIn)).toBe(hex(cat(ascii("smts/1 join relay"), RELAY_NONCE, CLIENT_NONCE)));
     expect(createHmac("sha256", SECRET).update(cIn).digest("hex")).toBe(hex(cp));
     expect(createHmac("sha256", SECRET).update(rIn).digest("hex")).toBe(hex(rp));
   });
@@ -146,7 +120,7 @@ describe("test vectors in docs/PROTOCOL.md", () => {
 
   test("send and msg frames", () => {
     expect(hex(encodeFrame({ t: "send", to: ID, body: BODY }))).toBe(hex(v("send-frame")));
-    const msg = concat(msgFrameHeader(ID, BODY.length), BODY);
+    const msg = cat(msgFrameHeader(ID, BODY.length), BODY);
     expect(hex(msg)).toBe(hex(v("msg-frame")));
     expect(hex(msgFrameHeader(ID, 300))).toBe(hex(v("msg-header-300")));
     expect(hex(msgFrameHeader(ID, 70000))).toBe(hex(v("msg-header-70000")));
@@ -155,7 +129,7 @@ describe("test vectors in docs/PROTOCOL.md", () => {
   test("the hand-built msg header equals a msgpack encoder's output, at every bin size", () => {
     for (const n of [0, 1, 255, 256, 65535, 65536, 70000]) {
       const body = new Uint8Array(n).fill(0x5a);
-      const byHand = concat(msgFrameHeader(ID, n), body);
+      const byHand = cat(msgFrameHeader(ID, n), body);
       expect(hex(byHand)).toBe(hex(encodeFrame({ t: "msg", from: ID, body })));
       expect(decodePayload(byHand.subarray(4))).toEqual({ t: "msg", from: ID, body: Buffer.from(body) });
     }
@@ -175,7 +149,7 @@ describe("test vectors in docs/PROTOCOL.md", () => {
   test("the document has exactly the relay-layer vectors checked here", () => {
     const all = [...doc.matchAll(/<!-- vector: ([a-z0-9-]+) -->/g)].map((m) => m[1]!).filter((n) => !n.startsWith("e2e-"));
     expect([...all].sort()).toEqual([...VECTORS].sort());
-    for (const name of all) vector(name); // each one parses
+    for (const name of all) docVector(name); // each one parses
   });
 });
 
@@ -243,7 +217,7 @@ async function rawConnect(port: number): Promise<RawClient> {
         for (const payload of decoder.push(chunk)) {
           const prefix = new Uint8Array(4);
           new DataView(prefix.buffer).setUint32(0, payload.length);
-          const frame = concat(prefix, payload);
+          const frame = cat(prefix, payload);
           const w = waiters.shift();
           if (w) w(frame);
           else frames.push(frame);
@@ -285,17 +259,17 @@ describe("a live relay sends the documented bytes", () => {
     const c = await rawConnect(relay.port);
     const challenge = await c.next();
     const relayNonce = decodePayload(challenge.subarray(4)).nonce as Uint8Array;
-    expect(hex(challenge)).toBe(hex(replaceBytes(vector("challenge-frame"), RELAY_NONCE, relayNonce)));
+    expect(hex(challenge)).toBe(hex(replaceBytes(docVector("challenge-frame"), RELAY_NONCE, relayNonce)));
 
     const proof = clientProof(secret, relayNonce, CLIENT_NONCE);
     const joinFrame = encodeFrame({ t: "join", v: 1, proof, nonce: CLIENT_NONCE, watch: true });
-    expect(hex(joinFrame)).toBe(hex(replaceBytes(vector("join-frame"), clientProof(secret, RELAY_NONCE, CLIENT_NONCE), proof)));
+    expect(hex(joinFrame)).toBe(hex(replaceBytes(docVector("join-frame"), clientProof(secret, RELAY_NONCE, CLIENT_NONCE), proof)));
     c.write(joinFrame);
 
     const welcome = await c.next();
     const w: Frame = decodePayload(welcome.subarray(4));
     const id = w.id as string;
-    let expected = replaceBytes(vector("welcome-frame"), ascii(ID), ascii(id));
+    let expected = replaceBytes(docVector("welcome-frame"), ascii(ID), ascii(id));
     expected = replaceBytes(expected, relayProof(secret, RELAY_NONCE, CLIENT_NONCE), relayProof(secret, relayNonce, CLIENT_NONCE));
     expect(hex(welcome)).toBe(hex(expected));
     return { c, id };
@@ -304,23 +278,23 @@ describe("a live relay sends the documented bytes", () => {
   test("challenge, join, welcome, joined, send → msg, unknown_peer, ping, list, left", async () => {
     const a = await join();
     const b = await join();
-    expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("joined-frame"), ascii(ID), ascii(b.id))));
+    expect(hex(await a.c.next())).toBe(hex(replaceBytes(docVector("joined-frame"), ascii(ID), ascii(b.id))));
 
-    b.c.write(replaceBytes(vector("send-frame"), ascii(ID), ascii(a.id)));
-    expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("msg-frame"), ascii(ID), ascii(b.id))));
+    b.c.write(replaceBytes(docVector("send-frame"), ascii(ID), ascii(a.id)));
+    expect(hex(await a.c.next())).toBe(hex(replaceBytes(docVector("msg-frame"), ascii(ID), ascii(b.id))));
 
     // "abcdefgh" is (with overwhelming probability) not online.
     b.c.write(encodeFrame({ t: "send", to: ID, body: BODY, ref: 7 }));
-    expect(hex(await b.c.next())).toBe(hex(vector("error-unknown-peer")));
+    expect(hex(await b.c.next())).toBe(hex(docVector("error-unknown-peer")));
 
-    b.c.write(vector("ping-frame"));
-    expect(hex(await b.c.next())).toBe(hex(vector("pong-frame")));
+    b.c.write(docVector("ping-frame"));
+    expect(hex(await b.c.next())).toBe(hex(docVector("pong-frame")));
 
-    b.c.write(vector("list-frame"));
-    expect(hex(await b.c.next())).toBe(hex(replaceBytes(vector("peers-frame"), ascii(ID), ascii(a.id))));
+    b.c.write(docVector("list-frame"));
+    expect(hex(await b.c.next())).toBe(hex(replaceBytes(docVector("peers-frame"), ascii(ID), ascii(a.id))));
 
     b.c.close();
-    expect(hex(await a.c.next())).toBe(hex(replaceBytes(vector("left-frame"), ascii(ID), ascii(b.id))));
+    expect(hex(await a.c.next())).toBe(hex(replaceBytes(docVector("left-frame"), ascii(ID), ascii(b.id))));
     a.c.close();
   });
 
@@ -330,14 +304,14 @@ describe("a live relay sends the documented bytes", () => {
     const joinFrame = encodeFrame({ t: "join", v: 1, proof: clientProof(secret, relayNonce, CLIENT_NONCE), nonce: CLIENT_NONCE, watch: false });
     const body = new Uint8Array(4000).fill(7); // far above the 1024-byte pre-join limit
     // Sent to a placeholder first, then to ourselves once we know our ID: both must pass the size check.
-    c.write(concat(joinFrame, encodeFrame({ t: "send", to: ID, body, ref: 1 }), vector("ping-frame")));
+    c.write(cat(joinFrame, encodeFrame({ t: "send", to: ID, body, ref: 1 }), docVector("ping-frame")));
     const welcome = decodePayload((await c.next()).subarray(4));
     expect(welcome.t).toBe("welcome");
     expect(decodePayload((await c.next()).subarray(4))).toMatchObject({ t: "error", code: "unknown_peer", peer: ID, ref: 1 });
-    expect(hex(await c.next())).toBe(hex(vector("pong-frame")));
+    expect(hex(await c.next())).toBe(hex(docVector("pong-frame")));
     c.write(encodeFrame({ t: "send", to: welcome.id as string, body }));
     const msg = await c.next();
-    expect(hex(msg)).toBe(hex(concat(msgFrameHeader(welcome.id as string, body.length), body)));
+    expect(hex(msg)).toBe(hex(cat(msgFrameHeader(welcome.id as string, body.length), body)));
     c.close();
   });
 
@@ -354,7 +328,7 @@ describe("a live relay sends the documented bytes", () => {
     expect(await next()).toEqual({ t: "error", code: "bad_request", message: "unknown frame type (object)" });
     a.c.write(encodeFrame({ t: "mystery" }));
     expect((await next()).message).toBe("unknown frame type mystery");
-    a.c.write(vector("ping-frame"));
+    a.c.write(docVector("ping-frame"));
     expect(await next()).toEqual({ t: "pong" });
     a.c.close();
   });

@@ -21,7 +21,7 @@ import { DEFAULT_MAX_FILE_SIZE } from "../lib/client/chat-client.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
 import { tempDirs } from "./helpers.ts";
-import { doc, docBlock, docVector, aesDecrypt, aesEncrypt, ascii, cat, hex, hmac, range, sha256, u64 } from "./doc-vectors.ts";
+import { doc, docBlock, docVector, listedVectors, aesDecrypt, aesEncrypt, ascii, cat, hex, hmac, range, sha256, u64 } from "./doc-vectors.ts";
 
 const flat = doc.replace(/\s+/g, " ");
 
@@ -41,10 +41,7 @@ const VECTORS = [
   "file.accept",
   "file.done",
 ];
-const v = (name: string) => {
-  if (!VECTORS.includes(name)) throw new Error(`vector ${name} missing from VECTORS`);
-  return docVector(name);
-};
+const v = listedVectors(VECTORS);
 
 // ---- Plain implementations from the document's text ------------------------------
 
