@@ -27,6 +27,7 @@ import type { Relay } from "../lib/relay/server.ts";
 import { initiatorConfirm, initiatorFinish, startInitiator } from "../lib/session/handshake.ts";
 import { ReceiveChain, SendChain } from "../lib/session/records.ts";
 import { decodePayload, encodeFrame, FrameDecoder, writeU32, type Frame } from "../lib/wire/frame.ts";
+import { Outbox } from "../lib/wire/outbox.ts";
 import { joinTest, SECRET, startTestRelay, waitFor, type TestClient } from "./helpers.ts";
 
 // ---- PRNG and generators ------------------------------------------------------
@@ -167,7 +168,7 @@ class RawConn {
   closed = false;
   closedByUs = false;
   sent = 0;
-  private pending: Uint8Array[] = [];
+  private readonly outbox = new Outbox({ write: (bytes) => this.socket.write(bytes) });
   private decoder = new FrameDecoder(64 * 1024 * 1024);
   socket!: Socket<undefined>;
 
@@ -195,22 +196,13 @@ class RawConn {
 
   write(b: Uint8Array): void {
     if (this.closed) return;
-    this.pending.push(b);
+    this.outbox.push(b);
     this.sent += b.length;
     this.flush();
   }
 
   private flush(): void {
-    while (this.pending.length && !this.closed) {
-      const b = this.pending[0]!;
-      const n = this.socket.write(b);
-      if (n < 0) return;
-      if (n < b.length) {
-        this.pending[0] = b.subarray(n);
-        return;
-      }
-      this.pending.shift();
-    }
+    if (!this.closed) this.outbox.flush();
   }
 
   has(t: string): boolean {

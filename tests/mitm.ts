@@ -31,6 +31,7 @@ import {
   type SessionKeys,
 } from "../lib/session/handshake.ts";
 import { ReceiveChain, SendChain } from "../lib/session/records.ts";
+import { Outbox } from "../lib/wire/outbox.ts";
 import { decodePayload, encodeFrame, FrameDecoder, LENGTH_PREFIX, writeU32, type Frame } from "../lib/wire/frame.ts";
 
 export type Verdict = undefined | null | Frame | Frame[];
@@ -68,32 +69,22 @@ export function flipBit(bytes: Uint8Array, i: number): Uint8Array {
   return out;
 }
 
-/** Write queue of one socket (Bun's write() takes only what the kernel accepts). */
+/** Write queue of one socket (lib/wire/outbox.ts); bytes written before the socket is attached wait for it. */
 class Sink {
-  private queue: Uint8Array[] = [];
   closed = false;
   private socket: Socket<unknown> | null = null;
+  private readonly outbox = new Outbox({ write: (bytes) => (this.socket ? this.socket.write(bytes) : 0) });
   attach(socket: Socket<unknown>): void {
     this.socket = socket;
     this.flush();
   }
   write(bytes: Uint8Array): void {
     if (this.closed) return;
-    this.queue.push(bytes);
+    this.outbox.push(bytes);
     this.flush();
   }
   flush(): void {
-    if (!this.socket) return;
-    while (this.queue.length) {
-      const head = this.queue[0]!;
-      const n = this.socket.write(head);
-      if (n < 0) return;
-      if (n < head.length) {
-        this.queue[0] = head.subarray(n);
-        return;
-      }
-      this.queue.shift();
-    }
+    this.outbox.flush();
   }
 }
 
