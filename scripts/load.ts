@@ -27,6 +27,7 @@
 import type { Subprocess } from "bun";
 import { readFileSync } from "node:fs";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
+import { Outbox } from "../lib/wire/outbox.ts";
 import { isId, newNonce, PROOF_BYTES, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
 import { machine, percentile, procCpuSeconds, procMemMiB, recordTargets, ROOT, writeSection } from "./bench-util.ts";
 
@@ -52,7 +53,7 @@ interface RawClient {
   id: string | null;
   socket: import("bun").Socket<RawClient> | null;
   decoder: FrameDecoder;
-  pending: Uint8Array[]; // unsent tail when the kernel takes less than we write
+  outbox: Outbox; // unsent bytes when the kernel takes less than we write
   closed: boolean;
 }
 
@@ -75,20 +76,8 @@ async function clientMain(): Promise<void> {
 
   const write = (c: RawClient, bytes: Uint8Array) => {
     if (!c.socket || c.closed) return;
-    if (c.pending.length) return void c.pending.push(bytes);
-    const n = c.socket.write(bytes);
-    if (n < bytes.length && n >= 0) c.pending.push(bytes.subarray(n));
-  };
-  const flushPending = (c: RawClient) => {
-    while (c.pending.length && c.socket) {
-      const b = c.pending[0]!;
-      const n = c.socket.write(b);
-      if (n < b.length) {
-        if (n > 0) c.pending[0] = b.subarray(n);
-        return;
-      }
-      c.pending.shift();
-    }
+    c.outbox.push(bytes);
+    c.outbox.flush();
   };
   const joinDone = (ok: boolean) => {
     inflight--;
@@ -124,7 +113,7 @@ async function clientMain(): Promise<void> {
   };
 
   const connectOne = () => {
-    const c: RawClient = { id: null, socket: null, decoder: new FrameDecoder(64 * 1024), pending: [], closed: false };
+    const c: RawClient = { id: null, socket: null, decoder: new FrameDecoder(64 * 1024), outbox: new Outbox({ write: (bytes) => (c.socket ? c.socket.write(bytes) : 0) }), closed: false };
     clients.push(c);
     inflight++;
     started++;
@@ -145,7 +134,7 @@ async function clientMain(): Promise<void> {
           }
         },
         drain() {
-          flushPending(c);
+          c.outbox.flush();
         },
         close() {
           const wasJoined = c.id !== null;

@@ -10,6 +10,7 @@ import type { DhEngine } from "../lib/crypto/dh.ts";
 import type { Link } from "../lib/link/relay-link.ts";
 import type { Relay, RelayOptions } from "../lib/relay/server.ts";
 import { decodePayload, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
+import { Outbox } from "../lib/wire/outbox.ts";
 import { startParty, startTestRelay, tempDirs, waitFor, writeTestFile, type Party as BaseParty } from "./helpers.ts";
 import { startMitm, type Mitm } from "./mitm.ts";
 import { startRawPeer, type RawPeer } from "./raw-peer.ts";
@@ -125,24 +126,13 @@ export function startCountingProxy(relayPort: number): CountingProxy {
   const decoder = new FrameDecoder(16 * 1024 * 1024);
   const sockets: Socket<unknown>[] = [];
 
-  /** Write queue honouring short writes; pauses `source` while the queue is long. */
+  /** Write queue (lib/wire/outbox.ts) that pauses `source` while more than 1 MiB waits, until it is down to 256 KiB. */
   function sink(source: () => Socket<unknown> | null) {
-    const queue: Uint8Array[] = [];
     let target: Socket<unknown> | null = null;
-    let queued = 0;
+    const outbox = new Outbox({ write: (bytes) => (target ? target.write(bytes) : 0) });
     const flush = () => {
-      while (target && queue.length) {
-        const head = queue[0]!;
-        const n = target.write(head);
-        if (n < 0) return;
-        queued -= Math.max(n, 0);
-        if (n < head.length) {
-          queue[0] = head.subarray(n);
-          return;
-        }
-        queue.shift();
-      }
-      if (queued < 256 * 1024) source()?.resume();
+      const drained = outbox.flush();
+      if ((drained || !target) && outbox.bytes < 256 * 1024) source()?.resume();
     };
     return {
       attach(s: Socket<unknown>) {
@@ -150,10 +140,9 @@ export function startCountingProxy(relayPort: number): CountingProxy {
         flush();
       },
       write(bytes: Uint8Array) {
-        queue.push(bytes);
-        queued += bytes.length;
+        outbox.push(bytes);
         flush();
-        if (queued > 1024 * 1024) source()?.pause();
+        if (outbox.bytes > 1024 * 1024) source()?.pause();
       },
       flush,
     };
