@@ -20,7 +20,7 @@ import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, unlinkSync, writeS
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { lineReader, machine, procCpu } from "./bench-util.ts";
+import { lineReader, machine, procCpu, spawnBenchRelay } from "./bench-util.ts";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -53,10 +53,7 @@ async function startRig(dir: string, tag: string, extraEnv: Record<string, strin
   const env = { ...process.env, ...extraEnv };
   const downloads = join(work, `dl-${tag}`);
   mkdirSync(downloads);
-  const relay = Bun.spawn([process.execPath, `${root}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", "--open", ...relayArgs], { stdout: "ignore", stderr: "pipe", env });
-  const relayLines = lineReader(relay.stderr);
-  let port = 0;
-  while (!port) port = Number(/listening on [^\s]+:(\d+)/.exec(await relayLines.next())?.[1] ?? 0);
+  const { proc: relay, port } = await spawnBenchRelay(relayArgs, { root, env });
   const peer = (role: "sender" | "receiver") => {
     const proc = Bun.spawn([process.execPath, `${root}scripts/bench-files.ts`, "--peer", role, "127.0.0.1", String(port), downloads, "default"], { stdin: "pipe", stdout: "pipe", stderr: "inherit", env });
     const lines = lineReader(proc.stdout);

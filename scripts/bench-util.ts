@@ -20,12 +20,15 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-/** `smts relay --open` as its own process on an ephemeral loopback port. */
-export async function spawnBenchRelay(extra: string[] = []) {
-  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", "--open", ...extra], {
+/**
+ * `smts relay --open` as its own process on an ephemeral loopback port; from
+ * another checkout with `root` (a path ending in "/"), with `env` instead of PATH only.
+ */
+export async function spawnBenchRelay(extra: string[] = [], opts: { root?: string; env?: Record<string, string | undefined> } = {}) {
+  const proc = Bun.spawn([process.execPath, `${opts.root ?? ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", "--open", ...extra], {
     stdout: "ignore",
     stderr: "pipe",
-    env: { PATH: process.env.PATH ?? "" },
+    env: opts.env ?? { PATH: process.env.PATH ?? "" },
   });
   let text = "";
   const reader = proc.stderr.getReader();
