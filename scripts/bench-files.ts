@@ -9,7 +9,9 @@
 //      sendFile() call to the sender's `delivered` event (which follows the
 //      receiver's size and SHA-256 check and the rename to the final name);
 //      the received file's SHA-256 is compared with the source's; median MB/s
-//      over the runs and its ratio to the bound;
+//      over the runs and its ratio to the bound; alternating with those runs,
+//      the same file through scripts/floor-pipeline.ts (the least a Bun program
+//      doing the same crypto spends, with and without the sender's hash);
 //   3. a 1 GiB transfer (128 MiB with --quick), --max-file-size raised, with
 //      fresh processes: VmRSS of all three sampled every 50 ms, VmHWM at the
 //      end, CPU time of each process; the received file is hashed by streaming.
@@ -33,6 +35,7 @@ import { aesCbcDecrypt, aesCbcEncrypt } from "../lib/crypto/primitives.ts";
 import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
+import { startFloorRig } from "./floor-pipeline.ts";
 import { lineReader, machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
@@ -395,6 +398,22 @@ async function transferOnce(rig: Rig, src: string, size: number, srcSha: string)
   return { ms: r.ms as number, stamps: { ...(r.stamps as object), ...(got.stamps as object) }, path: got.path as string, cpu, otherPct: (Math.max(0, busy - ours) / wall) * 100 };
 }
 
+interface FloorRun {
+  ms: number;
+  /** CPU ms per MiB of [sender, relay, receiver]. */
+  cpu: number[];
+}
+
+/** One transfer through scripts/floor-pipeline.ts; the received file is checked (receiver's hash) and removed. */
+async function floorOnce(rig: NonNullable<typeof floorRig>, src: string, size: number, srcSha: string, hashAtSender: boolean): Promise<FloorRun> {
+  const c0 = rig.pids.map(procCpu);
+  const r = await rig.send(src, hashAtSender);
+  const c1 = rig.pids.map(procCpu);
+  if (r.sha256 !== srcSha) throw new Error(`floor pipeline: SHA-256 ${r.sha256} differs from the source's ${srcSha}`);
+  for (const f of readdirSync(floorDir)) unlinkSync(join(floorDir, f));
+  return { ms: r.ms, cpu: c1.map((c, i) => ((c.user + c.sys - c0[i]!.user - c0[i]!.sys) * 1000) / (size / MiB)) };
+}
+
 /** Hashes each received file on disk (outside all timing) and removes it. */
 function verifyAndRemove(runs: Run[], srcSha: string): void {
   for (const { path } of runs) {
@@ -435,6 +454,11 @@ let steps: ReturnType<typeof stepCosts>;
 let small: Run[] = [];
 let smallMem: { idle: Record<string, number>; peak: Record<string, number>; hwm: Record<string, number> };
 let big: Run[] = [];
+const floorDir = join(work, "floor");
+mkdirSync(floorDir);
+let floorRig: Awaited<ReturnType<typeof startFloorRig>> | undefined;
+const floor: FloorRun[] = [];
+const floorNoHash: FloorRun[] = [];
 let bigMem: typeof smallMem;
 try {
   console.error("timing the per-chunk steps...");
@@ -449,17 +473,25 @@ try {
     await Bun.sleep(200); // let the key exchange's aftermath settle before measuring memory
     const idle = Object.fromEntries(roles.map((r) => [r, memOf(a!.pids[r]).rss]));
     const sampler = sampleRss(a.pids);
+    floorRig = await startFloorRig(floorDir);
     const warm = await transferOnce(a, src, smallSize, srcSha);
     console.error(`  10 MiB: ${warm.ms.toFixed(1)} ms (warm-up)`);
+    for (const hashed of [true, false]) await floorOnce(floorRig, src, smallSize, srcSha, hashed);
     for (let i = 0; i < smallRuns; i++) {
       const run = await transferOnce(a, src, smallSize, srcSha);
       small.push(run);
       console.error(`  10 MiB: ${run.ms.toFixed(1)} ms, ${fmt(mbs(smallSize, run.ms))} MB/s, other processes ${fmt(run.otherPct)}% of a core`);
+      for (const hashed of [true, false]) {
+        const f = await floorOnce(floorRig, src, smallSize, srcSha, hashed);
+        (hashed ? floor : floorNoHash).push(f);
+        console.error(`  10 MiB, floor pipeline${hashed ? "" : " without the sender's hash"}: ${f.ms.toFixed(1)} ms`);
+      }
     }
     smallMem = { idle, peak: sampler.stop(), hwm: Object.fromEntries(roles.map((r) => [r, memOf(a!.pids[r]).hwm])) };
     verifyAndRemove([warm, ...small], srcSha);
   } finally {
     await stopRig(a);
+    await floorRig?.stop();
     rmSync(src, { force: true });
   }
 
@@ -531,6 +563,12 @@ rows.push(
 if (osslBound && osslRatio) {
   rows.push(`| same, against OpenSSL | ${fmt(smallRate)} MB/s | encrypt-then-MAC bound, ${osslVersion}: ${fmt(osslBound)} MB/s | **${osslRatio.toFixed(2)}** | ≥ 0.40 | ${osslRatio >= 0.4 ? "yes" : "**no**"} |`);
 }
+const floorMs = median(floor.map((r) => r.ms));
+const floorNoHashMs = median(floorNoHash.map((r) => r.ms));
+for (const [runs, what] of [[floor, "the runtime floor: a minimal Bun pipeline with the same crypto and none of the protocol (`scripts/floor-pipeline.ts`), 10 MiB, its runs alternating with the ones above"], [floorNoHash, "the same floor without the sender's SHA-256 of the file"]] as const) {
+  const ms = median(runs.map((r) => r.ms));
+  rows.push(`| ${what}, median of ${runs.length} | ${fmt(mbs(smallSize, ms))} MB/s (${ms.toFixed(1)} ms) | same bound | ${(mbs(smallSize, ms) / bunBound).toFixed(2)} | – (reference) | – |`);
+}
 rows.push(`| ${mib(bigSize)} file, SHA-256 verified (1 run after a warm-up) | ${fmt(bigRate)} MB/s (${(medMs(big) / 1000).toFixed(2)} s) | same bound | ${(bigRate / bunBound).toFixed(2)} | – | – |`);
 for (const r of roles) {
   const p = peakOf(bigMem, r);
@@ -598,6 +636,10 @@ const section = [
   memLine(bigMem!, `memory, ${mib(bigSize)} phase`),
   "- Peak RSS in the table is the larger of VmHWM (the kernel's high-water mark over the whole process life, including start-up and the DH worker) and the 50 ms VmRSS samples.",
   cpuLine(small, smallSize, "10 MiB runs"),
+  ...[floor, floorNoHash].map((runs, k) => {
+    const cpu = [0, 1, 2].map((j) => runs.reduce((a, r) => a + r.cpu[j]!, 0) / runs.length);
+    return `- CPU per MiB moved, floor pipeline${k ? " without the sender's hash" : ""}: ${roles.map((r, j) => `${r} ${cpu[j]!.toFixed(2)} ms`).join(", ")}; total ${(cpu[0]! + cpu[1]! + cpu[2]!).toFixed(2)} ms (10 ms clock ticks, so about ±0.1 ms per process).`;
+  }),
   cpuLine(big, bigSize, `${mib(bigSize)} run`),
   "",
   `Where the time goes: the per-chunk steps of lib/ timed alone in this run, in ms of one core per MiB of file (the encrypt-then-MAC bound is ${boundMsPerMiB.toFixed(2)} ms/MiB):`,
@@ -618,6 +660,15 @@ else {
   const targets: TargetRow[] = [
     { id: "file-10mib", ...fileRow, reference: `one-core encrypt-then-MAC bound, Bun primitives: ${fmt(bunBound)} MB/s`, ratio: `**${ratio.toFixed(2)}**`, met: ratio >= 0.4 },
     ...(osslBound && osslRatio ? [{ id: "file-10mib-openssl", ...fileRow, reference: `same bound, ${osslVersion}: ${fmt(osslBound)} MB/s`, ratio: `**${osslRatio.toFixed(2)}**`, met: osslRatio >= 0.4 }] : []),
+    {
+      id: "file-10mib-floor",
+      what: "the same 10 MiB through the runtime floor: a minimal Bun pipeline with the same crypto and none of the protocol (`scripts/floor-pipeline.ts`), runs alternating",
+      measured: `smts ${smallMedMs.toFixed(1)} ms`,
+      reference: `floor ${floorMs.toFixed(1)} ms (${(mbs(smallSize, floorMs) / bunBound).toFixed(2)} of the bound); without the sender's hash ${floorNoHashMs.toFixed(1)} ms (${(mbs(smallSize, floorNoHashMs) / bunBound).toFixed(2)})`,
+      ratio: (floorMs / smallMedMs).toFixed(2),
+      target: "– (reported)",
+      met: null,
+    },
     ...roles.map((r) => {
       const p = peakOf(bigMem, r);
       return { id: `file-rss-${r}`, what: `peak RSS of the ${r} while moving ${mib(bigSize)}`, measured: `**${mib(p)}**`, reference: `same ${r}, 10 MiB transfers: ${mib(peakOf(smallMem, r))}`, ratio: (p / peakOf(smallMem, r)).toFixed(2), target: "≤ 100 MiB, independent of file size", met: p <= LIMIT };
