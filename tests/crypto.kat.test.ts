@@ -158,6 +158,16 @@ describe("AES-256-CBC (NIST SP 800-38A F.2.5 / F.2.6)", () => {
     }
   });
 
+  test("outputs are plain Uint8Arrays, so slice() copies (decoded keys are copied with slice() before the plaintext is wiped)", () => {
+    // A Buffer's slice() is a view: a key "copied" out of a decoded record would be zeroed with it.
+    for (const out of [aesCbcEncrypt(KEY, IV, PLAIN), aesCbcDecrypt(KEY, IV, aesCbcEncrypt(KEY, IV, PLAIN.subarray(0, 20))), concat(PLAIN, PLAIN)]) {
+      expect(Buffer.isBuffer(out)).toBe(false);
+      const copy = out.slice(0, 16);
+      out.fill(0);
+      expect(copy.some((b) => b !== 0)).toBe(true);
+    }
+  });
+
   test("wrong or malformed padding throws", () => {
     const head = PLAIN.subarray(0, 16);
     const bad: [string, Uint8Array][] = [

@@ -39,6 +39,14 @@ describe("shortest standard encodings at each boundary", () => {
   test("the offset leaves room for a length prefix", () => {
     expect(hex(pack({ t: "ping" }, 4))).toBe("00000000" + "81a174a470696e67");
   });
+
+  test("the result is a plain Uint8Array: its slice() copies (a Buffer's would be a view)", () => {
+    const out = pack({ t: "text", text: "hello" });
+    expect(Buffer.isBuffer(out)).toBe(false);
+    const copy = out.slice();
+    out.fill(0);
+    expect(hex(copy)).toBe("82a174a474657874a474657874a568656c6c6f");
+  });
 });
 
 test("random nested values decode to themselves with msgpackr", () => {
