@@ -15,7 +15,11 @@ export type Packable = null | undefined | boolean | number | string | Uint8Array
  * buffer and copy (a relay `send` frame carries the packed E2E frame as body).
  */
 export class PackedBin {
-  constructor(readonly value: unknown) {}
+  /** Bytes of pack(value), measured once (sizing the outer frame and writing the bin header both need it). */
+  readonly size: number;
+  constructor(readonly value: unknown) {
+    this.size = sizeOf(value);
+  }
 }
 
 /** Encodes `value`, leaving `offset` zero bytes in front (for a length prefix). */
@@ -52,7 +56,7 @@ function sizeOf(v: unknown): number {
     return n + (n < 32 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : 5);
   }
   if (v instanceof Uint8Array) return binSize(v.length);
-  if (v instanceof PackedBin) return binSize(sizeOf(v.value));
+  if (v instanceof PackedBin) return binSize(v.size);
   if (Array.isArray(v)) {
     let n = headerSize(v.length, 16);
     for (const x of v) n += sizeOf(x);
@@ -141,7 +145,7 @@ function write(v: unknown, out: Uint8Array, at: number): number {
     out.set(v, at);
     return at + v.length;
   }
-  if (v instanceof PackedBin) return write(v.value, out, writeBinHeader(out, at, sizeOf(v.value)));
+  if (v instanceof PackedBin) return write(v.value, out, writeBinHeader(out, at, v.size));
   if (Array.isArray(v)) {
     at = writeHeader(out, at, v.length, 16, 0x90, 0xdc);
     for (const x of v) at = write(x, out, at);
