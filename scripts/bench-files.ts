@@ -286,7 +286,7 @@ function stepCosts(total: number) {
   const fileId = randomBytes(FILE_ID_BYTES);
   const keys = fileKeys(randomBytes(32), fileId);
   const sealed = sealChunk(keys, fileId, 0, false, plain);
-  const relayed = encodeFrame({ t: "msg", from: "0123456789abcdef", body: new PackedBin(sealed) });
+  const relayed = encodeFrame({ t: "msg", src: "0123456789abcdef", body: new PackedBin(sealed) });
   const hashS = new Bun.CryptoHasher("sha256");
   const tmp = join(work, "steps.bin");
   writeFileSync(tmp, randomBytes(8 * MiB));

@@ -549,7 +549,7 @@ class Checker {
     const f = decodePayload(payload);
     if (this.proto === "smts") {
       if (f.t !== "msg") return this.fail(`#${index}: t=${String(f.t)}, expected msg`);
-      if (this.expectFrom && f.from !== this.expectFrom) return this.fail(`#${index}: from=${String(f.from)}, expected ${this.expectFrom}`);
+      if (this.expectFrom && f.src !== this.expectFrom) return this.fail(`#${index}: src=${String(f.src)}, expected ${this.expectFrom}`);
     } else if (f.t !== "send" || f.to !== RAW_TO) return this.fail(`#${index}: expected the sender's own send frame`);
     this.body(f.body, index);
   };

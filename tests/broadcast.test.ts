@@ -132,7 +132,7 @@ describe("/bmsg", () => {
     // had the relay queued the broadcast for the outsider, it would have arrived first.
     peers[0]!.chat.sendText(outsider.id, "marker");
     await gotText(outsider, "marker");
-    expect(w.mitm.pipe(outsider.id).fromRelay.filter((f) => f.t === "msg" && f.from === s.id)).toEqual([]);
+    expect(w.mitm.pipe(outsider.id).fromRelay.filter((f) => f.t === "msg" && f.src === s.id)).toEqual([]);
     expect(outsider.of("message")).toEqual([{ event: "message", from: peers[0]!.id, text: "marker", broadcast: false }]);
     expect(outsider.of("error")).toEqual([]);
 
@@ -712,7 +712,7 @@ describe("/bsend", () => {
     await connectAll(s, [b, c, late]);
     // Everything `late` says to the sender is held back (its accept among it).
     const held: Frame[] = [];
-    w.mitm.toClient = (f, pipe) => (pipe.id === s.id && f.t === "msg" && f.from === late.id ? (held.push(f), null) : undefined);
+    w.mitm.toClient = (f, pipe) => (pipe.id === s.id && f.t === "msg" && f.src === late.id ? (held.push(f), null) : undefined);
     const src = w.makeFile("slow.bin", 1 * MiB);
     const err = await rejection(s.chat.broadcastFile(src.path));
     expect(err.code).toBe("partial");

@@ -165,7 +165,7 @@ describe("key exchange", () => {
     const i = await startInitiator(dhM, a.id, b.id);
     let pending: Awaited<ReturnType<typeof initiatorFinish>>["pending"] | null = null;
     m.toClient = (f, pipe) => {
-      if (pipe.id !== a.id || f.from !== b.id) return;
+      if (pipe.id !== a.id || f.src !== b.id) return;
       const inner = e2eOf(f);
       if (inner?.t === "reply") {
         void initiatorFinish(dhM, i.state, inner).then(({ reveal, pending: p }) => {
@@ -357,8 +357,8 @@ describe("key exchange", () => {
     const m = mitm;
     m.toClient = (f, pipe) => {
       if (f.t !== "msg") return;
-      if (pipe.id === b.id && f.from === a.id) return m.pipe(c.id).injectToClient(f), null; // A → "B" goes to C
-      if (pipe.id === a.id && f.from === c.id) return { ...f, from: b.id }; // C's answers appear to come from B
+      if (pipe.id === b.id && f.src === a.id) return m.pipe(c.id).injectToClient(f), null; // A → "B" goes to C
+      if (pipe.id === a.id && f.src === c.id) return { ...f, src: b.id }; // C's answers appear to come from B
     };
     void a.chat.connect(b.id).catch(() => {});
     const ev = await sessionEvent(c, a.id, "failed");
@@ -384,7 +384,7 @@ describe("key exchange", () => {
       m.toClient = (f) => {
         const inner = e2eOf(f);
         const changed = inner && edit(inner, own);
-        return changed ? msgFrame(f.from as string, changed) : undefined;
+        return changed ? msgFrame(f.src as string, changed) : undefined;
       };
       void a.chat.connect(b.id).catch(() => {});
       const [victim, other] = fails === "a" ? [a, b] : [b, a];
@@ -585,7 +585,7 @@ describe("records", () => {
     m.toClient = (f, pipe) => {
       if (reflected || pipe.id !== b.id || !isE2E(f, "rec", a.id)) return;
       reflected = true;
-      m.pipe(a.id).injectToClient({ ...f, from: b.id }); // A's seq 0, back to A, from "B"
+      m.pipe(a.id).injectToClient({ ...f, src: b.id }); // A's seq 0, back to A, from "B"
     };
     a.chat.sendText(b.id, "ping");
     await message(b, "ping");
@@ -622,11 +622,11 @@ describe("injection", () => {
     };
     a.chat.sendText(b.id, "for B only");
     await waitFor(() => stolen, "A's record", LONG);
-    c.link.sendFrame({ t: "send", to: b.id, from: a.id, body: stolen! });
+    c.link.sendFrame({ t: "send", to: b.id, src: a.id, body: stolen! });
     const err = await errorFrom(b, "no_session", c.link.id);
     expect(err.peer).toBe(c.link.id);
     // The relay sent those bytes to B twice: from A (dropped by the MITM) and from C, stamped C.
-    expect(m.pipe(b.id).fromRelay.filter((f) => f.t === "msg" && Buffer.compare(f.body as Uint8Array, stolen!) === 0).map((f) => f.from)).toEqual([a.id, c.link.id]);
+    expect(m.pipe(b.id).fromRelay.filter((f) => f.t === "msg" && Buffer.compare(f.body as Uint8Array, stolen!) === 0).map((f) => f.src)).toEqual([a.id, c.link.id]);
     expect(texts(b)).toEqual([]);
     a.chat.sendText(b.id, "next");
     await message(b, "next");
@@ -646,7 +646,7 @@ describe("injection", () => {
     pb.injectToClient(forged({ seq: -1 }), forged({ seq: 1.5 }), forged({ v: 2 }), forged({ iv: randomBytes(15) }), forged({ ct: randomBytes(31) }), forged({ ct: new Uint8Array(0) }), forged({ mac: randomBytes(16) }));
     await errorFrom(b, "malformed", a.id, 7);
     // Plaintext content posing as a message, and garbage bodies.
-    pb.injectToClient(msgFrame(a.id, { t: "text", text: "plaintext injection" }), { t: "msg", from: a.id, body: new Uint8Array([0xc1]) });
+    pb.injectToClient(msgFrame(a.id, { t: "text", text: "plaintext injection" }), { t: "msg", src: a.id, body: new Uint8Array([0xc1]) });
     await errorFrom(b, "malformed", a.id, 9);
     expect(texts(b)).toEqual([]);
     a.chat.sendText(b.id, "genuine");
@@ -704,7 +704,7 @@ describe("no session, no message", () => {
     const dhM = engine();
     const i = await startInitiator(dhM, a.id, b.id);
     m.toClient = (f, pipe) => {
-      if (pipe.id !== a.id || f.from !== b.id) return;
+      if (pipe.id !== a.id || f.src !== b.id) return;
       const inner = e2eOf(f);
       if (inner?.t === "reply") void initiatorFinish(dhM, i.state, inner).then(({ reveal }) => m.pipe(b.id).injectToClient(msgFrame(a.id, reveal)));
       return null;

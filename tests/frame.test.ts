@@ -1,5 +1,5 @@
 import { describe, expect, test } from "bun:test";
-import { decodePayload, encodeFrame, FrameDecoder, FrameError } from "../lib/wire/frame.ts";
+import { decodePayload, encodeFrame, FrameDecoder, FrameError, wholeFrame } from "../lib/wire/frame.ts";
 
 const hex = (s: string) => new Uint8Array(Buffer.from(s.replace(/\s+/g, ""), "hex"));
 const toHex = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -93,6 +93,17 @@ describe("FrameDecoder", () => {
     for (let i = 0; i < frame.length; i += step) out.push(...d.push(frame.subarray(i, i + step)));
     expect(out.length).toBe(1);
     expect(Buffer.compare(decodePayload(out[0]!).body as Uint8Array, body)).toBe(0);
+  });
+
+  test("every payload is preceded by its own length prefix: wholeFrame gives back the frame, read whole or assembled", () => {
+    const big = encodeFrame({ t: "big", body: new Uint8Array(70_000).map((_, i) => i * 13) });
+    const all = Buffer.concat([...frames, big]);
+    for (const step of [1, 3, 1000, 65_536, all.length]) {
+      const d = new FrameDecoder(1 << 20);
+      const out: Uint8Array[] = [];
+      for (let i = 0; i < all.length; i += step) out.push(...d.push(all.subarray(i, i + step)));
+      expect(out.map((p) => toHex(wholeFrame(p)))).toEqual([...frames, big].map(toHex));
+    }
   });
 
   test("oversize length prefix is rejected from the prefix alone, before buffering", () => {

@@ -260,7 +260,7 @@ function trapEscapes(): { errors: unknown[]; dispose(): void } {
 async function honestExchange(relay: Relay, a: TestClient, b: TestClient, seed: number, tag: string): Promise<void> {
   const text = new TextEncoder().encode(`honest ${tag}`);
   a.link.send(b.link.id, text);
-  const got = await b.next((f) => f.t === "msg" && f.from === a.link.id && f.body instanceof Uint8Array && Buffer.from(f.body).equals(Buffer.from(text)), `honest message ${tag}`, 5000).catch(() => null);
+  const got = await b.next((f) => f.t === "msg" && f.src === a.link.id && f.body instanceof Uint8Array && Buffer.from(f.body).equals(Buffer.from(text)), `honest message ${tag}`, 5000).catch(() => null);
   check(got, seed, `honest clients could not exchange a message after batch ${tag}; relay stats ${JSON.stringify(relay.stats())}`);
 }
 
@@ -416,7 +416,7 @@ export async function clientFuzz({ seed, ms, log = () => {} }: FuzzOptions): Pro
     const corpus: Uint8Array[] = [];
     const sendBody = (body: Uint8Array) => f.link.send(c.id, body);
     // Everything C sends F, in order (never spliced, so the receive chain can open it in order).
-    const cMsgs = () => f.frames.filter((x) => x.t === "msg" && x.from === c.id && x.body instanceof Uint8Array).map((x) => x.body as Uint8Array);
+    const cMsgs = () => f.frames.filter((x) => x.t === "msg" && x.src === c.id && x.body instanceof Uint8Array).map((x) => x.body as Uint8Array);
     let seen = 0;
     const fromC = async (t: string) => {
       const j = await waitFor(() => { const all = cMsgs(); for (let q = seen; q < all.length; q++) if (safeT(all[q]!) === t) return q + 1; return 0; }, `${t} from C`, 15_000);

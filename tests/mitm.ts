@@ -54,12 +54,12 @@ export function e2eOf(f: Frame): Frame | null {
 
 /** True if `f` is a relay `msg` whose end-to-end message has type `t` (and, if given, comes from `from`). */
 export function isE2E(f: Frame, t: string, from?: string): boolean {
-  return f.t === "msg" && (from === undefined || f.from === from) && e2eOf(f)?.t === t;
+  return f.t === "msg" && (from === undefined || f.src === from) && e2eOf(f)?.t === t;
 }
 
 /** A relay `msg` frame as the relay would forward it. */
 export function msgFrame(from: string, inner: Frame): Frame {
-  return { t: "msg", from, body: pack(inner) };
+  return { t: "msg", src: from, body: pack(inner) };
 }
 
 /** A copy of `bytes` with bit 0 of byte `i` flipped. */
@@ -276,7 +276,7 @@ export function installDhMitm(mitm: Mitm, dh: DhEngine, a: string, b: string): D
 
   const previous = mitm.toClient;
   mitm.toClient = (f, pipe) => {
-    const from = f.from as string;
+    const from = f.src as string;
     const to = pipe.id;
     if (f.t !== "msg" || !((from === a && to === b) || (from === b && to === a))) return previous ? previous(f, pipe) : undefined;
     const m = e2eOf(f);

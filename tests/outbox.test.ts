@@ -2,7 +2,7 @@
 // against the general decoder.
 import { expect, test } from "bun:test";
 import { Outbox } from "../lib/wire/outbox.ts";
-import { parseSimpleSend } from "../lib/relay/protocol.ts";
+import { msgFrameHeader, parseSimpleSend, rewriteSendAsMsg } from "../lib/relay/protocol.ts";
 import { decodePayload, encodeFrame } from "../lib/wire/frame.ts";
 
 test("bytes leave in order, exactly once, whatever the socket accepts each time", () => {
@@ -81,6 +81,10 @@ test("the relay's send fast path agrees with the general decoder, or declines", 
     const slow = decodePayload(payload);
     expect(fast.to).toBe(slow.to as string);
     expect(Buffer.compare(fast.body, slow.body as Uint8Array)).toBe(0);
+    // Rewritten in place, the frame is byte for byte the msg the relay would build.
+    const frame = encodeFrame(c);
+    rewriteSendAsMsg(frame.subarray(4), "k3x9pm2q");
+    expect(Buffer.compare(frame, Buffer.concat([msgFrameHeader("k3x9pm2q", c.body.length), c.body]))).toBe(0);
   }
   // Anything else goes the general way.
   const others = [

@@ -130,8 +130,8 @@ describe("test vectors in docs/PROTOCOL.md", () => {
     for (const n of [0, 1, 255, 256, 65535, 65536, 70000]) {
       const body = new Uint8Array(n).fill(0x5a);
       const byHand = cat(msgFrameHeader(ID, n), body);
-      expect(hex(byHand)).toBe(hex(encodeFrame({ t: "msg", from: ID, body })));
-      expect(decodePayload(byHand.subarray(4))).toEqual({ t: "msg", from: ID, body: Buffer.from(body) });
+      expect(hex(byHand)).toBe(hex(encodeFrame({ t: "msg", src: ID, body })));
+      expect(decodePayload(byHand.subarray(4))).toEqual({ t: "msg", src: ID, body: Buffer.from(body) });
     }
   });
 

@@ -419,7 +419,7 @@ class DocPeer {
   async next(from: string): Promise<{ raw: Uint8Array; m: Frame }> {
     const deadline = performance.now() + 10_000;
     for (;;) {
-      const i = this.frames.findIndex((f) => f.t === "msg" && f.from === from);
+      const i = this.frames.findIndex((f) => f.t === "msg" && f.src === from);
       if (i >= 0) {
         const raw = new Uint8Array(this.frames.splice(i, 1)[0]!.body as Uint8Array);
         return { raw, m: decodePayload(raw) };

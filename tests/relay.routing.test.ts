@@ -25,12 +25,12 @@ describe("routing", () => {
     const a = await rawJoined(relay.port);
     const b = await joinTest(relay);
     const victim = await joinTest(relay);
-    // A forged `from` field (and a forged `t: "msg"` frame) must not reach anyone as such.
-    a.raw.writeFrame({ t: "send", to: b.link.id, from: victim.link.id, body: bytes(9) });
+    // A forged `src` field (and a forged `t: "msg"` frame) must not reach anyone as such.
+    a.raw.writeFrame({ t: "send", to: b.link.id, src: victim.link.id, body: bytes(9) });
     const got = await b.next((f) => f.t === "msg");
-    expect(got.from).toBe(a.id);
+    expect(got.src).toBe(a.id);
     expect([...(got.body as Uint8Array)]).toEqual([9]);
-    a.raw.writeFrame({ t: "msg", from: victim.link.id, body: bytes(1) });
+    a.raw.writeFrame({ t: "msg", src: victim.link.id, body: bytes(1) });
     expect((await a.raw.next("error")).code).toBe("bad_request");
     await Bun.sleep(50);
     expect(b.frames.filter((f) => f.t === "msg")).toEqual([]);
@@ -44,12 +44,30 @@ describe("routing", () => {
     a!.link.send(d!.link.id, bytes(1, 2, 3));
     for (const r of [b!, c!]) {
       const m = await r.next((f) => f.t === "msg");
-      expect(m.from).toBe(a!.link.id);
+      expect(m.src).toBe(a!.link.id);
       expect(Buffer.compare(m.body as Uint8Array, body)).toBe(0);
     }
     expect([...((await d!.next((f) => f.t === "msg")).body as Uint8Array)]).toEqual([1, 2, 3]);
     await Bun.sleep(50);
     expect(b!.frames.filter((f) => f.t === "msg").length).toBe(0); // no duplicate
+  });
+
+  test("simple sends rewritten in place: many in one write, to two peers, arrive intact and in order", async () => {
+    relay = startTestRelay();
+    const { raw: a, id } = await rawJoined(relay.port);
+    const [b, c] = await Promise.all([joinTest(relay, { watch: false }), joinTest(relay, { watch: false })]);
+    // Sizes around the outbox's copy threshold and every bin width; one write,
+    // so the relay reads several frames per read and assembles others.
+    const sizes = [0, 1, 255, 256, 16_383, 16_384, 65_535, 65_536, 70_000, 100_000];
+    const sent = sizes.map((n, i) => ({ to: i % 2 ? c! : b!, body: new Uint8Array(n).map((_, j) => j * 7 + i) }));
+    a.write(Buffer.concat(sent.map((s) => encodeFrame({ t: "send", to: s.to.link.id, body: s.body }))));
+    for (const r of [b!, c!]) {
+      const mine = sent.filter((s) => s.to === r);
+      await waitFor(() => r.frames.filter((f) => f.t === "msg").length >= mine.length, "all msgs");
+      const got = r.frames.filter((f) => f.t === "msg");
+      expect(got.map((f) => f.src)).toEqual(mine.map(() => id));
+      expect(got.map((f) => Buffer.from(f.body as Uint8Array).toString("hex"))).toEqual(mine.map((s) => Buffer.from(s.body).toString("hex")));
+    }
   });
 
   test("an unknown recipient gives an error naming that ID and the ref; the others still get it", async () => {
@@ -59,7 +77,7 @@ describe("routing", () => {
     a.link.send([b.link.id, "zzzzzzzz"], bytes(5), 42);
     const err = await a.next((f) => f.t === "error");
     expect(err).toMatchObject({ code: "unknown_peer", peer: "zzzzzzzz", ref: 42 });
-    expect((await b.next((f) => f.t === "msg")).from).toBe(a.link.id);
+    expect((await b.next((f) => f.t === "msg")).src).toBe(a.link.id);
   });
 
   test("malformed sends are refused without closing the connection", async () => {
@@ -85,7 +103,7 @@ describe("routing", () => {
     expect((await a.raw.next("error")).code).toBe("frame_too_large");
     await a.raw.waitClosed();
     b.link.send(c.link.id, bytes(1));
-    expect((await c.next((f) => f.t === "msg")).from).toBe(b.link.id);
+    expect((await c.next((f) => f.t === "msg")).src).toBe(b.link.id);
   });
 
   test("a large frame in the same write as the join is judged by the joined limit, not the pre-join one", async () => {

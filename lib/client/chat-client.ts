@@ -332,7 +332,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   function onRelayFrame(f: Frame): void {
     switch (f.t) {
       case "msg":
-        return onMsg(f.from, f.body);
+        return onMsg(f.src, f.body);
       case "joined":
         if (isId(f.id) && !online.has(f.id)) online.add(f.id), emit({ event: "peer", id: f.id, online: true });
         return;

@@ -81,9 +81,12 @@ export function isId(value: unknown): value is string {
 }
 
 // ---- The forwarded message, built by hand ----------------------------------------
-// {t:"msg", from:<id>, body:<bin>} as a standard msgpack fixmap. Building it
+// {t:"msg", src:<id>, body:<bin>} as a standard msgpack fixmap. Building it
 // directly avoids decoding and re-encoding the payload on the relay's hot path.
-const MSG_HEAD = new Uint8Array([0x83, 0xa1, 0x74, 0xa3, 0x6d, 0x73, 0x67, 0xa4, 0x66, 0x72, 0x6f, 0x6d]);
+// Its header is exactly as long as that of the simple `send` below (the same
+// map with {t:"send", to:<id>}), so the relay turns a simple `send` into the
+// `msg` in place and forwards the frame as it arrived, in one piece.
+const MSG_HEAD = new Uint8Array([0x83, 0xa1, 0x74, 0xa3, 0x6d, 0x73, 0x67, 0xa3, 0x73, 0x72, 0x63]);
 const BODY_KEY = new Uint8Array([0xa4, 0x62, 0x6f, 0x64, 0x79]);
 
 /** Header bytes of a `msg` frame (length prefix included) for a body of `bodyLength` bytes. */
@@ -137,4 +140,15 @@ export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array }
   let to = "";
   for (let i = SEND_PREFIX.length; i < BODY_AT; i++) to += String.fromCharCode(p[i]!);
   return { to, body: p.subarray(at) };
+}
+
+/**
+ * Turns the payload of a simple `send` (parseSimpleSend accepted it) into
+ * that of the `msg` from `from`, in place: only the first BODY_AT bytes
+ * change, and the length prefix stays valid.
+ */
+export function rewriteSendAsMsg(p: Uint8Array, from: string): void {
+  p.set(MSG_HEAD, 0);
+  p[MSG_HEAD.length] = 0xa0 | ID_LENGTH;
+  for (let i = 0; i < ID_LENGTH; i++) p[MSG_HEAD.length + 1 + i] = from.charCodeAt(i);
 }

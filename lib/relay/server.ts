@@ -14,7 +14,7 @@
 //   - no client ever waits on another unrelated client: all I/O is
 //     non-blocking and timeouts are checked by one periodic sweep.
 import type { Socket, TCPSocketListener } from "bun";
-import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText, type Frame } from "../wire/frame.ts";
+import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText, wholeFrame, type Frame } from "../wire/frame.ts";
 import { Outbox } from "../wire/outbox.ts";
 import {
   clientProof,
@@ -25,6 +25,7 @@ import {
   newNonce,
   NONCE_BYTES,
   parseSimpleSend,
+  rewriteSendAsMsg,
   PROOF_BYTES,
   RELAY_PROTOCOL_VERSION,
   relayProof,
@@ -265,10 +266,20 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     }
   }
 
+  /** The hot path: the frame becomes the `msg` in place and is forwarded as it arrived, never copied when large. */
+  function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): void {
+    const r = routes.get(to);
+    if (!r) return sendError(c, "unknown_peer", { peer: to });
+    rewriteSendAsMsg(payload, c.id);
+    queue(r, wholeFrame(payload));
+    forwardedFrames++;
+    forwardedBytes += bodyLength;
+  }
+
   function handleFrame(c: Conn, payload: Uint8Array): void {
     if (c.id) {
       const simple = parseSimpleSend(payload);
-      if (simple) return handleSend(c, simple);
+      if (simple) return forwardSimpleSend(c, payload, simple.to, simple.body.length);
     }
     const f = decodePayload(payload);
     if (!c.id) return handleJoin(c, f);

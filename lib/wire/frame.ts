@@ -5,6 +5,8 @@
 // FrameDecoder promises:
 //   - frames split across any number of reads, or many frames in one read, are
 //     reassembled with every byte copied at most once (no quadratic re-copying);
+//   - every payload it hands on is preceded in memory by its own length prefix,
+//     so a whole frame can be forwarded as one piece (wholeFrame) without a copy;
 //   - a length prefix above the limit is rejected as soon as the 4 prefix bytes
 //     are seen, before any of the payload is buffered;
 //   - malformed msgpack, trailing bytes, or a payload that is not a map is a
@@ -137,11 +139,18 @@ export class FrameDecoder {
         onFrame(chunk.subarray(pos - length, pos));
       } else {
         // Not zero-filled: every byte is written before the payload is handed on.
-        this.partial = Buffer.allocUnsafe(length);
+        const frame = Buffer.allocUnsafe(LENGTH_PREFIX + length);
+        writeU32(frame, 0, length);
+        this.partial = frame.subarray(LENGTH_PREFIX);
         this.partialFill = 0;
       }
     }
   }
+}
+
+/** The complete frame (length prefix + payload) around a payload handed on by a FrameDecoder. */
+export function wholeFrame(payload: Uint8Array): Uint8Array {
+  return new Uint8Array(payload.buffer, payload.byteOffset - LENGTH_PREFIX, LENGTH_PREFIX + payload.length);
 }
 
 /** An untrusted decoded value as short text for messages; never calls methods of the value. */
