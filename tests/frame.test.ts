@@ -76,11 +76,14 @@ describe("FrameDecoder", () => {
     expect(d.buffered).toBe(0);
   });
 
-  test("every split point of the stream gives the same frames", () => {
-    for (let cut = 1; cut < stream.length; cut += 7) {
+  test("every split point of the stream gives the same frames, each with its length prefix in front", () => {
+    for (let cut = 1; cut < stream.length; cut++) {
       const d = new FrameDecoder(1 << 20);
-      const out = [...d.push(stream.subarray(0, cut)), ...d.push(stream.subarray(cut))];
+      // Each read in a buffer of its own, with other bytes before it, as a socket's reads may be.
+      const read = (bytes: Uint8Array) => d.push(Buffer.concat([Buffer.alloc(8, 0xee), bytes]).subarray(8));
+      const out = [...read(stream.subarray(0, cut)), ...read(stream.subarray(cut))];
       expect(out.map((p) => toHex(p))).toEqual(frames.map((f) => toHex(f.subarray(4))));
+      expect(out.map((p) => toHex(wholeFrame(p)))).toEqual(frames.map(toHex));
     }
   });
 
@@ -104,6 +107,14 @@ describe("FrameDecoder", () => {
       for (let i = 0; i < all.length; i += step) out.push(...d.push(all.subarray(i, i + step)));
       expect(out.map((p) => toHex(wholeFrame(p)))).toEqual([...frames, big].map(toHex));
     }
+  });
+
+  test("an empty payload whose prefix was split across reads is handed on at once", () => {
+    const d = new FrameDecoder(1024);
+    expect(d.push(hex("0000"))).toEqual([]);
+    const out = d.push(hex("0000"));
+    expect(out.map((p) => toHex(wholeFrame(p)))).toEqual(["00000000"]);
+    expect(d.buffered).toBe(0);
   });
 
   test("oversize length prefix is rejected from the prefix alone, before buffering", () => {

@@ -119,9 +119,12 @@ export class FrameDecoder {
         continue;
       }
       let length: number;
+      // A payload is handed on as a view of the read only if its prefix is in the same read, just before it.
+      let prefixInRead = false;
       if (this.headerFill === 0 && end - pos >= LENGTH_PREFIX) {
         length = readU32(chunk, pos);
         pos += LENGTH_PREFIX;
+        prefixInRead = true;
       } else {
         const take = Math.min(LENGTH_PREFIX - this.headerFill, end - pos);
         this.header.set(chunk.subarray(pos, pos + take), this.headerFill);
@@ -134,14 +137,15 @@ export class FrameDecoder {
       if (length > this.maxPayload) {
         throw new FrameError("frame_too_large", `frame of ${length} bytes exceeds the limit of ${this.maxPayload}`);
       }
-      if (end - pos >= length) {
+      if (prefixInRead && end - pos >= length) {
         pos += length;
         onFrame(chunk.subarray(pos - length, pos));
       } else {
         // Not zero-filled: every byte is written before the payload is handed on.
         const frame = Buffer.allocUnsafe(LENGTH_PREFIX + length);
         writeU32(frame, 0, length);
-        this.partial = frame.subarray(LENGTH_PREFIX);
+        if (length === 0) onFrame(frame.subarray(LENGTH_PREFIX)); // complete already, even at the end of the read
+        else this.partial = frame.subarray(LENGTH_PREFIX);
         this.partialFill = 0;
       }
     }
