@@ -16,6 +16,7 @@ import { isId } from "../relay/protocol.ts";
 import { longFingerprint, shortFingerprint, type SessionKeys } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
 import { acceptSenderKey, eraseOwnKey, erasePeerKey, isUnder, newSenderKey, sealBroadcastRecord, tagValid, type OwnSenderKey, type PeerSenderKey } from "../session/sender-keys.ts";
+import { parseChunk } from "../transfer/chunks.ts";
 import { createTransfers, TransferError, type TransferEvent } from "../transfer/transfers.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
 import { pack, PackedBin } from "../wire/msgpack.ts";
@@ -316,7 +317,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (!isId(from) || !(body instanceof Uint8Array)) return;
     let m: Frame;
     try {
-      m = decodePayload(body);
+      m = parseChunk(body) ?? decodePayload(body);
     } catch (err) {
       if (!(err instanceof FrameError)) throw err;
       emit({ event: "error", code: "malformed", message: `malformed message from ${from}`, peer: from });

@@ -17,6 +17,7 @@ import {
   isId,
   newNonce,
   NONCE_BYTES,
+  parseMsg,
   PROOF_BYTES,
   RELAY_PROTOCOL_VERSION,
   relayProof,
@@ -205,7 +206,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
           try {
             decoder.each(chunk, (payload) => {
               if (settled && !link) return; // join failed: ignore the rest
-              const f = decodePayload(payload);
+              const f: Frame = parseMsg(payload) ?? decodePayload(payload);
               if (!link) return onJoinFrame(f);
               if (f.t === "ping") return writeFrame({ t: "pong" });
               if (f.t === "pong") return;

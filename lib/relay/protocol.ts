@@ -126,20 +126,48 @@ const SEND_PREFIX = new Uint8Array([0x83, 0xa1, 0x74, 0xa4, 0x73, 0x65, 0x6e, 0x
 const BODY_AT = SEND_PREFIX.length + ID_LENGTH; // where the "body" key starts
 
 export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array } | null {
-  if (p.length < BODY_AT + BODY_KEY.length + 2) return null;
-  for (let i = 0; i < SEND_PREFIX.length; i++) if (p[i] !== SEND_PREFIX[i]) return null;
-  for (let i = 0; i < BODY_KEY.length; i++) if (p[BODY_AT + i] !== BODY_KEY[i]) return null;
-  let at = BODY_AT + BODY_KEY.length;
-  const tag = p[at]!;
+  if (!startsWith(p, SEND_PREFIX) || !startsWith(p, BODY_KEY, BODY_AT)) return null;
+  const at = binAt(p, BODY_AT + BODY_KEY.length);
+  const to = ascii(p, SEND_PREFIX.length, BODY_AT);
+  return at === null || to === null ? null : { to, body: p.subarray(at) };
+}
+
+/**
+ * The client's fast path: a `msg` exactly as the relay writes it (msgFrameHeader)
+ * gives the frame a msgpack decoder would, without one; anything else is null.
+ */
+export function parseMsg(p: Uint8Array): { t: "msg"; src: string; body: Uint8Array } | null {
+  if (!startsWith(p, MSG_HEAD) || p[MSG_HEAD.length] !== (0xa0 | ID_LENGTH) || !startsWith(p, BODY_KEY, BODY_AT)) return null;
+  const at = binAt(p, BODY_AT + BODY_KEY.length);
+  const src = ascii(p, MSG_HEAD.length + 1, BODY_AT);
+  return at === null || src === null ? null : { t: "msg", src, body: p.subarray(at) };
+}
+
+function startsWith(p: Uint8Array, bytes: Uint8Array, at = 0): boolean {
+  if (p.length < at + bytes.length) return false;
+  for (let i = 0; i < bytes.length; i++) if (p[at + i] !== bytes[i]) return false;
+  return true;
+}
+
+/** Reads the bin header at `at`: where its bytes start, or null unless they end exactly where `p` ends. */
+function binAt(p: Uint8Array, at: number): number | null {
+  const tag = p[at];
   let length: number;
-  if (tag === 0xc4) (length = p[at + 1]!), (at += 2);
-  else if (tag === 0xc5) (length = (p[at + 1]! << 8) | p[at + 2]!), (at += 3);
+  if (tag === 0xc4 && p.length >= at + 2) (length = p[at + 1]!), (at += 2);
+  else if (tag === 0xc5 && p.length >= at + 3) (length = (p[at + 1]! << 8) | p[at + 2]!), (at += 3);
   else if (tag === 0xc6 && p.length >= at + 5) (length = ((p[at + 1]! << 24) >>> 0) + (p[at + 2]! << 16) + (p[at + 3]! << 8) + p[at + 4]!), (at += 5);
   else return null;
-  if (at + length !== p.length) return null;
-  let to = "";
-  for (let i = SEND_PREFIX.length; i < BODY_AT; i++) to += String.fromCharCode(p[i]!);
-  return { to, body: p.subarray(at) };
+  return at + length === p.length ? at : null;
+}
+
+/** Bytes [from, to) as a string if they are ASCII (then UTF-8 decoding gives the same), else null. */
+function ascii(p: Uint8Array, from: number, to: number): string | null {
+  let s = "";
+  for (let i = from; i < to; i++) {
+    if (p[i]! >= 0x80) return null;
+    s += String.fromCharCode(p[i]!);
+  }
+  return s;
 }
 
 /**

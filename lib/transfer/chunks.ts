@@ -50,3 +50,54 @@ export function openChunk(keys: FileKeys, fileId: Uint8Array, expected: number, 
     return null;
   }
 }
+
+// ---- Fast path for receiving -------------------------------------------------------
+// A chunk exactly as lib/ encodes it: fixmap {t:"chunk", id:<bin 16>, n:<uint>,
+// last:<bool>, iv:<bin 16>, ct:<bin>, mac:<bin 32>} in this key order. parseChunk
+// gives the frame a msgpack decoder would, without one (nearly every byte a
+// receiver gets is in chunks); any other encoding returns null and takes the
+// general path, with the same result.
+const enc = (...parts: (string | number)[]) => new Uint8Array(parts.flatMap((x) => (typeof x === "string" ? [...utf8(x)] : [x])));
+const HEAD = enc(0x87, 0xa1, "t", 0xa5, "chunk", 0xa2, "id", 0xc4, FILE_ID_BYTES);
+const N_KEY = enc(0xa1, "n");
+const LAST_KEY = enc(0xa4, "last");
+const IV_KEY = enc(0xa2, "iv", 0xc4, 16);
+const CT_KEY = enc(0xa2, "ct");
+const MAC_KEY = enc(0xa3, "mac", 0xc4, 32);
+
+export function parseChunk(p: Uint8Array): ChunkFrame | null {
+  let at = 0;
+  const expect = (bytes: Uint8Array): boolean => {
+    if (p.length < at + bytes.length) return false;
+    for (let i = 0; i < bytes.length; i++) if (p[at + i] !== bytes[i]) return false;
+    at += bytes.length;
+    return true;
+  };
+  const take = (n: number): Uint8Array => p.subarray(at, (at += n));
+  if (!expect(HEAD) || p.length < at + FILE_ID_BYTES) return null;
+  const id = take(FILE_ID_BYTES);
+  if (!expect(N_KEY) || p.length < at + 5) return null;
+  let n: number;
+  const tag = p[at++]!;
+  if (tag < 0x80) n = tag;
+  else if (tag === 0xcc) n = p[at++]!;
+  else if (tag === 0xcd) (n = (p[at]! << 8) | p[at + 1]!), (at += 2);
+  else if (tag === 0xce) (n = ((p[at]! << 24) >>> 0) + (p[at + 1]! << 16) + (p[at + 2]! << 8) + p[at + 3]!), (at += 4);
+  else return null; // uint64 and anything else: the general decoder
+  if (!expect(LAST_KEY) || p.length < at + 1) return null;
+  const flag = p[at++];
+  if (flag !== 0xc2 && flag !== 0xc3) return null;
+  if (!expect(IV_KEY) || p.length < at + 16) return null;
+  const iv = take(16);
+  if (!expect(CT_KEY) || p.length < at + 5) return null;
+  let length: number;
+  const bin = p[at++];
+  if (bin === 0xc4) length = p[at++]!;
+  else if (bin === 0xc5) (length = (p[at]! << 8) | p[at + 1]!), (at += 2);
+  else if (bin === 0xc6) (length = ((p[at]! << 24) >>> 0) + (p[at + 1]! << 16) + (p[at + 2]! << 8) + p[at + 3]!), (at += 4);
+  else return null;
+  if (p.length !== at + length + MAC_KEY.length + 32) return null;
+  const ct = take(length);
+  if (!expect(MAC_KEY)) return null;
+  return { t: "chunk", id, n, last: flag === 0xc3, iv, ct, mac: take(32) };
+}
