@@ -136,10 +136,25 @@ describe("claimFinalName (real directory)", () => {
   // first (O_EXCL) and then the temporary file is renamed onto it; if the rename
   // fails (here: the temporary file is gone), the placeholder stays behind as an
   // empty file under the final name. Fixed: on a rename error the placeholder is removed and the error rethrown.
-  test("regression: when the rename fails, no (empty) file is left under the final name", () => {
+  // (Hard links are tried first now; the same must hold on both ways.)
+  test("regression: when the temporary file is gone, no (empty) file is left under the final name", () => {
     const dir = tempDir();
     expect(() => claimFinalName(join(dir, ".gone.smts-part"), dir, "report.pdf")).toThrow(/ENOENT/);
     expect(readdirSync(dir)).toEqual([]);
+  });
+
+  test("without hard links (FAT, say): the placeholder way, with the same guarantees", () => {
+    const dir = tempDir();
+    const noLinks = () => {
+      throw Object.assign(new Error("EPERM: operation not permitted, link"), { code: "EPERM" });
+    };
+    writeFileSync(join(dir, "report.pdf"), "ORIGINAL");
+    const p1 = claimFinalName(part(dir, "one"), dir, "report.pdf", noLinks);
+    expect(p1).toBe(join(dir, "report (1).pdf"));
+    expect(readFileSync(p1, "utf8")).toBe("one");
+    expect(readFileSync(join(dir, "report.pdf"), "utf8")).toBe("ORIGINAL");
+    expect(() => claimFinalName(join(dir, ".gone.smts-part"), dir, "x.pdf", noLinks)).toThrow(/ENOENT/);
+    expect(readdirSync(dir).sort()).toEqual(["report (1).pdf", "report.pdf"]);
   });
 
   test("a directory or a dangling symlink under the name is skipped, not replaced or followed", () => {

@@ -7,12 +7,16 @@
 // trailing dots or spaces, no Windows device name, at most 200 bytes of UTF-8.
 // claimFinalName() moves a finished temporary file to `dir/name`, or to
 // `name (1).ext`, `name (2).ext`, ... if taken, without overwriting anything:
-// the name is first created exclusively (O_EXCL), then the temporary file is
-// renamed onto that empty placeholder. (Hard links would avoid the brief
-// empty placeholder but do not exist on every filesystem, e.g. FAT on phones.)
+// a hard link to the temporary file is made under the name (link() fails on
+// any existing name and never follows a symlink), then the temporary name is
+// removed. Where a filesystem has no hard links (FAT, say), the name is
+// created exclusively (O_EXCL) and the temporary file renamed onto that empty
+// placeholder. The link comes first because on ext4 a rename over an existing
+// file starts writing the whole file back to disk before it returns
+// (auto_da_alloc): about 1 ms for 10 MiB, at the end of every transfer.
 // tempName() is where a file is received; removeStaleParts() clears those a
 // killed client left behind.
-import { closeSync, lstatSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
+import { closeSync, linkSync, lstatSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
@@ -51,10 +55,27 @@ export function numbered(name: string, n: number): string {
   return m ? `${m[1]} (${n})${m[2]}` : `${name} (${n})`;
 }
 
-/** Gives the finished temporary file its final name; returns the path used. */
-export function claimFinalName(tempPath: string, dir: string, name: string): string {
+/** Gives the finished temporary file its final name; returns the path used. `link` is replaceable for tests. */
+export function claimFinalName(tempPath: string, dir: string, name: string, link = linkSync): string {
+  let hardLinks = true;
   for (let n = 0; n < 10_000; n++) {
     const path = join(dir, numbered(name, n));
+    if (hardLinks) {
+      try {
+        link(tempPath, path);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === "EEXIST") continue;
+        if (code === "ENOENT") throw err; // the temporary file is gone
+        hardLinks = false; // no hard links here: the placeholder way, from this same name
+      }
+      if (hardLinks) {
+        try {
+          rmSync(tempPath);
+        } catch {} // the file is saved; a leftover temporary name is a stale part, removed later
+        return path;
+      }
+    }
     try {
       closeSync(openSync(path, "wx", 0o600));
     } catch (err) {
