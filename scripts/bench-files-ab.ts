@@ -35,6 +35,7 @@ const envA = values["env-a"] ? Object.fromEntries([values["env-a"].split(/=(.*)/
 const relayArgs = values["relay-args"]!.split(" ").filter(Boolean);
 const MiB = 1024 * 1024;
 const SIZE = 10 * MiB;
+const WARM_UPS = 8;
 
 const work = mkdtempSync(join(tmpdir(), "smts-bench-ab-"));
 const src = join(work, "random-10MiB.bin");
@@ -98,7 +99,7 @@ let rigs: { a: Rig; b: Rig } | undefined;
 try {
   rigs = { a: await startRig(positionals[0]!, "a", envA), b: await startRig(positionals[1]!, "b", {}) };
   await Bun.sleep(1500); // the DH workers finish their start-up
-  for (let i = 0; i < 3; i++) await rigs.a.once(), await rigs.b.once(); // warm-up
+  for (let i = 0; i < WARM_UPS; i++) await rigs.a.once(), await rigs.b.once(); // until the JIT settles (bench-files.ts)
   for (let i = 0; i < pairs; i++) {
     for (const side of i % 2 ? (["a", "b"] as const) : (["b", "a"] as const)) results[side].push(await rigs[side].once());
   }
@@ -110,7 +111,7 @@ try {
 
 const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
 const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
-console.log(`${machine()}; ${pairs} pairs of 10 MiB transfers after 3 warm-ups each`);
+console.log(`${machine()}; ${pairs} pairs of 10 MiB transfers after ${WARM_UPS} warm-ups each`);
 for (const side of ["a", "b"] as const) {
   const runs = results[side];
   const cpu = [0, 1, 2].map((j) => mean(runs.map((r) => r.cpu[j]!)));
