@@ -32,9 +32,9 @@ import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
-import { aesCbcDecrypt, aesCbcEncrypt } from "../lib/crypto/primitives.ts";
+import { aesCbcDecrypt, aesCbcEncryptPadInPlace } from "../lib/crypto/primitives.ts";
 import { parseMsg } from "../lib/relay/protocol.ts";
-import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, parseChunk, sealChunk } from "../lib/transfer/chunks.ts";
+import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, PAD_ROOM, parseChunk, sealChunk } from "../lib/transfer/chunks.ts";
 import { encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { PackedBin } from "../lib/wire/msgpack.ts";
 import { startFloorRig } from "./floor-pipeline.ts";
@@ -295,6 +295,7 @@ function stepCosts(total: number) {
   const rfd = openSync(tmp, "r");
   const wfd = openSync(join(work, "steps-out.bin"), "w");
   const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+  const padded = Buffer.concat([plain, Buffer.alloc(PAD_ROOM)]);
   const decoder = new FrameDecoder(1024 * 1024);
   const READ = 192 * 1024; // the relay's frames reach the receiver in reads of varying size; this splits most frames
   const stream = new Uint8Array(relayed.length * 16);
@@ -304,7 +305,7 @@ function stepCosts(total: number) {
       sender: [
         ["read 64 KiB from the file (readSync, page cache)", perMiB((i) => readSync(rfd, buf, 0, CHUNK_BYTES, (i % 128) * CHUNK_BYTES))],
         ["SHA-256 of the plaintext (whole-file hash)", perMiB(() => hashS.update(plain))],
-        ["sealChunk: AES-256-CBC, new cipher per chunk, PKCS#7 + concat", perMiB(() => aesCbcEncrypt(keys.enc, sealed.iv, plain))],
+        ["sealChunk: AES-256-CBC, new cipher per chunk, PKCS#7 padding written into the read buffer (no concat)", perMiB(() => aesCbcEncryptPadInPlace(keys.enc, sealed.iv, padded, CHUNK_BYTES))],
         ["sealChunk: HMAC-SHA256 over header + ciphertext", perMiB(() => chunkMac(keys, fileId, 0, false, sealed.iv, sealed.ct))],
         ["encodeFrame(send) with the chunk packed in place (PackedBin: the one copy of the ciphertext)", perMiB(() => encodeFrame({ t: "send", to: "k3x9pm2q", body: new PackedBin(sealed) }))],
       ] as [string, number][],

@@ -36,6 +36,7 @@ import {
 import {
   aesCbcDecrypt,
   aesCbcEncrypt,
+  aesCbcEncryptPadInPlace,
   concat,
   equalBytes,
   hkdf,
@@ -156,6 +157,26 @@ describe("AES-256-CBC (NIST SP 800-38A F.2.5 / F.2.6)", () => {
       expect(hex(out)).toBe(hex(rawCbcEncrypt(KEY, IV, concat(msg, fill(padLen, padLen)))));
       expect(hex(aesCbcDecrypt(KEY, IV, out))).toBe(hex(msg));
     }
+  });
+
+  test("padding in place (the file chunks' path): the NIST ciphertext, and the same bytes as aesCbcEncrypt at every length", () => {
+    const room = new Uint8Array(64 + 16).fill(0xee);
+    room.set(PLAIN);
+    const nist = aesCbcEncryptPadInPlace(KEY, IV, room, 64);
+    expect(hex(nist.subarray(0, 64))).toBe(hex(CIPHER));
+    expect(hex(room.subarray(64))).toBe(hex(PAD_BLOCK)); // the padding, written after the data
+    expect(Buffer.isBuffer(nist)).toBe(false);
+    const data = new Uint8Array(65536 + 16).map((_, i) => i * 151);
+    for (const n of [0, 1, 15, 16, 17, 31, 32, 33, 65535, 65536]) {
+      const buf = new Uint8Array(n + 16).fill(0xee);
+      buf.set(data.subarray(0, n));
+      expect(hex(aesCbcEncryptPadInPlace(KEY, IV, buf, n))).toBe(hex(aesCbcEncrypt(KEY, IV, data.subarray(0, n))));
+    }
+    // Not enough room for the padding: refused, nothing encrypted.
+    expect(() => aesCbcEncryptPadInPlace(KEY, IV, new Uint8Array(31), 17)).toThrow(RangeError); // needs 17 + 15
+    expect(() => aesCbcEncryptPadInPlace(KEY, IV, new Uint8Array(31), 16)).toThrow(RangeError); // needs 16 + 16
+    expect(aesCbcEncryptPadInPlace(KEY, IV, new Uint8Array(32), 17).length).toBe(32);
+    expect(aesCbcEncryptPadInPlace(KEY, IV, new Uint8Array(32), 16).length).toBe(32);
   });
 
   test("outputs are plain Uint8Arrays, so slice() copies (decoded keys are copied with slice() before the plaintext is wiped)", () => {

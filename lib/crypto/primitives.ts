@@ -40,6 +40,20 @@ export function aesCbcEncrypt(key: Uint8Array, iv: Uint8Array, plaintext: Uint8A
   return runCipher(createCipheriv("aes-256-cbc", key, iv), plaintext);
 }
 
+/**
+ * The same AES-256-CBC with PKCS#7 padding, of `buf[0, length)`, for the file
+ * chunks' hot path: the padding (1 to 16 bytes, each equal to its length) is
+ * written into `buf` itself, after the data, so the cipher returns the whole
+ * ciphertext at once and it is never concatenated (a 64 KiB allocation and
+ * copy per chunk). `buf` must have room for the padding.
+ */
+export function aesCbcEncryptPadInPlace(key: Uint8Array, iv: Uint8Array, buf: Uint8Array, length: number): Uint8Array {
+  const padded = length + 16 - (length % 16);
+  if (!(length >= 0 && padded <= buf.length)) throw new RangeError("no room for the padding after the plaintext");
+  buf.fill(padded - length, length, padded);
+  return runCipher(createCipheriv("aes-256-cbc", key, iv).setAutoPadding(false), buf.subarray(0, padded));
+}
+
 /** Decrypts and strips PKCS#7 padding; throws on bad padding. Call only after the MAC verified. */
 export function aesCbcDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8Array): Uint8Array {
   return runCipher(createDecipheriv("aes-256-cbc", key, iv), ciphertext);

@@ -7,7 +7,7 @@
 // last = 0x01 on the final chunk, else 0x00. Binding the index and the final
 // flag detects reordered, duplicated, dropped and truncated chunks; binding
 // the file ID detects chunks spliced in from another file.
-import { aesCbcDecrypt, aesCbcEncrypt, equalBytes, hkdf, hmac, randomBytes, u64be, utf8 } from "../crypto/primitives.ts";
+import { aesCbcDecrypt, aesCbcEncryptPadInPlace, equalBytes, hkdf, hmac, randomBytes, u64be, utf8 } from "../crypto/primitives.ts";
 
 export const CHUNK_BYTES = 64 * 1024;
 export const FILE_ID_BYTES = 16;
@@ -34,7 +34,17 @@ export function chunkMac(keys: FileKeys, fileId: Uint8Array, n: number, last: bo
 
 /** `iv` is only passed by the protocol's test vectors. */
 export function sealChunk(keys: FileKeys, fileId: Uint8Array, n: number, last: boolean, plaintext: Uint8Array, iv = randomBytes(16)): ChunkFrame {
-  const ct = aesCbcEncrypt(keys.enc, iv, plaintext);
+  const buf = new Uint8Array(plaintext.length + PAD_ROOM);
+  buf.set(plaintext);
+  return sealChunkInPlace(keys, fileId, n, last, buf, plaintext.length, iv);
+}
+
+/** Bytes a sender's chunk buffer needs after the plaintext, for the padding. */
+export const PAD_ROOM = 16;
+
+/** sealChunk of `buf[0, length)` without copying it: the padding is written into `buf`, which needs PAD_ROOM bytes after the plaintext. */
+export function sealChunkInPlace(keys: FileKeys, fileId: Uint8Array, n: number, last: boolean, buf: Uint8Array, length: number, iv = randomBytes(16)): ChunkFrame {
+  const ct = aesCbcEncryptPadInPlace(keys.enc, iv, buf, length);
   return { t: "chunk", id: fileId, n, last, iv, ct, mac: chunkMac(keys, fileId, n, last, iv, ct) };
 }
 

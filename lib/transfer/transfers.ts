@@ -26,7 +26,7 @@ import { closeSync, fstatSync, openSync, readSync, unlinkSync, writeSync } from 
 import { basename, join } from "node:path";
 import { randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
-import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, sealChunk, type FileKeys } from "./chunks.ts";
+import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInPlace, type FileKeys } from "./chunks.ts";
 import { claimFinalName, removeStaleParts, safeName, tempName } from "./names.ts";
 
 export type TransferEvent =
@@ -269,7 +269,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   async function stream(t: Outgoing): Promise<void> {
     const keys = fileKeys(t.fileKey, t.fileId);
-    const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+    const buf = Buffer.allocUnsafe(CHUNK_BYTES + PAD_ROOM);
     const probe = Buffer.allocUnsafe(1);
     const hash = t.sha256 === undefined ? new Bun.CryptoHasher("sha256") : null;
     let fd = -1;
@@ -286,9 +286,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         const last = sent === t.size;
         // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
         if (last && readSync(fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
-        const plain = buf.subarray(0, got);
-        hash?.update(plain);
-        deps.sendMessage(to.length === 1 ? to[0]! : to, sealChunk(keys, t.fileId, n, last, plain)); // encrypted once, copied by the relay
+        hash?.update(buf.subarray(0, got));
+        deps.sendMessage(to.length === 1 ? to[0]! : to, sealChunkInPlace(keys, t.fileId, n, last, buf, got)); // encrypted once, copied by the relay
         const now = performance.now();
         t.lastActivity = now;
         if (last || now - lastProgress >= PROGRESS_MS) {
