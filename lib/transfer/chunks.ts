@@ -67,13 +67,13 @@ export function openChunk(keys: FileKeys, fileId: Uint8Array, expected: number, 
 // gives the frame a msgpack decoder would, without one (nearly every byte a
 // receiver gets is in chunks); any other encoding returns null and takes the
 // general path, with the same result.
-const enc = (...parts: (string | number)[]) => new Uint8Array(parts.flatMap((x) => (typeof x === "string" ? [...utf8(x)] : [x])));
-const HEAD = enc(0x87, 0xa1, "t", 0xa5, "chunk", 0xa2, "id", 0xc4, FILE_ID_BYTES);
-const N_KEY = enc(0xa1, "n");
-const LAST_KEY = enc(0xa4, "last");
-const IV_KEY = enc(0xa2, "iv", 0xc4, 16);
-const CT_KEY = enc(0xa2, "ct");
-const MAC_KEY = enc(0xa3, "mac", 0xc4, 32);
+const literal = (...parts: (string | number)[]) => new Uint8Array(parts.flatMap((x) => (typeof x === "string" ? [...utf8(x)] : [x])));
+const HEAD = literal(0x87, 0xa1, "t", 0xa5, "chunk", 0xa2, "id", 0xc4, FILE_ID_BYTES);
+const N_KEY = literal(0xa1, "n");
+const LAST_KEY = literal(0xa4, "last");
+const IV_KEY = literal(0xa2, "iv", 0xc4, 16);
+const CT_KEY = literal(0xa2, "ct");
+const MAC_KEY = literal(0xa3, "mac", 0xc4, 32);
 
 export function parseChunk(p: Uint8Array): ChunkFrame | null {
   let at = 0;
