@@ -27,7 +27,7 @@ import { createCipheriv, createDecipheriv, randomBytes, timingSafeEqual } from "
 import { closeSync, openSync, readSync, renameSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import type { Socket } from "bun";
-import { FrameDecoder, writeU32 } from "../lib/wire/frame.ts";
+import { FrameDecoder, readU32, writeU32 } from "../lib/wire/frame.ts";
 import { Outbox } from "../lib/wire/outbox.ts";
 import { CHUNK_BYTES } from "../lib/transfer/chunks.ts";
 import { lineReader } from "./bench-util.ts";
@@ -80,7 +80,7 @@ async function receiver(port: number, dir: string): Promise<void> {
   const onFrame = (p: Uint8Array) => {
     file ??= { temp: join(dir, `floor-${process.pid}-${files}.part`), fd: -1, hash: new Bun.CryptoHasher("sha256"), next: 0 };
     if (file.fd < 0) file.fd = openSync(file.temp, "wx", 0o600);
-    const n = ((p[0]! << 24) >>> 0) + (p[1]! << 16) + (p[2]! << 8) + p[3]!;
+    const n = readU32(p, 0);
     if (n !== file.next++ || !timingSafeEqual(macOf(p, 0, p.length - 32), p.subarray(p.length - 32))) throw new Error(`chunk ${n} failed verification`);
     const d = createDecipheriv("aes-256-cbc", ENC_KEY, p.subarray(5, 21));
     const a = d.update(p.subarray(HEAD, p.length - 32));

@@ -3,7 +3,7 @@
 // the join proofs, temporary IDs, and the one frame the relay builds by hand
 // (the forwarded `msg`), so the hot path never re-encodes a payload.
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
-import { LENGTH_PREFIX, writeU32 } from "../wire/frame.ts";
+import { binEndingAt, bytesAt, LENGTH_PREFIX, writeU32 } from "../wire/frame.ts";
 
 export const RELAY_PROTOCOL_VERSION = 1;
 export const DEFAULT_PORT = 5555;
@@ -126,10 +126,10 @@ const SEND_PREFIX = new Uint8Array([0x83, 0xa1, 0x74, 0xa4, 0x73, 0x65, 0x6e, 0x
 const BODY_AT = SEND_PREFIX.length + ID_LENGTH; // where the "body" key starts
 
 export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array } | null {
-  if (!startsWith(p, SEND_PREFIX) || !startsWith(p, BODY_KEY, BODY_AT)) return null;
-  const at = binAt(p, BODY_AT + BODY_KEY.length);
+  if (!bytesAt(p, 0, SEND_PREFIX)) return null;
+  const at = bodyStart(p);
   const to = ascii(p, SEND_PREFIX.length, BODY_AT);
-  return at === null || to === null ? null : { to, body: p.subarray(at) };
+  return at < 0 || to === null ? null : { to, body: p.subarray(at) };
 }
 
 /**
@@ -137,27 +137,15 @@ export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array }
  * gives the frame a msgpack decoder would, without one; anything else is null.
  */
 export function parseMsg(p: Uint8Array): { t: "msg"; src: string; body: Uint8Array } | null {
-  if (!startsWith(p, MSG_HEAD) || p[MSG_HEAD.length] !== (0xa0 | ID_LENGTH) || !startsWith(p, BODY_KEY, BODY_AT)) return null;
-  const at = binAt(p, BODY_AT + BODY_KEY.length);
+  if (!bytesAt(p, 0, MSG_HEAD) || p[MSG_HEAD.length] !== (0xa0 | ID_LENGTH)) return null;
+  const at = bodyStart(p);
   const src = ascii(p, MSG_HEAD.length + 1, BODY_AT);
-  return at === null || src === null ? null : { t: "msg", src, body: p.subarray(at) };
+  return at < 0 || src === null ? null : { t: "msg", src, body: p.subarray(at) };
 }
 
-function startsWith(p: Uint8Array, bytes: Uint8Array, at = 0): boolean {
-  if (p.length < at + bytes.length) return false;
-  for (let i = 0; i < bytes.length; i++) if (p[at + i] !== bytes[i]) return false;
-  return true;
-}
-
-/** Reads the bin header at `at`: where its bytes start, or null unless they end exactly where `p` ends. */
-function binAt(p: Uint8Array, at: number): number | null {
-  const tag = p[at];
-  let length: number;
-  if (tag === 0xc4 && p.length >= at + 2) (length = p[at + 1]!), (at += 2);
-  else if (tag === 0xc5 && p.length >= at + 3) (length = (p[at + 1]! << 8) | p[at + 2]!), (at += 3);
-  else if (tag === 0xc6 && p.length >= at + 5) (length = ((p[at + 1]! << 24) >>> 0) + (p[at + 2]! << 16) + (p[at + 3]! << 8) + p[at + 4]!), (at += 5);
-  else return null;
-  return at + length === p.length ? at : null;
+/** Where the body of a `send` or `msg` payload starts (the "body" key at BODY_AT, then a bin running exactly to the end); else -1. */
+function bodyStart(p: Uint8Array): number {
+  return bytesAt(p, BODY_AT, BODY_KEY) ? binEndingAt(p, BODY_AT + BODY_KEY.length, p.length) : -1;
 }
 
 /** Bytes [from, to) as a string if they are ASCII (then UTF-8 decoding gives the same), else null. */

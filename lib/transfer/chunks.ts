@@ -8,6 +8,7 @@
 // flag detects reordered, duplicated, dropped and truncated chunks; binding
 // the file ID detects chunks spliced in from another file.
 import { aesCbcDecrypt, aesCbcEncryptPadInPlace, equalBytes, hkdf, hmac, randomBytes, u64be, utf8 } from "../crypto/primitives.ts";
+import { binEndingAt, bytesAt, readU32 } from "../wire/frame.ts";
 
 export const CHUNK_BYTES = 64 * 1024;
 export const FILE_ID_BYTES = 16;
@@ -77,12 +78,7 @@ const MAC_KEY = literal(0xa3, "mac", 0xc4, 32);
 
 export function parseChunk(p: Uint8Array): ChunkFrame | null {
   let at = 0;
-  const expect = (bytes: Uint8Array): boolean => {
-    if (p.length < at + bytes.length) return false;
-    for (let i = 0; i < bytes.length; i++) if (p[at + i] !== bytes[i]) return false;
-    at += bytes.length;
-    return true;
-  };
+  const expect = (bytes: Uint8Array): boolean => bytesAt(p, at, bytes) && ((at += bytes.length), true);
   const take = (n: number): Uint8Array => p.subarray(at, (at += n));
   if (!expect(HEAD) || p.length < at + FILE_ID_BYTES) return null;
   const id = take(FILE_ID_BYTES);
@@ -92,22 +88,19 @@ export function parseChunk(p: Uint8Array): ChunkFrame | null {
   if (tag < 0x80) n = tag;
   else if (tag === 0xcc) n = p[at++]!;
   else if (tag === 0xcd) (n = (p[at]! << 8) | p[at + 1]!), (at += 2);
-  else if (tag === 0xce) (n = ((p[at]! << 24) >>> 0) + (p[at + 1]! << 16) + (p[at + 2]! << 8) + p[at + 3]!), (at += 4);
+  else if (tag === 0xce) (n = readU32(p, at)), (at += 4);
   else return null; // uint64 and anything else: the general decoder
   if (!expect(LAST_KEY) || p.length < at + 1) return null;
   const flag = p[at++];
   if (flag !== 0xc2 && flag !== 0xc3) return null;
   if (!expect(IV_KEY) || p.length < at + 16) return null;
   const iv = take(16);
-  if (!expect(CT_KEY) || p.length < at + 5) return null;
-  let length: number;
-  const bin = p[at++];
-  if (bin === 0xc4) length = p[at++]!;
-  else if (bin === 0xc5) (length = (p[at]! << 8) | p[at + 1]!), (at += 2);
-  else if (bin === 0xc6) (length = ((p[at]! << 24) >>> 0) + (p[at + 1]! << 16) + (p[at + 2]! << 8) + p[at + 3]!), (at += 4);
-  else return null;
-  if (p.length !== at + length + MAC_KEY.length + 32) return null;
-  const ct = take(length);
+  if (!expect(CT_KEY)) return null;
+  const macAt = p.length - MAC_KEY.length - 32; // the ct ends where the mac key starts
+  const ctAt = binEndingAt(p, at, macAt);
+  if (ctAt < 0) return null;
+  at = ctAt;
+  const ct = take(macAt - ctAt);
   if (!expect(MAC_KEY)) return null;
   return { t: "chunk", id, n, last: flag === 0xc3, iv, ct, mac: take(32) };
 }

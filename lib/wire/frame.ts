@@ -65,8 +65,32 @@ export function writeU32(buf: Uint8Array, offset: number, n: number): void {
   buf[offset + 3] = n & 0xff;
 }
 
-function readU32(buf: Uint8Array, offset: number): number {
+export function readU32(buf: Uint8Array, offset: number): number {
   return ((buf[offset]! << 24) >>> 0) + (buf[offset + 1]! << 16) + (buf[offset + 2]! << 8) + buf[offset + 3]!;
+}
+
+// ---- For the hand-written decoders of the hot paths -------------------------------
+// (the relay's `send`, the client's `msg` and file chunks): each reads exactly
+// the bytes lib/ writes and leaves anything else to decodePayload.
+
+/** Does `p` hold exactly `bytes` at `at`? */
+export function bytesAt(p: Uint8Array, at: number, bytes: Uint8Array): boolean {
+  if (p.length < at + bytes.length) return false;
+  for (let i = 0; i < bytes.length; i++) if (p[at + i] !== bytes[i]) return false;
+  return true;
+}
+
+/** Where the bytes of the msgpack bin (bin8/16/32) whose header is at `at` start, if they end exactly at `end` (≤ p.length); else -1. */
+export function binEndingAt(p: Uint8Array, at: number, end: number): number {
+  if (end > p.length) return -1;
+  const tag = p[at];
+  let start: number;
+  let length: number;
+  if (tag === 0xc4 && end >= at + 2) (length = p[at + 1]!), (start = at + 2);
+  else if (tag === 0xc5 && end >= at + 3) (length = (p[at + 1]! << 8) | p[at + 2]!), (start = at + 3);
+  else if (tag === 0xc6 && end >= at + 5) (length = readU32(p, at + 1)), (start = at + 5);
+  else return -1;
+  return start + length === end ? start : -1;
 }
 
 /**
