@@ -15,12 +15,11 @@
 //   DIR_A, DIR_B: checkouts (a `git worktree add` of the baseline, say), each
 //   with node_modules; the same directory twice with --env-a compares an
 //   environment variable (MIMALLOC_PURGE_DELAY=-1, GLIBC_TUNABLES=..., ...).
-import { createCipheriv } from "node:crypto";
-import { closeSync, mkdirSync, mkdtempSync, openSync, rmSync, unlinkSync, writeSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, unlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { lineReader, machine, procCpu, spawnBenchRelay } from "./bench-util.ts";
+import { lineReader, machine, procCpu, spawnBenchRelay, writeRandomFile } from "./bench-util.ts";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -39,13 +38,7 @@ const WARM_UPS = 8;
 
 const work = mkdtempSync(join(tmpdir(), "smts-bench-ab-"));
 const src = join(work, "random-10MiB.bin");
-{
-  const fd = openSync(src, "w");
-  const keystream = createCipheriv("aes-256-ctr", Buffer.alloc(32, 7), Buffer.alloc(16));
-  for (let i = 0; i < SIZE / MiB; i++) writeSync(fd, keystream.update(Buffer.alloc(MiB)));
-  closeSync(fd);
-}
-const srcSha = new Bun.CryptoHasher("sha256").update(await Bun.file(src).bytes()).digest("hex");
+const srcSha = writeRandomFile(src, SIZE);
 
 type Rig = Awaited<ReturnType<typeof startRig>>;
 

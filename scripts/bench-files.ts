@@ -38,7 +38,7 @@ import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, PAD_ROOM, parseChunk, s
 import { encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { PackedBin } from "../lib/wire/msgpack.ts";
 import { startFloorRig } from "./floor-pipeline.ts";
-import { lineReader, machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeSection } from "./bench-util.ts";
+import { lineReader, machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeRandomFile, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const profile = process.argv.includes("--profile");
@@ -155,25 +155,6 @@ function sampleRss(pids: Record<string, number>) {
       return peak;
     },
   };
-}
-
-/** Streams `size` bytes of AES-256-CTR keystream (pseudo-random) into `path`; returns its SHA-256. */
-function writeRandomFile(path: string, size: number): string {
-  const ctr = createCipheriv("aes-256-ctr", randomBytes(32), randomBytes(16));
-  const zeros = Buffer.alloc(MiB);
-  const hash = new Bun.CryptoHasher("sha256");
-  const fd = openSync(path, "w", 0o600);
-  try {
-    for (let left = size; left > 0; ) {
-      const block = ctr.update(left >= MiB ? zeros : zeros.subarray(0, left));
-      for (let at = 0; at < block.length; ) at += writeSync(fd, block, at);
-      hash.update(block);
-      left -= block.length;
-    }
-  } finally {
-    closeSync(fd);
-  }
-  return hash.digest("hex");
 }
 
 /** SHA-256 of a file, read in 1 MiB pieces into one buffer. */

@@ -1,18 +1,38 @@
-// Shared pieces of the benchmark scripts: the machine description, a relay
-// process to measure against, percentiles, writing one section of
+// Shared pieces of the benchmark scripts: the machine description, random
+// test files, a relay process to measure against, percentiles, writing one section of
 // docs/BENCHMARKS.md without disturbing the others, and the summary table of
 // the brief's targets at the top of it (fed by every script's recordTargets,
 // kept between runs in docs/benchmarks.json so one script can be re-run alone).
-import { cpus, totalmem } from "node:os";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import { release } from "node:os";
+import { createCipheriv, randomBytes } from "node:crypto";
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { cpus, release, totalmem } from "node:os";
 
 export const ROOT = new URL("..", import.meta.url).pathname;
+const MIB = 1024 * 1024;
 const REPORT = `${ROOT}docs/BENCHMARKS.md`;
 
 export function machine(): string {
   const cpu = cpus();
   return `${cpu[0]?.model.trim() ?? "unknown CPU"}, ${cpu.length} cores, ${Math.round(totalmem() / 2 ** 30)} GiB RAM, Linux ${release()}, Bun ${Bun.version}`;
+}
+
+/** Streams `size` bytes of AES-256-CTR keystream (pseudo-random) into `path`; returns its SHA-256. */
+export function writeRandomFile(path: string, size: number): string {
+  const ctr = createCipheriv("aes-256-ctr", randomBytes(32), randomBytes(16));
+  const zeros = Buffer.alloc(MIB);
+  const hash = new Bun.CryptoHasher("sha256");
+  const fd = openSync(path, "w", 0o600);
+  try {
+    for (let left = size; left > 0; ) {
+      const block = ctr.update(left >= MIB ? zeros : zeros.subarray(0, left));
+      for (let at = 0; at < block.length; ) at += writeSync(fd, block, at);
+      hash.update(block);
+      left -= block.length;
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return hash.digest("hex");
 }
 
 /** p-th percentile of an ascending array. */
