@@ -50,8 +50,8 @@ export const relayCommand = defineCommand({
         pingIntervalMs: seconds("ping-interval", a["ping-interval"]),
         log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m), debug: (m: string) => log.debug(m) },
       };
-      // 128 KiB leaves room for a 64 KiB file chunk with its headers.
-      if (options.maxFrame < 128 * 1024 || options.maxFrame > 64 * 1024 * 1024) throw new UsageError("--max-frame must be between 128KiB and 64MiB");
+      // 192 KiB leaves room for a 128 KiB file chunk with its headers, sent to many recipients.
+      if (options.maxFrame < 192 * 1024 || options.maxFrame > 64 * 1024 * 1024) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
       if (options.queueMax < 2 * RELAY_DEFAULTS.queueHigh) throw new UsageError(`--queue-limit must be at least ${formatSize(2 * RELAY_DEFAULTS.queueHigh)}`);
       if (secret && secret.length < SHORT_SECRET) {
         log.warn(`the join secret is only ${secret.length} characters: anyone who records a join can guess it offline; use \`smts relay --generate-secret\``);

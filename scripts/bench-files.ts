@@ -256,7 +256,7 @@ console.error(`bound: Bun ${fmt(bunBound)} MB/s (enc ${fmt(prim.enc)}, mac ${fmt
 
 // ---- Where the time goes: the per-chunk steps of lib/ timed alone, one core -------
 
-/** ms of one core per MiB of file for each step the sender and receiver do per 64 KiB chunk. */
+/** ms of one core per MiB of file for each step the sender and receiver do per chunk. */
 function stepCosts(total: number) {
   const n = total / CHUNK_BYTES;
   const perMiB = (f: (i: number) => void) => {
@@ -284,7 +284,7 @@ function stepCosts(total: number) {
   try {
     return {
       sender: [
-        ["read 64 KiB from the file (readSync, page cache)", perMiB((i) => readSync(rfd, buf, 0, CHUNK_BYTES, (i % 128) * CHUNK_BYTES))],
+        [`read ${CHUNK_BYTES / 1024} KiB from the file (readSync, page cache)`, perMiB((i) => readSync(rfd, buf, 0, CHUNK_BYTES, (i % 128) * CHUNK_BYTES))],
         ["SHA-256 of the plaintext (whole-file hash)", perMiB(() => hashS.update(plain))],
         ["sealChunk: AES-256-CBC, new cipher per chunk, PKCS#7 padding written into the read buffer (no concat)", perMiB(() => aesCbcEncryptPadInPlace(keys.enc, sealed.iv, padded, CHUNK_BYTES))],
         ["sealChunk: HMAC-SHA256 over header + ciphertext", perMiB(() => chunkMac(keys, fileId, 0, false, sealed.iv, sealed.ct))],
@@ -296,7 +296,7 @@ function stepCosts(total: number) {
         })],
         ["openChunk: HMAC-SHA256 check", perMiB(() => chunkMac(keys, fileId, 0, false, sealed.iv, sealed.ct))],
         ["openChunk: AES-256-CBC decrypt + unpad + concat", perMiB(() => aesCbcDecrypt(keys.enc, sealed.iv, sealed.ct))],
-        ["write 64 KiB (writeSync, page cache)", perMiB((i) => writeSync(wfd, plain, 0, CHUNK_BYTES, (i % 128) * CHUNK_BYTES))],
+        [`write ${CHUNK_BYTES / 1024} KiB (writeSync, page cache)`, perMiB((i) => writeSync(wfd, plain, 0, CHUNK_BYTES, (i % 128) * CHUNK_BYTES))],
         ["SHA-256 of the plaintext (whole-file hash)", perMiB(() => hashS.update(plain))],
       ] as [string, number][],
     };

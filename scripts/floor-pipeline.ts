@@ -4,7 +4,7 @@
 // what smts's protocol costs, and the gap to the brief's target is what Bun on
 // this machine costs.
 //
-// Three processes, as with smts, doing per 64 KiB chunk only this:
+// Three processes, as with smts, doing per chunk (CHUNK_BYTES, as smts) only this:
 //   sender:   read; SHA-256 of the file (unless told not to); AES-256-CBC with a
 //             random IV and PKCS#7 (a new cipher per chunk, as lib/transfer/chunks.ts);
 //             HMAC-SHA256 over n ‖ last ‖ iv ‖ ct; one frame, written through

@@ -33,6 +33,10 @@ test("--open with a secret is a usage error; unknown options and bad ports print
   const port = run(["relay", "--port", "99999"], { SMTS_SECRET: SECRET_TEXT });
   expect(port.code).toBe(2);
   expect(port.stderr).toContain("invalid port");
+  // A file chunk's frame (128 KiB and headers, PROTOCOL §30) must fit: 192 KiB is the least accepted.
+  const small = run(["relay", "--open", "--port", "0", "--max-frame", "191KiB"]);
+  expect(small.code).toBe(2);
+  expect(small.stderr).toContain("--max-frame must be between 192KiB and 64MiB");
 });
 
 test("--generate-secret prints a fresh 160-bit secret each time", () => {

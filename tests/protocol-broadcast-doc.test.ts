@@ -72,7 +72,7 @@ const TAG_KEYS = [range(0xb0, 32), range(0xd0, 32)];
 // The file of §32, for the broadcast offer.
 const FILE_KEY = range(0x00, 32);
 const FILE_ID = range(0xf0, 16);
-const FILE = Uint8Array.from({ length: 70000 }, (_, i) => i % 251);
+const FILE = Uint8Array.from({ length: 135536 }, (_, i) => i % 251);
 
 const temp = tempDirs("smts-bcast-doc-");
 afterAll(() => temp.removeAll());
@@ -238,7 +238,7 @@ function transfersHarness(dir: string) {
 
 const docChunks = () => {
   const keys = fileKeys(FILE_KEY, FILE_ID);
-  return [sealChunk(keys, FILE_ID, 0, false, FILE.subarray(0, 65536), range(0x00, 16)), sealChunk(keys, FILE_ID, 1, true, FILE.subarray(65536), range(0x10, 16))];
+  return [sealChunk(keys, FILE_ID, 0, false, FILE.subarray(0, 131072), range(0x00, 16)), sealChunk(keys, FILE_ID, 1, true, FILE.subarray(131072), range(0x10, 16))];
 };
 
 describe("broadcast offers (§36) against the transfer state machine", () => {
@@ -275,7 +275,7 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
     expect(ok.contents.map((c) => c.item.t)).toEqual(["accept"]);
     for (const c of docChunks()) ok.t.onChunk(peer, c);
     expect(ok.contents.map((c) => c.item.t)).toEqual(["accept", "done"]);
-    expect(ok.events.at(-1)).toMatchObject({ event: "file", from: peer, name: "report.pdf", size: 70000, sha256: hex(sha256(FILE)), broadcast: true });
+    expect(ok.events.at(-1)).toMatchObject({ event: "file", from: peer, name: "report.pdf", size: 135536, sha256: hex(sha256(FILE)), broadcast: true });
 
     // Each offer fresh from the document: the receiver erases the key bytes of an offer it accepts.
     const offer = () => decodePayload(v("bcast.offer"));
@@ -501,7 +501,7 @@ describe("live: a broadcasting client as the relay sees it", () => {
       expect(sends.some((s) => s.m.t === "offer")).toBe(false); // never in the clear
       for (const n of ["B", "D"]) {
         const f = events.get(n)!.find((e) => e.event === "file");
-        expect(f).toMatchObject({ event: "file", name: "report.pdf", size: 70000, sha256: hex(sha256(FILE)), broadcast: true });
+        expect(f).toMatchObject({ event: "file", name: "report.pdf", size: 135536, sha256: hex(sha256(FILE)), broadcast: true });
       }
       expect(events.get("A")!.filter((e) => e.event === "delivered").map((e) => (e as { to: string }).to).sort()).toEqual([b.id, d.id].sort());
     } finally {

@@ -50,10 +50,10 @@ const v = listedVectors(VECTORS);
 
 const FILE_KEY = range(0x00, 32);
 const FILE_ID = range(0xf0, 16);
-const FILE = Uint8Array.from({ length: 70000 }, (_, i) => i % 251);
+const FILE = Uint8Array.from({ length: 135536 }, (_, i) => i % 251);
 const IVS = [range(0x00, 16), range(0x10, 16)];
 const EMPTY_IV = range(0x20, 16);
-const PLAIN = [FILE.subarray(0, 65536), FILE.subarray(65536)];
+const PLAIN = [FILE.subarray(0, 131072), FILE.subarray(131072)];
 const LAST = [false, true];
 const PEER = "k3x9pm2q";
 const MAC_TRAILER = new Uint8Array([0xa3, 0x6d, 0x61, 0x63, 0xc4, 0x20]); // "mac", bin8 32
@@ -77,10 +77,10 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
   });
 
   test("constants quoted in the text", () => {
-    expect(CHUNK_BYTES).toBe(65536);
+    expect(CHUNK_BYTES).toBe(131072);
     expect(FILE_ID_BYTES).toBe(16);
     expect(DEFAULT_MAX_FILE_SIZE).toBe(10485760);
-    expect(flat).toContain("chunks of **65536 bytes** (64 KiB)");
+    expect(flat).toContain("chunks of **131072 bytes** (128 KiB)");
     expect(flat).toContain("default 10 MiB (10485760 bytes)");
     expect(flat).toContain('info = "smts/1 file keys", L = 64');
     expect(flat).toContain('"smts/1 chunk" ‖ fileId ‖ u64be(n) ‖ L ‖ iv ‖ ct');
@@ -115,7 +115,7 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
       expect(hex(prefix)).toBe(hex(cat(ascii("smts/1 chunk"), FILE_ID, u64(i), new Uint8Array([LAST[i] ? 1 : 0]), IVS[i]!)));
       // ct: its length, first and last 32 bytes, SHA-256.
       const ct = aesEncrypt(v("file.enc-key"), IVS[i]!, PLAIN[i]!);
-      expect(ct.length).toBe([65552, 4480][i]!);
+      expect(ct.length).toBe([131088, 4480][i]!);
       expect(ct.length).toBe(16 * (Math.floor(PLAIN[i]!.length / 16) + 1));
       expect(hex(c.ct)).toBe(hex(ct));
       expect(hex(v(`file.chunk-${i}-ct-head`))).toBe(hex(ct.subarray(0, 32)));
@@ -130,7 +130,7 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
       const body = pack(c);
       const header = v(`file.chunk-${i}-header`);
       expect(header.length).toBe([68, 66][i]!);
-      expect(body.length).toBe([65658, 4584][i]!);
+      expect(body.length).toBe([131194, 4584][i]!);
       expect(body.length).toBe(101 + (ct.length < 0x100 ? 2 : ct.length < 0x10000 ? 3 : 5) + ct.length);
       expect(hex(body)).toBe(hex(docChunkBody(i)));
       expect(hex(v(`file.chunk-${i}-body-sha256`))).toBe(hex(sha256(body)));
@@ -162,7 +162,7 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
   });
 
   test("control contents: offer, accept and done, as pack encodes them", () => {
-    const offer = { t: "offer", id: FILE_ID, name: "report.pdf", size: 70000, key: FILE_KEY };
+    const offer = { t: "offer", id: FILE_ID, name: "report.pdf", size: 135536, key: FILE_KEY };
     const accept = { t: "accept", id: FILE_ID };
     const done = { t: "done", id: FILE_ID, sha256: sha256(FILE) };
     const cases: [string, Frame, number][] = [
@@ -182,13 +182,13 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
 
   test("chunk message sizes and the frames around them (§25)", () => {
     expect(flat).toContain("101 bytes of fields around `ct`");
-    expect(flat).toContain("a 65658-byte body");
-    const full = sealChunk(fileKeys(FILE_KEY, FILE_ID), FILE_ID, 0, false, new Uint8Array(65536), IVS[0]!);
+    expect(flat).toContain("a 131194-byte body");
+    const full = sealChunk(fileKeys(FILE_KEY, FILE_ID), FILE_ID, 0, false, new Uint8Array(131072), IVS[0]!);
     for (const [n, payload] of [
-      [0, 65688],
-      [128, 65689],
-      [256, 65690],
-      [65536, 65692],
+      [0, 131224],
+      [128, 131225],
+      [256, 131226],
+      [65536, 131228],
     ] as const) {
       const body = pack({ ...full, n });
       expect(encodeFrame({ t: "send", to: PEER, body }).length - 4).toBe(payload);
@@ -244,15 +244,15 @@ describe("openChunk: exactly the expected chunk, nothing else (§26)", () => {
     expect(openChunk(keys(), FILE_ID, 1, empty)).toBeNull();
   });
 
-  test("ct: at most 65552 bytes (checked before the MAC); up to 65551 bytes of plaintext still fit in that", () => {
+  test("ct: at most 131088 bytes (checked before the MAC); up to 131087 bytes of plaintext still fit in that", () => {
     const k = keys();
-    const big = sealChunk(k, FILE_ID, 0, false, new Uint8Array(65552), IVS[0]!);
-    expect(big.ct.length).toBe(65552 + 16);
+    const big = sealChunk(k, FILE_ID, 0, false, new Uint8Array(131088), IVS[0]!);
+    expect(big.ct.length).toBe(131088 + 16);
     expect(openChunk(k, FILE_ID, 0, big)).toBeNull();
-    // openChunk bounds the ciphertext, not the plaintext: 65537..65551 bytes pass (§28 notes the receiver does not check chunk sizes).
-    const odd = sealChunk(k, FILE_ID, 0, false, new Uint8Array(65551), IVS[0]!);
-    expect(odd.ct.length).toBe(65552);
-    expect(openChunk(k, FILE_ID, 0, odd)?.plaintext.length).toBe(65551);
+    // openChunk bounds the ciphertext, not the plaintext: 131073..131087 bytes pass (§28 notes the receiver does not check chunk sizes).
+    const odd = sealChunk(k, FILE_ID, 0, false, new Uint8Array(131087), IVS[0]!);
+    expect(odd.ct.length).toBe(131088);
+    expect(openChunk(k, FILE_ID, 0, odd)?.plaintext.length).toBe(131087);
   });
 });
 
@@ -301,16 +301,16 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     expect(hex(pack(r.contents[0]!))).toBe(hex(v("file.accept")));
     expect(readdirSync(r.dir)).toEqual([TEMP]);
     expect(statSync(join(r.dir, TEMP)).mode & 0o777).toBe(0o600);
-    expect(last(r.events)).toMatchObject({ event: "transfer", id: "f0f1f2f3", direction: "in", name: "report.pdf", size: 70000, state: "receiving" });
+    expect(last(r.events)).toMatchObject({ event: "transfer", id: "f0f1f2f3", direction: "in", name: "report.pdf", size: 135536, state: "receiving" });
     r.t.onChunk(PEER, docChunk(0));
     expect(readdirSync(r.dir)).toEqual([TEMP]); // not under its final name before the last chunk
-    expect(statSync(join(r.dir, TEMP)).size).toBe(65536); // written before the next message
+    expect(statSync(join(r.dir, TEMP)).size).toBe(131072); // written before the next message
     r.t.onChunk(PEER, docChunk(1));
     expect(readdirSync(r.dir)).toEqual(["report.pdf"]);
     expect(hex(sha256(readFileSync(join(r.dir, "report.pdf"))))).toBe(hex(v("file.plaintext-sha256")));
     expect(statSync(join(r.dir, "report.pdf")).mode & 0o777).toBe(0o600);
     expect(hex(pack(last(r.contents)))).toBe(hex(v("file.done")));
-    expect(last(r.events)).toMatchObject({ event: "file", from: PEER, id: "f0f1f2f3", name: "report.pdf", size: 70000, sha256: hex(v("file.plaintext-sha256")), broadcast: false });
+    expect(last(r.events)).toMatchObject({ event: "file", from: PEER, id: "f0f1f2f3", name: "report.pdf", size: 135536, sha256: hex(v("file.plaintext-sha256")), broadcast: false });
     // Later chunks for the finished transfer are ignored.
     const before = r.contents.length;
     r.t.onChunk(PEER, docChunk(1));
@@ -330,7 +330,7 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     ["a missing chunk (1 before 0)", (r) => r.t.onChunk(PEER, docChunk(1)), /^chunk 0 failed verification/],
     ["a duplicated chunk", (r) => (r.t.onChunk(PEER, docChunk(0)), r.t.onChunk(PEER, docChunk(0))), /^chunk 1 failed verification/],
     ["a flipped last flag", (r) => r.t.onChunk(PEER, { ...docChunk(0), last: true }), /^chunk 0 failed verification/],
-    ["a tampered ciphertext", (r) => r.t.onChunk(PEER, { ...docChunk(0), ct: new Uint8Array(65552) }), /^chunk 0 failed verification/],
+    ["a tampered ciphertext", (r) => r.t.onChunk(PEER, { ...docChunk(0), ct: new Uint8Array(131088) }), /^chunk 0 failed verification/],
     ["a chunk of another file (the empty file's, other key) spliced in", (r) => (r.t.onChunk(PEER, docChunk(0)), r.t.onChunk(PEER, { ...docEmptyChunk(), n: 1 })), /^chunk 1 failed verification/],
   ];
   for (const [what, act, reason] of failing) {
@@ -348,26 +348,26 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
 
   test("the offered size is enforced on the bytes received: more data, or less at the last chunk", () => {
     const more = harness();
-    more.t.onContent(PEER, docOffer({ size: 65536 }));
+    more.t.onContent(PEER, docOffer({ size: 131072 }));
     more.t.onChunk(PEER, docChunk(0));
     more.t.onChunk(PEER, docChunk(1));
-    expect(last(more.contents)).toMatchObject({ t: "failed", reason: "more data than the 65536 bytes offered" });
+    expect(last(more.contents)).toMatchObject({ t: "failed", reason: "more data than the 131072 bytes offered" });
     expect(readdirSync(more.dir)).toEqual([]);
 
     const less = harness();
-    less.t.onContent(PEER, docOffer({ size: 70001 }));
+    less.t.onContent(PEER, docOffer({ size: 135537 }));
     less.t.onChunk(PEER, docChunk(0));
     less.t.onChunk(PEER, docChunk(1));
-    expect(last(less.contents)).toMatchObject({ t: "failed", reason: "size mismatch: 70000 bytes received, 70001 offered" });
+    expect(last(less.contents)).toMatchObject({ t: "failed", reason: "size mismatch: 135536 bytes received, 135537 offered" });
     expect(readdirSync(less.dir)).toEqual([]);
   });
 
   test("over the receiver's own limit: declined, nothing created; exactly the limit is accepted", () => {
-    const r = harness({ maxFileSize: 69999 });
+    const r = harness({ maxFileSize: 135535 });
     r.t.onContent(PEER, docOffer());
-    expect(r.contents).toEqual([{ t: "decline", id: expect.anything(), reason: "too large: 70000 bytes, the receiver accepts at most 69999" }]);
+    expect(r.contents).toEqual([{ t: "decline", id: expect.anything(), reason: "too large: 135536 bytes, the receiver accepts at most 135535" }]);
     expect(readdirSync(r.dir)).toEqual([]);
-    const ok = harness({ maxFileSize: 70000 });
+    const ok = harness({ maxFileSize: 135536 });
     ok.t.onContent(PEER, docOffer());
     expect(ok.contents).toEqual([{ t: "accept", id: expect.anything() }]);
   });
@@ -439,21 +439,21 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     r.t.onChunk(PEER, docChunk(0));
     r.t.onChunk(PEER, docChunk(1));
     expect(readFileSync(join(r.dir, "report.pdf"), "utf8")).toBe("mine");
-    expect(readFileSync(join(r.dir, "report (1).pdf")).length).toBe(70000);
+    expect(readFileSync(join(r.dir, "report (1).pdf")).length).toBe(135536);
     expect(last(r.events)).toMatchObject({ event: "file", name: "report (1).pdf", path: join(r.dir, "report (1).pdf") });
     expect(existsSync(join(r.dir, "..", "report.pdf"))).toBe(false);
   });
 });
 
 describe("the sender rules of §27", () => {
-  test("offer fields, chunks of 65536 bytes then the last, done compared; delivered", async () => {
+  test("offer fields, chunks of 131072 bytes then the last, done compared; delivered", async () => {
     const s = harness();
     const path = join(s.dir, "report.pdf");
     writeFileSync(path, FILE);
     const sent = s.t.send(PEER, path);
     const offer = s.contents[0]!;
     expect(Object.keys(offer)).toEqual(["t", "id", "name", "size", "key"]);
-    expect(offer).toMatchObject({ t: "offer", name: "report.pdf", size: 70000 });
+    expect(offer).toMatchObject({ t: "offer", name: "report.pdf", size: 135536 });
     expect((offer.id as Uint8Array).length).toBe(16);
     expect((offer.key as Uint8Array).length).toBe(32);
     // Same layout as the document's offer, with this offer's random ID and key.
@@ -467,11 +467,11 @@ describe("the sender rules of §27", () => {
     s.t.onContent(PEER, r.contents[0]!); // accept
     await Bun.sleep(10);
     expect(s.messages.map((m) => [m.n, m.last, (m.ct as Uint8Array).length])).toEqual([
-      [0, false, 65552],
+      [0, false, 131088],
       [1, true, 4480],
     ]);
     for (const m of s.messages) r.t.onChunk("sender00", decodePayload(pack(m)));
-    expect(readFileSync(join(r.dir, "report.pdf")).length).toBe(70000);
+    expect(readFileSync(join(r.dir, "report.pdf")).length).toBe(135536);
     s.t.onContent(PEER, last(r.contents)); // done
     await sent;
     expect(last(s.events)).toMatchObject({ event: "delivered", to: PEER, id: shortId, sha256: hex(v("file.plaintext-sha256")) });
@@ -491,7 +491,7 @@ describe("the sender rules of §27", () => {
   });
 
   test("over its own limit: refused before anything is sent", async () => {
-    const s = harness({ maxFileSize: 69999 });
+    const s = harness({ maxFileSize: 135535 });
     const path = join(s.dir, "report.pdf");
     writeFileSync(path, FILE);
     await expect(s.t.send(PEER, path)).rejects.toMatchObject({ code: "too_large" });
@@ -501,7 +501,7 @@ describe("the sender rules of §27", () => {
   test("backpressure: above 1 MiB queued, the sender stops after the chunk and waits for 256 KiB", async () => {
     const s = harness({ backlog: 1024 * 1024 + 1 });
     const path = join(s.dir, "big");
-    writeFileSync(path, new Uint8Array(5 * 65536));
+    writeFileSync(path, new Uint8Array(5 * 131072));
     const sent = s.t.send(PEER, path).catch((e) => e);
     s.t.onContent(PEER, { t: "accept", id: s.contents[0]!.id });
     await Bun.sleep(10);
@@ -513,11 +513,11 @@ describe("the sender rules of §27", () => {
 
     const fast = harness({ backlog: 1024 * 1024 }); // at the threshold: keeps reading
     const p2 = join(fast.dir, "big");
-    writeFileSync(p2, new Uint8Array(5 * 65536));
+    writeFileSync(p2, new Uint8Array(5 * 131072));
     const sent2 = fast.t.send(PEER, p2).catch((e) => e);
     fast.t.onContent(PEER, { t: "accept", id: fast.contents[0]!.id });
     await Bun.sleep(10);
-    expect(fast.messages.map((m) => m.last)).toEqual([false, false, false, false, true]); // a multiple of 65536: no extra empty chunk
+    expect(fast.messages.map((m) => m.last)).toEqual([false, false, false, false, true]); // a multiple of 131072: no extra empty chunk
     fast.t.cancel("");
     expect(await sent2).toMatchObject({ code: "cancelled" });
   });

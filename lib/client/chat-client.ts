@@ -355,7 +355,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
           exchanges.fail(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
           // Frames in flight when a peer left come back one by one (a file's
-          // chunks: one per 64 KiB); its departure was reported once already.
+          // chunks: one per 128 KiB); its departure was reported once already.
           if (!known) return;
         }
         emit({ event: "error", code: safeText(f.code, 32), message: `relay: ${safeText(f.message)}`, ...(peer ? { peer } : {}) });

@@ -16,7 +16,7 @@
 // therefore carries the file's SHA-256, which each recipient checks before
 // it keeps the file: the offer travels over its own pairwise session.
 //
-// Promises: a file is never held whole in memory (64 KiB chunks; the sender
+// Promises: a file is never held whole in memory (128 KiB chunks; the sender
 // reads only as fast as its socket drains, the receiver writes each chunk
 // before reading the next); the receiver enforces its own size limit on the
 // bytes it actually receives; a file appears under its final name only after
