@@ -12,6 +12,7 @@
 //      over the runs and its ratio to the bound; alternating with those runs,
 //      the same file through scripts/floor-pipeline.ts (the least a Bun program
 //      doing the same crypto spends, with and without the sender's hash);
+//      then both again with their transfers back to back (no idle time);
 //   3. a 1 GiB transfer (128 MiB with --quick), --max-file-size raised, with
 //      fresh processes: VmRSS of all three sampled every 50 ms, VmHWM at the
 //      end, CPU time of each process; the received file is hashed by streaming.
@@ -447,6 +448,12 @@ mkdirSync(floorDir);
 let floorRig: Awaited<ReturnType<typeof startFloorRig>> | undefined;
 const floor: FloorRun[] = [];
 const floorNoHash: FloorRun[] = [];
+// The runs above alternate, so each rig sits idle for about 100 ms before its
+// turn, long enough for Bun's allocator to hand the buffers of the last
+// transfer back to the OS and fault them in again (docs/BENCHMARKS.md, "Sixth
+// look"). The same transfers back to back show what the steady state costs.
+const backToBack: Run[] = [];
+const floorBackToBack: FloorRun[] = [];
 let bigMem: typeof smallMem;
 try {
   console.error("timing the per-chunk steps...");
@@ -478,8 +485,11 @@ try {
         console.error(`  10 MiB, floor pipeline${hashed ? "" : " without the sender's hash"}: ${f.ms.toFixed(1)} ms`);
       }
     }
+    for (let i = 0; i < smallRuns; i++) backToBack.push(await transferOnce(a, src, smallSize, srcSha));
+    for (let i = 0; i < smallRuns; i++) floorBackToBack.push(await floorOnce(floorRig, src, smallSize, srcSha, true));
+    console.error(`  10 MiB back to back: smts ${backToBack.map((r) => r.ms.toFixed(1)).join(", ")} ms; floor ${floorBackToBack.map((r) => r.ms.toFixed(1)).join(", ")} ms`);
     smallMem = { idle, peak: sampler.stop(), hwm: Object.fromEntries(roles.map((r) => [r, memOf(a!.pids[r]).hwm])) };
-    verifyAndRemove([...warm, ...small], srcSha);
+    verifyAndRemove([...warm, ...small, ...backToBack], srcSha);
   } finally {
     await stopRig(a);
     await floorRig?.stop();
@@ -560,6 +570,14 @@ const floorNoHashMs = median(floorNoHash.map((r) => r.ms));
 for (const [ms, what] of [[floorMs, "the runtime floor: a minimal Bun pipeline with the same crypto and none of the protocol (`scripts/floor-pipeline.ts`), 10 MiB, its runs alternating with the ones above"], [floorNoHashMs, "the same floor without the sender's SHA-256 of the file"]] as const) {
   rows.push(`| ${what}, median of ${floor.length} | ${fmt(mbs(smallSize, ms))} MB/s (${ms.toFixed(1)} ms) | same bound | ${(mbs(smallSize, ms) / bunBound).toFixed(2)} | – (reference) | – |`);
 }
+{
+  const b2b = medMs(backToBack);
+  const f2b = median(floorBackToBack.map((r) => r.ms));
+  rows.push(
+    `| the same 10 MiB transfers back to back (no idle time between them), median of ${backToBack.length} | ${fmt(mbs(smallSize, b2b))} MB/s (${b2b.toFixed(1)} ms) | same bound | ${(mbs(smallSize, b2b) / bunBound).toFixed(2)} | – (reported) | – |`,
+    `| the floor back to back, median of ${floorBackToBack.length} | ${fmt(mbs(smallSize, f2b))} MB/s (${f2b.toFixed(1)} ms) | same bound | ${(mbs(smallSize, f2b) / bunBound).toFixed(2)} | – (reference) | – |`,
+  );
+}
 rows.push(`| ${mib(bigSize)} file, SHA-256 verified (1 run after a warm-up) | ${fmt(bigRate)} MB/s (${(medMs(big) / 1000).toFixed(2)} s) | same bound | ${(bigRate / bunBound).toFixed(2)} | – | – |`);
 for (const r of roles) {
   const p = peakOf(bigMem, r);
@@ -615,7 +633,7 @@ const section = [
   ...refs,
   "",
   `Details (* marks a run during which other processes used more than ${NOISY}% of a core):`,
-  `- 10 MiB warm-ups, in order: ${runList(warm)}; runs: ${runList(small)}; ${mib(bigSize)}: ${runList(big, 1000, "s")}.`,
+  `- 10 MiB warm-ups, in order: ${runList(warm)}; runs: ${runList(small)}; back to back: ${runList(backToBack)} (floor: ${floorBackToBack.map((r) => r.ms.toFixed(1)).join(", ")} ms); ${mib(bigSize)}: ${runList(big, 1000, "s")}.`,
   ...(() => {
     const quiet = small.filter((r) => r.otherPct <= NOISY);
     if (quiet.length === small.length || quiet.length < 2) return [];
@@ -662,6 +680,15 @@ else {
       measured: `smts ${smallMedMs.toFixed(1)} ms`,
       reference: `floor ${floorMs.toFixed(1)} ms (${(mbs(smallSize, floorMs) / bunBound).toFixed(2)} of the bound); without the sender's hash ${floorNoHashMs.toFixed(1)} ms (${(mbs(smallSize, floorNoHashMs) / bunBound).toFixed(2)})`,
       ratio: (floorMs / smallMedMs).toFixed(2),
+      target: "– (reported)",
+      met: null,
+    },
+    {
+      id: "file-10mib-b2b",
+      what: "the same 10 MiB transfers back to back, with no idle time before each (so the allocator keeps its pages)",
+      measured: `smts ${medMs(backToBack).toFixed(1)} ms`,
+      reference: `floor back to back ${median(floorBackToBack.map((r) => r.ms)).toFixed(1)} ms`,
+      ratio: (mbs(smallSize, medMs(backToBack)) / bunBound).toFixed(2),
       target: "– (reported)",
       met: null,
     },

@@ -119,7 +119,7 @@ interface BenchRecord {
 const RESULTS = `${ROOT}docs/benchmarks.json`;
 const SUMMARY_TITLE = "Summary: the targets of the brief";
 /** The brief's §6 table order, then the issue-7 rows. */
-const SUMMARY_ORDER = ["connect", "file-10mib", "file-10mib-openssl", "file-10mib-floor", "file-rss-sender", "file-rss-relay", "file-rss-receiver", "broadcast-upload", "e2e-msgs", "relay-msgs", "relay-bulk", "idle-10k", "help", "load-delivered", "load-latency", "load-e2e", "fuzz"];
+const SUMMARY_ORDER = ["connect", "file-10mib", "file-10mib-openssl", "file-10mib-floor", "file-10mib-b2b", "file-rss-sender", "file-rss-relay", "file-rss-receiver", "broadcast-upload", "e2e-msgs", "relay-msgs", "relay-bulk", "idle-10k", "help", "load-delivered", "load-latency", "load-e2e", "fuzz"];
 
 /** Stores `rows` as the latest results of `bench` and rewrites the summary table. */
 export function recordTargets(bench: string, command: string, rows: TargetRow[]): void {
