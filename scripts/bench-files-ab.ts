@@ -19,7 +19,7 @@ import { mkdirSync, mkdtempSync, rmSync, unlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { lineReader, machine, procCpu, spawnBenchRelay, writeRandomFile } from "./bench-util.ts";
+import { lineReader, machine, median, procCpu, spawnBenchRelay, writeRandomFile } from "./bench-util.ts";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -102,7 +102,6 @@ try {
   rmSync(work, { recursive: true, force: true });
 }
 
-const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[xs.length >> 1]!;
 const mean = (xs: number[]) => xs.reduce((s, x) => s + x, 0) / xs.length;
 console.log(`${machine()}; ${pairs} pairs of 10 MiB transfers after ${WARM_UPS} warm-ups each`);
 for (const side of ["a", "b"] as const) {

@@ -39,7 +39,7 @@ import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, PAD_ROOM, parseChunk, s
 import { encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { PackedBin } from "../lib/wire/msgpack.ts";
 import { startFloorRig } from "./floor-pipeline.ts";
-import { lineReader, machine, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeRandomFile, writeSection } from "./bench-util.ts";
+import { lineReader, machine, median, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeRandomFile, writeSection } from "./bench-util.ts";
 
 const quick = process.argv.includes("--quick");
 const profile = process.argv.includes("--profile");
@@ -171,10 +171,6 @@ function sha256File(path: string): string {
   return hash.digest("hex");
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) >> 1]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
-};
 const mbs = (bytes: number, ms: number) => bytes / MB / (ms / 1000);
 const fmt = (x: number, digits = 0) => x.toLocaleString("en", { minimumFractionDigits: digits, maximumFractionDigits: digits });
 const mib = (b: number) => `${(b / MiB).toFixed(1)} MiB`;

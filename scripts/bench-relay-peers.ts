@@ -343,6 +343,30 @@ class Writer {
 // ---- counting received frames ---------------------------------------------------
 
 /**
+ * The rest of a payload that continues in later reads: how many bytes are
+ * still to come, and a copy of them when the payload was picked for checking.
+ */
+class Rest {
+  left = 0;
+  capture: Uint8Array | null = null;
+  private fill = 0;
+
+  start(len: number, keep: boolean): void {
+    this.left = len;
+    this.capture = keep ? new Uint8Array(len) : null;
+    this.fill = 0;
+  }
+
+  /** Takes what it can of chunk[pos..end); returns the new position. */
+  take(chunk: Uint8Array, pos: number, end: number): number {
+    const n = Math.min(this.left, end - pos);
+    if (this.capture) this.capture.set(chunk.subarray(pos, pos + n), this.fill), (this.fill += n);
+    this.left -= n;
+    return pos + n;
+  }
+}
+
+/**
  * Counts length-prefixed smts frames by walking the 4-byte prefixes only.
  * Every frame's length must be `frameLen - 4`; every `sampleEvery`-th frame is
  * assembled (a view if it sits in one chunk, else copied) and given to `check`.
@@ -352,11 +376,9 @@ class FrameCounter {
   bytes = 0;
   chunks = 0;
   badLength = 0;
-  private skip = 0; // payload bytes of the current frame still to come
+  private rest = new Rest();
   private header = new Uint8Array(4);
   private headerFill = 0;
-  private capture: Uint8Array | null = null;
-  private captureFill = 0;
 
   constructor(
     private readonly payloadLen: number,
@@ -370,12 +392,9 @@ class FrameCounter {
     const end = chunk.length;
     let pos = 0;
     while (pos < end) {
-      if (this.skip > 0) {
-        const take = Math.min(this.skip, end - pos);
-        if (this.capture) this.capture.set(chunk.subarray(pos, pos + take), this.captureFill), (this.captureFill += take);
-        this.skip -= take;
-        pos += take;
-        if (this.skip === 0) this.frameDone();
+      if (this.rest.left > 0) {
+        pos = this.rest.take(chunk, pos, end);
+        if (this.rest.left === 0) this.frameDone();
         continue;
       }
       let len: number;
@@ -399,17 +418,13 @@ class FrameCounter {
         pos += len;
         this.frames++;
       } else {
-        this.skip = len;
-        if (sample) (this.capture = new Uint8Array(len)), (this.captureFill = 0);
+        this.rest.start(len, sample);
       }
     }
   }
 
   private frameDone(): void {
-    if (this.capture) {
-      this.check(this.capture, this.frames);
-      this.capture = null;
-    }
+    if (this.rest.capture) this.check(this.rest.capture, this.frames);
     this.frames++;
   }
 }
@@ -424,10 +439,8 @@ class NatsCounter {
   frames = 0;
   bytes = 0;
   errors: string[] = [];
-  private skip = 0; // payload + CRLF bytes of the current MSG still to come
+  private rest = new Rest(); // payload + CRLF of the current MSG
   private carry: Uint8Array | null = null; // an incomplete control line
-  private capture: Uint8Array | null = null;
-  private captureFill = 0;
   private captureLine = "";
 
   constructor(
@@ -452,12 +465,9 @@ class NatsCounter {
       pos = this.afterLine(chunk, nl + 1, this.line(line, 0, line.length - 1));
     }
     while (pos < end) {
-      if (this.skip > 0) {
-        const take = Math.min(this.skip, end - pos);
-        if (this.capture) this.capture.set(chunk.subarray(pos, pos + take), this.captureFill), (this.captureFill += take);
-        this.skip -= take;
-        pos += take;
-        if (this.skip === 0) this.messageDone();
+      if (this.rest.left > 0) {
+        pos = this.rest.take(chunk, pos, end);
+        if (this.rest.left === 0) this.messageDone();
         continue;
       }
       const nl = chunk.indexOf(10, pos);
@@ -479,8 +489,7 @@ class NatsCounter {
       this.frames++;
       return pos + need;
     }
-    this.skip = need;
-    if (sample) (this.capture = new Uint8Array(need)), (this.captureFill = 0);
+    this.rest.start(need, sample);
     return pos;
   }
 
@@ -504,10 +513,7 @@ class NatsCounter {
   }
 
   private messageDone(): void {
-    if (this.capture) {
-      this.check(this.captureLine, this.capture, this.frames);
-      this.capture = null;
-    }
+    if (this.rest.capture) this.check(this.captureLine, this.rest.capture, this.frames);
     this.frames++;
   }
 }

@@ -44,7 +44,7 @@
 import type { Subprocess } from "bun";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
-import { recordTargets, type TargetRow } from "./bench-util.ts";
+import { median, recordTargets, type TargetRow } from "./bench-util.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const PEERS = `${ROOT}scripts/bench-relay-peers.ts`;
@@ -547,12 +547,6 @@ async function rateRun(proto: "smts" | "nats", server: { pid: number; port: numb
 }
 
 // ---- report ------------------------------------------------------------------------------------
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
-}
 
 function machine(): Record<string, string> {
   const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
