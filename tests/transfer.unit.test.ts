@@ -70,6 +70,13 @@ describe("safeName", () => {
     }
   });
 
+  // Regression: the cut removed one code point per pass, re-measuring the whole name each
+  // time; a 100,000-character offered name froze the receiver for minutes (found in review).
+  test("a 250,000-character name (about the most one record carries) is cut like a short one", () => {
+    expect(safeName(`${"x".repeat(250_000)}.bin`)).toBe(safeName(`${"x".repeat(1000)}.bin`));
+    expect(safeName("é".repeat(250_000))).toBe("é".repeat(100));
+  });
+
   test("every name from a mixed hostile corpus obeys all rules", () => {
     const parts = ["..", "/", "\\", "\x1b", "\n", "\u202e", " ", ".", "CON", "a", "é", "\u0000", ":", "lpt1", "😀", "\u2028", "x".repeat(90), ".txt"];
     let seed = 12345;

@@ -30,7 +30,7 @@ export function safeName(offered: string): string {
     .replace(/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g, "") // invisible, separators, bidi overrides
     .replace(/[<>:"|?*]/g, "_"); // reserved on Windows
   name = trimEnds(name);
-  while (Buffer.byteLength(name) > MAX_BYTES) name = trimEnds(trimKeepingExtension(name));
+  if (Buffer.byteLength(name) > MAX_BYTES) name = trimEnds(cutKeepingExtension(name));
   const stem = (name.split(".")[0] ?? "").trimEnd();
   if (DEVICE.test(stem)) name = `_${name}`;
   return name || "file";
@@ -41,11 +41,18 @@ function trimEnds(name: string): string {
   return name.replace(/^[.\s]+/, "").replace(/[.\s]+$/, "");
 }
 
-function trimKeepingExtension(name: string): string {
+/** The longest whole-code-point start of the stem that fits MAX_BYTES with the extension; one pass, as offered names can be 100,000s of characters. */
+function cutKeepingExtension(name: string): string {
   const dot = name.lastIndexOf(".");
   const ext = dot > 0 && name.length - dot <= 16 ? name.slice(dot) : "";
-  const stem = name.slice(0, name.length - ext.length);
-  return [...stem].slice(0, -1).join("") + ext;
+  let bytes = Buffer.byteLength(ext);
+  let stem = "";
+  for (const ch of name.slice(0, name.length - ext.length)) {
+    bytes += Buffer.byteLength(ch);
+    if (bytes > MAX_BYTES) break;
+    stem += ch;
+  }
+  return stem + ext;
 }
 
 /** `report.pdf` → `report (n).pdf`; `archive.tar.gz` → `archive (n).tar.gz`. */
