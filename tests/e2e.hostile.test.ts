@@ -722,11 +722,18 @@ describe("key erasure under hostile handshakes", () => {
   function tracked(dh: DhEngine) {
     const issued = new Set<number>();
     const done = new Set<number>();
+    let making = 0;
+    let mostAtOnce = 0; // key pairs asked for and not yet made, at most
     const wrapper: DhEngine = {
       async keypair() {
-        const kp = await dh.keypair();
-        issued.add(kp.handle);
-        return kp;
+        mostAtOnce = Math.max(mostAtOnce, ++making);
+        try {
+          const kp = await dh.keypair();
+          issued.add(kp.handle);
+          return kp;
+        } finally {
+          making--;
+        }
       },
       secret(handle, peer) {
         done.add(handle);
@@ -738,7 +745,7 @@ describe("key erasure under hostile handshakes", () => {
       },
       close: () => dh.close(),
     };
-    return { wrapper, leaked: () => [...issued].filter((h) => !done.has(h)), issued };
+    return { wrapper, leaked: () => [...issued].filter((h) => !done.has(h)), issued, mostAtOnce: () => mostAtOnce };
   }
 
   test("a hello answered normally, then closing: every private exponent is used or erased (control)", async () => {
@@ -761,7 +768,9 @@ describe("key erasure under hostile handshakes", () => {
   // last were replaced without dh.forget(), so their private exponents stayed
   // in the worker for good (a hostile relay could repeat it forever). The
   // per-exchange token in chat-client.ts now erases superseded key pairs.
-  test("key erasure: hellos from one peer arriving in one read leave no private exponent un-erased", async () => {
+  // Since the hello-flood fix, hellos that arrive while a key pair is being
+  // made are answered by that one key pair (the newest hello wins).
+  test("key erasure: hellos from one peer arriving in one read make one key pair and leave no private exponent un-erased", async () => {
     relay = startTestRelay();
     mitm = startMitm(relay.port);
     const t = tracked(engine());
@@ -771,10 +780,35 @@ describe("key erasure under hostile handshakes", () => {
     const hellos: Frame[] = [];
     for (let i = 0; i < 10; i++) hellos.push(msgFrame("zzzzzzzz", (await startInitiator(dhM, "zzzzzzzz", a.id)).hello));
     mitm.pipe(a.id).injectToClient(...hellos); // one write, one read
-    await waitFor(() => t.issued.size === 10, "ten responder key pairs", LONG);
+    await waitFor(() => t.issued.size === 1, "one responder key pair", LONG);
     // A's reply goes to an ID that is not online: the relay's answer ends the exchange.
     await sessionEvent(a, "zzzzzzzz", "failed");
     await a.chat.close();
     expect(t.leaked()).toEqual([]);
+    expect(t.issued.size).toBe(1);
+  });
+
+  // Regression (found in review): every hello queued a key pair in the DH
+  // worker, with no bound; 300,000 hellos (26 MiB) from any client grew the
+  // victim to 700 MiB and kept its worker busy for minutes, so real key
+  // exchanges timed out.
+  test("a flood of hellos from one client makes at most one key pair at a time for it; another peer's key exchange goes on", async () => {
+    relay = startTestRelay();
+    const t = tracked(engine());
+    const a = await party(relay.port, t.wrapper);
+    const b = await party(relay.port);
+    const h = await handPeer(relay);
+    const HELLOS = 50_000;
+    let connecting: Promise<unknown> | null = null;
+    for (let i = 0; i < HELLOS; i++) {
+      h.link.send(a.id, pack({ t: "hello", v: 1, commit: randomBytes(32), nonce: randomBytes(32) }));
+      if (h.link.backlog > 1 << 20) await h.link.drained(256 << 10);
+      if (i === HELLOS / 2) connecting = b.chat.connect(a.id); // in the middle of the flood
+    }
+    await connecting;
+    await sessionEvent(b, a.id, "established");
+    await sessionEvent(a, b.id, "established");
+    expect(t.mostAtOnce()).toBeLessThanOrEqual(2); // one for h, one for b
+    expect(t.issued.size).toBeLessThan(HELLOS);
   });
 });

@@ -400,7 +400,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     async connect(peer) {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
-      const done = nextSession(peer, HANDSHAKE_TIMEOUT_MS + 1000);
+      const done = nextSession(peer, 2 * HANDSHAKE_TIMEOUT_MS + 1000); // our two waits: for reply, then confirm
       // It may fail while we await below, before our caller holds it: mark it handled now.
       done.catch(() => {});
       if (!exchanges.has(peer)) await exchanges.start(peer);

@@ -2,6 +2,10 @@
 // which step each one is at, its timeout, and the key material it holds until
 // it ends. The chat client (chat-client.ts) owns the sessions they produce.
 //
+// A peer can send hellos as fast as it likes, so at most one key pair per
+// peer is ever being made: hellos that arrive meanwhile are not queued, the
+// newest one is answered.
+//
 // Promises: each exchange has a `token`; after every await of the DH worker
 // the code checks that its token is still the current one and otherwise
 // erases what it computed, so a newer exchange (or a failure) is never
@@ -15,9 +19,10 @@ import {
   initiatorConfirm,
   initiatorFinish,
   parseHello,
-  respond,
+  replyTo,
   responderFinish,
   startInitiator,
+  type Hello,
   type InitiatorState,
   type PendingConfirm,
   type ResponderState,
@@ -33,7 +38,7 @@ type Step =
   | { role: "initiator"; step: "hello"; state: InitiatorState }
   | { role: "initiator"; step: "finishing" } // computing keys from the reply
   | { role: "initiator"; step: "confirm"; pending: PendingConfirm }
-  | { role: "responder"; step: "starting" }
+  | { role: "responder"; step: "starting"; hello: Hello } // waiting for our key pair; answers the newest hello
   | { role: "responder"; step: "reveal"; state: ResponderState }
   | { role: "responder"; step: "finishing" };
 type Exchange = Step & { token: object; timer: Timer };
@@ -48,6 +53,8 @@ export interface ExchangeDeps {
   failed(peer: string, err: ChatError): void;
   /** A handshake message that belongs to no exchange of ours was rejected. */
   stray(peer: string, err: ChatError): void;
+  /** How long each step waits for the peer (default HANDSHAKE_TIMEOUT_MS; shorter in tests). */
+  stepTimeoutMs?: number;
 }
 
 export type Exchanges = ReturnType<typeof createExchanges>;
@@ -66,23 +73,29 @@ export function createExchanges(deps: ExchangeDeps) {
     if (h.step === "confirm") wipe(h.pending.keys.sendChain, h.pending.keys.receiveChain);
   }
 
+  /** Each step has its own timeout, counted from our last message (PROTOCOL.md §17.4). */
+  function stepTimer(peer: string, token: object): Timer {
+    const timer = setTimeout(() => fail(peer, token, new ChatError("timeout", `key exchange with ${peer} timed out`, peer)), deps.stepTimeoutMs ?? HANDSHAKE_TIMEOUT_MS);
+    timer.unref();
+    return timer;
+  }
+
   /** Starts a new exchange with `peer` (replacing any other) and returns its token. */
   function begin(peer: string, first: Step): object {
     end(peer);
     const token = {};
-    const timer = setTimeout(() => fail(peer, token, new ChatError("timeout", `key exchange with ${peer} timed out`, peer)), HANDSHAKE_TIMEOUT_MS);
-    timer.unref();
-    running.set(peer, { ...first, token, timer });
+    running.set(peer, { ...first, token, timer: stepTimer(peer, token) });
     return token;
   }
 
   const isCurrent = (peer: string, token: object) => running.get(peer)?.token === token;
 
-  /** Moves the exchange `token` to its next step; false if it is no longer current. */
+  /** Moves the exchange `token` to its next step, with a new timeout; false if it is no longer current. */
   function advance(peer: string, token: object, next: Step): boolean {
     const h = running.get(peer);
     if (h?.token !== token) return false;
-    running.set(peer, { ...next, token, timer: h.timer });
+    clearTimeout(h.timer);
+    running.set(peer, { ...next, token, timer: stepTimer(peer, token) });
     return true;
   }
 
@@ -141,9 +154,15 @@ export function createExchanges(deps: ExchangeDeps) {
             const hello = parseHello(m);
             // Both sides ran /connect at once: the smaller ID stays initiator.
             if (h?.role === "initiator" && (h.step === "starting" || h.step === "hello") && deps.myId() < peer) return;
-            const mine = (token = begin(peer, { role: "responder", step: "starting" }));
-            const { state, reply } = await respond(dh, deps.myId(), peer, hello);
-            if (!advance(peer, mine, { role: "responder", step: "reveal", state })) return dh.forget(state.kp.handle);
+            // One key pair per peer at a time, however fast hellos come: while ours is
+            // being made, a newer hello only replaces the one it will answer.
+            if (h?.role === "responder" && h.step === "starting") return void (h.hello = hello);
+            const mine = (token = begin(peer, { role: "responder", step: "starting", hello }));
+            const kp = await dh.keypair();
+            const now = running.get(peer);
+            if (now?.token !== mine || now.role !== "responder" || now.step !== "starting") return dh.forget(kp.handle);
+            const { state, reply } = replyTo(kp, deps.myId(), peer, now.hello);
+            advance(peer, mine, { role: "responder", step: "reveal", state });
             deps.sendE2E(peer, reply);
             return;
           }

@@ -121,7 +121,11 @@ export function parseHello(m: Record<string, unknown>): Hello {
 }
 
 export async function respond(dh: DhEngine, me: string, peer: string, hello: Hello) {
-  const kp = await dh.keypair();
+  return replyTo(await dh.keypair(), me, peer, hello);
+}
+
+/** respond() with a key pair already made (the chat client answers only the newest of several hellos). */
+export function replyTo(kp: KeyPair, me: string, peer: string, hello: Hello) {
   const nonce = randomBytes(NONCE);
   const state: ResponderState = { me, peer, commit: hello.commit, peerNonce: hello.nonce, nonce, kp };
   const reply: Reply = { t: "reply", v: E2E_VERSION, pub: kp.pub, nonce };

@@ -1,0 +1,73 @@
+// The key-exchange state machine (lib/client/exchanges.ts) between two
+// instances wired to each other in memory, with real DH engines, so that the
+// timing of each step can be chosen: PROTOCOL.md §17.4 gives each step its own
+// timeout, counted from the side's own last message.
+import { afterEach, expect, test } from "bun:test";
+import { ChatError } from "../lib/client/chat-error.ts";
+import { createExchanges, type Exchanges } from "../lib/client/exchanges.ts";
+import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
+import type { SessionKeys } from "../lib/session/handshake.ts";
+import type { Frame } from "../lib/wire/frame.ts";
+
+const engines: DhEngine[] = [];
+afterEach(() => {
+  for (const e of engines.splice(0)) e.close();
+});
+
+interface Side {
+  ex: Exchanges;
+  established: SessionKeys[];
+  failed: string[];
+}
+
+/** Two sides, I and R; `delay(type)` is how long a message of that type takes to arrive (Infinity: lost). */
+function pair(stepTimeoutMs: number, delay: (t: string) => number): { i: Side; r: Side } {
+  const sides: Record<string, Side> = {};
+  const make = (me: string, other: string): Side => {
+    const dh = startDhEngine();
+    engines.push(dh);
+    const side: Side = { ex: null!, established: [], failed: [] };
+    side.ex = createExchanges({
+      dh,
+      myId: () => me,
+      sendE2E(_peer, frame: Frame) {
+        const ms = delay(frame.t as string);
+        if (ms !== Infinity) setTimeout(() => void sides[other]!.ex.onFrame(me, frame), ms);
+      },
+      established: (_peer, keys) => side.established.push(keys),
+      failed: (_peer, err: ChatError) => side.failed.push(err.message),
+      stray: (_peer, err: ChatError) => side.failed.push(`stray: ${err.message}`),
+      stepTimeoutMs,
+    });
+    return (sides[me] = side);
+  };
+  return { i: make("iiiiiiii", "rrrrrrrr"), r: make("rrrrrrrr", "iiiiiiii") };
+}
+
+async function settled(s: Side): Promise<void> {
+  while (!s.established.length && !s.failed.length) await Bun.sleep(20);
+}
+
+// Regression (found in review): one timer covered the whole exchange, so an
+// initiator whose reply came late failed soon after its reveal while the
+// responder went on to establish a session (the half-established state of §21.1).
+test("each step has its own timeout: a slow reply and a slow confirm, each within it, establish the session on both sides", async () => {
+  const STEP = 2000;
+  const { i, r } = pair(STEP, (t) => (t === "reply" || t === "confirm" ? 1200 : 0)); // 2.4 s in all, over one STEP
+  await i.ex.start("rrrrrrrr");
+  await settled(i);
+  await settled(r);
+  expect(i.failed).toEqual([]);
+  expect(r.failed).toEqual([]);
+  expect(i.established.length).toBe(1);
+  expect(r.established.length).toBe(1);
+  expect(Buffer.from(i.established[0]!.fingerprint).equals(Buffer.from(r.established[0]!.fingerprint))).toBe(true);
+});
+
+test("a step whose answer never comes times out", async () => {
+  const { i } = pair(300, (t) => (t === "reply" ? Infinity : 0));
+  await i.ex.start("rrrrrrrr");
+  await settled(i);
+  expect(i.failed).toEqual(["key exchange with rrrrrrrr timed out"]);
+  expect(i.established).toEqual([]);
+});
