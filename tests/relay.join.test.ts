@@ -2,7 +2,7 @@
 // replayed proofs, open relays, impostor relays, timeouts and limits.
 import { afterEach, describe, expect, test } from "bun:test";
 import { joinRelay, JoinError } from "../lib/link/relay-link.ts";
-import { clientProof, isId, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
+import { clientProof, isId, MAX_FRAME_LIMIT, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
 import type { Relay } from "../lib/relay/server.ts";
 import { encodeFrame } from "../lib/wire/frame.ts";
 import { joinTest, RawClient, SECRET, startTestRelay, waitFor } from "./helpers.ts";
@@ -164,6 +164,56 @@ describe("open relays and impostors", () => {
     } finally {
       fake.stop(true);
     }
+  });
+
+  // Regression (found in review): any maxFrame ≥ 1 was taken, and the decoder
+  // then buffered a frame of that size: a relay announcing 2^40 streamed 900 MiB
+  // into one client frame.
+  test("a relay announcing a maxFrame over 64 MiB is refused at join; 64 MiB itself is taken", async () => {
+    const welcoming = (maxFrame: number) =>
+      Bun.listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        socket: {
+          open: (s) => void s.write(encodeFrame({ t: "challenge", v: 1, nonce: newNonce(), open: true })),
+          data: (s) => void s.write(encodeFrame({ t: "welcome", v: 1, id: "abcdefgh", maxFrame })),
+        },
+      });
+    for (const maxFrame of [MAX_FRAME_LIMIT + 1, 2 ** 40]) {
+      const fake = welcoming(maxFrame);
+      try {
+        const err = await joinError(joinRelay({ host: "127.0.0.1", port: fake.port, secret: null }));
+        expect({ maxFrame, code: err.code, message: err.message }).toEqual({ maxFrame, code: "bad_frame", message: "relay sent a malformed welcome" });
+      } finally {
+        fake.stop(true);
+      }
+    }
+    const fake = welcoming(MAX_FRAME_LIMIT);
+    try {
+      const link = await joinRelay({ host: "127.0.0.1", port: fake.port, secret: null });
+      expect(link.maxFrame).toBe(MAX_FRAME_LIMIT);
+      link.close();
+    } finally {
+      fake.stop(true);
+    }
+  });
+
+  // Regression (found in review): an exception other than a framing error was
+  // re-thrown to Bun, which reported it and kept the connection, with the rest
+  // of the read lost: the decoder no longer knew where frames start.
+  test("an exception while handling a frame closes the link and says why", async () => {
+    relay = startTestRelay();
+    const victim = await joinRelay({
+      host: "127.0.0.1",
+      port: relay.port,
+      secret: SECRET,
+      onFrame: (f) => {
+        if (f.t === "msg") throw new Error("handler broke");
+      },
+    });
+    const sender = await joinTest(relay);
+    sender.link.send(victim.id, new Uint8Array([1, 2, 3]));
+    expect(await victim.closed).toEqual({ code: "internal", message: "handling a frame from the relay failed: handler broke" });
   });
 
   test("an unreachable relay is one clear error", async () => {

@@ -15,6 +15,7 @@ import {
   equalBytes,
   ERRORS,
   isId,
+  MAX_FRAME_LIMIT,
   newNonce,
   NONCE_BYTES,
   parseMsg,
@@ -140,7 +141,8 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         return;
       }
       if (f.t === "welcome" && relayNonce) {
-        if (f.v !== RELAY_PROTOCOL_VERSION || !isId(f.id) || !Number.isSafeInteger(f.maxFrame) || (f.maxFrame as number) < 1) {
+        // The limit bounds what we buffer for one frame: a relay announcing 2^40 must not make us allocate gigabytes.
+        if (f.v !== RELAY_PROTOCOL_VERSION || !isId(f.id) || !Number.isSafeInteger(f.maxFrame) || (f.maxFrame as number) < 1 || (f.maxFrame as number) > MAX_FRAME_LIMIT) {
           return fail("bad_frame", "relay sent a malformed welcome");
         }
         if (secret) {
@@ -214,9 +216,11 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
               opts.onFrame?.(f);
             });
           } catch (err) {
-            if (!(err instanceof FrameError)) throw err;
-            if (!link) return fail("bad_frame", `relay sent a bad frame: ${err.message}`);
-            lastError = { code: "bad_frame", message: `relay sent a bad frame: ${err.message}` };
+            // The rest of this read is lost, so the stream cannot go on: whatever failed,
+            // a bad frame or one of our handlers, the link closes and says why.
+            const [code, message] = err instanceof FrameError ? ["bad_frame", `relay sent a bad frame: ${err.message}`] : ["internal", `handling a frame from the relay failed: ${(err as Error).message}`];
+            if (!link) return fail(code, message);
+            lastError = { code, message };
             socket?.terminate();
           }
         },

@@ -9,6 +9,8 @@ export const RELAY_PROTOCOL_VERSION = 1;
 export const DEFAULT_PORT = 5555;
 export const NONCE_BYTES = 32;
 export const PROOF_BYTES = 32;
+/** The largest `maxFrame` a relay may announce (and `smts relay --max-frame` accepts): a client never buffers more for one frame. */
+export const MAX_FRAME_LIMIT = 64 * 1024 * 1024;
 
 /** Error codes the relay sends in `error` frames. `fatal` ones are followed by a close. */
 export const ERRORS = {
