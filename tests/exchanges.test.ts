@@ -21,7 +21,7 @@ interface Side {
 }
 
 /** Two sides, I and R; `delay(type)` is how long a message of that type takes to arrive (Infinity: lost). */
-function pair(stepTimeoutMs: number, delay: (t: string) => number): { i: Side; r: Side } {
+function pair(stepTimeoutMs: number, delay: (t: string) => number, congested = () => false): { i: Side; r: Side } {
   const sides: Record<string, Side> = {};
   const make = (me: string, other: string): Side => {
     const dh = startDhEngine();
@@ -37,11 +37,17 @@ function pair(stepTimeoutMs: number, delay: (t: string) => number): { i: Side; r
       established: (_peer, keys) => side.established.push(keys),
       failed: (_peer, err: ChatError) => side.failed.push(err.message),
       stray: (_peer, err: ChatError) => side.failed.push(`stray: ${err.message}`),
+      congested,
       stepTimeoutMs,
     });
     return (sides[me] = side);
   };
   return { i: make("iiiiiiii", "rrrrrrrr"), r: make("rrrrrrrr", "iiiiiiii") };
+}
+
+/** Waits until both DH workers are up (their start takes about 0.5 s), so short step timeouts measure the peer only. */
+async function warm(): Promise<void> {
+  await Promise.all(engines.map((e) => e.keypair().then((kp) => e.forget(kp.handle))));
 }
 
 async function settled(s: Side): Promise<void> {
@@ -66,8 +72,20 @@ test("each step has its own timeout: a slow reply and a slow confirm, each withi
 
 test("a step whose answer never comes times out", async () => {
   const { i } = pair(300, (t) => (t === "reply" ? Infinity : 0));
+  await warm();
   await i.ex.start("rrrrrrrr");
   await settled(i);
   expect(i.failed).toEqual(["key exchange with rrrrrrrr timed out"]);
   expect(i.established).toEqual([]);
+});
+
+test("while the responder's queue is congested it does not answer a hello; the initiator times out", async () => {
+  let replies = 0;
+  const { i, r } = pair(1000, (t) => (t === "reply" && ++replies, 0), () => true);
+  await warm();
+  await i.ex.start("rrrrrrrr");
+  await settled(i);
+  expect(i.failed).toEqual(["key exchange with rrrrrrrr timed out"]);
+  expect(replies).toBe(0);
+  expect(r.ex.has("iiiiiiii")).toBe(false);
 });

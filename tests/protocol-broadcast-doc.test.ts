@@ -227,6 +227,7 @@ function transfersHarness(dir: string) {
       sendContent: (peer, item) => void contents.push({ peer, item }),
       sendMessage: (to, frame) => void messages.push({ to, frame }),
       backlog: () => 0,
+      congested: () => false,
       drained: async () => {},
       emit: (e) => void events.push(e),
       maxFrame: () => 256 * 1024,

@@ -278,6 +278,7 @@ function harness(opts: { maxFileSize?: number; backlog?: number } = {}): Harness
       sendContent: (_peer, item) => void h.contents.push(item),
       sendMessage: (_peer, frame) => void h.messages.push(frame),
       backlog: () => h.backlog,
+      congested: () => false,
       drained: (bytes) => {
         h.drainedCalls.push(bytes);
         return new Promise(() => {}); // never drains: shows where the sender stops

@@ -12,7 +12,7 @@ import { tempDirs, waitFor } from "./helpers.ts";
 const temp = tempDirs("smts-rules-");
 afterEach(() => temp.removeAll());
 
-function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void } = {}) {
+function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void; congested?: () => boolean } = {}) {
   const contents: Frame[] = [];
   const messages: Frame[] = [];
   const events: TransferEvent[] = [];
@@ -22,6 +22,7 @@ function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void 
       sendContent: (_p, item) => void contents.push(item),
       sendMessage: (_p, f) => void (messages.push(f), opts.onMessage?.(f)),
       backlog: () => 0,
+      congested: opts.congested ?? (() => false),
       drained: async () => {},
       emit: (e) => void events.push(e),
       maxFrame: () => 256 * 1024,
@@ -55,6 +56,34 @@ test("a receiver gives up on a sender that stops, and removes its temporary file
   await waitFor(() => h.events.find((e) => e.event === "transfer" && e.state === "failed"), "receiver timeout");
   expect(readdirSync(h.dir)).toEqual([]);
   expect(h.contents.at(-1)).toMatchObject({ t: "failed" });
+});
+
+// Regression (found in review): a peer that stopped reading and kept sending
+// offers grew the receiver's queue by one `decline` per offer, without bound.
+test("while our queue is congested, offers and failed chunks are not answered; afterwards they are", () => {
+  let congested = true;
+  const h = harness({ congested: () => congested });
+  const key = () => new Uint8Array(32).fill(3);
+  h.t.onContent("abcdefgh", { t: "offer", id: new Uint8Array(16).fill(4), name: "f", size: 10, key: key() });
+  h.t.onContent("abcdefgh", { t: "offer", id: new Uint8Array(16).fill(5), name: "g", size: 2 ** 40, key: key() });
+  expect(h.contents).toEqual([]);
+  expect(h.events.map((e) => e.event === "transfer" && e.state)).toEqual(["declined", "declined"]);
+  expect(readdirSync(h.dir)).toEqual([]);
+  // A transfer accepted before the congestion fails without telling the peer.
+  congested = false;
+  const id = new Uint8Array(16).fill(6);
+  const keys = fileKeys(key(), id);
+  h.t.onContent("abcdefgh", { t: "offer", id, name: "h", size: CHUNK_BYTES + 10, key: key() });
+  expect(h.contents.map((c) => c.t)).toEqual(["accept"]);
+  congested = true;
+  h.t.onChunk("abcdefgh", sealChunk(keys, id, 1, false, new Uint8Array(CHUNK_BYTES))); // out of order
+  expect(h.events.at(-1)).toMatchObject({ state: "failed" });
+  expect(h.contents.map((c) => c.t)).toEqual(["accept"]);
+  expect(readdirSync(h.dir)).toEqual([]);
+  // Not congested any more: answered as usual.
+  congested = false;
+  h.t.onContent("abcdefgh", { t: "offer", id: new Uint8Array(16).fill(7), name: "i", size: 2 ** 40, key: key() });
+  expect(h.contents.map((c) => c.t)).toEqual(["accept", "decline"]);
 });
 
 test("a short chunk that is not the last fails the transfer", () => {

@@ -75,6 +75,14 @@ export interface ChatOptions {
 }
 
 export const DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024;
+/**
+ * Queued bytes beyond which we stop answering what peers ask (hellos, offers,
+ * failed chunks): far above what a transfer queues (about 1 MiB), reached only
+ * when the relay paused us because some recipient is not reading. Without it a
+ * peer that stops reading and keeps sending offers grew our queue by every
+ * `decline` (600 MiB in 25 s, found in review).
+ */
+const CONGESTED_BACKLOG = 4 * 1024 * 1024;
 
 export interface ChatClient {
   readonly id: string;
@@ -112,8 +120,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   let closing = false;
 
   const sendE2E = (to: string | string[], frame: Frame) => link.send(to, new PackedBin(frame));
+  const congested = () => link.backlog > CONGESTED_BACKLOG;
   const exchanges = createExchanges({
     dh,
+    congested,
     myId: () => link.id,
     sendE2E,
     established: establish,
@@ -133,6 +143,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         if (s) queueContent(s, item, 128 + 3 * (typeof item.name === "string" ? item.name.length : 0) + 3 * (typeof item.reason === "string" ? item.reason.length : 0));
       },
       sendMessage: sendE2E,
+      congested,
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
       maxFrame: () => link.maxFrame,

@@ -4,7 +4,8 @@
 //
 // A peer can send hellos as fast as it likes, so at most one key pair per
 // peer is ever being made: hellos that arrive meanwhile are not queued, the
-// newest one is answered.
+// newest one is answered; and none is answered while our queue to the relay
+// is congested.
 //
 // Promises: each exchange has a `token`; after every await of the DH worker
 // the code checks that its token is still the current one and otherwise
@@ -53,6 +54,8 @@ export interface ExchangeDeps {
   failed(peer: string, err: ChatError): void;
   /** A handshake message that belongs to no exchange of ours was rejected. */
   stray(peer: string, err: ChatError): void;
+  /** True while the relay is not taking our data: a hello is then not answered (the peer's exchange times out). */
+  congested(): boolean;
   /** How long each step waits for the peer (default HANDSHAKE_TIMEOUT_MS; shorter in tests). */
   stepTimeoutMs?: number;
 }
@@ -157,6 +160,7 @@ export function createExchanges(deps: ExchangeDeps) {
             // One key pair per peer at a time, however fast hellos come: while ours is
             // being made, a newer hello only replaces the one it will answer.
             if (h?.role === "responder" && h.step === "starting") return void (h.hello = hello);
+            if (deps.congested()) return; // a peer must not grow our queue with replies nobody reads
             const mine = (token = begin(peer, { role: "responder", step: "starting", hello }));
             const kp = await dh.keypair();
             const now = running.get(peer);

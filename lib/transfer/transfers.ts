@@ -42,6 +42,12 @@ export interface TransferDeps {
   sendMessage(to: string | string[], frame: Frame): void;
   backlog(): number;
   drained(bytes: number): Promise<void>;
+  /**
+   * True while far more waits to be sent than any transfer queues (the relay
+   * has paused us: a peer is not reading). Answers a peer's message asks for
+   * are then not sent, so a peer cannot grow our queue without bound.
+   */
+  congested(): boolean;
   /** The relay's frame limit: a chunk must fit in one frame. */
   maxFrame(): number;
   emit(e: TransferEvent): void;
@@ -210,7 +216,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       unlinkSync(t.temp);
     } catch {}
     wipe(t.keys.enc, t.keys.mac);
-    if (tellPeer) deps.sendContent(t.peer, { t: state === "cancelled" ? "cancel" : "failed", id: t.fileId, reason });
+    if (tellPeer && !deps.congested()) deps.sendContent(t.peer, { t: state === "cancelled" ? "cancel" : "failed", id: t.fileId, reason });
     deps.emit({ event: "transfer", id: shortId(t.id), peer: t.peer, direction: "in", name: t.name, size: t.size, state, reason });
   }
 
@@ -328,9 +334,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const tid = hexId(id);
     const clean = safeName(name);
     const decline = (reason: string) => {
-      deps.sendContent(peer, { t: "decline", id, reason });
+      if (!deps.congested()) deps.sendContent(peer, { t: "decline", id, reason });
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
+    if (deps.congested()) return decline("not answered: the relay is not taking our data");
     // An ID of one of our own transfers is a peer handing our offer back to us.
     if (incoming.has(tid) || outgoing.has(tid)) return decline("duplicate offer");
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
