@@ -392,6 +392,37 @@ describe("e2e test vectors in docs/PROTOCOL.md", () => {
     const ok = careful.open(rec(0));
     expect(ok.ok && hex(ok.plaintext)).toBe(plain);
   });
+
+  // The receiver keeps the chain keys it walked for a high seq (a forged record
+  // with seq next + 1024 cost 1024 HMACs each time, found in review); these
+  // mixes of forged and genuine records check that the kept keys are the right ones.
+  test("records: forged records with high seqs between genuine ones, out to MAX_SKIP, leave every genuine record readable", () => {
+    const key = new Uint8Array(32).fill(9);
+    const send = new SendChain(key.slice());
+    const recv = new ReceiveChain(key.slice());
+    const sealed = Array.from({ length: 2 * MAX_SKIP + 702 }, (_, i) => send.seal(ascii(`record ${i}`)));
+    const forged = (seq: number) => ({ ...sealed[0]!, seq, mac: new Uint8Array(32) });
+    // [record, seq, expected]: the receiver's next seq is 1 + the last genuine one.
+    const steps: [kind: "forged" | "genuine", seq: number, expected: string | number][] = [
+      ["forged", MAX_SKIP, "tampered"], // walks CK_1 … CK_1024
+      ["genuine", 0, 0],
+      ["forged", 500, "tampered"],
+      ["genuine", 30, 29],
+      ["genuine", 31, 0],
+      ["forged", 32 + MAX_SKIP, "tampered"],
+      ["forged", 32 + MAX_SKIP + 1, "too_far"],
+      ["genuine", 700, 668],
+      ["genuine", 700 + MAX_SKIP, MAX_SKIP - 1],
+      ["forged", 2 * MAX_SKIP + 700, "tampered"],
+      ["genuine", 2 * MAX_SKIP + 700, MAX_SKIP - 1],
+      ["genuine", 2 * MAX_SKIP + 701, 0],
+    ];
+    for (const [kind, seq, expected] of steps) {
+      const r = recv.open(kind === "forged" ? forged(seq) : sealed[seq]!);
+      const got: unknown = r.ok ? [Buffer.from(r.plaintext).toString(), r.skipped] : r.reason;
+      expect({ kind, seq, got }).toEqual({ kind, seq, got: kind === "forged" ? expected : [`record ${seq}`, expected] });
+    }
+  });
 });
 
 // ---- Live: a client written from the document against the real chat client -----
