@@ -4,7 +4,7 @@ import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
 import { RELAY_DEFAULTS, startRelay } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
-import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
+import { checkFlags, Failure, guard, parseCount, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
   host: { type: "string", description: "Address to listen on", default: RELAY_DEFAULTS.host },
@@ -13,6 +13,8 @@ const args = {
   open: { type: "boolean", description: "Run without a secret: anyone who can reach the port may join" },
   "generate-secret": { type: "boolean", description: "Print a new strong secret and exit" },
   "max-clients": { type: "string", description: "Most clients joined at once", default: String(RELAY_DEFAULTS.maxClients) },
+  "max-pending": { type: "string", description: "Most connections waiting to join; a new one past it evicts the oldest", default: String(RELAY_DEFAULTS.maxPending) },
+  "max-pending-per-source": { type: "string", description: "The same, per IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxPendingPerSource) },
   "max-frame": { type: "string", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
   "queue-limit": { type: "string", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
   "slow-timeout": { type: "string", description: "Seconds a client may leave queued data unread", default: String(RELAY_DEFAULTS.slowTimeoutMs / 1000) },
@@ -43,6 +45,8 @@ export const relayCommand = defineCommand({
         port: parsePort(a.port, RELAY_DEFAULTS.port),
         secret: secret ? secretBytes(secret) : null,
         maxClients: parsePositive("max-clients", a["max-clients"], 0),
+        maxPending: parseCount("max-pending", a["max-pending"]),
+        maxPendingPerSource: parseCount("max-pending-per-source", a["max-pending-per-source"]),
         maxFrame: parsePositive("max-frame", a["max-frame"], 0, parseSize),
         queueMax: parsePositive("queue-limit", a["queue-limit"], 0, parseSize),
         slowTimeoutMs: seconds("slow-timeout", a["slow-timeout"]),

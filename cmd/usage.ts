@@ -36,6 +36,13 @@ export function parsePositive(flag: string, text: string | undefined, fallback: 
   return n;
 }
 
+/** A whole number of at least 1, for counts: "1.5" or "1e3" is a mistake, not a count. */
+export function parseCount(flag: string, text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`invalid value for --${flag}: ${JSON.stringify(text)} (expected a whole number, at least 1)`);
+  return n;
+}
+
 /** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. */
 export function readSecret(file: string | undefined): string | null {
   try {

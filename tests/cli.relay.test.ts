@@ -5,7 +5,8 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { joinRelay } from "../lib/link/relay-link.ts";
-import { ROOT, SECRET, SECRET_TEXT, spawnRelay } from "./helpers.ts";
+import { isId } from "../lib/relay/protocol.ts";
+import { RawClient, ROOT, SECRET, SECRET_TEXT, spawnRelay } from "./helpers.ts";
 
 function run(args: string[], env: Record<string, string> = {}) {
   const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, ...args], {
@@ -37,6 +38,33 @@ test("--open with a secret is a usage error; unknown options and bad ports print
   const small = run(["relay", "--open", "--port", "0", "--max-frame", "191KiB"]);
   expect(small.code).toBe(2);
   expect(small.stderr).toContain("--max-frame must be between 192KiB and 64MiB");
+});
+
+// Regression (found in review): connections that never joined, once there were
+// --max-pending of them, got every later connection refused as relay_full.
+test("--max-pending: idle connections that fill it give way to a real join; the flags take whole numbers", async () => {
+  const rp = await spawnRelay(["--max-pending", "2", "--max-pending-per-source", "2"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const idle: RawClient[] = [];
+    for (let i = 0; i < 2; i++) {
+      idle.push(await RawClient.connect(rp.port));
+      await idle[i]!.next("challenge");
+    }
+    const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
+    expect(isId(link.id)).toBe(true);
+    expect((await idle[0]!.next("error")).code).toBe("relay_full"); // the oldest gave way
+    link.close();
+    for (const raw of idle) raw.close();
+  } finally {
+    rp.proc.kill();
+  }
+  for (const flag of ["--max-pending", "--max-pending-per-source"]) {
+    for (const bad of ["0", "1.5", "1e3", "x"]) {
+      const r = run(["relay", flag, bad], { SMTS_SECRET: SECRET_TEXT });
+      expect({ bad, code: r.code }).toEqual({ bad, code: 2 });
+      expect(r.stderr).toContain(`invalid value for ${flag}: "${bad}"`);
+    }
+  }
 });
 
 test("--generate-secret prints a fresh 160-bit secret each time", () => {
