@@ -2,7 +2,7 @@
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
-import { RELAY_DEFAULTS, startRelay } from "../lib/relay/server.ts";
+import { RELAY_DEFAULTS, startRelay, type RelayLog } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
 import { checkFlags, Failure, guard, parseCount, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
@@ -23,6 +23,27 @@ const args = {
   verbose: { type: "boolean", description: "Log connection events (temporary IDs, never payloads)" },
 } as const;
 
+/**
+ * The relay's log, which stops for good at the first failed write: a closed or
+ * broken log pipe (`smts relay | head -1`, a log collector that went away)
+ * must not take the relay and its clients down. Unhandled, the EPIPE error
+ * on stderr ended the process at the next log line.
+ */
+function quietOnFailure(log: RelayLog): RelayLog {
+  let on = true;
+  process.stderr.on("error", () => void (on = false));
+  process.stdout.on("error", () => {}); // the relay writes nothing there, but a broken stdout must not be fatal either
+  const guarded = (write: (m: string) => void) => (m: string) => {
+    if (!on) return;
+    try {
+      write(m);
+    } catch {
+      on = false;
+    }
+  };
+  return { info: guarded((m) => log.info(m)), warn: guarded((m) => log.warn(m)), debug: guarded((m) => log.debug(m)) };
+}
+
 export const relayCommand = defineCommand({
   meta: { name: "relay", description: "Run the transparent relay (forwards ciphertext, stores nothing)" },
   args,
@@ -39,7 +60,7 @@ export const relayCommand = defineCommand({
         throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");
       }
       const seconds = (flag: string, text: string) => parsePositive(flag, text, 0) * 1000;
-      const log = createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr });
+      const log = quietOnFailure(createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr }));
       const options = {
         host: a.host,
         port: parsePort(a.port, RELAY_DEFAULTS.port),
@@ -52,7 +73,7 @@ export const relayCommand = defineCommand({
         slowTimeoutMs: seconds("slow-timeout", a["slow-timeout"]),
         joinTimeoutMs: seconds("join-timeout", a["join-timeout"]),
         pingIntervalMs: seconds("ping-interval", a["ping-interval"]),
-        log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m), debug: (m: string) => log.debug(m) },
+        log,
       };
       // 192 KiB leaves room for a 128 KiB file chunk with its headers, sent to many recipients.
       if (options.maxFrame < 192 * 1024 || options.maxFrame > 64 * 1024 * 1024) throw new UsageError("--max-frame must be between 192KiB and 64MiB");

@@ -106,6 +106,37 @@ test("reads the secret from --secret-file, warns about a short one, and logs no 
   expect(missing.stderr).toContain("cannot read secret file");
 });
 
+// Regression (found in review): `smts relay --verbose 2>&1 | head -1` exited 1
+// at the first log line after head had gone, dropping every client.
+test("a closed log pipe stops the logging, not the relay", async () => {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", "--verbose"], {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT },
+  });
+  try {
+    const reader = proc.stderr.getReader();
+    let text = "";
+    while (!/listening on \S+:\d+/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`relay exited: ${text}`);
+      text += new TextDecoder().decode(value);
+    }
+    const port = Number(/listening on \S+:(\d+)/.exec(text)![1]);
+    await reader.cancel(); // as `| head -1` exiting: the relay's stderr is now a broken pipe
+    const first = await joinRelay({ host: "127.0.0.1", port, secret: SECRET }); // --verbose logs the join, and the leave
+    first.close();
+    const second = await joinRelay({ host: "127.0.0.1", port, secret: SECRET });
+    expect(isId(second.id)).toBe(true);
+    proc.kill("SIGTERM"); // shutting down logs twice more
+    expect((await second.closed).code).toBe("shutdown");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill("SIGKILL");
+  }
+});
+
 test("SIGTERM tells clients `shutdown`, then exits 0", async () => {
   const rp = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
   const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
