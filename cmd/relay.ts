@@ -54,18 +54,12 @@ export const relayCommand = defineCommand({
         process.stdout.write(`${generateSecret()}\n`);
         return;
       }
-      const secret = readSecret(a["secret-file"]);
-      if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
-      if (!secret && !a.open) {
-        throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");
-      }
       const seconds = (flag: string, text: string) => parsePositive(flag, text, 0) * 1000;
       const log = quietOnFailure(createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr }));
       const options = {
         host: a.host,
         port: parsePort(a.port, RELAY_DEFAULTS.port),
-        secret: secret ? secretBytes(secret) : null,
-        maxClients: parsePositive("max-clients", a["max-clients"], 0),
+        maxClients: parseCount("max-clients", a["max-clients"]),
         maxPending: parseCount("max-pending", a["max-pending"]),
         maxPendingPerSource: parseCount("max-pending-per-source", a["max-pending-per-source"]),
         maxFrame: parsePositive("max-frame", a["max-frame"], 0, parseSize),
@@ -78,12 +72,18 @@ export const relayCommand = defineCommand({
       // 192 KiB leaves room for a 128 KiB file chunk with its headers, sent to many recipients.
       if (options.maxFrame < 192 * 1024 || options.maxFrame > 64 * 1024 * 1024) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
       if (options.queueMax < 2 * RELAY_DEFAULTS.queueHigh) throw new UsageError(`--queue-limit must be at least ${formatSize(2 * RELAY_DEFAULTS.queueHigh)}`);
+      // The secret only now: a mistake in the arguments is a usage error even without one.
+      const secret = readSecret(a["secret-file"]);
+      if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
+      if (!secret && !a.open) {
+        throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");
+      }
       if (secret && secret.length < SHORT_SECRET) {
         log.warn(`the join secret is only ${secret.length} characters: anyone who records a join can guess it offline; use \`smts relay --generate-secret\``);
       }
       let relay;
       try {
-        relay = startRelay(options);
+        relay = startRelay({ ...options, secret: secret ? secretBytes(secret) : null });
       } catch (err) {
         throw new Failure(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
       }
