@@ -2,9 +2,10 @@
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
-import { RELAY_DEFAULTS, startRelay } from "../lib/relay/server.ts";
+import { MAX_FRAME_LIMIT } from "../lib/relay/protocol.ts";
+import { RELAY_DEFAULTS, startRelay, type RelayLog } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
-import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
+import { checkFlags, Failure, guard, parseCount, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
   host: { type: "string", description: "Address to listen on", default: RELAY_DEFAULTS.host },
@@ -13,6 +14,8 @@ const args = {
   open: { type: "boolean", description: "Run without a secret: anyone who can reach the port may join" },
   "generate-secret": { type: "boolean", description: "Print a new strong secret and exit" },
   "max-clients": { type: "string", description: "Most clients joined at once", default: String(RELAY_DEFAULTS.maxClients) },
+  "max-pending": { type: "string", description: "Most connections waiting to join; a new one past it evicts the oldest", default: String(RELAY_DEFAULTS.maxPending) },
+  "max-pending-per-source": { type: "string", description: "The same, per IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxPendingPerSource) },
   "max-frame": { type: "string", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
   "queue-limit": { type: "string", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
   "slow-timeout": { type: "string", description: "Seconds a client may leave queued data unread", default: String(RELAY_DEFAULTS.slowTimeoutMs / 1000) },
@@ -20,6 +23,27 @@ const args = {
   "ping-interval": { type: "string", description: "Seconds of silence before a ping (dropped after 3x)", default: String(RELAY_DEFAULTS.pingIntervalMs / 1000) },
   verbose: { type: "boolean", description: "Log connection events (temporary IDs, never payloads)" },
 } as const;
+
+/**
+ * The relay's log, which stops for good at the first failed write: a closed or
+ * broken log pipe (`smts relay | head -1`, a log collector that went away)
+ * must not take the relay and its clients down. Unhandled, the EPIPE error
+ * on stderr ended the process at the next log line.
+ */
+function quietOnFailure(log: RelayLog): RelayLog {
+  let on = true;
+  process.stderr.on("error", () => void (on = false));
+  process.stdout.on("error", () => {}); // the relay writes nothing there, but a broken stdout must not be fatal either
+  const guarded = (write: (m: string) => void) => (m: string) => {
+    if (!on) return;
+    try {
+      write(m);
+    } catch {
+      on = false;
+    }
+  };
+  return { info: guarded((m) => log.info(m)), warn: guarded((m) => log.warn(m)), debug: guarded((m) => log.debug(m)) };
+}
 
 export const relayCommand = defineCommand({
   meta: { name: "relay", description: "Run the transparent relay (forwards ciphertext, stores nothing)" },
@@ -31,34 +55,36 @@ export const relayCommand = defineCommand({
         process.stdout.write(`${generateSecret()}\n`);
         return;
       }
-      const secret = readSecret(a["secret-file"]);
-      if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
-      if (!secret && !a.open) {
-        throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");
-      }
       const seconds = (flag: string, text: string) => parsePositive(flag, text, 0) * 1000;
-      const log = createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr });
+      const log = quietOnFailure(createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr }));
       const options = {
         host: a.host,
         port: parsePort(a.port, RELAY_DEFAULTS.port),
-        secret: secret ? secretBytes(secret) : null,
-        maxClients: parsePositive("max-clients", a["max-clients"], 0),
+        maxClients: parseCount("max-clients", a["max-clients"]),
+        maxPending: parseCount("max-pending", a["max-pending"]),
+        maxPendingPerSource: parseCount("max-pending-per-source", a["max-pending-per-source"]),
         maxFrame: parsePositive("max-frame", a["max-frame"], 0, parseSize),
         queueMax: parsePositive("queue-limit", a["queue-limit"], 0, parseSize),
         slowTimeoutMs: seconds("slow-timeout", a["slow-timeout"]),
         joinTimeoutMs: seconds("join-timeout", a["join-timeout"]),
         pingIntervalMs: seconds("ping-interval", a["ping-interval"]),
-        log: { info: (m: string) => log.info(m), warn: (m: string) => log.warn(m), debug: (m: string) => log.debug(m) },
+        log,
       };
       // 192 KiB leaves room for a 128 KiB file chunk with its headers, sent to many recipients.
-      if (options.maxFrame < 192 * 1024 || options.maxFrame > 64 * 1024 * 1024) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
+      if (options.maxFrame < 192 * 1024 || options.maxFrame > MAX_FRAME_LIMIT) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
       if (options.queueMax < 2 * RELAY_DEFAULTS.queueHigh) throw new UsageError(`--queue-limit must be at least ${formatSize(2 * RELAY_DEFAULTS.queueHigh)}`);
+      // The secret only now: a mistake in the arguments is a usage error even without one.
+      const secret = readSecret(a["secret-file"]);
+      if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
+      if (!secret && !a.open) {
+        throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");
+      }
       if (secret && secret.length < SHORT_SECRET) {
         log.warn(`the join secret is only ${secret.length} characters: anyone who records a join can guess it offline; use \`smts relay --generate-secret\``);
       }
       let relay;
       try {
-        relay = startRelay(options);
+        relay = startRelay({ ...options, secret: secret ? secretBytes(secret) : null });
       } catch (err) {
         throw new Failure(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
       }

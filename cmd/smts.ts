@@ -33,9 +33,31 @@ if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
   // citty decides on colours once, when it loads, so it is loaded only now that
   // plain-output.ts has run: a static import is not enough, because the release
   // build (--splitting) moves citty into a chunk that runs before this file.
-  const { defineCommand, runMain } = await import("citty");
-  const wanted = argv.find((a) => !a.startsWith("-"));
+  const { defineCommand, runCommand, runMain } = await import("citty");
+  const at = argv.findIndex((a) => !a.startsWith("-"));
+  const wanted = Object.hasOwn(COMMANDS, argv[at] ?? "") ? (argv[at] as keyof typeof COMMANDS) : undefined;
   const subCommands: Record<string, CommandDef<any> | (() => Promise<CommandDef<any>>)> = {};
   for (const [name, c] of Object.entries(COMMANDS)) subCommands[name] = name === wanted ? c.load : { meta: { name, description: c.description } };
-  await runMain(defineCommand({ meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" }, subCommands }));
+  const main = defineCommand({ meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" }, subCommands });
+  if (argv.includes("--help") || argv.includes("-h")) {
+    await runMain(main); // the usage of the command named, or of smts; exit 0
+  } else {
+    // citty's runMain would report the mistakes below with exit 1; like the
+    // commands' own (cmd/usage.ts), they are usage errors: usage, one line, exit 2.
+    const { exitUsage } = await import("./usage.ts");
+    const first = argv[0];
+    if (first === undefined) await exitUsage(main, undefined, "no command given");
+    if (first === "--version" || first === "-v") await exitUsage(main, undefined, `${first} takes no arguments`);
+    if (at !== 0) await exitUsage(main, undefined, `unknown option ${first}`); // the top level takes none
+    if (!wanted) await exitUsage(main, undefined, `unknown command ${JSON.stringify(first)}`);
+    const cmd = await COMMANDS[wanted!].load();
+    try {
+      await runCommand(cmd, { rawArgs: argv.slice(1) });
+    } catch (err) {
+      // citty's own check of the arguments (a missing RELAY); anything else is a bug.
+      if (err instanceof Error && err.name === "CLIError") await exitUsage(cmd, main, err.message.replace(/^./, (c) => c.toLowerCase()));
+      console.error(err);
+      process.exit(1);
+    }
+  }
 }

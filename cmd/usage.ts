@@ -1,13 +1,20 @@
 // Argument-checking helpers shared by the subcommands: citty ignores unknown
-// flags, so a typo like `--prot 1` would silently run with defaults. Every
-// command checks its flags here and a mistake prints usage plus one line.
-import { renderUsage, type ArgsDef, type CommandDef } from "citty";
+// flags and extra arguments, so a typo like `--prot 1`, or `smts chat HOST
+// PORT`, would silently run with defaults. Every command checks its arguments
+// here, and a mistake (here, in cmd/smts.ts or one citty finds) prints the
+// usage plus one line and exits 2.
+import { parseArgs, renderUsage, type ArgsDef, type CommandDef } from "citty";
+import pkg from "../package.json" with { type: "json" };
 import { loadSecret, SecretError } from "../lib/secret/secret.ts";
 
 export class UsageError extends Error {}
 /** A runtime failure with a one-line reason (exit code 1). */
 export class Failure extends Error {}
 
+/** The top level, as the parent in a command's usage: `USAGE smts chat ...`, as `--help` prints it. */
+const SMTS: CommandDef<any> = { meta: { name: "smts", version: pkg.version } };
+
+/** Unknown options and more positional arguments than the command takes are usage errors. */
 export function checkFlags(rawArgs: string[], args: ArgsDef): void {
   const known = new Set<string>(["help", "h"]);
   for (const [name, def] of Object.entries(args)) {
@@ -20,6 +27,8 @@ export function checkFlags(rawArgs: string[], args: ArgsDef): void {
     const m = /^--?([^=]+)/.exec(raw);
     if (m && !/^-\d/.test(raw) && !known.has(m[1]!)) throw new UsageError(`unknown option ${raw.split("=")[0]}`);
   }
+  const extra = parseArgs(rawArgs, args)._[Object.values(args).filter((def) => def.type === "positional").length];
+  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(String(extra))}`);
 }
 
 export function parsePort(text: string | undefined, fallback: number): number {
@@ -36,6 +45,13 @@ export function parsePositive(flag: string, text: string | undefined, fallback: 
   return n;
 }
 
+/** A whole number of at least 1, for counts: "1.5" or "1e3" is a mistake, not a count. */
+export function parseCount(flag: string, text: string): number {
+  const n = Number(text);
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(n) || n < 1) throw new UsageError(`invalid value for --${flag}: ${JSON.stringify(text)} (expected a whole number, at least 1)`);
+  return n;
+}
+
 /** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. */
 export function readSecret(file: string | undefined): string | null {
   try {
@@ -46,15 +62,18 @@ export function readSecret(file: string | undefined): string | null {
   }
 }
 
-/** Runs a command body; usage mistakes print usage and exit 2, failures one line and exit 1. */
-export async function guard(cmd: CommandDef<any>, parent: CommandDef<any> | undefined, body: () => Promise<void> | void): Promise<void> {
+/** Prints the usage of `cmd` (under `parent`) and one line saying what is wrong; exits 2. */
+export async function exitUsage(cmd: CommandDef<any>, parent: CommandDef<any> | undefined, message: string): Promise<never> {
+  process.stderr.write(`${await renderUsage(cmd, parent)}\n\nsmts: ${message}\n`);
+  process.exit(2);
+}
+
+/** Runs the body of `cmd` (a subcommand of smts unless `parent` says otherwise); usage mistakes print usage and exit 2, failures one line and exit 1. */
+export async function guard(cmd: CommandDef<any>, parent: CommandDef<any> | undefined = SMTS, body: () => Promise<void> | void): Promise<void> {
   try {
     await body();
   } catch (err) {
-    if (err instanceof UsageError) {
-      process.stderr.write(`${await renderUsage(cmd, parent)}\n\nsmts: ${err.message}\n`);
-      process.exit(2);
-    }
+    if (err instanceof UsageError) await exitUsage(cmd, parent, err.message);
     if (err instanceof Failure) {
       process.stderr.write(`smts: ${err.message}\n`);
       process.exit(1);

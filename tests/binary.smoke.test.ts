@@ -84,7 +84,15 @@ test("--version prints the package and protocol version; --help lists both comma
   const bad = run(["relay", "--prot", "1"]);
   expect(bad.code).toBe(2);
   expect(bad.err).toContain("unknown option --prot");
-  for (const text of [h.out, r.out, bad.err]) expect(text).not.toContain("\x1b["); // piped: no colour codes
+  expect(bad.err).toContain("USAGE smts relay [OPTIONS]");
+  // Usage errors found at the top level (cmd/smts.ts loads cmd/usage.ts only for them) and by citty.
+  const none = run([]);
+  expect(none.code).toBe(2);
+  expect(none.err).toEndWith("\nsmts: no command given\n");
+  const missing = run(["chat"]);
+  expect(missing.code).toBe(2);
+  expect(missing.err).toContain("USAGE smts chat [OPTIONS] <RELAY>");
+  for (const text of [h.out, r.out, bad.err, none.err, missing.err]) expect(text).not.toContain("\x1b["); // piped: no colour codes
 });
 
 test("carries no path of the build machine (nothing is loaded from the build checkout)", async () => {

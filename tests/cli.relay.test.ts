@@ -5,7 +5,8 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { joinRelay } from "../lib/link/relay-link.ts";
-import { ROOT, SECRET, SECRET_TEXT, spawnRelay } from "./helpers.ts";
+import { isId } from "../lib/relay/protocol.ts";
+import { RawClient, ROOT, SECRET, SECRET_TEXT, spawnRelay } from "./helpers.ts";
 
 function run(args: string[], env: Record<string, string> = {}) {
   const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, ...args], {
@@ -37,6 +38,33 @@ test("--open with a secret is a usage error; unknown options and bad ports print
   const small = run(["relay", "--open", "--port", "0", "--max-frame", "191KiB"]);
   expect(small.code).toBe(2);
   expect(small.stderr).toContain("--max-frame must be between 192KiB and 64MiB");
+});
+
+// Regression (found in review): connections that never joined, once there were
+// --max-pending of them, got every later connection refused as relay_full.
+test("--max-pending: idle connections that fill it give way to a real join; the flags take whole numbers", async () => {
+  const rp = await spawnRelay(["--max-pending", "2", "--max-pending-per-source", "2"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const idle: RawClient[] = [];
+    for (let i = 0; i < 2; i++) {
+      idle.push(await RawClient.connect(rp.port));
+      await idle[i]!.next("challenge");
+    }
+    const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
+    expect(isId(link.id)).toBe(true);
+    expect((await idle[0]!.next("error")).code).toBe("relay_full"); // the oldest gave way
+    link.close();
+    for (const raw of idle) raw.close();
+  } finally {
+    rp.proc.kill();
+  }
+  for (const flag of ["--max-pending", "--max-pending-per-source"]) {
+    for (const bad of ["0", "1.5", "1e3", "x"]) {
+      const r = run(["relay", flag, bad], { SMTS_SECRET: SECRET_TEXT });
+      expect({ bad, code: r.code }).toEqual({ bad, code: 2 });
+      expect(r.stderr).toContain(`invalid value for ${flag}: "${bad}"`);
+    }
+  }
 });
 
 test("--generate-secret prints a fresh 160-bit secret each time", () => {
@@ -76,6 +104,37 @@ test("reads the secret from --secret-file, warns about a short one, and logs no 
   const missing = run(["relay", "--secret-file", join(dir, "nope")]);
   expect(missing.code).toBe(1);
   expect(missing.stderr).toContain("cannot read secret file");
+});
+
+// Regression (found in review): `smts relay --verbose 2>&1 | head -1` exited 1
+// at the first log line after head had gone, dropping every client.
+test("a closed log pipe stops the logging, not the relay", async () => {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", "--verbose"], {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT },
+  });
+  try {
+    const reader = proc.stderr.getReader();
+    let text = "";
+    while (!/listening on \S+:\d+/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error(`relay exited: ${text}`);
+      text += new TextDecoder().decode(value);
+    }
+    const port = Number(/listening on \S+:(\d+)/.exec(text)![1]);
+    await reader.cancel(); // as `| head -1` exiting: the relay's stderr is now a broken pipe
+    const first = await joinRelay({ host: "127.0.0.1", port, secret: SECRET }); // --verbose logs the join, and the leave
+    first.close();
+    const second = await joinRelay({ host: "127.0.0.1", port, secret: SECRET });
+    expect(isId(second.id)).toBe(true);
+    proc.kill("SIGTERM"); // shutting down logs twice more
+    expect((await second.closed).code).toBe("shutdown");
+    expect(await proc.exited).toBe(0);
+  } finally {
+    proc.kill("SIGKILL");
+  }
 });
 
 test("SIGTERM tells clients `shutdown`, then exits 0", async () => {

@@ -1,13 +1,25 @@
 // Joining the relay: challenge–response with right, wrong, missing and
 // replayed proofs, open relays, impostor relays, timeouts and limits.
 import { afterEach, describe, expect, test } from "bun:test";
+import { connect } from "node:net";
 import { joinRelay, JoinError } from "../lib/link/relay-link.ts";
 import { clientProof, isId, MAX_FRAME_LIMIT, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
-import type { Relay } from "../lib/relay/server.ts";
-import { encodeFrame } from "../lib/wire/frame.ts";
+import { sourceOf, type Relay } from "../lib/relay/server.ts";
+import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 import { joinTest, RawClient, SECRET, startTestRelay, waitFor } from "./helpers.ts";
 
 let relay: Relay;
+
+/** A bare connection from another loopback address (Bun.connect cannot pick one); records the frames it gets. */
+function connectFrom(localAddress: string, port: number) {
+  const decoder = new FrameDecoder(64 * 1024);
+  const socket = connect({ host: "127.0.0.1", port, localAddress });
+  const c = { socket, frames: [] as Frame[], closed: false };
+  socket.on("data", (chunk: Buffer) => void c.frames.push(...decoder.push(chunk).map((p) => decodePayload(p))));
+  socket.on("close", () => void (c.closed = true));
+  socket.on("error", () => {});
+  return c;
+}
 afterEach(async () => relay && (await relay.stop()));
 
 async function joinError(promise: Promise<unknown>): Promise<JoinError> {
@@ -115,19 +127,67 @@ describe("join", () => {
     expect(relay.stats().clients).toBe(1);
   });
 
-  test("relay_full past max clients and past max pending connections", async () => {
-    relay = startTestRelay({ maxClients: 2, maxPending: 3 });
+  test("relay_full past max clients", async () => {
+    relay = startTestRelay({ maxClients: 2 });
     await joinTest(relay);
     await joinTest(relay);
     const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
     expect(err.code).toBe("relay_full");
-    await relay.stop();
+  });
+
+  // Regression (found in review): past maxPending a new connection was refused,
+  // so one host that kept 1,000 idle connections open (reopening them as they
+  // timed out) kept every real client out.
+  test("past max pending connections a new one evicts the oldest waiting one, so idle connections cannot keep a join out", async () => {
     relay = startTestRelay({ maxPending: 3 });
-    const idle = await Promise.all(Array.from({ length: 3 }, () => RawClient.connect(relay.port)));
-    const extra = await RawClient.connect(relay.port);
-    expect((await extra.next("error")).code).toBe("relay_full");
+    const idle: RawClient[] = [];
+    for (let i = 0; i < 3; i++) {
+      idle.push(await RawClient.connect(relay.port));
+      await idle[i]!.next("challenge"); // accepted, in this order
+    }
+    const c = await joinTest(relay);
+    expect(isId(c.link.id)).toBe(true);
+    await idle[0]!.waitClosed();
+    expect(idle[0]!.frames).toEqual([{ t: "error", code: "relay_full", message: "too many connections waiting to join" }]);
+    expect(relay.stats()).toMatchObject({ clients: 1, pending: 2 });
+    expect(idle.map((raw) => raw.closed)).toEqual([true, false, false]);
     for (const raw of idle) raw.close();
   });
+
+  // Linux routes all of 127/8 to the loopback interface, so 127.0.0.2 is another source.
+  test.skipIf(process.platform !== "linux")("a source past its share of pending connections evicts only its own oldest", async () => {
+    relay = startTestRelay({ maxPending: 3, maxPendingPerSource: 2 });
+    const early = await RawClient.connect(relay.port); // 127.0.0.1, the oldest waiting connection
+    await early.next("challenge");
+    const flood = [];
+    for (let i = 0; i < 5; i++) {
+      const raw = connectFrom("127.0.0.2", relay.port);
+      await waitFor(() => raw.frames.some((f) => f.t === "challenge"), "challenge from 127.0.0.2");
+      flood.push(raw);
+    }
+    for (const raw of flood.slice(0, 3)) {
+      await waitFor(() => raw.closed, "the flood's oldest to be evicted");
+      expect(raw.frames.find((f) => f.t === "error")?.code).toBe("relay_full");
+    }
+    expect(early.closed).toBe(false);
+    expect(relay.stats().pending).toBe(3);
+    // A join from 127.0.0.1 still gets in (evicting the oldest waiting one overall: `early`).
+    expect(isId((await joinTest(relay)).link.id)).toBe(true);
+    for (const raw of flood) raw.socket.destroy();
+    early.close();
+  });
+});
+
+test("sourceOf: an IPv4 address (also IPv4-mapped), or an IPv6 /64", () => {
+  expect(sourceOf("203.0.113.7")).toBe("203.0.113.7");
+  expect(sourceOf("::ffff:203.0.113.7")).toBe("203.0.113.7");
+  expect(sourceOf("2001:db8:1:2:3:4:5:6")).toBe("2001:db8:1:2::/64");
+  expect(sourceOf("2001:DB8:1:2::9")).toBe("2001:db8:1:2::/64");
+  expect(sourceOf("2001:db8:1:3::9")).toBe("2001:db8:1:3::/64");
+  expect(sourceOf("2001:db8::")).toBe("2001:db8:0:0::/64");
+  expect(sourceOf("::1:2:3:4:5:6:7")).toBe("0:1:2:3::/64");
+  expect(sourceOf("fe80::1%eth0")).toBe("fe80:0:0:0::/64");
+  expect(sourceOf("::1")).toBe(sourceOf("::2"));
 });
 
 describe("open relays and impostors", () => {

@@ -6,6 +6,10 @@
 // Promises (each covered by tests/relay.*.test.ts):
 //   - one connection's bad input (garbage, oversize frame, wrong proof,
 //     silence) closes that connection only, with an `error` frame first;
+//   - connections that do not join cannot keep joins out: when `maxPending`
+//     connections are waiting to join, or `maxPendingPerSource` from one
+//     source (IPv4 address or IPv6 /64), a new one evicts the oldest waiting
+//     one (of that source if it is the source that is full);
 //   - memory is bounded: frames over the limit are refused from the length
 //     prefix; a recipient whose queue passes `queueHigh` pauses the senders
 //     feeding it until it drains below `queueLow`; a recipient that makes no
@@ -41,8 +45,10 @@ export interface RelayOptions {
   /** Largest accepted frame payload after joining, in bytes. */
   maxFrame: number;
   maxClients: number;
-  /** Connections that have not joined yet. */
+  /** Connections that have not joined yet; at the limit a new one evicts the oldest. */
   maxPending: number;
+  /** The same, per source address (IPv4) or /64 (IPv6). */
+  maxPendingPerSource: number;
   queueHigh: number;
   queueLow: number;
   queueMax: number;
@@ -68,6 +74,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   maxFrame: 256 * 1024,
   maxClients: 10_000,
   maxPending: 1_000,
+  maxPendingPerSource: 100,
   queueHigh: 1024 * 1024,
   queueLow: 256 * 1024,
   queueMax: 16 * 1024 * 1024,
@@ -86,6 +93,7 @@ const CLOSE_GRACE_MS = 1_000;
 
 interface Conn extends Endpoint {
   id: string; // "" until joined
+  source: string; // sourceOf(remote address)
   socket: Socket<Conn>;
   decoder: FrameDecoder;
   outbox: Outbox;
@@ -125,7 +133,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const routes: Routes<Conn> = localRoutes<Conn>();
   const conns = new Set<Conn>();
   const counters: Record<string, number> = { connections: 0, joins: 0 };
-  let pending = 0;
+  // Connections waiting to join (not joined, not closing), oldest first: all of them, and by source.
+  const pending = new Set<Conn>();
+  const pendingBySource = new Map<string, Set<Conn>>();
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let dirty: Conn[] = [];
@@ -159,6 +169,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     if (c.closing || c.closed) return;
     count(`closed_${code}`);
     c.closing = true;
+    unpend(c);
     leave(c);
     if (code === "slow_consumer") {
       c.outbox.close();
@@ -167,6 +178,33 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     }
     sendError(c, code, message ? { message } : {});
     setTimeout(() => c.closed || c.socket.terminate(), CLOSE_GRACE_MS).unref();
+  }
+
+  /**
+   * Registers a new connection as waiting to join. If its source, or the relay,
+   * already has as many waiting as allowed, the oldest of them is evicted: a
+   * refusal would let anyone who holds that many idle connections keep every
+   * real client out, while eviction makes them open more than the limit
+   * within one real join's round trip, and one source can only evict its own.
+   */
+  function pend(c: Conn): void {
+    const mine = pendingBySource.get(c.source);
+    const full = mine && mine.size >= opt.maxPendingPerSource ? mine : pending.size >= opt.maxPending ? pending : null;
+    if (full) {
+      count("pendingEvicted");
+      fatal(full.values().next().value!, "relay_full", "too many connections waiting to join");
+    }
+    pending.add(c);
+    // Looked up again: evicting this source's last one dropped its set.
+    pendingBySource.set(c.source, (pendingBySource.get(c.source) ?? new Set<Conn>()).add(c));
+  }
+
+  /** Forgets a connection that joined or is closing. */
+  function unpend(c: Conn): void {
+    if (!pending.delete(c)) return;
+    const mine = pendingBySource.get(c.source)!;
+    mine.delete(c);
+    if (mine.size === 0) pendingBySource.delete(c.source);
   }
 
   /** Removes a joined client from the routes and tells watchers. */
@@ -228,7 +266,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     c.id = id;
     c.watch = f.watch !== false;
     c.decoder.maxPayload = opt.maxFrame;
-    pending--;
+    unpend(c);
     for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "joined", id });
     routes.add(c);
     count("joins");
@@ -339,6 +377,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         const now = performance.now();
         const c: Conn = {
           id: "",
+          source: sourceOf(socket.remoteAddress ?? ""),
           socket,
           decoder: new FrameDecoder(PRE_JOIN_MAX_FRAME),
           outbox: new Outbox(socket),
@@ -361,12 +400,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         };
         socket.data = c;
         conns.add(c);
-        pending++;
         count("connections");
         socket.setNoDelay(true);
         if (stopping) fatal(c, "shutdown");
-        else if (pending > opt.maxPending || routes.size >= opt.maxClients) fatal(c, "relay_full");
-        else sendFrame(c, { t: "challenge", v: RELAY_PROTOCOL_VERSION, nonce: c.nonce, open: opt.secret === null });
+        else if (routes.size >= opt.maxClients) fatal(c, "relay_full");
+        else {
+          pend(c);
+          sendFrame(c, { t: "challenge", v: RELAY_PROTOCOL_VERSION, nonce: c.nonce, open: opt.secret === null });
+        }
         flushDirty(null);
       },
       data(socket, chunk) {
@@ -398,7 +439,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       close(socket) {
         const c = socket.data;
         if (c.closed) return;
-        if (!c.id) pending--;
+        unpend(c);
         leave(c);
         c.closed = true;
         c.outbox.close();
@@ -423,7 +464,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
         if (c.blockedOn > 0) pausedSenders++;
       }
-      return { clients: routes.size, pending, queuedBytes, maxQueuedBytes, pausedSenders, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes } };
+      return { clients: routes.size, pending: pending.size, queuedBytes, maxQueuedBytes, pausedSenders, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes } };
     },
     async stop() {
       stopping = true;
@@ -436,4 +477,25 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       listener.stop(true);
     },
   };
+}
+
+/**
+ * The source a waiting connection is counted against: its IPv4 address
+ * (also when it arrives IPv4-mapped on an IPv6 socket), or the /64 of its
+ * IPv6 address, since one host is usually given a whole /64.
+ */
+export function sourceOf(address: string): string {
+  const v4 = /^(?:::ffff:)?(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (v4) return v4[1]!;
+  const bare = address.replace(/%.*$/, ""); // zone index, as in fe80::1%eth0
+  if (!bare.includes(":")) return bare;
+  const [head = "", tail] = bare.split("::");
+  const groups = head ? head.split(":") : [];
+  if (tail !== undefined) {
+    // "::" stands for the zero groups that make eight (a trailing IPv4 part counts as two).
+    const rest = tail ? tail.split(":") : [];
+    const given = groups.length + rest.length + (rest.at(-1)?.includes(".") ? 1 : 0);
+    groups.push(...Array<string>(Math.max(0, 8 - given)).fill("0"), ...rest);
+  }
+  return `${groups.slice(0, 4).map((g) => parseInt(g, 16).toString(16)).join(":")}::/64`;
 }
