@@ -1,18 +1,23 @@
 // The interactive prompt in a real pseudo-terminal (driven by tests/pty-driver.py):
 // a message arriving while the user types prints above the prompt and the
-// half-typed line survives; mistakes get one line, never a stack trace.
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { startChat, type ChatEvent } from "../lib/client/chat-client.ts";
+// half-typed line survives; mistakes get one line, never a stack trace;
+// quitting while a file arrives cancels it cleanly.
+import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { ChatError, startChat, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import type { Relay } from "../lib/relay/server.ts";
-import { ROOT, SECRET, SECRET_TEXT, startTestRelay, waitFor } from "./helpers.ts";
+import { ROOT, SECRET, SECRET_TEXT, startTestRelay, tempDirs, waitFor, writeTestFile } from "./helpers.ts";
 
+setDefaultTimeout(60_000);
 let relay: Relay;
+const temp = tempDirs("smts-cli-pty-");
 beforeAll(() => void (relay = startTestRelay()));
 afterAll(async () => relay.stop());
+afterEach(() => temp.removeAll());
 
-function ptyChat(port: number) {
-  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`], {
+function ptyChat(port: number, args: string[] = []) {
+  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`, ...args], {
     stdin: "pipe",
     stdout: "pipe",
     stderr: "inherit",
@@ -72,6 +77,41 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
   } finally {
     term.proc.kill();
+    await peer.close();
+    dh.close();
+  }
+});
+
+// Regression test (lib/ui/terminal.ts, lib/client/chat-client.ts): Ctrl-D or
+// Ctrl-C at the prompt while a file arrived crashed with "readline was closed"
+// (ERR_USE_AFTER_CLOSE, exit 1): close() cancelled the transfer, whose event
+// redrew the closed prompt, and the throw stopped close() before the keys were
+// erased. Now: the transfer is cancelled (no temporary file, the sender told), exit 0.
+test("regression: Ctrl-D or Ctrl-C at the prompt while a file arrives cancels it cleanly and exits 0", async () => {
+  const dh = startDhEngine();
+  const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: () => {}, maxFileSize: 256 * 1024 * 1024 });
+  const src = writeTestFile(temp.make(), "big.bin", 96 * 1024 * 1024);
+  try {
+    for (const key of ["\u0004", "\u0003"]) {
+      const dl = temp.make();
+      const term = ptyChat(relay.port, ["--download-dir", dl, "--max-file-size", "256MiB"]);
+      try {
+        const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
+        await peer.connect(id);
+        await term.expect("secure session with");
+        const sent = peer.sendFile(id, src.path);
+        sent.catch(() => {});
+        await term.expect("receiving file");
+        await term.expect("big.bin [0-9]+%"); // progress in the prompt: chunks are arriving
+        await term.type(key);
+        expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
+        expect(await sent.then(() => "delivered", (err: ChatError) => err.code)).toBe("cancelled");
+        expect(readdirSync(dl)).toEqual([]);
+      } finally {
+        term.proc.kill();
+      }
+    }
+  } finally {
     await peer.close();
     dh.close();
   }

@@ -104,12 +104,24 @@ export interface ChatClient {
 }
 
 export async function startChat(opts: ChatOptions): Promise<ChatClient> {
-  const { dh, onEvent: emit } = opts;
+  const { dh } = opts;
   const online = new Set<string>();
   const sessions = new Map<string, Session>();
   const waiters = new Map<string, Waiter[]>();
   let link: Link;
   let closing = false;
+  // While closing, an event handler that throws (a user interface already shut
+  // down) must not stop close() half-way, before the keys are erased: the
+  // first such error is rethrown once close() has done everything.
+  let closeError: unknown = null;
+  const emit = (e: ChatEvent) => {
+    if (!closing) return opts.onEvent(e);
+    try {
+      opts.onEvent(e);
+    } catch (err) {
+      closeError ??= err;
+    }
+  };
 
   const sendE2E = (to: string | string[], frame: Frame) => link.send(to, new PackedBin(frame));
   const exchanges = createExchanges({
@@ -492,6 +504,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       await link.drained(0);
       link.close();
       await closed;
+      if (closeError) throw closeError;
     },
     closed,
   };
