@@ -2,6 +2,7 @@
 // (lib/client) to the interactive prompt or to scripted stdin/--json mode.
 import { defineCommand } from "citty";
 import { accessSync, constants, statSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import readline from "node:readline";
 import { resolve } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
@@ -13,7 +14,7 @@ import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
 import { formatEvent, progressTracker } from "../lib/ui/format.ts";
-import { startTerminal } from "../lib/ui/terminal.ts";
+import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
@@ -52,7 +53,28 @@ export const chatCommand = defineCommand({
       const interactive = Boolean(process.stdin.isTTY) && !json;
       const dh = startDhEngine();
 
-      let terminal: ReturnType<typeof startTerminal> | null = null;
+      let terminal: Terminal | null = null;
+      let client: ChatClient | null = null;
+      let exiting = false;
+      /** Erases every key and exits; transfers still running are cancelled (temporary files removed, peers told). */
+      const finish = async (code: number) => {
+        if (exiting) return;
+        exiting = true;
+        terminal?.close();
+        try {
+          await client?.close();
+        } finally {
+          dh.close();
+        }
+        process.exit(code);
+      };
+      // SIGINT, SIGTERM, SIGHUP: the same, with the exit code of a process killed
+      // by that signal (130, 143, 129); a second signal exits at once.
+      for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+        const code = 128 + osConstants.signals[signal];
+        process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
+      }
+
       const print = (line: string) => {
         if (json) process.stderr.write(`${line}\n`);
         else if (terminal) terminal.print(line);
@@ -67,8 +89,6 @@ export const chatCommand = defineCommand({
         else if (line && json && e.event === "error") process.stderr.write(`${line}\n`);
       };
 
-      let client: ChatClient;
-      let exiting = false;
       try {
         client = await startChat({ host, port, secret: secret ? secretBytes(secret) : null, dh, onEvent: emit, downloadDir, maxFileSize });
       } catch (err) {
@@ -82,12 +102,6 @@ export const chatCommand = defineCommand({
         process.exit(1);
       });
 
-      const finish = async (code: number) => {
-        exiting = true;
-        await client.close();
-        dh.close();
-        process.exit(code);
-      };
       const running: Promise<boolean>[] = [];
       const ctx = { client, emit, print, scripted: !interactive, sessionTimeoutMs: timeoutMs, background: (p: Promise<boolean>) => void running.push(p) };
 

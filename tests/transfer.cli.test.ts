@@ -196,3 +196,21 @@ test("regression: scripted receiver: end of input while a file is arriving → i
   expect(bCode).toBe(0);
   expect(await a.exited()).toBe(0);
 });
+
+// Regression test (cmd/chat.ts installed no signal handlers): SIGTERM, SIGINT
+// or SIGHUP left the receiver's `.smts-part` file behind, though only SIGKILL
+// and power loss cannot clean up.
+test("regression: SIGTERM, SIGINT or SIGHUP to a receiving client: the transfer is cancelled (no temporary file left, the sender is told), exit 143, 130, 129", async () => {
+  for (const [signal, code] of [["SIGTERM", 143], ["SIGINT", 130], ["SIGHUP", 129]] as const) {
+    const { a, b, src, dl } = await largeTransfer(64 * MiB);
+    await b.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing into b");
+    b.proc.kill(signal);
+    expect([signal, await b.exited()]).toEqual([signal, code]);
+    expect(readdirSync(dl)).toEqual([]);
+    expect(ofKind(b, "transfer").at(-1)).toMatchObject({ direction: "in", state: "cancelled" });
+    expect(b.stderr()).toBe("");
+    await a.event((e) => e.event === "transfer" && e.state === "cancelled", "transfer cancelled at a");
+    a.end();
+    expect(await a.exited()).toBe(1);
+  }
+});
