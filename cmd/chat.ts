@@ -74,16 +74,27 @@ export const chatCommand = defineCommand({
         const code = 128 + osConstants.signals[signal];
         process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
       }
+      // A reader that went away (`| head -1`, `| grep -m1`) ends us like any
+      // filter: quietly, with 141 as for SIGPIPE. Nothing more is written there.
+      let stdoutOpen = true;
+      process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+        stdoutOpen = false;
+        if (err.code !== "EPIPE") process.stderr.write(`smts: cannot write to stdout: ${err.code ?? err.message}\n`);
+        void finish(err.code === "EPIPE" ? 128 + osConstants.signals.SIGPIPE : 1);
+      });
+      const out = (text: string) => {
+        if (stdoutOpen) process.stdout.write(text);
+      };
 
       const print = (line: string) => {
         if (json) process.stderr.write(`${line}\n`);
         else if (terminal) terminal.print(line);
-        else process.stdout.write(`${line}\n`);
+        else out(`${line}\n`);
       };
       const progress = progressTracker();
       const emit = (e: ChatEvent) => {
         if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
-        if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
+        if (json) out(`${JSON.stringify(e)}\n`);
         const line = formatEvent(e);
         if (line && !json) print(line);
         else if (line && json && e.event === "error") process.stderr.write(`${line}\n`);

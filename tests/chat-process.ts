@@ -17,6 +17,8 @@ export interface ChatProcess {
   send(line: string): void;
   /** Ends its stdin (end of input). */
   end(): void;
+  /** Stops reading its stdout and closes the pipe, as `| head -1` does when it has its line. */
+  closeStdout(): Promise<void>;
   /** Resolves with the exit code once the process exited and all its output was read. */
   exited(): Promise<number>;
   /** Waits for the first event matching `match`. */
@@ -48,11 +50,12 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
   running.push(proc);
   const events: Record<string, unknown>[] = [];
   let err = "";
+  const reader = proc.stdout.getReader();
   const out = (async () => {
     let buf = "";
     const dec = new TextDecoder();
-    for await (const chunk of proc.stdout) {
-      buf += dec.decode(chunk, { stream: true });
+    for (let r; !(r = await reader.read()).done; ) {
+      buf += dec.decode(r.value, { stream: true });
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
         events.push(JSON.parse(buf.slice(0, nl)));
@@ -74,6 +77,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
       proc.stdin.flush();
     },
     end: () => void proc.stdin.end(),
+    closeStdout: () => reader.cancel(),
     async exited() {
       const code = await proc.exited;
       await Promise.all([out, errDone]);

@@ -197,6 +197,22 @@ test("regression: scripted receiver: end of input while a file is arriving → i
   expect(await a.exited()).toBe(0);
 });
 
+// Regression test (cmd/chat.ts): stdout had no 'error' handler, so once its
+// reader exited (`smts chat --json | head -1`, `| grep -m1 ...`) every event
+// printed an EPIPE stack trace on stderr and the client stayed online for good.
+test("regression: the reader of stdout goes away mid-transfer (`| head -1`): the receiver exits 141 without a word, cancels the transfer (no temporary file left, the sender is told)", async () => {
+  const { a, b, src, dl } = await largeTransfer(96 * MiB);
+  await b.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing into b");
+  await b.closeStdout(); // its stdin stays open, as with `tail -f commands | smts chat ...`
+  expect(await b.exited()).toBe(141);
+  expect(b.stderr()).toBe("");
+  expect(readdirSync(dl)).toEqual([]);
+  await a.event((e) => e.event === "transfer" && e.state === "cancelled", "transfer cancelled at a");
+  a.end();
+  expect(await a.exited()).toBe(1);
+  expect(ofKind(a, "error")).toEqual([expect.objectContaining({ code: "cancelled", peer: b.id })]);
+});
+
 // Regression test (cmd/chat.ts installed no signal handlers): SIGTERM, SIGINT
 // or SIGHUP left the receiver's `.smts-part` file behind, though only SIGKILL
 // and power loss cannot clean up.
