@@ -56,6 +56,7 @@ export const chatCommand = defineCommand({
       let terminal: Terminal | null = null;
       let client: ChatClient | null = null;
       let exiting = false;
+      const running: Promise<boolean>[] = [];
       /** Erases every key and exits; transfers still running are cancelled (temporary files removed, peers told). */
       const finish = async (code: number) => {
         if (exiting) return;
@@ -96,8 +97,11 @@ export const chatCommand = defineCommand({
         if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
         if (json) out(`${JSON.stringify(e)}\n`);
         const line = formatEvent(e);
-        if (line && !json) print(line);
-        else if (line && json && e.event === "error") process.stderr.write(`${line}\n`);
+        if (!line) return;
+        if (interactive) print(line);
+        // Scripts: stdout carries events (or, without --json, their lines); each failure is one line on stderr.
+        else if (e.event === "error" || e.event === "disconnected") process.stderr.write(`${line}\n`);
+        else if (!json) out(`${line}\n`);
       };
 
       try {
@@ -107,13 +111,17 @@ export const chatCommand = defineCommand({
         if (err instanceof JoinError) throw new Failure(err.message);
         throw err;
       }
-      client.closed.then(() => {
+      // The relay went away: every transfer failed with it; report the commands that
+      // failed (a /send under way) before exiting 1 (its `disconnected` line says why).
+      client.closed.then(async () => {
         if (exiting) return;
+        exiting = true;
+        await Promise.allSettled(running);
+        terminal?.close();
         dh.close();
         process.exit(1);
       });
 
-      const running: Promise<boolean>[] = [];
       const ctx = { client, emit, print, scripted: !interactive, sessionTimeoutMs: timeoutMs, background: (p: Promise<boolean>) => void running.push(p) };
 
       if (interactive) {

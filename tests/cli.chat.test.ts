@@ -85,3 +85,21 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
   expect(errors[1]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
 });
+
+// Regression test (cmd/chat.ts): without --json, a failed scripted command's
+// line went to stdout and stderr stayed empty, though the exit code table
+// promises one line on stderr.
+test("regression: scripted without --json, a failed command's line is on stderr (exit 1); stdout keeps the ordinary lines", async () => {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`], {
+    stdin: new TextEncoder().encode("/bogus\n/list\n"),
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT },
+  });
+  const [code, stdout, stderr] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  expect(code).toBe(1);
+  expect(stderr).toBe("! unknown command /bogus (try /help)\n");
+  expect(stdout).toStartWith("Your ID: ");
+  expect(stdout).not.toContain("unknown command");
+  expect(stdout).toContain("no other peers online"); // /list still answered after the failure
+});

@@ -29,17 +29,17 @@ afterEach(() => {
 
 const env = { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT };
 
-const chat = (cwd: string, args: string[] = []) => spawnChat(relay.port, args, { cwd, timeoutMs: LONG });
+const chat = (cwd: string, args: string[] = [], port = relay.port) => spawnChat(port, args, { cwd, timeoutMs: LONG });
 
 const ofKind = (c: ChatProcess, kind: string) => c.events.filter((e) => e.event === kind);
 
 /** A random `large.bin` of `size` bytes under way from a to b (both limits 128 MiB); b saves into `dl`. */
-async function largeTransfer(size: number) {
+async function largeTransfer(size: number, port = relay.port) {
   const cwd = temp.make();
   const dl = temp.make();
   const src = writeTestFile(cwd, "large.bin", size);
-  const b = await chat(temp.make(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
-  const a = await chat(cwd, ["--max-file-size", "128MiB"]);
+  const b = await chat(temp.make(), ["--download-dir", dl, "--max-file-size", "128MiB"], port);
+  const a = await chat(cwd, ["--max-file-size", "128MiB"], port);
   a.send(`/connect ${b.id}`);
   a.send(`/send ${b.id} ${src.path}`);
   return { a, b, src, dl };
@@ -228,5 +228,28 @@ test("regression: SIGTERM, SIGINT or SIGHUP to a receiving client: the transfer 
     await a.event((e) => e.event === "transfer" && e.state === "cancelled", "transfer cancelled at a");
     a.end();
     expect(await a.exited()).toBe(1);
+  }
+});
+
+// Regression test (cmd/chat.ts): when the relay went away during a scripted
+// --json /send, the client exited 1 before the failed /send was reported, and
+// nothing was written on stderr (only `error` events were echoed there).
+test("regression: the relay is killed during a scripted --json /send: the sender reports the failed /send (error event) and exits 1 with the reason on stderr", async () => {
+  const own = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const { a, b, src, dl } = await largeTransfer(96 * MiB, own.port);
+    a.end();
+    await a.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing out of a");
+    own.proc.kill("SIGKILL");
+    expect(await a.exited()).toBe(1);
+    expect(ofKind(a, "error")).toEqual([expect.objectContaining({ code: "failed", peer: b.id, message: expect.stringContaining("disconnected from relay") })]);
+    expect(ofKind(a, "disconnected")).toHaveLength(1);
+    const lines = a.stderr().trim().split("\n");
+    expect(lines).toEqual([expect.stringMatching(/^! disconnected from relay: /), expect.stringMatching(/^! sending large\.bin to .*disconnected from relay/)]);
+    expect(await b.exited()).toBe(1);
+    expect(b.stderr().trim().split("\n")).toEqual([expect.stringMatching(/^! disconnected from relay: /)]);
+    expect(readdirSync(dl)).toEqual([]);
+  } finally {
+    own.proc.kill("SIGKILL");
   }
 });

@@ -381,6 +381,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const closed = link.closed.then((reason) => {
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
     for (const peer of exchanges.peers()) exchanges.fail(peer, new ChatError("disconnected", "disconnected from relay", peer));
+    transfers.abandon(null, "disconnected from relay"); // each went with its session above: none is left waiting
     if (!closing) emit({ event: "disconnected", ...reason });
     return reason;
   });
