@@ -103,3 +103,20 @@ test("regression: scripted without --json, a failed command's line is on stderr 
   expect(stdout).not.toContain("unknown command");
   expect(stdout).toContain("no other peers online"); // /list still answered after the failure
 });
+
+// Regression test (lib/client/chat-client.ts): a --timeout beyond setTimeout's
+// limit (2^31-1 ms) overflowed to 1 ms, so scripted waits failed at once.
+test("regression: --timeout 3000000 (beyond the longest timer) still waits for the session", async () => {
+  const a = await chat(["--timeout", "3000000"]);
+  const b = await chat();
+  a.send(`/msg ${b.id} waited for`); // no session yet: waits
+  b.send(`/connect ${a.id}`);
+  const outcome = await waitFor(() => b.events.find((e) => e.event === "message") ?? a.events.find((e) => e.event === "error"), "the message at b, or an error at a");
+  expect(outcome).toMatchObject({ event: "message", text: "waited for" });
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(0);
+  expect(a.events.filter((e) => e.event === "error")).toEqual([]);
+  expect(a.stderr()).toBe(""); // no TimeoutOverflowWarning
+  expect(await b.exited()).toBe(0);
+});

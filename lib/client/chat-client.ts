@@ -56,6 +56,8 @@ interface Session {
 
 /** A batch record carries at most this much content, so it stays well inside a frame. */
 const BATCH_BYTES = 32 * 1024;
+/** The longest wait a timer allows (setTimeout fires at once beyond it); longer waits are cut to this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 interface Waiter {
   resolve(): void;
@@ -389,6 +391,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   /** Resolves when the next exchange with `peer` completes; rejects if it fails. */
   function nextSession(peer: string, timeoutMs: number): Promise<void> {
+    timeoutMs = Math.min(timeoutMs, MAX_TIMER_MS);
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         waiters.set(peer, (waiters.get(peer) ?? []).filter((x) => x !== w));
