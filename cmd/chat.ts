@@ -93,12 +93,19 @@ export const chatCommand = defineCommand({
         else out(`${line}\n`);
       };
       const progress = progressTracker();
+      // A failed key exchange is reported as `session failed` and again as the
+      // error of the command that waited for it: the terminal shows it once.
+      let failedLine = "";
       const emit = (e: ChatEvent) => {
         if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
         if (json) out(`${JSON.stringify(e)}\n`);
         const line = formatEvent(e);
         if (!line) return;
-        if (interactive) print(line);
+        if (interactive) {
+          const repeated = e.event === "error" && line === failedLine;
+          failedLine = e.event === "session" && e.state === "failed" ? line : "";
+          if (!repeated) print(line);
+        }
         // Scripts: stdout carries events (or, without --json, their lines); each failure is one line on stderr.
         else if (e.event === "error" || e.event === "disconnected") process.stderr.write(`${line}\n`);
         else if (!json) out(`${line}\n`);

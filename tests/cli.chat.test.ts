@@ -104,6 +104,23 @@ test("regression: scripted without --json, a failed command's line is on stderr 
   expect(stdout).toContain("no other peers online"); // /list still answered after the failure
 });
 
+// Regression test (lib/ui/execute.ts, lib/client/chat-client.ts): /msg and
+// /send to one's own ID waited the whole --timeout and then said `timeout`;
+// an offline ID gave a `session failed` plus two `unknown_peer` errors.
+test("regression: /msg, /send and /connect to one's own ID fail at once (bad_peer); /connect to an offline ID is one error (and its session failed event)", async () => {
+  const a = await chat(["--timeout", "1"]);
+  a.send(`/msg ${a.id} hi`);
+  a.send(`/send ${a.id} ${ROOT}package.json`);
+  a.send(`/connect ${a.id}`);
+  a.send("/connect 00000000");
+  a.end();
+  expect(await a.exited()).toBe(1);
+  const own = { event: "error", code: "bad_peer", message: "that is your own ID" };
+  expect(a.events.filter((e) => e.event === "error")).toEqual([own, own, own, { event: "error", code: "unknown_peer", message: "00000000 is not online", peer: "00000000" }]);
+  expect(a.events.filter((e) => e.event === "session")).toEqual([{ event: "session", peer: "00000000", state: "failed", reason: "00000000 is not online" }]);
+  expect(a.stderr().trim().split("\n")).toEqual([...Array(3).fill("! that is your own ID"), "! 00000000 is not online"]);
+});
+
 // Regression test (lib/client/chat-client.ts): a --timeout beyond setTimeout's
 // limit (2^31-1 ms) overflowed to 1 ms, so scripted waits failed at once.
 test("regression: --timeout 3000000 (beyond the longest timer) still waits for the session", async () => {

@@ -69,6 +69,11 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     await term.expect("not a valid ID");
     await term.type("/msg zzzzzzzz hi\r");
     await term.expect("no session with zzzzzzzz: /connect zzzzzzzz first");
+    // A failed /connect is a `session failed` event and the command's error: one line.
+    await term.type("/connect 00000000\r");
+    await term.expect("00000000 is not online");
+    await term.type("/verify 00000000\r");
+    expect(await term.expect("no session with 00000000 to verify")).not.toContain("is not online");
     const escape = "\u001b]0;pwned\u0007\u001b[2J";
     peer.sendText(id, `evil${escape}text`);
     const shown = await term.expect("evil.*text");

@@ -364,13 +364,16 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;
         if (f.code === "unknown_peer" && peer) {
-          const known = online.has(peer) || exchanges.has(peer) || sessions.has(peer);
+          // A key exchange or session with the peer ends here, and says so
+          // (`session failed`/`closed`, and the error of a command waiting for it).
+          const reported = exchanges.has(peer) || sessions.has(peer);
+          const known = online.has(peer) || reported;
           online.delete(peer);
           exchanges.fail(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
           // Frames in flight when a peer left come back one by one (a file's
           // chunks: one per 128 KiB); its departure was reported once already.
-          if (!known) return;
+          if (!known || reported) return;
         }
         emit({ event: "error", code: safeText(f.code, 32), message: `relay: ${safeText(f.message)}`, ...(peer ? { peer } : {}) });
         return;
