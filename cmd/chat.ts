@@ -3,7 +3,6 @@
 import { defineCommand } from "citty";
 import { accessSync, constants, statSync } from "node:fs";
 import { constants as osConstants } from "node:os";
-import readline from "node:readline";
 import { resolve } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { parseSize } from "../lib/cli/size.ts";
@@ -144,8 +143,7 @@ export const chatCommand = defineCommand({
       }
       // Scripted: commands run in order; at end of input, drain and exit.
       let failures = 0;
-      const rl = readline.createInterface({ input: process.stdin, terminal: false });
-      for await (const line of rl) {
+      for await (const line of inputLines(process.stdin)) {
         const command = parseCommand(line);
         if (command.kind === "exit") break;
         if (!(await execute(command, ctx))) failures++;
@@ -160,3 +158,20 @@ export const chatCommand = defineCommand({
   },
 });
 
+/**
+ * The lines of `input`, split at "\n" only (a "\r" before it is dropped). Bun's
+ * readline also ends a line at a lone "\r" and at U+2028/U+2029, so a text a bot
+ * passes on in `/msg ID text` could end its line early and run the rest as a command.
+ */
+async function* inputLines(input: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for await (const chunk of input) {
+    buf += decoder.decode(chunk, { stream: true });
+    let start = 0;
+    for (let nl; (nl = buf.indexOf("\n", start)) >= 0; start = nl + 1) yield buf.slice(start, buf[nl - 1] === "\r" ? nl - 1 : nl);
+    buf = buf.slice(start);
+  }
+  buf += decoder.decode();
+  if (buf) yield buf;
+}

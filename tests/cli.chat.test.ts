@@ -137,3 +137,22 @@ test("regression: --timeout 3000000 (beyond the longest timer) still waits for t
   expect(a.stderr()).toBe(""); // no TimeoutOverflowWarning
   expect(await b.exited()).toBe(0);
 });
+
+// Regression test (cmd/chat.ts): scripted input was read with Bun's readline,
+// which also ends a line at U+2028, U+2029 and a lone "\r" (Node's ends it at
+// "\r" too): the rest of a /msg text ran as a command.
+test("regression: scripted input lines end at \\n only: U+2028, U+2029 or a lone \\r in a /msg text does not start a command", async () => {
+  const a = await chat();
+  const b = await chat();
+  const text = "one\u2028/list\u2029/bmsg to all\r/connect zzzzzzzz";
+  a.send(`/connect ${b.id}`);
+  a.send(`/msg ${b.id} ${text}`);
+  a.send(`/msg ${b.id} windows line end\r`);
+  a.end();
+  expect(await a.exited()).toBe(0);
+  await waitFor(() => b.events.filter((e) => e.event === "message").length === 2, "two messages at b");
+  expect(b.events.filter((e) => e.event === "message").map((e) => e.text)).toEqual([text, "windows line end"]);
+  expect(a.events.map((e) => e.event)).not.toContain("list");
+  b.end();
+  expect(await b.exited()).toBe(0);
+});
