@@ -12,7 +12,7 @@ import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
 import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
-import { formatEvent, progressTracker } from "../lib/ui/format.ts";
+import { formatEvent, jsonLine, progressTracker } from "../lib/ui/format.ts";
 import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
@@ -97,7 +97,7 @@ export const chatCommand = defineCommand({
       let failedLine = "";
       const emit = (e: ChatEvent) => {
         if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
-        if (json) out(`${JSON.stringify(e)}\n`);
+        if (json) out(`${jsonLine(e)}\n`);
         const line = formatEvent(e);
         if (!line) return;
         if (interactive) {

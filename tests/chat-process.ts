@@ -9,6 +9,8 @@ export interface ChatProcess {
   proc: Subprocess<"pipe", "pipe", "pipe">;
   /** The JSON event lines read so far, parsed. */
   events: Record<string, unknown>[];
+  /** The same lines as written. */
+  lines: string[];
   /** Everything the process wrote to stderr so far. */
   stderr(): string;
   /** Its ID from the `ready` event ("" if it exited before joining). */
@@ -49,6 +51,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
   });
   running.push(proc);
   const events: Record<string, unknown>[] = [];
+  const lines: string[] = [];
   let err = "";
   const reader = proc.stdout.getReader();
   const out = (async () => {
@@ -58,6 +61,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
       buf += dec.decode(r.value, { stream: true });
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
+        lines.push(buf.slice(0, nl));
         events.push(JSON.parse(buf.slice(0, nl)));
         buf = buf.slice(nl + 1);
       }
@@ -70,6 +74,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
   const c: ChatProcess = {
     proc,
     events,
+    lines,
     stderr: () => err,
     id: "",
     send(line) {

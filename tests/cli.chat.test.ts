@@ -156,3 +156,21 @@ test("regression: scripted input lines end at \\n only: U+2028, U+2029 or a lone
   b.end();
   expect(await b.exited()).toBe(0);
 });
+
+// With the terminal's fix (lib/ui/format.ts, tests/cli.interactive.test.ts): the
+// JSON output stays exact, and escapes what would act on a terminal showing it.
+test("--json keeps a peer's text exact but writes bidi controls, line separators and C1 controls as \\u escapes", async () => {
+  const a = await chat();
+  const b = await chat();
+  const text = "hi \u202Eevil\u2066x\u2069 \u2028next\u2029 \u0085 \u200F.";
+  a.send(`/connect ${b.id}`);
+  a.send(`/msg ${b.id} ${text}`);
+  expect((await b.event((e) => e.event === "message", "message at b")).text).toBe(text);
+  const line = b.lines.find((l) => l.includes('"message"'))!;
+  expect(line).toContain("\\u202eevil\\u2066x\\u2069 \\u2028next\\u2029 \\u0085 \\u200f.");
+  expect(line).not.toMatch(/[\u0085\u200f\u2028\u2029\u202e\u2066\u2069]/);
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(0);
+  expect(await b.exited()).toBe(0);
+});
