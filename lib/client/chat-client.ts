@@ -345,6 +345,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   }
 
   function onRelayFrame(f: Frame): void {
+    // Closing: sessions are erased, so a peer's answer still in flight (to a
+    // cancel, say) has nothing left to go to. Dropped without a word.
+    if (closing) return;
     switch (f.t) {
       case "msg":
         return onMsg(f.src, f.body);
