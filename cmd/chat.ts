@@ -2,7 +2,7 @@
 // (lib/client) to the interactive prompt or to scripted stdin/--json mode.
 import { defineCommand } from "citty";
 import { accessSync, constants, statSync } from "node:fs";
-import readline from "node:readline";
+import { constants as osConstants } from "node:os";
 import { resolve } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { parseSize } from "../lib/cli/size.ts";
@@ -12,8 +12,8 @@ import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
 import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
-import { formatEvent, progressTracker } from "../lib/ui/format.ts";
-import { startTerminal } from "../lib/ui/terminal.ts";
+import { formatEvent, jsonLine, progressTracker } from "../lib/ui/format.ts";
+import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
@@ -52,23 +52,64 @@ export const chatCommand = defineCommand({
       const interactive = Boolean(process.stdin.isTTY) && !json;
       const dh = startDhEngine();
 
-      let terminal: ReturnType<typeof startTerminal> | null = null;
+      let terminal: Terminal | null = null;
+      let client: ChatClient | null = null;
+      let exiting = false;
+      const running: Promise<boolean>[] = [];
+      /** Erases every key and exits; transfers still running are cancelled (temporary files removed, peers told). */
+      const finish = async (code: number) => {
+        if (exiting) return;
+        exiting = true;
+        terminal?.close();
+        try {
+          await client?.close();
+        } finally {
+          dh.close();
+        }
+        process.exit(code);
+      };
+      // SIGINT, SIGTERM, SIGHUP: the same, with the exit code of a process killed
+      // by that signal (130, 143, 129); a second signal exits at once.
+      for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+        const code = 128 + osConstants.signals[signal];
+        process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
+      }
+      // A reader that went away (`| head -1`, `| grep -m1`) ends us like any
+      // filter: quietly, with 141 as for SIGPIPE. Nothing more is written there.
+      let stdoutOpen = true;
+      process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+        stdoutOpen = false;
+        if (err.code !== "EPIPE") process.stderr.write(`smts: cannot write to stdout: ${err.code ?? err.message}\n`);
+        void finish(err.code === "EPIPE" ? 128 + osConstants.signals.SIGPIPE : 1);
+      });
+      const out = (text: string) => {
+        if (stdoutOpen) process.stdout.write(text);
+      };
+
       const print = (line: string) => {
         if (json) process.stderr.write(`${line}\n`);
         else if (terminal) terminal.print(line);
-        else process.stdout.write(`${line}\n`);
+        else out(`${line}\n`);
       };
       const progress = progressTracker();
+      // A failed key exchange is reported as `session failed` and again as the
+      // error of the command that waited for it: the terminal shows it once.
+      let failedLine = "";
       const emit = (e: ChatEvent) => {
         if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
-        if (json) process.stdout.write(`${JSON.stringify(e)}\n`);
+        if (json) out(`${jsonLine(e)}\n`);
         const line = formatEvent(e);
-        if (line && !json) print(line);
-        else if (line && json && e.event === "error") process.stderr.write(`${line}\n`);
+        if (!line) return;
+        if (interactive) {
+          const repeated = e.event === "error" && line === failedLine;
+          failedLine = e.event === "session" && e.state === "failed" ? line : "";
+          if (!repeated) print(line);
+        }
+        // Scripts: stdout carries events (or, without --json, their lines); each failure is one line on stderr.
+        else if (e.event === "error" || e.event === "disconnected") process.stderr.write(`${line}\n`);
+        else if (!json) out(`${line}\n`);
       };
 
-      let client: ChatClient;
-      let exiting = false;
       try {
         client = await startChat({ host, port, secret: secret ? secretBytes(secret) : null, dh, onEvent: emit, downloadDir, maxFileSize });
       } catch (err) {
@@ -76,19 +117,17 @@ export const chatCommand = defineCommand({
         if (err instanceof JoinError) throw new Failure(err.message);
         throw err;
       }
-      client.closed.then(() => {
+      // The relay went away: every transfer failed with it; report the commands that
+      // failed (a /send under way) before exiting 1 (its `disconnected` line says why).
+      client.closed.then(async () => {
         if (exiting) return;
+        exiting = true;
+        await Promise.allSettled(running);
+        terminal?.close();
         dh.close();
         process.exit(1);
       });
 
-      const finish = async (code: number) => {
-        exiting = true;
-        await client.close();
-        dh.close();
-        process.exit(code);
-      };
-      const running: Promise<boolean>[] = [];
       const ctx = { client, emit, print, scripted: !interactive, sessionTimeoutMs: timeoutMs, background: (p: Promise<boolean>) => void running.push(p) };
 
       if (interactive) {
@@ -104,8 +143,7 @@ export const chatCommand = defineCommand({
       }
       // Scripted: commands run in order; at end of input, drain and exit.
       let failures = 0;
-      const rl = readline.createInterface({ input: process.stdin, terminal: false });
-      for await (const line of rl) {
+      for await (const line of inputLines(process.stdin)) {
         const command = parseCommand(line);
         if (command.kind === "exit") break;
         if (!(await execute(command, ctx))) failures++;
@@ -120,3 +158,20 @@ export const chatCommand = defineCommand({
   },
 });
 
+/**
+ * The lines of `input`, split at "\n" only (a "\r" before it is dropped). Bun's
+ * readline also ends a line at a lone "\r" and at U+2028/U+2029, so a text a bot
+ * passes on in `/msg ID text` could end its line early and run the rest as a command.
+ */
+async function* inputLines(input: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+  const decoder = new TextDecoder();
+  let buf = "";
+  for await (const chunk of input) {
+    buf += decoder.decode(chunk, { stream: true });
+    let start = 0;
+    for (let nl; (nl = buf.indexOf("\n", start)) >= 0; start = nl + 1) yield buf.slice(start, buf[nl - 1] === "\r" ? nl - 1 : nl);
+    buf = buf.slice(start);
+  }
+  buf += decoder.decode();
+  if (buf) yield buf;
+}

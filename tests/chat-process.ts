@@ -9,6 +9,8 @@ export interface ChatProcess {
   proc: Subprocess<"pipe", "pipe", "pipe">;
   /** The JSON event lines read so far, parsed. */
   events: Record<string, unknown>[];
+  /** The same lines as written. */
+  lines: string[];
   /** Everything the process wrote to stderr so far. */
   stderr(): string;
   /** Its ID from the `ready` event ("" if it exited before joining). */
@@ -17,6 +19,8 @@ export interface ChatProcess {
   send(line: string): void;
   /** Ends its stdin (end of input). */
   end(): void;
+  /** Stops reading its stdout and closes the pipe, as `| head -1` does when it has its line. */
+  closeStdout(): Promise<void>;
   /** Resolves with the exit code once the process exited and all its output was read. */
   exited(): Promise<number>;
   /** Waits for the first event matching `match`. */
@@ -47,14 +51,17 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
   });
   running.push(proc);
   const events: Record<string, unknown>[] = [];
+  const lines: string[] = [];
   let err = "";
+  const reader = proc.stdout.getReader();
   const out = (async () => {
     let buf = "";
     const dec = new TextDecoder();
-    for await (const chunk of proc.stdout) {
-      buf += dec.decode(chunk, { stream: true });
+    for (let r; !(r = await reader.read()).done; ) {
+      buf += dec.decode(r.value, { stream: true });
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
+        lines.push(buf.slice(0, nl));
         events.push(JSON.parse(buf.slice(0, nl)));
         buf = buf.slice(nl + 1);
       }
@@ -67,6 +74,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
   const c: ChatProcess = {
     proc,
     events,
+    lines,
     stderr: () => err,
     id: "",
     send(line) {
@@ -74,6 +82,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
       proc.stdin.flush();
     },
     end: () => void proc.stdin.end(),
+    closeStdout: () => reader.cancel(),
     async exited() {
       const code = await proc.exited;
       await Promise.all([out, errDone]);

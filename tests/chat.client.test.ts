@@ -4,11 +4,13 @@ import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import type { Relay } from "../lib/relay/server.ts";
-import { SECRET, startTestRelay, waitFor } from "./helpers.ts";
+import { SECRET, startTestRelay, tempDirs, waitFor, writeTestFile } from "./helpers.ts";
+import { msgFrame, startMitm } from "./mitm.ts";
 
 let relay: Relay;
 const engines: DhEngine[] = [];
 const clients: ChatClient[] = [];
+const temp = tempDirs("smts-client-");
 beforeAll(() => void (relay = startTestRelay()));
 afterAll(async () => {
   for (const e of engines) e.close();
@@ -16,13 +18,15 @@ afterAll(async () => {
 });
 afterEach(async () => {
   for (const c of clients.splice(0)) await c.close().catch(() => {});
+  temp.removeAll();
 });
 
-async function client(hook: (e: ChatEvent) => void = () => {}) {
+async function client(hook: (e: ChatEvent) => void = () => {}, port = relay.port) {
   const events: ChatEvent[] = [];
   if (engines.length < 2) engines.push(startDhEngine());
   const dh = engines[clients.length % 2]!;
-  const c = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: (e) => void (events.push(e), hook(e)) });
+  // Files received land in a temporary directory, never in the working directory.
+  const c = await startChat({ host: "127.0.0.1", port, secret: SECRET, dh, onEvent: (e) => void (events.push(e), hook(e)), downloadDir: temp.make() });
   clients.push(c);
   const of = <K extends ChatEvent["event"]>(kind: K) => events.filter((e): e is Extract<ChatEvent, { event: K }> => e.event === kind);
   return { c, events, of };
@@ -117,4 +121,43 @@ test("a broken DH engine fails /connect with a clear error instead of crashing o
     (err: Error) => err.message,
   );
   expect(outcome).toContain("worker failed to load");
+});
+
+// Regression test (lib/client/chat-client.ts): an event handler that threw
+// while close() cancelled transfers (the terminal's closed prompt did) stopped
+// close() there: sessions not erased, the relay connection left open.
+test("regression: close() with an event handler that throws still erases every session and leaves the relay; the error comes out at the end", async () => {
+  let throwing = false;
+  const a = await client(() => {
+    if (throwing) throw new Error("handler failed");
+  });
+  const b = await client();
+  await a.c.connect(b.c.id);
+  const src = writeTestFile(temp.make(), "f.bin", 1000);
+  a.c.sendFile(b.c.id, src.path).catch(() => {}); // offered: close() cancels it, an event for the handler
+  throwing = true;
+  expect(await a.c.close().then(() => "closed", (err: Error) => err.message)).toBe("handler failed");
+  expect(a.c.fingerprint(b.c.id)).toBeNull(); // its keys are erased
+  await waitFor(() => b.of("peer").find((e) => e.id === a.c.id && !e.online), "a gone at b");
+});
+
+// Regression test (lib/client/chat-client.ts): close() erases the sessions,
+// and a peer's record still in flight (its answer to a /cancel, say) was then
+// reported as "encrypted record from ... without a session: ignored".
+test("regression: frames arriving while close() runs are dropped without an event", async () => {
+  const mitm = startMitm(relay.port);
+  try {
+    const a = await client(() => {}, mitm.port);
+    const b = await client();
+    await a.c.connect(b.c.id);
+    const pipe = mitm.pipe(a.c.id);
+    const before = a.events.length;
+    const closing = a.c.close();
+    // Written before a half-closes its connection, so a reads them before it closes: a record, and a peer joining.
+    pipe.injectToClient(msgFrame(b.c.id, { t: "rec", n: 1, ct: new Uint8Array(32), mac: new Uint8Array(32) }), { t: "joined", id: "zzzzzzzz" });
+    await closing;
+    expect(a.events.slice(before)).toEqual([]);
+  } finally {
+    mitm.stop();
+  }
 });

@@ -85,3 +85,92 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
   expect(errors[1]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
 });
+
+// Regression test (cmd/chat.ts): without --json, a failed scripted command's
+// line went to stdout and stderr stayed empty, though the exit code table
+// promises one line on stderr.
+test("regression: scripted without --json, a failed command's line is on stderr (exit 1); stdout keeps the ordinary lines", async () => {
+  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`], {
+    stdin: new TextEncoder().encode("/bogus\n/list\n"),
+    stdout: "pipe",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT },
+  });
+  const [code, stdout, stderr] = await Promise.all([proc.exited, new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+  expect(code).toBe(1);
+  expect(stderr).toBe("! unknown command /bogus (try /help)\n");
+  expect(stdout).toStartWith("Your ID: ");
+  expect(stdout).not.toContain("unknown command");
+  expect(stdout).toContain("no other peers online"); // /list still answered after the failure
+});
+
+// Regression test (lib/ui/execute.ts, lib/client/chat-client.ts): /msg and
+// /send to one's own ID waited the whole --timeout and then said `timeout`;
+// an offline ID gave a `session failed` plus two `unknown_peer` errors.
+test("regression: /msg, /send and /connect to one's own ID fail at once (bad_peer); /connect to an offline ID is one error (and its session failed event)", async () => {
+  const a = await chat(["--timeout", "1"]);
+  a.send(`/msg ${a.id} hi`);
+  a.send(`/send ${a.id} ${ROOT}package.json`);
+  a.send(`/connect ${a.id}`);
+  a.send("/connect 00000000");
+  a.end();
+  expect(await a.exited()).toBe(1);
+  const own = { event: "error", code: "bad_peer", message: "that is your own ID" };
+  expect(a.events.filter((e) => e.event === "error")).toEqual([own, own, own, { event: "error", code: "unknown_peer", message: "00000000 is not online", peer: "00000000" }]);
+  expect(a.events.filter((e) => e.event === "session")).toEqual([{ event: "session", peer: "00000000", state: "failed", reason: "00000000 is not online" }]);
+  expect(a.stderr().trim().split("\n")).toEqual([...Array(3).fill("! that is your own ID"), "! 00000000 is not online"]);
+});
+
+// Regression test (lib/client/chat-client.ts): a --timeout beyond setTimeout's
+// limit (2^31-1 ms) overflowed to 1 ms, so scripted waits failed at once.
+test("regression: --timeout 3000000 (beyond the longest timer) still waits for the session", async () => {
+  const a = await chat(["--timeout", "3000000"]);
+  const b = await chat();
+  a.send(`/msg ${b.id} waited for`); // no session yet: waits
+  b.send(`/connect ${a.id}`);
+  const outcome = await waitFor(() => b.events.find((e) => e.event === "message") ?? a.events.find((e) => e.event === "error"), "the message at b, or an error at a");
+  expect(outcome).toMatchObject({ event: "message", text: "waited for" });
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(0);
+  expect(a.events.filter((e) => e.event === "error")).toEqual([]);
+  expect(a.stderr()).toBe(""); // no TimeoutOverflowWarning
+  expect(await b.exited()).toBe(0);
+});
+
+// Regression test (cmd/chat.ts): scripted input was read with Bun's readline,
+// which also ends a line at U+2028, U+2029 and a lone "\r" (Node's ends it at
+// "\r" too): the rest of a /msg text ran as a command.
+test("regression: scripted input lines end at \\n only: U+2028, U+2029 or a lone \\r in a /msg text does not start a command", async () => {
+  const a = await chat();
+  const b = await chat();
+  const text = "one\u2028/list\u2029/bmsg to all\r/connect zzzzzzzz";
+  a.send(`/connect ${b.id}`);
+  a.send(`/msg ${b.id} ${text}`);
+  a.send(`/msg ${b.id} windows line end\r`);
+  a.end();
+  expect(await a.exited()).toBe(0);
+  await waitFor(() => b.events.filter((e) => e.event === "message").length === 2, "two messages at b");
+  expect(b.events.filter((e) => e.event === "message").map((e) => e.text)).toEqual([text, "windows line end"]);
+  expect(a.events.map((e) => e.event)).not.toContain("list");
+  b.end();
+  expect(await b.exited()).toBe(0);
+});
+
+// With the terminal's fix (lib/ui/format.ts, tests/cli.interactive.test.ts): the
+// JSON output stays exact, and escapes what would act on a terminal showing it.
+test("--json keeps a peer's text exact but writes bidi controls, line separators and C1 controls as \\u escapes", async () => {
+  const a = await chat();
+  const b = await chat();
+  const text = "hi \u202Eevil\u2066x\u2069 \u2028next\u2029 \u0085 \u200F.";
+  a.send(`/connect ${b.id}`);
+  a.send(`/msg ${b.id} ${text}`);
+  expect((await b.event((e) => e.event === "message", "message at b")).text).toBe(text);
+  const line = b.lines.find((l) => l.includes('"message"'))!;
+  expect(line).toContain("\\u202eevil\\u2066x\\u2069 \\u2028next\\u2029 \\u0085 \\u200f.");
+  expect(line).not.toMatch(/[\u0085\u200f\u2028\u2029\u202e\u2066\u2069]/);
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(0);
+  expect(await b.exited()).toBe(0);
+});

@@ -1,18 +1,23 @@
 // The interactive prompt in a real pseudo-terminal (driven by tests/pty-driver.py):
 // a message arriving while the user types prints above the prompt and the
-// half-typed line survives; mistakes get one line, never a stack trace.
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { startChat, type ChatEvent } from "../lib/client/chat-client.ts";
+// half-typed line survives; mistakes get one line, never a stack trace;
+// quitting while a file arrives cancels it cleanly.
+import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
+import { readdirSync } from "node:fs";
+import { ChatError, startChat, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import type { Relay } from "../lib/relay/server.ts";
-import { ROOT, SECRET, SECRET_TEXT, startTestRelay, waitFor } from "./helpers.ts";
+import { ROOT, SECRET, SECRET_TEXT, startTestRelay, tempDirs, waitFor, writeTestFile } from "./helpers.ts";
 
+setDefaultTimeout(60_000);
 let relay: Relay;
+const temp = tempDirs("smts-cli-pty-");
 beforeAll(() => void (relay = startTestRelay()));
 afterAll(async () => relay.stop());
+afterEach(() => temp.removeAll());
 
-function ptyChat(port: number) {
-  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`], {
+function ptyChat(port: number, args: string[] = []) {
+  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`, ...args], {
     stdin: "pipe",
     stdout: "pipe",
     stderr: "inherit",
@@ -64,6 +69,11 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     await term.expect("not a valid ID");
     await term.type("/msg zzzzzzzz hi\r");
     await term.expect("no session with zzzzzzzz: /connect zzzzzzzz first");
+    // A failed /connect is a `session failed` event and the command's error: one line.
+    await term.type("/connect 00000000\r");
+    await term.expect("00000000 is not online");
+    await term.type("/verify 00000000\r");
+    expect(await term.expect("no session with 00000000 to verify")).not.toContain("is not online");
     const escape = "\u001b]0;pwned\u0007\u001b[2J";
     peer.sendText(id, `evil${escape}text`);
     const shown = await term.expect("evil.*text");
@@ -72,6 +82,65 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
   } finally {
     term.proc.kill();
+    await peer.close();
+    dh.close();
+  }
+});
+
+// Regression test (lib/ui/format.ts): message text was stripped of C0/C1
+// controls only, so bidi overrides and line separators from a peer reached
+// the terminal (`/msg B hi \u202Eevil` printed U+202E, reversing what followed).
+test("regression: bidi controls and line separators in a peer's message are neutralised on the terminal", async () => {
+  const dh = startDhEngine();
+  const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: () => {} });
+  const term = ptyChat(relay.port);
+  try {
+    const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
+    await peer.connect(id);
+    await term.expect("secure session with");
+    peer.sendText(id, "hi \u202Eevil\u2066x\u2069\u061C\u200E\u200F\u202A\u2028second\u2029third end");
+    const shown = await term.expect("hi .*end");
+    expect(shown).not.toMatch(/[\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
+    expect(shown).toContain("hi �evil�x����� ↵ second ↵ third end");
+    await term.type("/exit\r");
+    expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
+  } finally {
+    term.proc.kill();
+    await peer.close();
+    dh.close();
+  }
+});
+
+// Regression test (lib/ui/terminal.ts, lib/client/chat-client.ts): Ctrl-D or
+// Ctrl-C at the prompt while a file arrived crashed with "readline was closed"
+// (ERR_USE_AFTER_CLOSE, exit 1): close() cancelled the transfer, whose event
+// redrew the closed prompt, and the throw stopped close() before the keys were
+// erased. Now: the transfer is cancelled (no temporary file, the sender told), exit 0.
+test("regression: Ctrl-D or Ctrl-C at the prompt while a file arrives cancels it cleanly and exits 0", async () => {
+  const dh = startDhEngine();
+  const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: () => {}, maxFileSize: 256 * 1024 * 1024 });
+  const src = writeTestFile(temp.make(), "big.bin", 96 * 1024 * 1024);
+  try {
+    for (const key of ["\u0004", "\u0003"]) {
+      const dl = temp.make();
+      const term = ptyChat(relay.port, ["--download-dir", dl, "--max-file-size", "256MiB"]);
+      try {
+        const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
+        await peer.connect(id);
+        await term.expect("secure session with");
+        const sent = peer.sendFile(id, src.path);
+        sent.catch(() => {});
+        await term.expect("receiving file");
+        await term.expect("big.bin [0-9]+%"); // progress in the prompt: chunks are arriving
+        await term.type(key);
+        expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
+        expect(await sent.then(() => "delivered", (err: ChatError) => err.code)).toBe("cancelled");
+        expect(readdirSync(dl)).toEqual([]);
+      } finally {
+        term.proc.kill();
+      }
+    }
+  } finally {
     await peer.close();
     dh.close();
   }

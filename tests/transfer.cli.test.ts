@@ -29,17 +29,17 @@ afterEach(() => {
 
 const env = { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT };
 
-const chat = (cwd: string, args: string[] = []) => spawnChat(relay.port, args, { cwd, timeoutMs: LONG });
+const chat = (cwd: string, args: string[] = [], port = relay.port) => spawnChat(port, args, { cwd, timeoutMs: LONG });
 
 const ofKind = (c: ChatProcess, kind: string) => c.events.filter((e) => e.event === kind);
 
 /** A random `large.bin` of `size` bytes under way from a to b (both limits 128 MiB); b saves into `dl`. */
-async function largeTransfer(size: number) {
+async function largeTransfer(size: number, port = relay.port) {
   const cwd = temp.make();
   const dl = temp.make();
   const src = writeTestFile(cwd, "large.bin", size);
-  const b = await chat(temp.make(), ["--download-dir", dl, "--max-file-size", "128MiB"]);
-  const a = await chat(cwd, ["--max-file-size", "128MiB"]);
+  const b = await chat(temp.make(), ["--download-dir", dl, "--max-file-size", "128MiB"], port);
+  const a = await chat(cwd, ["--max-file-size", "128MiB"], port);
   a.send(`/connect ${b.id}`);
   a.send(`/send ${b.id} ${src.path}`);
   return { a, b, src, dl };
@@ -195,4 +195,61 @@ test("regression: scripted receiver: end of input while a file is arriving → i
   expect(ofKind(b, "file")).toEqual([expect.objectContaining({ name: "large.bin", sha256: src.sha256 })]);
   expect(bCode).toBe(0);
   expect(await a.exited()).toBe(0);
+});
+
+// Regression test (cmd/chat.ts): stdout had no 'error' handler, so once its
+// reader exited (`smts chat --json | head -1`, `| grep -m1 ...`) every event
+// printed an EPIPE stack trace on stderr and the client stayed online for good.
+test("regression: the reader of stdout goes away mid-transfer (`| head -1`): the receiver exits 141 without a word, cancels the transfer (no temporary file left, the sender is told)", async () => {
+  const { a, b, src, dl } = await largeTransfer(96 * MiB);
+  await b.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing into b");
+  await b.closeStdout(); // its stdin stays open, as with `tail -f commands | smts chat ...`
+  expect(await b.exited()).toBe(141);
+  expect(b.stderr()).toBe("");
+  expect(readdirSync(dl)).toEqual([]);
+  await a.event((e) => e.event === "transfer" && e.state === "cancelled", "transfer cancelled at a");
+  a.end();
+  expect(await a.exited()).toBe(1);
+  expect(ofKind(a, "error")).toEqual([expect.objectContaining({ code: "cancelled", peer: b.id })]);
+});
+
+// Regression test (cmd/chat.ts installed no signal handlers): SIGTERM, SIGINT
+// or SIGHUP left the receiver's `.smts-part` file behind, though only SIGKILL
+// and power loss cannot clean up.
+test("regression: SIGTERM, SIGINT or SIGHUP to a receiving client: the transfer is cancelled (no temporary file left, the sender is told), exit 143, 130, 129", async () => {
+  for (const [signal, code] of [["SIGTERM", 143], ["SIGINT", 130], ["SIGHUP", 129]] as const) {
+    const { a, b, src, dl } = await largeTransfer(64 * MiB);
+    await b.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing into b");
+    b.proc.kill(signal);
+    expect([signal, await b.exited()]).toEqual([signal, code]);
+    expect(readdirSync(dl)).toEqual([]);
+    expect(ofKind(b, "transfer").at(-1)).toMatchObject({ direction: "in", state: "cancelled" });
+    expect(b.stderr()).toBe("");
+    await a.event((e) => e.event === "transfer" && e.state === "cancelled", "transfer cancelled at a");
+    a.end();
+    expect(await a.exited()).toBe(1);
+  }
+});
+
+// Regression test (cmd/chat.ts): when the relay went away during a scripted
+// --json /send, the client exited 1 before the failed /send was reported, and
+// nothing was written on stderr (only `error` events were echoed there).
+test("regression: the relay is killed during a scripted --json /send: the sender reports the failed /send (error event) and exits 1 with the reason on stderr", async () => {
+  const own = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const { a, b, src, dl } = await largeTransfer(96 * MiB, own.port);
+    a.end();
+    await a.event((e) => e.event === "progress" && (e.bytes as number) > 0 && (e.bytes as number) < src.size, "the file flowing out of a");
+    own.proc.kill("SIGKILL");
+    expect(await a.exited()).toBe(1);
+    expect(ofKind(a, "error")).toEqual([expect.objectContaining({ code: "failed", peer: b.id, message: expect.stringContaining("disconnected from relay") })]);
+    expect(ofKind(a, "disconnected")).toHaveLength(1);
+    const lines = a.stderr().trim().split("\n");
+    expect(lines).toEqual([expect.stringMatching(/^! disconnected from relay: /), expect.stringMatching(/^! sending large\.bin to .*disconnected from relay/)]);
+    expect(await b.exited()).toBe(1);
+    expect(b.stderr().trim().split("\n")).toEqual([expect.stringMatching(/^! disconnected from relay: /)]);
+    expect(readdirSync(dl)).toEqual([]);
+  } finally {
+    own.proc.kill("SIGKILL");
+  }
 });

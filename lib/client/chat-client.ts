@@ -56,6 +56,8 @@ interface Session {
 
 /** A batch record carries at most this much content, so it stays well inside a frame. */
 const BATCH_BYTES = 32 * 1024;
+/** The longest wait a timer allows (setTimeout fires at once beyond it); longer waits are cut to this. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 interface Waiter {
   resolve(): void;
@@ -112,12 +114,24 @@ export interface ChatClient {
 }
 
 export async function startChat(opts: ChatOptions): Promise<ChatClient> {
-  const { dh, onEvent: emit } = opts;
+  const { dh } = opts;
   const online = new Set<string>();
   const sessions = new Map<string, Session>();
   const waiters = new Map<string, Waiter[]>();
   let link: Link;
   let closing = false;
+  // While closing, an event handler that throws (a user interface already shut
+  // down) must not stop close() half-way, before the keys are erased: the
+  // first such error is rethrown once close() has done everything.
+  let closeError: unknown = null;
+  const emit = (e: ChatEvent) => {
+    if (!closing) return opts.onEvent(e);
+    try {
+      opts.onEvent(e);
+    } catch (err) {
+      closeError ??= err;
+    }
+  };
 
   const sendE2E = (to: string | string[], frame: Frame) => link.send(to, new PackedBin(frame));
   const congested = () => link.backlog > CONGESTED_BACKLOG;
@@ -342,6 +356,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   }
 
   function onRelayFrame(f: Frame): void {
+    // Closing: sessions are erased, so a peer's answer still in flight (to a
+    // cancel, say) has nothing left to go to. Dropped without a word.
+    if (closing) return;
     switch (f.t) {
       case "msg":
         return onMsg(f.src, f.body);
@@ -361,13 +378,16 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;
         if (f.code === "unknown_peer" && peer) {
-          const known = online.has(peer) || exchanges.has(peer) || sessions.has(peer);
+          // A key exchange or session with the peer ends here, and says so
+          // (`session failed`/`closed`, and the error of a command waiting for it).
+          const reported = exchanges.has(peer) || sessions.has(peer);
+          const known = online.has(peer) || reported;
           online.delete(peer);
           exchanges.fail(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
           if (sessions.has(peer)) dropSession(peer, "is no longer online");
           // Frames in flight when a peer left come back one by one (a file's
           // chunks: one per 128 KiB); its departure was reported once already.
-          if (!known) return;
+          if (!known || reported) return;
         }
         emit({ event: "error", code: safeText(f.code, 32), message: `relay: ${safeText(f.message)}`, ...(peer ? { peer } : {}) });
         return;
@@ -380,6 +400,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const closed = link.closed.then((reason) => {
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
     for (const peer of exchanges.peers()) exchanges.fail(peer, new ChatError("disconnected", "disconnected from relay", peer));
+    transfers.abandon(null, "disconnected from relay"); // each went with its session above: none is left waiting
     if (!closing) emit({ event: "disconnected", ...reason });
     return reason;
   });
@@ -387,6 +408,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   /** Resolves when the next exchange with `peer` completes; rejects if it fails. */
   function nextSession(peer: string, timeoutMs: number): Promise<void> {
+    timeoutMs = Math.min(timeoutMs, MAX_TIMER_MS);
     return new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         waiters.set(peer, (waiters.get(peer) ?? []).filter((x) => x !== w));
@@ -503,6 +525,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       await link.drained(0);
       link.close();
       await closed;
+      if (closeError) throw closeError;
     },
     closed,
   };

@@ -22,6 +22,8 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
     emit({ event: "error", code, message, ...(peer ? { peer } : {}) });
     return false;
   };
+  // Fails at once (a scripted /msg would otherwise wait --timeout for a session with ourselves).
+  if ("peer" in cmd && cmd.peer === client.id) return fail("bad_peer", "that is your own ID");
   try {
     switch (cmd.kind) {
       case "empty":

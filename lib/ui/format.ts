@@ -1,13 +1,25 @@
 // Human-readable lines for chat events. Peer-controlled text is stripped of
 // control characters first, so a message cannot move the cursor, recolour
-// the terminal or fake a line from someone else.
+// the terminal, reorder what is shown or fake a line from someone else.
 import type { ChatEvent, PeerInfo } from "../client/chat-client.ts";
 import { formatSize } from "../cli/size.ts";
 
-// C0 and C1 controls and DEL, except tab; newlines become "↵".
-const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/g;
+// Bidirectional-text controls (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069):
+// they reorder what follows them on the line, so "txt.exe" could show as "exe.txt".
+const BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069";
+// C0 and C1 controls and DEL, except tab, and the bidi controls; line breaks
+// (also the line and paragraph separators U+2028/U+2029) become "↵".
+const CONTROLS = new RegExp(`[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f${BIDI}]`, "g");
 export function sanitize(text: string): string {
-  return text.replace(/\r?\n/g, " ↵ ").replace(CONTROLS, "�");
+  return text.replace(/\r?\n|[\u2028\u2029]/g, " ↵ ").replace(CONTROLS, "�");
+}
+
+// JSON.stringify leaves these raw; escaped, the text stays exact for a JSON
+// reader, and a terminal or a line splitter that breaks at U+2028 sees none.
+const JSON_RAW = new RegExp(`[\\u007f-\\u009f\\u2028\\u2029${BIDI}]`, "g");
+/** One NDJSON line (without the newline) for --json output. */
+export function jsonLine(e: ChatEvent): string {
+  return JSON.stringify(e).replace(JSON_RAW, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 export function formatPeers(peers: PeerInfo[]): string {
@@ -33,9 +45,9 @@ export function formatEvent(e: ChatEvent): string | null {
         case "rekeyed":
           return `! ${e.peer} made a NEW key exchange: fingerprint is now ${e.fingerprint} (not verified). Compare it again before trusting it.`;
         case "closed":
-          return `* session with ${e.peer} closed (${e.reason}); its keys are erased`;
+          return `* session with ${e.peer} closed (${sanitize(e.reason ?? "")}); its keys are erased`;
         case "failed":
-          return `! ${e.reason}`;
+          return `! ${sanitize(e.reason ?? "")}`;
       }
       return null;
     case "message":
@@ -45,7 +57,7 @@ export function formatEvent(e: ChatEvent): string | null {
     case "error":
       return `! ${sanitize(e.message)}`;
     case "disconnected":
-      return `! disconnected from relay: ${e.message}`;
+      return `! disconnected from relay: ${sanitize(e.message)}`;
     case "transfer": {
       const what = `${e.direction === "out" ? "to" : "from"} ${e.peer}: ${sanitize(e.name)} (${formatSize(e.size)}, id ${e.id})`;
       switch (e.state) {
