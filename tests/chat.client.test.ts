@@ -84,6 +84,21 @@ test("many messages in one burst arrive in order (batched records), interleaved 
   expect(a.of("message")[999]!.text).toBe("b2997");
 });
 
+test("an event handler that throws on a message costs that message, reported as an error; the connection and the session go on", async () => {
+  const a = await client();
+  const b = await client((e) => {
+    if (e.event === "message" && e.text === "boom") throw new Error("handler broke");
+  });
+  await a.c.connect(b.c.id);
+  a.c.sendText(b.c.id, "boom");
+  await waitFor(() => b.of("error").length === 1, "error event");
+  a.c.sendText(b.c.id, "after");
+  await waitFor(() => b.of("message").length === 2, "second message");
+  expect(b.of("message").map((m) => m.text)).toEqual(["boom", "after"]);
+  expect(b.of("error")).toEqual([{ event: "error", code: "internal", message: `handling a message from ${a.c.id} failed: handler broke`, peer: a.c.id }]);
+  expect(b.of("disconnected")).toEqual([]);
+});
+
 test("a message too long for one frame is refused locally with a clear error", async () => {
   const a = await client();
   const b = await client();

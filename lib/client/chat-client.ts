@@ -348,10 +348,17 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       emit({ event: "error", code: "malformed", message: `malformed message from ${from}`, peer: from });
       return;
     }
-    if (m.t === "rec") return onRecord(from, m);
-    if (m.t === "brec") return onBroadcastRecord(from, m);
-    if (m.t === "chunk") return transfers.onChunk(from, m);
-    if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void exchanges.onFrame(from, m);
+    // One peer's message must not cost us the relay connection (the link closes
+    // when a frame's handling throws): a failure here, a bug or an event handler
+    // that throws, is reported and the next message is handled as usual.
+    try {
+      if (m.t === "rec") return onRecord(from, m);
+      if (m.t === "brec") return onBroadcastRecord(from, m);
+      if (m.t === "chunk") return transfers.onChunk(from, m);
+      if (m.t === "hello" || m.t === "reply" || m.t === "reveal" || m.t === "confirm") return void exchanges.onFrame(from, m);
+    } catch (err) {
+      return emit({ event: "error", code: "internal", message: `handling a message from ${from} failed: ${(err as Error).message}`, peer: from });
+    }
     emit({ event: "error", code: "malformed", message: `unknown message type from ${from}`, peer: from });
   }
 
