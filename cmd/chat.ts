@@ -74,20 +74,26 @@ export const chatCommand = defineCommand({
         const code = 128 + osConstants.signals[signal];
         process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
       }
+      // A broken stderr only loses the failure lines; the chat goes on (and ends) as it would.
+      let stderrOpen = true;
+      process.stderr.on("error", () => void (stderrOpen = false));
+      const err = (text: string) => {
+        if (stderrOpen) process.stderr.write(text);
+      };
       // A reader that went away (`| head -1`, `| grep -m1`) ends us like any
       // filter: quietly, with 141 as for SIGPIPE. Nothing more is written there.
       let stdoutOpen = true;
-      process.stdout.on("error", (err: NodeJS.ErrnoException) => {
+      process.stdout.on("error", (e: NodeJS.ErrnoException) => {
         stdoutOpen = false;
-        if (err.code !== "EPIPE") process.stderr.write(`smts: cannot write to stdout: ${err.code ?? err.message}\n`);
-        void finish(err.code === "EPIPE" ? 128 + osConstants.signals.SIGPIPE : 1);
+        if (e.code !== "EPIPE") err(`smts: cannot write to stdout: ${e.code ?? e.message}\n`);
+        void finish(e.code === "EPIPE" ? 128 + osConstants.signals.SIGPIPE : 1);
       });
       const out = (text: string) => {
         if (stdoutOpen) process.stdout.write(text);
       };
 
       const print = (line: string) => {
-        if (json) process.stderr.write(`${line}\n`);
+        if (json) err(`${line}\n`);
         else if (terminal) terminal.print(line);
         else out(`${line}\n`);
       };
@@ -106,7 +112,7 @@ export const chatCommand = defineCommand({
           if (!repeated) print(line);
         }
         // Scripts: stdout carries events (or, without --json, their lines); each failure is one line on stderr.
-        else if (e.event === "error" || e.event === "disconnected") process.stderr.write(`${line}\n`);
+        else if (e.event === "error" || e.event === "disconnected") err(`${line}\n`);
         else if (!json) out(`${line}\n`);
       };
 

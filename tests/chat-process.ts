@@ -21,6 +21,8 @@ export interface ChatProcess {
   end(): void;
   /** Stops reading its stdout and closes the pipe, as `| head -1` does when it has its line. */
   closeStdout(): Promise<void>;
+  /** The same for its stderr (`2>&1 | head -1`, or a log reader that died). */
+  closeStderr(): Promise<void>;
   /** Resolves with the exit code once the process exited and all its output was read. */
   exited(): Promise<number>;
   /** Waits for the first event matching `match`. */
@@ -67,9 +69,10 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
       }
     }
   })();
+  const errReader = proc.stderr.getReader();
   const errDone = (async () => {
     const dec = new TextDecoder();
-    for await (const chunk of proc.stderr) err += dec.decode(chunk, { stream: true });
+    for (let r; !(r = await errReader.read()).done; ) err += dec.decode(r.value, { stream: true });
   })();
   const c: ChatProcess = {
     proc,
@@ -83,6 +86,7 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
     },
     end: () => void proc.stdin.end(),
     closeStdout: () => reader.cancel(),
+    closeStderr: () => errReader.cancel(),
     async exited() {
       const code = await proc.exited;
       await Promise.all([out, errDone]);

@@ -86,6 +86,18 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
   expect(a.stderr()).not.toContain("    at "); // no stack traces
 });
 
+// stdout's reader going away ends the client (exit 141, in transfer.cli.test.ts);
+// stderr's only loses the failure lines.
+test("with stderr's reader gone, a failure line is dropped and the client goes on with the next command", async () => {
+  const a = await chat();
+  await a.closeStderr();
+  a.send("/frobnicate");
+  a.send("/list");
+  a.end();
+  expect(await a.exited()).toBe(1);
+  expect(a.events.map((e) => e.event)).toEqual(["ready", "error", "list"]);
+});
+
 // Regression test (cmd/chat.ts): without --json, a failed scripted command's
 // line went to stdout and stderr stayed empty, though the exit code table
 // promises one line on stderr.
