@@ -6,6 +6,7 @@
 // decrypt the `skey` records they are given, so a test can try those keys on
 // broadcast records sent after they left or before they joined.
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
+import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ChatError } from "../lib/client/chat-client.ts";
@@ -426,6 +427,96 @@ describe("re-keying on membership change", () => {
     for (const p of [b, c, d]) expect(p.of("error")).toEqual([]);
   });
 
+  // ---- Broadcasts held for a member's re-key (regressions found in review) ----
+
+  /** s with sessions to `peers`; s re-keys with `held` and the relay holds back its confirm. */
+  async function holdReKey(w: World, s: Party, peers: Party[], held: Party) {
+    await connectAll(s, peers);
+    let confirm: Frame | null = null;
+    w.mitm.toClient = (f, pipe) => {
+      if (confirm || pipe.id !== s.id || !isE2E(f, "confirm", held.id)) return undefined;
+      confirm = f;
+      return null;
+    };
+    s.chat.connect(held.id).catch(() => {});
+    await waitFor(() => confirm, `${held.id}'s confirm (held)`, LONG);
+    return { release: () => w.mitm.pipe(s.id).injectToClient(confirm!) };
+  }
+
+  test("a broadcast held for a re-key goes to the members it was typed for, never to a peer that connected meanwhile", async () => {
+    const w = await start();
+    const s = await w.party();
+    const [b, c] = [await w.party(), await w.party()];
+    const hold = await holdReKey(w, s, [b, c], b);
+    expect(s.chat.broadcastText("for b and c only")).toEqual(ids([b, c]));
+    const d = await w.party(); // did not exist when the text was typed
+    await d.chat.connect(s.id);
+    hold.release();
+    for (const p of [b, c]) await gotText(p, "for b and c only");
+    s.chat.broadcastText("for b, c and d");
+    for (const p of [b, c, d]) await gotText(p, "for b, c and d");
+    expect(d.texts()).toEqual(["for b, c and d"]);
+    for (const p of [b, c, d]) expect(p.of("error")).toEqual([]);
+  });
+
+  test("a broadcast held for a member's re-key goes to the others at once when that member leaves", async () => {
+    const w = await start();
+    const s = await w.party();
+    const [b, c] = [await w.party(), await w.party()];
+    await holdReKey(w, s, [b, c], b);
+    s.chat.broadcastText("X");
+    await b.chat.close();
+    await gotText(c, "X"); // with nothing else happening at s
+    expect(s.of("error")).toEqual([]);
+  });
+
+  test("a broadcast held for its only member's re-key is reported not sent when that member leaves", async () => {
+    const w = await start();
+    const s = await w.party();
+    const b = await w.party();
+    await holdReKey(w, s, [b], b);
+    s.chat.broadcastText("Y");
+    await b.chat.close();
+    await waitFor(() => s.of("error").length, "s: not sent", LONG);
+    expect(s.of("error")).toEqual([{ event: "error", code: "not_sent", message: "1 broadcast text(s) not sent: none of their recipients has a session any more" }]);
+  });
+
+  test("broadcasts and private messages piled up during a re-key are sealed in records that fit a frame, in the order typed", async () => {
+    const w = await start();
+    const s = await w.party();
+    const [b, c] = [await w.party(), await w.party()];
+    const hold = await holdReKey(w, s, [b, c], b);
+    const big = (tag: string, i: number) => `${tag}${i} ${"x".repeat(8000)}`;
+    for (let i = 0; i < 40; i++) s.chat.broadcastText(big("all", i)); // 320 KB: more than one frame
+    for (let i = 0; i < 40; i++) s.chat.sendText(b.id, big("b", i));
+    s.chat.sendText(c.id, "c, after the broadcasts");
+    hold.release();
+    await waitFor(() => b.texts().length === 80, "b: 80 texts", LONG);
+    await gotText(c, "c, after the broadcasts");
+    const all = Array.from({ length: 40 }, (_, i) => big("all", i));
+    expect(b.texts()).toEqual([...all, ...Array.from({ length: 40 }, (_, i) => big("b", i))]);
+    expect(c.texts()).toEqual([...all, "c, after the broadcasts"]);
+    expect(s.of("disconnected")).toEqual([]);
+    for (const f of w.mitm.pipe(s.id).fromClient) expect((f.body as Uint8Array | undefined)?.length ?? 0).toBeLessThan(RELAY_DEFAULTS.maxFrame);
+  });
+
+  test("a member whose session ended on its side only and who connects again gets a new sender key: later broadcasts reach it", async () => {
+    const w = await start();
+    const s = await w.party();
+    const [b, c] = [await w.party(), await w.party()];
+    await connectAll(s, [b, c]);
+    s.chat.broadcastText("one");
+    await gotText(b, "one");
+    w.mitm.pipe(b.id).injectToClient({ t: "left", id: s.id }); // the relay tells b alone that s left
+    await waitFor(() => b.of("session").some((e) => e.peer === s.id && e.state === "closed"), "b: session with s closed", LONG);
+    await b.chat.connect(s.id); // the documented recovery: to s, a re-key
+    await waitFor(() => s.of("session").some((e) => e.peer === b.id && e.state === "rekeyed"), "s: re-keyed with b", LONG);
+    s.chat.broadcastText("two");
+    for (const p of [b, c]) await gotText(p, "two");
+    expect(b.texts()).toEqual(["one", "two"]);
+    expect(b.of("error")).toEqual([]);
+  });
+
   // The sender key is symmetric, so every recipient can make records whose MAC
   // verifies; the per-recipient tags (docs/PROTOCOL.md §35.2, §38) are what stop
   // a recipient colluding with the relay (brief §4 adversary) from making the
@@ -472,6 +563,22 @@ describe("re-keying on membership change", () => {
     await waitFor(() => s.of("error").length > 1, "s: no key for d's broadcast", LONG);
     expect(s.of("error")[1]).toMatchObject({ code: "no_key", peer: d.id });
     expect(s.texts()).toEqual([]);
+  });
+
+  // Regression (found in review): the check compared the `kid` only, which the
+  // member chooses: the same key under a fresh kid was taken.
+  test("a recipient handing the sender's own key back under a new kid is refused as well", async () => {
+    const w = await start();
+    const s = await w.party();
+    const b = await w.party();
+    await connectAll(s, [b]);
+    const d = await w.rawPeer(s);
+    s.chat.broadcastText("genuine");
+    await gotText(b, "genuine");
+    const skey = await d.content((c) => c.t === "skey", "d: the sender key");
+    d.record({ ...skey, kid: randomBytes(16) });
+    await waitFor(() => s.of("error").length > 0, "s: refuses its own key", LONG);
+    expect(s.of("error").map((x) => [x.code, x.message])).toEqual([["malformed", `broadcast key from ${d.id} is our own: ignored`]]);
   });
 });
 

@@ -49,6 +49,24 @@ test("an offer nobody answers fails after the idle timeout", async () => {
   expect(h.events.at(-1)).toMatchObject({ event: "transfer", state: "failed" });
 });
 
+// Regression (found in review): any answer naming the file counted as progress, so one
+// recipient repeating `accept` kept a /bsend (done for the others) open for good.
+test("a recipient that repeats `accept` instead of answering `done` does not keep the transfer open", async () => {
+  const h = harness({ idleTimeoutMs: 300 });
+  const src = join(h.dir, "x.bin");
+  writeFileSync(src, "hello");
+  const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
+  const offer = h.contents.find((c) => c.t === "offer")!;
+  h.t.onContent("abcdefgh", { t: "accept", id: offer.id });
+  await waitFor(() => h.messages.length === 1, "the last chunk");
+  const again = setInterval(() => h.t.onContent("abcdefgh", { t: "accept", id: offer.id }), 50);
+  try {
+    expect(await outcome).toContain("no progress");
+  } finally {
+    clearInterval(again);
+  }
+});
+
 test("a receiver gives up on a sender that stops, and removes its temporary file", async () => {
   const h = harness({ idleTimeoutMs: 200 });
   h.t.onContent("abcdefgh", { t: "offer", id: new Uint8Array(16).fill(1), name: "f", size: 10, key: new Uint8Array(32) });

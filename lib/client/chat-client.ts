@@ -15,7 +15,7 @@ import { joinRelay, type Link, type LinkClose } from "../link/relay-link.ts";
 import { isId } from "../relay/protocol.ts";
 import { longFingerprint, shortFingerprint, type SessionKeys } from "../session/handshake.ts";
 import { ReceiveChain, SendChain } from "../session/records.ts";
-import { acceptSenderKey, eraseOwnKey, erasePeerKey, isUnder, newSenderKey, sealBroadcastRecord, tagValid, type OwnSenderKey, type PeerSenderKey } from "../session/sender-keys.ts";
+import { acceptSenderKey, eraseOwnKey, erasePeerKey, isOwnKey, isUnder, newSenderKey, OWN_KEYS_REMEMBERED, sealBroadcastRecord, tagValid, type OwnSenderKey, type PeerSenderKey } from "../session/sender-keys.ts";
 import { parseChunk } from "../transfer/chunks.ts";
 import { createTransfers, TransferError, type TransferEvent } from "../transfer/transfers.ts";
 import { decodePayload, FrameError, safeText, type Frame } from "../wire/frame.ts";
@@ -50,12 +50,38 @@ interface Session {
   fingerprint: Uint8Array;
   verified: boolean;
   /** Record contents queued in this tick; sealed together (see sealQueued). */
-  queued: Frame[];
+  queued: Queued[];
   queuedBytes: number;
+  /** Contents queued while broadcasts typed before them are held (sealBroadcast): they go after those. */
+  after: Queued[];
 }
 
-/** A batch record carries at most this much content, so it stays well inside a frame. */
+/** A record content and an upper bound on its packed size. */
+interface Queued {
+  item: Frame;
+  bytes: number;
+}
+
+/** A broadcast text and the members it was typed for (sorted): it never goes to anyone else. */
+interface QueuedBroadcast extends Queued {
+  members: string[];
+}
+
+/** A batch record carries at most this much content (more, only a single content), so it stays well inside a frame. */
 const BATCH_BYTES = 32 * 1024;
+
+/** `queue` in order, cut into runs of at most BATCH_BYTES (a longer content alone). */
+function batches<T extends Queued>(queue: T[]): T[][] {
+  const out: T[][] = [];
+  let bytes = 0;
+  for (const q of queue) {
+    if (!out.length || bytes + q.bytes > BATCH_BYTES) out.push([]), (bytes = 0);
+    out.at(-1)!.push(q);
+    bytes += q.bytes;
+  }
+  return out;
+}
+const recordPlain = (run: Queued[]) => pack(run.length === 1 ? run[0]!.item : { t: "batch", items: run.map((q) => q.item) });
 /** The longest wait a timer allows (setTimeout fires at once beyond it); longer waits are cut to this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -171,21 +197,22 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // is sealed on its own, so this changes nothing for interactive use and
   // cuts per-message cost several-fold for scripts that send in bulk.
   function queueContent(s: Session, item: Frame, bytes: number): void {
-    if (broadcastQueue.length) sealBroadcast(); // an earlier broadcast goes first
+    if (broadcastQueue.length) sealBroadcast(); // an earlier broadcast goes first ...
+    if (broadcastQueue.length) return void s.after.push({ item, bytes }); // ... also when it is held
     if (s.queuedBytes + bytes > BATCH_BYTES) sealQueued(s);
-    s.queued.push(item);
+    s.queued.push({ item, bytes });
     s.queuedBytes += bytes;
     if (s.queued.length === 1) queueMicrotask(() => sealQueued(s));
   }
 
+  /** Seals what is queued for `s`, in records of at most BATCH_BYTES (a re-key may have held a lot). */
   function sealQueued(s: Session): void {
     if (!s.queued.length || sessions.get(s.peer) !== s) return;
     if (exchanges.holdsContent(s.peer)) return;
-    const items = s.queued;
+    const queue = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
-    const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
-    link.send(s.peer, new PackedBin(s.send.seal(plain)));
+    for (const run of batches(queue)) link.send(s.peer, new PackedBin(s.send.seal(recordPlain(run))));
   }
 
   // ---- Broadcast (docs/PROTOCOL.md, "Broadcast layer") ----------------------
@@ -196,38 +223,62 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // earlier ones.
   let ownKey: OwnSenderKey | null = null;
   const peerKeys = new Map<string, PeerSenderKey>();
-  let broadcastQueue: Frame[] = [];
-  let broadcastBytes = 0;
+  let broadcastQueue: QueuedBroadcast[] = [];
+  /** Checks of our recent sender keys (keyCheck), newest last: a peer handing one back as its own is refused. */
+  const ownKeyChecks: Uint8Array[] = [];
 
   function broadcastMembers(): string[] {
     return [...sessions.keys()].sort();
   }
 
+  /** Those of `members` that still have a session. */
+  const stillMembers = (members: string[]) => members.filter((p) => sessions.has(p));
+
+  /**
+   * Seals the queued broadcasts, each for the members it was typed for that
+   * still have a session (never for a peer that came later: PROTOCOL §34.2),
+   * then releases the pairwise contents queued behind them.
+   */
   function sealBroadcast(): void {
-    const members = broadcastMembers();
-    // A new key must reach every member before the record under it: wait for
-    // any member whose pairwise content is held (establish/fail call us again).
-    if (members.some(exchanges.holdsContent)) return;
-    const items = broadcastQueue;
+    if (!broadcastQueue.length) return;
+    // A new key must reach every member before the record under it: wait for any
+    // member whose pairwise content is held (establish, failed and dropSession call us again).
+    if (broadcastQueue.some((b) => stillMembers(b.members).some(exchanges.holdsContent))) return;
+    const queue = broadcastQueue;
     broadcastQueue = [];
-    broadcastBytes = 0;
-    if (!items.length || !members.length) return;
-    const set = members.join(",");
-    if (ownKey?.members !== set) {
-      eraseOwnKey(ownKey);
-      const made = newSenderKey(members);
-      members.forEach((p, slot) => queueContent(sessions.get(p)!, made.skeys[slot]!, 160));
-      ownKey = made.key;
+    for (let i = 0; i < queue.length; ) {
+      const members = stillMembers(queue[i]!.members);
+      const set = members.join(",");
+      let j = i + 1;
+      while (j < queue.length && stillMembers(queue[j]!.members).join(",") === set) j++;
+      const texts = queue.slice(i, j);
+      i = j;
+      if (!members.length) {
+        emit({ event: "error", code: "not_sent", message: `${texts.length} broadcast text(s) not sent: none of their recipients has a session any more` });
+        continue;
+      }
+      if (ownKey?.members !== set) {
+        eraseOwnKey(ownKey);
+        const made = newSenderKey(members);
+        members.forEach((p, slot) => queueContent(sessions.get(p)!, made.skeys[slot]!, 160));
+        ownKey = made.key;
+        ownKeyChecks.push(made.check);
+        if (ownKeyChecks.length > OWN_KEYS_REMEMBERED) ownKeyChecks.shift();
+      }
+      for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
+      for (const run of batches(texts)) link.send(members, new PackedBin(sealBroadcastRecord(ownKey, recordPlain(run))));
     }
-    for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
-    const plain = pack(items.length === 1 ? items[0] : { t: "batch", items });
-    link.send(members, new PackedBin(sealBroadcastRecord(ownKey, plain)));
+    for (const s of sessions.values()) {
+      const after = s.after;
+      s.after = [];
+      for (const q of after) queueContent(s, q.item, q.bytes);
+    }
   }
 
   function onSenderKey(peer: string, c: Frame): void {
     // A recipient of our broadcasts holds our current key and could hand it back as
     // its own; our own broadcasts would then open as that peer's (PROTOCOL §34.4).
-    const own = ownKey !== null && isUnder(ownKey, c);
+    const own = isOwnKey(ownKeyChecks, c);
     const k = own ? null : acceptSenderKey(c);
     if (c.key instanceof Uint8Array) wipe(c.key);
     if (c.tk instanceof Uint8Array) wipe(c.tk);
@@ -271,8 +322,12 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       verified: false,
       queued: old?.queued ?? [],
       queuedBytes: old?.queuedBytes ?? 0,
+      after: old?.after ?? [],
     };
     sessions.set(peer, s);
+    // The peer may have lost our sender key with its old session (a session can
+    // end on one side only, PROTOCOL §21.1): the next broadcast makes a new one.
+    if (old && ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
     emit({ event: "session", peer, state: old ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
     settle(peer);
     sealQueued(s);
@@ -292,6 +347,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     wipe(s.fingerprint);
     sessions.delete(peer);
     emit({ event: "session", peer, state: "closed", reason });
+    sealBroadcast(); // broadcasts held for this peer's re-key go to the others now
   }
 
   function onRecord(peer: string, m: Frame): void {
@@ -463,10 +519,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       const bytes = Buffer.byteLength(text);
       const limit = link.maxFrame - 1024 - 42 * members.length; // per member: its ID in the relay frame (≤ 10 bytes) and its tag (32)
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
-      if (broadcastBytes + bytes > BATCH_BYTES) sealBroadcast();
       for (const s of sessions.values()) sealQueued(s); // earlier private messages go first
-      broadcastQueue.push({ t: "text", text });
-      broadcastBytes += bytes + 16;
+      broadcastQueue.push({ item: { t: "text", text }, bytes: bytes + 16, members });
       if (broadcastQueue.length === 1) queueMicrotask(sealBroadcast);
       return members;
     },

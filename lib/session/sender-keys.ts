@@ -15,6 +15,7 @@ import { equalBytes, hmac, randomBytes, utf8, wipe } from "../crypto/primitives.
 import { ReceiveChain, SendChain, type RecordFrame } from "./records.ts";
 
 const L_TAG = utf8("smts/1 btag");
+const L_OWN = utf8("smts/1 own key");
 const KID_BYTES = 16;
 const TAG_BYTES = 32;
 
@@ -36,14 +37,36 @@ export interface PeerSenderKey {
   slot: number;
 }
 
-/** A new key for `members` (sorted) and the `skey` content for each of them. */
-export function newSenderKey(members: string[]): { key: OwnSenderKey; skeys: Record<string, unknown>[] } {
+/**
+ * A new key for `members` (sorted), the `skey` content for each of them, and
+ * the key's check (keyCheck): what the broadcaster keeps to recognise the key
+ * if a member hands it back as its own (§34.4), once the key itself is gone.
+ */
+export function newSenderKey(members: string[]): { key: OwnSenderKey; skeys: Record<string, unknown>[]; check: Uint8Array } {
   const kid = randomBytes(KID_BYTES);
   const key = randomBytes(32);
   const tagKeys = members.map(() => randomBytes(32));
   // Each content gets its own copies: sealing happens later and the originals may be erased first.
   const skeys = members.map((_, slot) => ({ t: "skey", kid, key: key.slice(), tk: tagKeys[slot]!.slice(), slot }));
-  return { key: { kid, chain: new SendChain(key), members: members.join(","), tagKeys }, skeys };
+  return { key: { kid, chain: new SendChain(key), members: members.join(","), tagKeys }, skeys, check: keyCheck(key) };
+}
+
+/** How many of its own latest sender keys a broadcaster recognises when handed back. */
+export const OWN_KEYS_REMEMBERED = 16;
+
+/** HMAC(key, "smts/1 own key"): identifies a sender key without revealing it. */
+export function keyCheck(key: Uint8Array): Uint8Array {
+  return hmac(key, L_OWN);
+}
+
+/** Is the `key` of this `skey` one of ours (by its check, constant time; not by its `kid`, which the sender picks)? */
+export function isOwnKey(checks: Uint8Array[], c: Record<string, unknown>): boolean {
+  if (!(c.key instanceof Uint8Array) || c.key.length !== 32) return false;
+  const check = keyCheck(c.key);
+  let own = false;
+  for (const known of checks) own = equalBytes(known, check) || own; // every one compared
+  wipe(check);
+  return own;
 }
 
 export function eraseOwnKey(k: OwnSenderKey | null): void {

@@ -411,9 +411,11 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const reason = typeof item.reason === "string" ? item.reason.slice(0, 200) : "no reason given";
     const out = outgoing.get(tid);
     if (out && out.recipients.has(peer)) {
-      out.lastActivity = performance.now();
+      // Only a step forward counts as activity: a recipient repeating `accept`
+      // must not keep a transfer (a /bsend to others who are done) open for good.
       const st = out.recipients.get(peer);
       if (item.t === "accept" && st === "offered" && out.state === "offered") {
+        out.lastActivity = performance.now();
         out.recipients.set(peer, "accepted");
         progressOut(out);
       } else if (item.t === "decline") dropRecipient(out, peer, "declined", reason);
@@ -422,6 +424,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       else if (item.t === "done" && out.state === "awaiting" && st === "accepted") {
         const theirs = item.sha256 instanceof Uint8Array ? Buffer.from(item.sha256).toString("hex") : "";
         if (theirs !== out.sha256) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
+        out.lastActivity = performance.now();
         out.recipients.set(peer, "done");
         deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256 });
         progressOut(out);
