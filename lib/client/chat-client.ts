@@ -231,6 +231,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     return [...sessions.keys()].sort();
   }
 
+  /** A broadcast frame lists every recipient, and the relay takes at most 1000 (its default `maxRecipients`). */
+  function tooMany(members: string[]): void {
+    if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
+  }
+
   /** Those of `members` that still have a session. */
   const stillMembers = (members: string[]) => members.filter((p) => sessions.has(p));
 
@@ -514,8 +519,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     broadcastText(text) {
       const members = broadcastMembers();
       if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
-      // The one frame also lists every recipient (≤ 10 bytes each); the relay takes at most 1000.
-      if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
+      tooMany(members);
       const bytes = Buffer.byteLength(text);
       const limit = link.maxFrame - 1024 - 42 * members.length; // per member: its ID in the relay frame (≤ 10 bytes) and its tag (32)
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
@@ -556,6 +560,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     async broadcastFile(path) {
       const members = broadcastMembers();
       if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
+      tooMany(members);
       try {
         await transfers.send(members, path, true);
       } catch (err) {
