@@ -1,6 +1,7 @@
 // Rules of the file layer that need no network: names, timeouts, chunk sizes,
 // and a file that changes while it is being sent.
 import { afterEach, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
 import { appendFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
@@ -65,6 +66,41 @@ test("a recipient that repeats `accept` instead of answering `done` does not kee
   } finally {
     clearInterval(again);
   }
+});
+
+// Regression (found in review): /cancel right after the last chunk left said
+// "cancelled" while the receiver kept the file.
+test("/cancel after the last chunk left leaves the transfer alone: the receiver's `done` still makes it delivered", async () => {
+  const h = harness();
+  const src = join(h.dir, "x.bin");
+  writeFileSync(src, "hello");
+  const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
+  const offer = h.contents.find((c) => c.t === "offer")!;
+  h.t.onContent("abcdefgh", { t: "accept", id: offer.id });
+  await waitFor(() => h.messages.length === 1, "the last chunk");
+  await Bun.sleep(1); // the stream finishes its turn: all sent, waiting for `done`
+  expect(h.t.cancel("")).toBe(0);
+  expect(h.contents.map((c) => c.t)).toEqual(["offer"]);
+  h.t.onContent("abcdefgh", { t: "done", id: offer.id, sha256: new Uint8Array(createHash("sha256").update("hello").digest()) });
+  expect(await outcome).toBe("delivered");
+});
+
+// Regression (found in review): the file was opened before it was checked, and
+// opening a FIFO blocks until a writer comes: the whole client froze, signals included.
+test("/send of a FIFO is refused as not a regular file, without blocking", async () => {
+  const dir = temp.make();
+  const fifo = join(dir, "pipe");
+  expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
+  const script = `
+    import { createTransfers } from ${JSON.stringify(join(import.meta.dir, "../lib/transfer/transfers.ts"))};
+    const t = createTransfers({ sendContent() {}, sendMessage() {}, backlog: () => 0, congested: () => false, drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 }, { downloadDir: ${JSON.stringify(dir)}, maxFileSize: 1e6 });
+    for (const path of [${JSON.stringify(fifo)}, "/dev/zero", ${JSON.stringify(dir)}]) console.log(await t.send("abcdefgh", path).then(() => "sent", (e) => e.code));
+    process.exit(0);`;
+  const child = Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe" });
+  const killer = setTimeout(() => child.kill(), 4000); // blocked in open(): it would never answer
+  const out = await new Response(child.stdout).text();
+  clearTimeout(killer);
+  expect(out.trim().split("\n")).toEqual(["not_a_file", "not_a_file", "not_a_file"]);
 });
 
 test("a receiver gives up on a sender that stops, and removes its temporary file", async () => {

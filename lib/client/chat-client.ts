@@ -581,6 +581,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       eraseOwnKey(ownKey);
       for (const k of peerKeys.values()) erasePeerKey(k);
       transfers.cancel("");
+      transfers.abandon(null, "closed before the receiver confirmed the file"); // sent in full, not cancellable
       for (const s of sessions.values()) sealQueued(s);
       for (const peer of [...sessions.keys()]) {
         const s = sessions.get(peer)!;

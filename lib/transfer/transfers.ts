@@ -22,7 +22,7 @@
 // bytes it actually receives; a file appears under its final name only after
 // the last chunk verified and the size matched, and any failure removes the
 // temporary file; existing files are never overwritten.
-import { closeSync, fstatSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
 import { basename, join } from "node:path";
 import { randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
@@ -120,9 +120,23 @@ interface Incoming {
 
 const hexId = (b: Uint8Array) => Buffer.from(b).toString("hex");
 
+/**
+ * Opens a file to send. Non-blocking, so that a FIFO cannot hang the client
+ * until someone writes to it (it is then refused as not a regular file); the
+ * flag changes nothing for reading a regular file.
+ */
+const openToSend = (path: string) => openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+
+/** Reads until `length` bytes or the end of the file: one read may return less (NFS, FUSE). */
+function readFull(fd: number, buf: Uint8Array, length: number): number {
+  let got = 0;
+  for (let n; got < length && (n = readSync(fd, buf, got, length - got, null)) > 0; ) got += n;
+  return got;
+}
+
 /** SHA-256 of a file, read in 1 MiB pieces (never whole). */
 function hashFile(path: string): Uint8Array {
-  const fd = openSync(path, "r");
+  const fd = openToSend(path);
   try {
     const hash = new Bun.CryptoHasher("sha256");
     const buf = Buffer.allocUnsafe(1024 * 1024);
@@ -230,7 +244,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     let fd: number;
     let size: number;
     try {
-      fd = openSync(path, "r");
+      fd = openToSend(path);
       const st = fstatSync(fd);
       closeSync(fd);
       if (!st.isFile()) throw new TransferError("not_a_file", `${path} is not a regular file`);
@@ -280,14 +294,15 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const hash = t.sha256 === undefined ? new Bun.CryptoHasher("sha256") : null;
     let fd = -1;
     try {
-      fd = openSync(t.path, "r");
+      fd = openToSend(t.path);
       let sent = 0;
       let lastProgress = 0;
       for (let n = 0; ; n++) {
         const to = accepted(t);
         if (t.state !== "sending" || !to.length) return; // cancelled or failed meanwhile
-        const got = readSync(fd, buf, 0, Math.min(CHUNK_BYTES, t.size - sent), null);
-        if (got === 0 && sent < t.size) throw new Error("the file shrank while being sent");
+        const want = Math.min(CHUNK_BYTES, t.size - sent);
+        const got = readFull(fd, buf, want);
+        if (got < want) throw new Error("the file shrank while being sent");
         sent += got;
         const last = sent === t.size;
         // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
@@ -436,11 +451,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return true;
   }
 
-  /** Cancels the transfers whose short ID starts with `prefix` (all if empty); returns how many. */
+  /** Cancels the transfers whose short ID starts with `prefix` (all if empty), except files already sent in full; returns how many. */
   function cancel(prefix: string): number {
     let n = 0;
     for (const t of [...outgoing.values()]) {
-      if (!t.id.startsWith(prefix)) continue;
+      // Once every chunk has left, the receiver may well keep the file: calling the
+      // transfer cancelled could be false, so it waits for the receiver's answer.
+      if (!t.id.startsWith(prefix) || t.state === "awaiting") continue;
       for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
       failAll(t, "cancelled", "cancelled");
       n++;

@@ -61,7 +61,7 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
       }
       case "cancel": {
         const n = client.cancel(cmd.id);
-        if (n === 0) return fail("no_transfer", cmd.id ? `no transfer ${cmd.id}` : "no transfer running");
+        if (n === 0) return fail("no_transfer", `${cmd.id ? `no transfer ${cmd.id}` : "no transfer"} to cancel (a file sent in full only waits for the receiver's answer)`);
         return true;
       }
       case "verify":
