@@ -467,7 +467,8 @@ export async function clientFuzz({ seed, ms, log = () => {} }: FuzzOptions): Pro
       sendBody(seal({ t: "accept", id: offerContent.id }));
       await fromC("chunk");
     }
-    c.cancel("");
+    c.cancel(""); // a file still streaming is cancelled; one sent in full waits for the receiver's answer:
+    if (offerContent) sendBody(seal({ t: "failed", id: offerContent.id, reason: "enough" }));
     await sending;
     corpus.push(...cMsgs());
     const contents: Frame[] = [...opened.flatMap(flat), { t: "text", text: "x" }, { t: "accept", id: bytes(r, 16) }, { t: "decline", id: bytes(r, 16), reason: "no" }, { t: "cancel", id: bytes(r, 16) }, { t: "done", id: bytes(r, 16) }, { t: "batch", items: [{ t: "text", text: "y" }] }];
