@@ -103,7 +103,7 @@ async function receiver(port: number, dir: string): Promise<void> {
     port,
     socket: {
       open: (s) => void (outbox = new Outbox(s)),
-      data: (_s, bytes) => decoder.each(bytes, onFrame),
+      data: (_s, bytes) => void decoder.each(bytes, onFrame),
       drain: () => void outbox.flush(),
     },
   });
@@ -120,7 +120,7 @@ async function sender(port: number): Promise<void> {
     port,
     socket: {
       open: (s) => void (outbox = new Outbox(s)),
-      data: (_s, bytes) => decoder.each(bytes, (p) => done?.(p)),
+      data: (_s, bytes) => void decoder.each(bytes, (p) => void done?.(p)),
       drain() {
         outbox.flush();
         if (outbox.bytes < HIGH / 4) drained?.();

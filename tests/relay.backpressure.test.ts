@@ -2,7 +2,8 @@
 // buffering, unrelated clients keep talking, and after the slow-consumer
 // timeout the stalled client is cut and its senders resume.
 import { afterEach, expect, test } from "bun:test";
-import type { Relay } from "../lib/relay/server.ts";
+import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
+import { encodeFrame } from "../lib/wire/frame.ts";
 import { joinRelay, type Link } from "../lib/link/relay-link.ts";
 import { clientProof, newNonce } from "../lib/relay/protocol.ts";
 import { joinTest, RawClient, rssOf, SECRET, SECRET_TEXT, spawnRelay, startTestRelay, waitFor } from "./helpers.ts";
@@ -101,4 +102,47 @@ test("relay process RSS stays bounded while a sender floods a stalled recipient"
     rp.proc.kill();
     await rp.proc.exited;
   }
+});
+
+// Regression (found in review): every frame of a read was handled before any
+// queue was checked, so one read of 12-byte `list` requests (tens of
+// thousands) queued tens of MiB of `peers` answers for a client that never
+// read them, and held the relay up meanwhile.
+test("a client sending `list` requests without reading the answers is paused at its own queue's high-water mark", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 60_000 });
+  const r = relay;
+  const crowd = [];
+  for (let i = 0; i < 4; i++) crowd.push(...(await Promise.all(Array.from({ length: 50 }, () => joinTest(r, { watch: false }))))); // answers of ~2 KiB; 50 at a time (the per-source pending limit is 100)
+  const lister = await stalledClient(r.port);
+  const list = encodeFrame({ t: "list" });
+  const requests = new Uint8Array(list.length * 60_000);
+  for (let at = 0; at < requests.length; at += list.length) requests.set(list, at);
+  let maxQueued = 0;
+  const watcher = setInterval(() => (maxQueued = Math.max(maxQueued, r.stats().maxQueuedBytes)), 2);
+  lister.raw.write(requests);
+  await waitFor(() => r.stats().pausedSenders === 1, "the lister to be paused");
+  // Unrelated clients are served meanwhile.
+  crowd[0]!.link.send(crowd[1]!.link.id, new Uint8Array([7]));
+  await crowd[1]!.next((f) => f.t === "msg", "a message between unrelated clients");
+  clearInterval(watcher);
+  maxQueued = Math.max(maxQueued, r.stats().maxQueuedBytes);
+  expect(maxQueued).toBeLessThanOrEqual(RELAY_DEFAULTS.queueHigh + 4096); // one answer past the mark at most
+  expect(r.stats().counters.closed_slow_consumer).toBeUndefined();
+  // Once it reads, it gets every answer.
+  lister.raw.socket.resume();
+  await waitFor(() => lister.raw.frames.filter((f) => f.t === "peers").length === 60_000, "60,000 answers", 30_000);
+  lister.raw.close();
+});
+
+// Regression (found in review): at shutdown each closing client was announced
+// to every other one, N²/2 `left` frames (3 million for 2,500 clients).
+test("at shutdown every client gets `shutdown` and no `left` frames", async () => {
+  relay = startTestRelay();
+  const r = relay;
+  const watchers = await Promise.all(Array.from({ length: 50 }, () => joinTest(r, { watch: true })));
+  const before = watchers.map((w) => w.frames.length);
+  await r.stop();
+  relay = null;
+  await waitFor(() => watchers.every((w) => w.frames.some((f) => f.t === "error" && f.code === "shutdown")), "every client told of the shutdown");
+  expect(watchers.flatMap((w, i) => w.frames.slice(before[i]).filter((f) => f.t === "left"))).toEqual([]);
 });

@@ -12,12 +12,14 @@
 //     one (of that source if it is the source that is full);
 //   - memory is bounded: frames over the limit are refused from the length
 //     prefix; a recipient whose queue passes `queueHigh` pauses the senders
-//     feeding it until it drains below `queueLow`; a recipient that makes no
+//     feeding it (at the frame that did it, not at the end of their read)
+//     until it drains below `queueLow`; a recipient that makes no
 //     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
 //     disconnected as a slow consumer;
 //   - no client ever waits on another unrelated client: all I/O is
 //     non-blocking and timeouts are checked by one periodic sweep.
 import type { Socket, TCPSocketListener } from "bun";
+import { concat } from "../crypto/primitives.ts";
 import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText, wholeFrame, type Frame } from "../wire/frame.ts";
 import { Outbox } from "../wire/outbox.ts";
 import {
@@ -106,6 +108,8 @@ interface Conn extends Endpoint {
   blockedOn: number;
   /** Senders paused until this connection's queue drains. */
   waiters: Conn[];
+  /** The rest of a read, not handled yet because this connection was paused after a frame of it. */
+  held: Uint8Array | null;
   dirty: boolean;
   closing: boolean;
   closed: boolean;
@@ -139,6 +143,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let dirty: Conn[] = [];
+  /** Set by queue() when a queue passes queueHigh: consume() stops after the frame being handled. */
+  let overfull = false;
   let stopping = false;
 
   const count = (key: string, n = 1) => void (counters[key] = (counters[key] ?? 0) + n);
@@ -146,6 +152,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function queue(c: Conn, bytes: Uint8Array, more?: Uint8Array): void {
     if (c.closed) return;
     c.outbox.push(bytes, more);
+    if (c.outbox.bytes > opt.queueHigh) overfull = true;
     if (!c.dirty) {
       c.dirty = true;
       dirty.push(c);
@@ -213,15 +220,52 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     if (!c.id || routes.get(c.id) !== c) return;
     routes.remove(c.id);
     opt.log.debug(`client ${c.id} left (${routes.size} online)`);
-    for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "left", id: c.id });
+    // At shutdown every client is told once (`shutdown`), not once per other client leaving: N² frames.
+    if (!stopping) for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "left", id: c.id });
   }
 
   function releaseWaiters(c: Conn): void {
     for (const w of c.waiters) {
       w.blockedOn--;
-      if (w.blockedOn === 0 && !w.closing && !w.closed) w.socket.resume();
+      if (w.blockedOn === 0 && !w.closing && !w.closed) {
+        w.socket.resume();
+        // The rest of its last read goes first (not from inside a flush: consume() flushes).
+        if (w.held) queueMicrotask(() => w.held && w.blockedOn === 0 && consume(w, null));
+      }
     }
     c.waiters = [];
+  }
+
+  /**
+   * Handles the frames of `chunk` (after any held rest) from `c`. A frame that
+   * fills some queue past queueHigh (a recipient's, or c's own with answers it
+   * does not read) stops the walk: the queues are flushed, and if one is still
+   * too full, c is paused and the rest of the read is kept for when it is
+   * released. So a sender gets at most one frame past a full queue, however
+   * much one read holds (a read can carry thousands of small frames).
+   */
+  function consume(c: Conn, chunk: Uint8Array | null): void {
+    let rest = c.held && chunk ? concat(c.held, chunk) : (c.held ?? chunk!);
+    c.held = null;
+    try {
+      while (rest.length > 0 && !c.closing && c.blockedOn === 0) {
+        overfull = false;
+        const used = c.decoder.each(rest, (payload) => {
+          if (!c.closing) handleFrame(c, payload);
+          return !overfull;
+        });
+        rest = rest.subarray(used);
+        flushDirty(c);
+      }
+    } catch (err) {
+      // FrameError, or anything else hostile input managed to provoke:
+      // either way it ends this connection only.
+      count("badFrames");
+      if (err instanceof FrameError) fatal(c, err.code, err.message);
+      else fatal(c, "bad_frame", "frame could not be processed");
+      flushDirty(c);
+    }
+    if (rest.length > 0 && !c.closing) c.held = rest;
   }
 
   /** Flushes every connection written to since the last call; applies backpressure to `sender`. */
@@ -388,6 +432,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           watch: false,
           blockedOn: 0,
           waiters: [],
+          held: null,
           dirty: false,
           closing: false,
           closed: false,
@@ -415,18 +460,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         if (c.closing || c.closed) return; // discard input while the error frame drains
         c.lastHeard = performance.now();
         c.pinged = false;
-        try {
-          c.decoder.each(chunk, (payload) => {
-            if (!c.closing) handleFrame(c, payload);
-          });
-        } catch (err) {
-          // FrameError, or anything else hostile input managed to provoke:
-          // either way it ends this connection only.
-          count("badFrames");
-          if (err instanceof FrameError) fatal(c, err.code, err.message);
-          else fatal(c, "bad_frame", "frame could not be processed");
-        }
-        flushDirty(c);
+        consume(c, chunk);
       },
       drain(socket) {
         const c = socket.data;

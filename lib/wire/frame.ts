@@ -123,9 +123,12 @@ export class FrameDecoder {
    * Calls `onFrame` for each payload completed by this read, in order. The
    * limit is read afresh at each length prefix, so a handler may change
    * `maxPayload` (the relay raises it once a client has joined) and the
-   * frames after it in the same read are judged by the new limit.
+   * frames after it in the same read are judged by the new limit. A handler
+   * that returns false stops the walk after its frame (the relay pausing a
+   * sender); the return value is how much of `chunk` was used, and the
+   * caller passes the rest in again later.
    */
-  each(chunk: Uint8Array, onFrame: (payload: Uint8Array) => void): void {
+  each(chunk: Uint8Array, onFrame: (payload: Uint8Array) => boolean | void): number {
     let pos = 0;
     const end = chunk.length;
     while (pos < end) {
@@ -138,7 +141,7 @@ export class FrameDecoder {
           const done = this.partial;
           this.partial = null;
           this.partialFill = 0;
-          onFrame(done);
+          if (onFrame(done) === false) return pos;
         }
         continue;
       }
@@ -163,16 +166,17 @@ export class FrameDecoder {
       }
       if (prefixInRead && end - pos >= length) {
         pos += length;
-        onFrame(chunk.subarray(pos - length, pos));
+        if (onFrame(chunk.subarray(pos - length, pos)) === false) return pos;
       } else {
         // Not zero-filled: every byte is written before the payload is handed on.
         const frame = Buffer.allocUnsafe(LENGTH_PREFIX + length);
         writeU32(frame, 0, length);
-        if (length === 0) onFrame(frame.subarray(LENGTH_PREFIX)); // complete already, even at the end of the read
-        else this.partial = frame.subarray(LENGTH_PREFIX);
         this.partialFill = 0;
+        if (length > 0) this.partial = frame.subarray(LENGTH_PREFIX);
+        else if (onFrame(frame.subarray(LENGTH_PREFIX)) === false) return pos; // complete already, even at the end of the read
       }
     }
+    return end;
   }
 }
 
