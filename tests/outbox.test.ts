@@ -101,3 +101,38 @@ test("the relay's send fast path agrees with the general decoder, or declines", 
   const trailing = new Uint8Array([...encodeFrame(cases[1]!).subarray(4), 0]);
   expect(parseSimpleSend(trailing)).toBeNull();
 });
+
+// Regression (found in review): a relay's small frame to many recipients was
+// copied into each one's staging buffer, so 1,000 recipients that fell behind
+// held 1,000 copies of every frame (1.7 GB of relay RSS in 15 s).
+test("a shared frame is queued by reference once the outbox is behind, and still leaves in order, exactly once", () => {
+  let accept = 0; // bytes the socket takes on its next write
+  const written: number[] = [];
+  const socket = {
+    write(data: Uint8Array) {
+      const n = Math.min(data.length, accept);
+      accept -= n;
+      for (let i = 0; i < n; i++) written.push(data[i]!);
+      return n;
+    },
+  };
+  const box = new Outbox(socket);
+  box.push(new Uint8Array([1, 2]));
+  box.flush(); // nothing taken: behind from now on
+  const frame = new Uint8Array([3, 4, 5]);
+  box.pushShared(frame);
+  box.push(new Uint8Array([6]));
+  frame[0] = 30; // the caller's buffer, shared: what leaves is what it holds then
+  expect(box.bytes).toBe(6);
+  accept = 100;
+  expect(box.flush()).toBe(true);
+  expect(written).toEqual([1, 2, 30, 4, 5, 6]);
+  // An empty outbox stages it like any small piece (written at once, or copied).
+  const early = new Uint8Array([7]);
+  accept = 0;
+  box.pushShared(early);
+  early[0] = 70;
+  accept = 100;
+  box.flush();
+  expect(written.at(-1)).toBe(7);
+});

@@ -149,9 +149,11 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   const count = (key: string, n = 1) => void (counters[key] = (counters[key] ?? 0) + n);
 
-  function queue(c: Conn, bytes: Uint8Array, more?: Uint8Array): void {
+  /** Queues bytes for `c`; `shared`: one frame queued for many recipients (Outbox.pushShared). */
+  function queue(c: Conn, bytes: Uint8Array, more?: Uint8Array, shared = false): void {
     if (c.closed) return;
-    c.outbox.push(bytes, more);
+    if (shared) c.outbox.pushShared(bytes);
+    else c.outbox.push(bytes, more);
     if (c.outbox.bytes > opt.queueHigh) overfull = true;
     if (!c.dirty) {
       c.dirty = true;
@@ -335,6 +337,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       return sendError(c, "bad_request", { ...refField, message: `to must be an ID or a list of 1..${opt.maxRecipients} IDs` });
     }
     let header: Uint8Array | null = null;
+    let shared: Uint8Array | null = null; // a small frame to several recipients: built once, shared by their queues
     for (const id of recipients) {
       const r = routes.get(id);
       if (!r) {
@@ -342,7 +345,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         continue;
       }
       header ??= msgFrameHeader(c.id, body.length);
-      queue(r, header, body); // the body itself is never copied for large frames
+      if (recipients.length > 1) queue(r, (shared ??= concat(header, body)), undefined, true);
+      else queue(r, header, body); // the body itself is never copied for large frames
       forwardedFrames++;
       forwardedBytes += body.length;
     }

@@ -62,6 +62,19 @@ export class Outbox {
     if (b?.length) this.queue.push(b);
   }
 
+  /**
+   * Queues `frame`, which other outboxes share (a relay's frame to many
+   * recipients). Staged like any small piece while this outbox is empty (it
+   * is then written at once); once behind, queued by reference, so that a
+   * thousand recipients that fall behind hold one copy of it, not a thousand.
+   */
+  pushShared(frame: Uint8Array): void {
+    if (this.closed || this.bytes === 0 || frame.length === 0 || frame.length >= SMALL) return this.push(frame);
+    this.bytes += frame.length;
+    this.sealStage();
+    this.queue.push(frame);
+  }
+
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
   flush(): boolean {
     this.sealStage();
