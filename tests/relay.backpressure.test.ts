@@ -3,7 +3,7 @@
 // timeout the stalled client is cut and its senders resume.
 import { afterEach, expect, test } from "bun:test";
 import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
-import { encodeFrame } from "../lib/wire/frame.ts";
+import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { joinRelay, type Link } from "../lib/link/relay-link.ts";
 import { clientProof, newNonce } from "../lib/relay/protocol.ts";
 import { joinTest, RawClient, rssOf, SECRET, SECRET_TEXT, spawnRelay, startTestRelay, waitFor } from "./helpers.ts";
@@ -132,7 +132,7 @@ test("a client sending `list` requests without reading the answers is paused at 
   lister.raw.socket.resume();
   await waitFor(() => lister.raw.frames.filter((f) => f.t === "peers").length === 60_000, "60,000 answers", 30_000);
   lister.raw.close();
-});
+}, 60_000);
 
 // Regression (found in review): at shutdown each closing client was announced
 // to every other one, N²/2 `left` frames (3 million for 2,500 clients).
@@ -146,3 +146,77 @@ test("at shutdown every client gets `shutdown` and no `left` frames", async () =
   await waitFor(() => watchers.every((w) => w.frames.some((f) => f.t === "error" && f.code === "shutdown")), "every client told of the shutdown");
   expect(watchers.flatMap((w, i) => w.frames.slice(before[i]).filter((f) => f.t === "left"))).toEqual([]);
 });
+
+// Regression (found in review): when a recipient drained, every sender paused
+// on it was resumed at once and each handled a whole read for it, so about 30
+// or more senders took its queue past queueMax and the relay cut a client
+// that was reading all along. Now a frame for a full queue waits.
+test("a hundred senders flooding one client that reads steadily, at 5 MB/s, do not get it cut", async () => {
+  const rp = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
+  const sockets: { end(): void }[] = [];
+  try {
+    // The reader: 0.5 MB per 100 ms window, its socket paused for the rest of each window.
+    let read = 0;
+    let win = 0;
+    let closed = false;
+    const decoder = new FrameDecoder(1 << 20);
+    let id = "";
+    const reader = await Bun.connect({
+      hostname: "127.0.0.1",
+      port: rp.port,
+      socket: {
+        data(s, chunk) {
+          read += chunk.length;
+          win += chunk.length;
+          if (!id)
+            for (const p of decoder.push(chunk)) {
+              const f = decodePayload(p);
+              if (f.t === "challenge") s.write(encodeFrame({ t: "join", v: 1, proof: clientProof(SECRET, f.nonce as Uint8Array, new Uint8Array(32)), nonce: new Uint8Array(32), watch: false }));
+              if (f.t === "welcome") id = f.id as string;
+            }
+          if (win >= 500_000) s.pause();
+        },
+        close: () => void (closed = true),
+      },
+    });
+    sockets.push(reader);
+    const windows = setInterval(() => ((win = 0), reader.resume()), 100);
+    await waitFor(() => id, "the reader's ID");
+    // The senders: 200 KiB frames to the reader, as fast as their sockets take them.
+    const frame = encodeFrame({ t: "send", to: id, body: new Uint8Array(200 * 1024) });
+    let stop = false;
+    for (let k = 0; k < 100; k++) {
+      let joined = false;
+      const dec = new FrameDecoder(1 << 20);
+      const pump = (s: { write(b: Uint8Array): number }) => {
+        while (!stop && s.write(frame) === frame.length);
+      };
+      sockets.push(
+        await Bun.connect({
+          hostname: "127.0.0.1",
+          port: rp.port,
+          socket: {
+            data(s, chunk) {
+              if (joined) return;
+              for (const p of dec.push(chunk)) {
+                const f = decodePayload(p);
+                if (f.t === "challenge") s.write(encodeFrame({ t: "join", v: 1, proof: clientProof(SECRET, f.nonce as Uint8Array, new Uint8Array(32)), nonce: new Uint8Array(32), watch: false }));
+                if (f.t === "welcome") (joined = true), pump(s);
+              }
+            },
+            drain: (s) => pump(s),
+          },
+        }),
+      );
+    }
+    await Bun.sleep(4000);
+    stop = true;
+    clearInterval(windows);
+    expect(closed).toBe(false);
+    expect(read).toBeGreaterThan(10_000_000); // it kept reading throughout
+  } finally {
+    for (const s of sockets) s.end();
+    rp.proc.kill();
+    await rp.proc.exited;
+  }
+}, 30_000);

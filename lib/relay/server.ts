@@ -110,6 +110,8 @@ interface Conn extends Endpoint {
   waiters: Conn[];
   /** The rest of a read, not handled yet because this connection was paused after a frame of it. */
   held: Uint8Array | null;
+  /** A frame not handled yet because a recipient's queue was full: it goes first when this connection is released. */
+  waiting: Uint8Array | null;
   dirty: boolean;
   closing: boolean;
   closed: boolean;
@@ -231,33 +233,47 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       w.blockedOn--;
       if (w.blockedOn === 0 && !w.closing && !w.closed) {
         w.socket.resume();
-        // The rest of its last read goes first (not from inside a flush: consume() flushes).
-        if (w.held) queueMicrotask(() => w.held && w.blockedOn === 0 && consume(w, null));
+        // Its waiting frame and the rest of its last read go first (not from inside a flush: consume() flushes).
+        if (w.held || w.waiting) queueMicrotask(() => w.blockedOn === 0 && !w.closing && consume(w, null));
       }
     }
     c.waiters = [];
   }
 
   /**
-   * Handles the frames of `chunk` (after any held rest) from `c`. A frame that
-   * fills some queue past queueHigh (a recipient's, or c's own with answers it
-   * does not read) stops the walk: the queues are flushed, and if one is still
-   * too full, c is paused and the rest of the read is kept for when it is
-   * released. So a sender gets at most one frame past a full queue, however
-   * much one read holds (a read can carry thousands of small frames).
+   * Handles the frames of `chunk` (after any waiting frame and held rest) from
+   * `c`. A frame for a recipient whose queue is above queueHigh is not handled:
+   * it waits, c is paused on that recipient, and the rest of the read is kept,
+   * until the recipient drains. A frame that takes some queue past queueHigh
+   * (a recipient's, or c's own with answers it does not read) stops the walk
+   * too: the queues are flushed, and if one is still too full, c is paused the
+   * same way. So a queue gets at most one frame past queueHigh, whatever the
+   * number of senders and however many frames one read holds.
    */
   function consume(c: Conn, chunk: Uint8Array | null): void {
-    let rest = c.held && chunk ? concat(c.held, chunk) : (c.held ?? chunk!);
+    let rest = c.held && chunk ? concat(c.held, chunk) : (c.held ?? chunk ?? new Uint8Array(0));
     c.held = null;
+    const handled = (payload: Uint8Array) => {
+      const full = handleFrame(c, payload);
+      if (!full) return true;
+      c.waiting = payload;
+      if (!full.waiters.includes(c)) {
+        full.waiters.push(c);
+        if (c.blockedOn++ === 0) c.socket.pause();
+        count("pauses");
+      }
+      return false;
+    };
     try {
-      while (rest.length > 0 && !c.closing && c.blockedOn === 0) {
-        overfull = false;
-        const used = c.decoder.each(rest, (payload) => {
-          if (!c.closing) handleFrame(c, payload);
-          return !overfull;
-        });
-        rest = rest.subarray(used);
-        flushDirty(c);
+      const waiting = c.waiting;
+      c.waiting = null;
+      if (!waiting || handled(waiting)) {
+        while (rest.length > 0 && !c.closing && c.blockedOn === 0) {
+          overfull = false;
+          const used = c.decoder.each(rest, (payload) => !c.closing && handled(payload) && !overfull);
+          rest = rest.subarray(used);
+          flushDirty(c);
+        }
       }
     } catch (err) {
       // FrameError, or anything else hostile input managed to provoke:
@@ -322,7 +338,17 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     sendFrame(c, welcome);
   }
 
-  function handleSend(c: Conn, f: { to?: unknown; body?: unknown; ref?: unknown }): void {
+  /** A recipient among `ids` whose queue is above queueHigh: a frame for it waits (see consume). */
+  function fullRecipient(ids: string[]): Conn | null {
+    for (const id of ids) {
+      const r = routes.get(id);
+      if (r && r.outbox.bytes > opt.queueHigh) return r;
+    }
+    return null;
+  }
+
+  /** Forwards a `send`; returns, without doing anything, a recipient whose queue is full. */
+  function handleSend(c: Conn, f: { to?: unknown; body?: unknown; ref?: unknown }): Conn | void {
     const { to, body, ref } = f;
     if (ref !== undefined && !(Number.isSafeInteger(ref) && (ref as number) >= 0)) {
       return sendError(c, "bad_request", { message: "ref must be a non-negative integer" });
@@ -336,6 +362,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     } else {
       return sendError(c, "bad_request", { ...refField, message: `to must be an ID or a list of 1..${opt.maxRecipients} IDs` });
     }
+    const full = fullRecipient(recipients);
+    if (full) return full;
     let header: Uint8Array | null = null;
     let shared: Uint8Array | null = null; // a small frame to several recipients: built once, shared by their queues
     for (const id of recipients) {
@@ -353,16 +381,18 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   /** The hot path: the frame becomes the `msg` in place and is forwarded as it arrived, never copied when large. */
-  function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): void {
+  function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): Conn | void {
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
+    if (r.outbox.bytes > opt.queueHigh) return r; // before the rewrite: the frame is handled again later
     rewriteSendAsMsg(payload, c.id);
     queue(r, wholeFrame(payload));
     forwardedFrames++;
     forwardedBytes += bodyLength;
   }
 
-  function handleFrame(c: Conn, payload: Uint8Array): void {
+  /** Handles one frame; returns, without handling it, a recipient whose queue is full. */
+  function handleFrame(c: Conn, payload: Uint8Array): Conn | void {
     if (c.id) {
       const simple = parseSimpleSend(payload);
       if (simple) return forwardSimpleSend(c, payload, simple.to, simple.body.length);
@@ -437,6 +467,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           blockedOn: 0,
           waiters: [],
           held: null,
+          waiting: null,
           dirty: false,
           closing: false,
           closed: false,
