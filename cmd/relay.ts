@@ -1,4 +1,5 @@
 // `smts relay`: argument parsing and wiring for the relay (lib/relay).
+import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
@@ -82,9 +83,16 @@ export const relayCommand = defineCommand({
       if (secret && secret.length < SHORT_SECRET) {
         log.warn(`the join secret is only ${secret.length} characters: anyone who records a join can guess it offline; use \`smts relay --generate-secret\``);
       }
+      // Out of file descriptors, the relay could accept no one, and Bun's accept loop
+      // spins a core; so it stays below the limit, refusing connections past it.
+      const files = openFilesLimit();
+      const maxConnections = files === null ? Number.POSITIVE_INFINITY : files - FILES_RESERVED;
+      if (options.maxClients + options.maxPending > maxConnections) {
+        log.warn(`only ${files} open files allowed (ulimit -n): at most ${maxConnections} connections at once, fewer than --max-clients + --max-pending (${options.maxClients + options.maxPending}); raise it with \`ulimit -n ${options.maxClients + options.maxPending + FILES_RESERVED}\``);
+      }
       let relay;
       try {
-        relay = startRelay({ ...options, secret: secret ? secretBytes(secret) : null });
+        relay = startRelay({ ...options, maxConnections, secret: secret ? secretBytes(secret) : null });
       } catch (err) {
         throw new Failure(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
       }
@@ -101,3 +109,16 @@ export const relayCommand = defineCommand({
     });
   },
 });
+
+/** Descriptors kept for the runtime itself (its own files, pipes and workers), beyond the connections. */
+const FILES_RESERVED = 64;
+
+/** The soft limit on open files (ulimit -n), where the OS tells (Linux); null elsewhere. */
+function openFilesLimit(): number | null {
+  try {
+    const m = /^Max open files\s+(\d+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? Number(m[1]) : null;
+  } catch {
+    return null;
+  }
+}

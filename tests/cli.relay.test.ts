@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { joinRelay } from "../lib/link/relay-link.ts";
 import { isId } from "../lib/relay/protocol.ts";
-import { RawClient, ROOT, SECRET, SECRET_TEXT, spawnRelay } from "./helpers.ts";
+import { RawClient, ROOT, SECRET, SECRET_TEXT, spawnRelay, waitFor } from "./helpers.ts";
 
 function run(args: string[], env: Record<string, string> = {}) {
   const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, ...args], {
@@ -144,4 +144,42 @@ test("SIGTERM tells clients `shutdown`, then exits 0", async () => {
   expect((await link.closed).code).toBe("shutdown");
   expect(await rp.proc.exited).toBe(0);
   expect(rp.stderr()).toContain("served 1 connections, 1 joins");
+});
+
+// Regression (found in review): at the open-files limit the relay could accept
+// no one, Bun's accept loop spun a core, and nothing said why. It now stays
+// below the limit, refusing connections past it with relay_full, and warns.
+test("under a low `ulimit -n` the relay warns, refuses connections past its limit with relay_full, and keeps serving", async () => {
+  const proc = Bun.spawn(["sh", "-c", 'ulimit -n 100 && exec "$@"', "sh", process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0"], {
+    stdout: "ignore",
+    stderr: "pipe",
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT },
+  });
+  let text = "";
+  void (async () => {
+    for await (const chunk of proc.stderr) text += new TextDecoder().decode(chunk);
+  })();
+  try {
+    const port = await waitFor(() => Number(/listening on [^\s]+:(\d+)/.exec(text)?.[1]), "relay to listen", 10_000);
+    expect(text).toContain("only 100 open files allowed (ulimit -n): at most 36 connections at once");
+    const clients = await Promise.all(Array.from({ length: 50 }, () => RawClient.connect(port)));
+    await waitFor(() => clients.every((c) => c.frames.length > 0), "an answer on every connection");
+    const first = clients.map((c) => c.frames[0]!.t);
+    expect(first.filter((t) => t === "challenge").length).toBe(36);
+    expect(clients.filter((c) => c.frames[0]!.t === "error").map((c) => c.frames[0]!.code)).toEqual(Array(14).fill("relay_full"));
+    for (const c of clients) c.close();
+    // The relay may see the closes a moment after the clients do: retry on relay_full only.
+    let link: Awaited<ReturnType<typeof joinRelay>> | null = null;
+    for (let attempt = 0; !link; attempt++) {
+      link = await joinRelay({ host: "127.0.0.1", port, secret: SECRET }).catch((err) => {
+        if (err.code !== "relay_full" || attempt === 50) throw err;
+        return Bun.sleep(20).then(() => null);
+      });
+    }
+    expect(isId(link.id)).toBe(true);
+    link.close();
+  } finally {
+    proc.kill();
+    await proc.exited;
+  }
 });

@@ -47,6 +47,8 @@ export interface RelayOptions {
   /** Largest accepted frame payload after joining, in bytes. */
   maxFrame: number;
   maxClients: number;
+  /** Open connections of any kind; beyond it a new one is refused at once (cmd/relay.ts sets it below the open-files limit). */
+  maxConnections: number;
   /** Connections that have not joined yet; at the limit a new one evicts the oldest. */
   maxPending: number;
   /** The same, per source address (IPv4) or /64 (IPv6). */
@@ -75,6 +77,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   port: 5555,
   maxFrame: 256 * 1024,
   maxClients: 10_000,
+  maxConnections: Number.POSITIVE_INFINITY,
   maxPending: 1_000,
   maxPendingPerSource: 100,
   queueHigh: 1024 * 1024,
@@ -483,7 +486,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         count("connections");
         socket.setNoDelay(true);
         if (stopping) fatal(c, "shutdown");
-        else if (routes.size >= opt.maxClients) fatal(c, "relay_full");
+        else if (routes.size >= opt.maxClients || conns.size > opt.maxConnections) fatal(c, "relay_full");
         else {
           pend(c);
           sendFrame(c, { t: "challenge", v: RELAY_PROTOCOL_VERSION, nonce: c.nonce, open: opt.secret === null });
