@@ -78,30 +78,12 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     peer.sendText(id, `evil${escape}text`);
     const shown = await term.expect("evil.*text");
     expect(shown).not.toContain("\u001b]0;pwned");
-    await term.type("/exit\r");
-    expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
-  } finally {
-    term.proc.kill();
-    await peer.close();
-    dh.close();
-  }
-});
-
-// Regression test (lib/ui/format.ts): message text was stripped of C0/C1
-// controls only, so bidi overrides and line separators from a peer reached
-// the terminal (`/msg B hi \u202Eevil` printed U+202E, reversing what followed).
-test("regression: bidi controls and line separators in a peer's message are neutralised on the terminal", async () => {
-  const dh = startDhEngine();
-  const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: () => {} });
-  const term = ptyChat(relay.port);
-  try {
-    const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
-    await peer.connect(id);
-    await term.expect("secure session with");
+    // Regression (lib/ui/format.ts): only C0/C1 controls were stripped, so bidi overrides
+    // and line separators reached the terminal (`hi \u202Eevil` reversed what followed).
     peer.sendText(id, "hi \u202Eevil\u2066x\u2069\u061C\u200E\u200F\u202A\u2028second\u2029third end");
-    const shown = await term.expect("hi .*end");
-    expect(shown).not.toMatch(/[\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
-    expect(shown).toContain("hi �evil�x����� ↵ second ↵ third end");
+    const bidi = await term.expect("hi .*end");
+    expect(bidi).not.toMatch(/[\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/);
+    expect(bidi).toContain("hi �evil�x����� ↵ second ↵ third end");
     await term.type("/exit\r");
     expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
   } finally {

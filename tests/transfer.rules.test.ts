@@ -52,14 +52,21 @@ test("an offer nobody answers fails after the idle timeout", async () => {
 
 // Regression (found in review): any answer naming the file counted as progress, so one
 // recipient repeating `accept` kept a /bsend (done for the others) open for good.
-test("a recipient that repeats `accept` instead of answering `done` does not keep the transfer open", async () => {
-  const h = harness({ idleTimeoutMs: 300 });
+/** Sends "hello" (one chunk) to a peer that accepts; returns once the chunk has left. */
+async function sentInFull(h: ReturnType<typeof harness>) {
   const src = join(h.dir, "x.bin");
   writeFileSync(src, "hello");
   const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
   const offer = h.contents.find((c) => c.t === "offer")!;
   h.t.onContent("abcdefgh", { t: "accept", id: offer.id });
   await waitFor(() => h.messages.length === 1, "the last chunk");
+  await Bun.sleep(1); // the stream finishes its turn: all sent, waiting for `done`
+  return { outcome, offer };
+}
+
+test("a recipient that repeats `accept` instead of answering `done` does not keep the transfer open", async () => {
+  const h = harness({ idleTimeoutMs: 300 });
+  const { outcome, offer } = await sentInFull(h);
   const again = setInterval(() => h.t.onContent("abcdefgh", { t: "accept", id: offer.id }), 50);
   try {
     expect(await outcome).toContain("no progress");
@@ -72,13 +79,7 @@ test("a recipient that repeats `accept` instead of answering `done` does not kee
 // "cancelled" while the receiver kept the file.
 test("/cancel after the last chunk left leaves the transfer alone: the receiver's `done` still makes it delivered", async () => {
   const h = harness();
-  const src = join(h.dir, "x.bin");
-  writeFileSync(src, "hello");
-  const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
-  const offer = h.contents.find((c) => c.t === "offer")!;
-  h.t.onContent("abcdefgh", { t: "accept", id: offer.id });
-  await waitFor(() => h.messages.length === 1, "the last chunk");
-  await Bun.sleep(1); // the stream finishes its turn: all sent, waiting for `done`
+  const { outcome, offer } = await sentInFull(h);
   expect(h.t.cancel("")).toBe(0);
   expect(h.contents.map((c) => c.t)).toEqual(["offer"]);
   h.t.onContent("abcdefgh", { t: "done", id: offer.id, sha256: new Uint8Array(createHash("sha256").update("hello").digest()) });
