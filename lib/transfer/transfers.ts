@@ -348,11 +348,11 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     }
     const tid = hexId(id);
     const clean = safeName(name);
-    const decline = (reason: string) => {
-      if (!deps.congested()) deps.sendContent(peer, { t: "decline", id, reason });
+    const decline = (reason: string, answer = true) => {
+      if (answer) deps.sendContent(peer, { t: "decline", id, reason });
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
-    if (deps.congested()) return decline("not answered: the relay is not taking our data");
+    if (deps.congested()) return decline("not answered: the relay is not taking our data", false);
     // An ID of one of our own transfers is a peer handing our offer back to us.
     if (incoming.has(tid) || outgoing.has(tid)) return decline("duplicate offer");
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
