@@ -73,7 +73,7 @@ export const relayCommand = defineCommand({
       };
       // 192 KiB leaves room for a 128 KiB file chunk with its headers, sent to many recipients.
       if (options.maxFrame < 192 * 1024 || options.maxFrame > MAX_FRAME_LIMIT) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
-      if (options.queueMax < 2 * RELAY_DEFAULTS.queueHigh) throw new UsageError(`--queue-limit must be at least ${formatSize(2 * RELAY_DEFAULTS.queueHigh)}`);
+      if (options.queueMax < 2 * RELAY_DEFAULTS.queuePause) throw new UsageError("--queue-limit must be at least 8MiB (twice the queue at which senders are paused)");
       // The secret only now: a mistake in the arguments is a usage error even without one.
       const secret = readSecret(a["secret-file"]);
       if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");

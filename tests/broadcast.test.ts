@@ -824,7 +824,7 @@ describe("/bsend", () => {
     await waitFor(() => partFiles(late.dir).length === 0, "late's temporary file removed", 10_000);
   });
 
-  test("one stalled recipient among many: the relay pauses the sender (memory bounded, far below the file size), cuts the stalled one after its slow-consumer timeout, and the others complete", async () => {
+  test("one stalled recipient among many: the sender holds back when the relay says it is busy (never paused; memory bounded, far below the file size), the relay cuts the stalled one after its slow-consumer timeout, and the others complete", async () => {
     const w = await start({ slowTimeoutMs: 2000 });
     const SIZE = 32 * MiB;
     const s = await w.party({ direct: true, maxFileSize: 64 * MiB }); // direct: the MITM would buffer its uploads
@@ -857,8 +857,9 @@ describe("/bsend", () => {
     console.log(`stalled recipient: relay max queue ${(maxQueued / MiB).toFixed(2)} MiB for a ${SIZE / MiB} MiB file; paused senders seen ${pausedSeen}`);
     expect(stalled).toBe(true);
     expect(w.relay.stats().counters.closed_slow_consumer).toBe(1);
-    expect(pausedSeen).toBe(1); // the sender was held back rather than buffered for
-    expect(maxQueued).toBeLessThan(4 * MiB);
+    expect(w.relay.stats().counters.busy).toBeGreaterThanOrEqual(1); // for c (b and d may be told too, on a loaded machine)
+    expect(pausedSeen).toBe(0); // it held back by itself, so the relay never had to pause it
+    expect(maxQueued).toBeLessThan(RELAY_DEFAULTS.queuePause);
     expect(err.code).toBe("partial");
     expect(err.message).toContain(c.id);
     expect(err.message).toMatch(/delivered to 2 of 3/);

@@ -38,6 +38,10 @@ test("--open with a secret is a usage error; unknown options and bad ports print
   const small = run(["relay", "--open", "--port", "0", "--max-frame", "191KiB"]);
   expect(small.code).toBe(2);
   expect(small.stderr).toContain("--max-frame must be between 192KiB and 64MiB");
+  // Senders are paused at a recipient queue of 4 MiB (PROTOCOL §10): the cut must come well after.
+  const queue = run(["relay", "--open", "--port", "0", "--queue-limit", "7MiB"]);
+  expect(queue.code).toBe(2);
+  expect(queue.stderr).toContain("--queue-limit must be at least 8MiB");
 });
 
 // Regression (found in review): connections that never joined, once there were

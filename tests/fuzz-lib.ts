@@ -275,7 +275,7 @@ export interface FuzzOptions {
 export async function relayFuzz({ seed, ms, log = () => {} }: FuzzOptions): Promise<FuzzResult> {
   const r = mulberry32(seed);
   const MAX_FRAME = 64 * 1024;
-  const relay = startTestRelay({ maxFrame: MAX_FRAME, joinTimeoutMs: 300, pingIntervalMs: 2_000, slowTimeoutMs: 2_000, queueHigh: 256 * 1024, queueLow: 64 * 1024, queueMax: 4 * 1024 * 1024, maxRecipients: 16 });
+  const relay = startTestRelay({ maxFrame: MAX_FRAME, joinTimeoutMs: 300, pingIntervalMs: 2_000, slowTimeoutMs: 2_000, queueHigh: 256 * 1024, queueLow: 64 * 1024, queuePause: 1024 * 1024, queueMax: 4 * 1024 * 1024, maxRecipients: 16 });
   const escapes = trapEscapes();
   const a = await joinTest(relay);
   const b = await joinTest(relay);

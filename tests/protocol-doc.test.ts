@@ -86,6 +86,8 @@ const VECTORS = [
   "peers-frame",
   "joined-frame",
   "left-frame",
+  "busy-frame",
+  "ready-frame",
 ];
 const v = listedVectors(VECTORS);
 
@@ -144,6 +146,8 @@ describe("test vectors in docs/PROTOCOL.md", () => {
     expect(hex(encodeFrame({ t: "peers", ids: [ID] }))).toBe(hex(v("peers-frame")));
     expect(hex(encodeFrame({ t: "joined", id: ID }))).toBe(hex(v("joined-frame")));
     expect(hex(encodeFrame({ t: "left", id: ID }))).toBe(hex(v("left-frame")));
+    expect(hex(encodeFrame({ t: "busy", peer: ID }))).toBe(hex(v("busy-frame")));
+    expect(hex(encodeFrame({ t: "ready", peer: ID }))).toBe(hex(v("ready-frame")));
   });
 
   test("the document has exactly the relay-layer vectors checked here", () => {

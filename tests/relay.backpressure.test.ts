@@ -1,6 +1,7 @@
-// A recipient that stops reading: the relay pauses its senders instead of
-// buffering, unrelated clients keep talking, and after the slow-consumer
-// timeout the stalled client is cut and its senders resume.
+// A recipient that stops reading: the relay tells its senders it is `busy`
+// (and `ready` once it drained or left), pauses those that go on regardless
+// instead of buffering, unrelated clients keep talking, and after the
+// slow-consumer timeout the stalled client is cut and its senders resume.
 import { afterEach, expect, test } from "bun:test";
 import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
@@ -36,7 +37,7 @@ async function flood(link: Link, to: string, ms: number): Promise<number> {
   return sent;
 }
 
-test("a non-reading recipient pauses its sender, bounds relay queues, and does not stall others", async () => {
+test("a non-reading recipient: its sender is told `busy`, is paused when it goes on regardless, relay queues stay bounded, others are not stalled; `ready` when it is cut", async () => {
   // Pings every 200 ms: the paused sender must not be mistaken for a dead one.
   // The slow-consumer cut must come well after the 1.5 s flood, also on a busy machine.
   relay = startTestRelay({ slowTimeoutMs: 4000, pingIntervalMs: 200 });
@@ -65,8 +66,9 @@ test("a non-reading recipient pauses its sender, bounds relay queues, and does n
   clearInterval(watcher);
 
   expect(paused).toBe(true);
-  // The relay held at most its high-water mark plus one read's worth, far below the hard cap.
-  expect(maxQueued).toBeLessThan(4 * 1024 * 1024);
+  expect(sender.frames.filter((f) => f.t === "busy")).toEqual([{ t: "busy", peer: stalled.id }]); // once, not per frame
+  // The flood ignores `busy`: the relay queued up to its pause mark plus one frame, far below the cut.
+  expect(maxQueued).toBeLessThanOrEqual(RELAY_DEFAULTS.queuePause + CHUNK.length + 64);
   // The sender was held back: it had to queue locally, and what left it is kernel buffers
   // plus the relay queue, not the flood's full demand.
   expect(r.stats().counters.closed_slow_consumer).toBeUndefined(); // still paused, not yet cut
@@ -76,9 +78,38 @@ test("a non-reading recipient pauses its sender, bounds relay queues, and does n
   // After the slow-consumer timeout the stalled client is cut and the sender drains.
   await waitFor(() => r.stats().counters.closed_slow_consumer === 1, "slow consumer to be dropped", 8000);
   clearInterval(heartbeat);
+  await sender.next((f) => f.t === "ready" && f.peer === stalled.id, "`ready` for the client that was cut");
   await waitFor(() => sender.link.backlog === 0, "sender to drain", 5000);
   expect(r.stats().clients).toBe(3);
   expect(r.stats().counters.closed_idle_timeout).toBeUndefined();
+  stalled.raw.close();
+});
+
+test("a sender that holds back on `busy` is never paused, and is told `ready` once the recipient reads again", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 60_000 });
+  const r = relay;
+  const stalled = await stalledClient(r.port);
+  const sender = await joinTest(r, { watch: false });
+  const other = await joinTest(r, { watch: false });
+  let frames = 0;
+  while (!sender.frames.some((f) => f.t === "busy")) {
+    sender.link.send(stalled.id, CHUNK);
+    frames++;
+    await sender.link.drained(0);
+    await new Promise((resolve) => setImmediate(resolve)); // a polite sender reads what comes in as it writes
+  }
+  expect(sender.frames).toEqual([{ t: "busy", peer: stalled.id }]);
+  // Past the kernel's buffers, the relay queued just over queueHigh: the frames in flight when it said so.
+  expect(r.stats().maxQueuedBytes).toBeGreaterThan(RELAY_DEFAULTS.queueHigh);
+  expect(r.stats().maxQueuedBytes).toBeLessThan(RELAY_DEFAULTS.queuePause);
+  expect(r.stats().counters.pauses).toBeUndefined();
+  // Its other traffic goes on.
+  sender.link.send(other.link.id, new Uint8Array([7]));
+  expect((await other.next((f) => f.t === "msg", "a message to another client")).body).toEqual(new Uint8Array([7]));
+  stalled.raw.socket.resume();
+  await sender.next((f) => f.t === "ready" && f.peer === stalled.id, "`ready` once the recipient drained");
+  await waitFor(() => stalled.raw.frames.filter((f) => f.t === "msg").length === frames, "every frame delivered");
+  expect(r.stats().counters.pauses).toBeUndefined();
   stalled.raw.close();
 });
 

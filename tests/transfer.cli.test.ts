@@ -253,3 +253,30 @@ test("regression: the relay is killed during a scripted --json /send: the sender
     own.proc.kill("SIGKILL");
   }
 });
+
+test("regression: a receiver that stops reading holds up only its own transfer: the sender's messages to a third client go through meanwhile, and the transfer completes once it reads again", async () => {
+  // The relay would cut the stopped receiver only after 120 s: a sender paused by
+  // the relay on its behalf (its queue full of our chunks) could not reach c before.
+  const slowRelay = await spawnRelay(["--slow-timeout", "120"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const { a, b, src, dl } = await largeTransfer(64 * MiB, slowRelay.port);
+    const c = await chat(temp.make(), [], slowRelay.port);
+    a.send(`/connect ${c.id}`);
+    await a.event((e) => e.event === "session" && e.peer === c.id && e.state === "established", "a's session with c");
+    await b.event((e) => e.event === "progress" && (e.bytes as number) > 0, "the file flowing into b");
+    b.proc.kill("SIGSTOP");
+    await Bun.sleep(1000); // whatever a sends towards b now piles up in the relay and the kernel
+    a.send(`/msg ${c.id} still here`);
+    try {
+      expect(await c.event((e) => e.event === "message", "a's message at c")).toMatchObject({ from: a.id, text: "still here" });
+    } finally {
+      b.proc.kill("SIGCONT");
+    }
+    const saved = await b.event((e) => e.event === "file", "the file saved at b");
+    expect(saved).toMatchObject({ name: "large.bin", size: src.size, sha256: src.sha256 });
+    await a.event((e) => e.event === "delivered" && e.to === b.id, "delivered at a");
+    expect(sha256Hex(readFileSync(join(dl, "large.bin")))).toBe(src.sha256);
+  } finally {
+    slowRelay.proc.kill();
+  }
+});

@@ -443,6 +443,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       case "peers":
         if (Array.isArray(f.ids)) for (const id of f.ids) if (isId(id)) online.add(id);
         return;
+      case "busy":
+      case "ready":
+        if (isId(f.peer)) transfers.relayBusy(f.peer, f.t === "busy");
+        return;
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;
         if (f.code === "unknown_peer" && peer) {

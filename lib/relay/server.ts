@@ -11,11 +11,14 @@
 //     source (IPv4 address or IPv6 /64), a new one evicts the oldest waiting
 //     one (of that source if it is the source that is full);
 //   - memory is bounded: frames over the limit are refused from the length
-//     prefix; a recipient whose queue passes `queueHigh` pauses the senders
+//     prefix; a recipient whose queue passes `queuePause` pauses the senders
 //     feeding it (at the frame that did it, not at the end of their read)
 //     until it drains below `queueLow`; a recipient that makes no
 //     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
 //     disconnected as a slow consumer;
+//   - one slow recipient does not hold up its senders' other traffic: past
+//     `queueHigh` they are told it is `busy` (and `ready` once it drained),
+//     so they can hold what can wait before the relay has to pause them;
 //   - no client ever waits on another unrelated client: all I/O is
 //     non-blocking and timeouts are checked by one periodic sweep.
 import type { Socket, TCPSocketListener } from "bun";
@@ -53,8 +56,13 @@ export interface RelayOptions {
   maxPending: number;
   /** The same, per source address (IPv4) or /64 (IPv6). */
   maxPendingPerSource: number;
+  /** A recipient queue above this: its senders are told it is `busy`. */
   queueHigh: number;
+  /** ... at or below this again: `ready`, and paused senders resume. */
   queueLow: number;
+  /** ... above this: its senders are paused (they did not hold back). */
+  queuePause: number;
+  /** ... above this: the recipient is cut as a slow consumer. */
   queueMax: number;
   joinTimeoutMs: number;
   slowTimeoutMs: number;
@@ -82,6 +90,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   maxPendingPerSource: 100,
   queueHigh: 1024 * 1024,
   queueLow: 256 * 1024,
+  queuePause: 4 * 1024 * 1024,
   queueMax: 16 * 1024 * 1024,
   joinTimeoutMs: 5_000,
   slowTimeoutMs: 30_000,
@@ -111,6 +120,8 @@ interface Conn extends Endpoint {
   blockedOn: number;
   /** Senders paused until this connection's queue drains. */
   waiters: Conn[];
+  /** Senders told this connection is `busy`: they are told `ready` when it drained or left. */
+  told: Conn[];
   /** The rest of a read, not handled yet because this connection was paused after a frame of it. */
   held: Uint8Array | null;
   /** A frame not handled yet because a recipient's queue was full: it goes first when this connection is released. */
@@ -232,6 +243,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   function releaseWaiters(c: Conn): void {
+    for (const s of c.told) if (!s.closing && !s.closed) sendFrame(s, { t: "ready", peer: c.id });
+    c.told = [];
     for (const w of c.waiters) {
       w.blockedOn--;
       if (w.blockedOn === 0 && !w.closing && !w.closed) {
@@ -245,13 +258,15 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   /**
    * Handles the frames of `chunk` (after any waiting frame and held rest) from
-   * `c`. A frame for a recipient whose queue is above queueHigh is not handled:
+   * `c`. A frame for a recipient whose queue is above queuePause is not handled:
    * it waits, c is paused on that recipient, and the rest of the read is kept,
    * until the recipient drains. A frame that takes some queue past queueHigh
    * (a recipient's, or c's own with answers it does not read) stops the walk
-   * too: the queues are flushed, and if one is still too full, c is paused the
-   * same way. So a queue gets at most one frame past queueHigh, whatever the
-   * number of senders and however many frames one read holds.
+   * too: the queues are flushed, c is told a recipient still above queueHigh
+   * is `busy`, and c is paused the same way on its own queue still above
+   * queueHigh or a recipient's above queuePause. So a queue gets at most one
+   * frame past queuePause (queueHigh for answers), whatever the number of
+   * senders and however many frames one read holds.
    */
   function consume(c: Conn, chunk: Uint8Array | null): void {
     let rest = c.held && chunk ? concat(c.held, chunk) : (c.held ?? chunk ?? new Uint8Array(0));
@@ -305,7 +320,15 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         fatal(r, "slow_consumer");
         continue;
       }
-      if (sender && !sender.closing && r.outbox.bytes > opt.queueHigh && !r.waiters.includes(sender)) {
+      if (!sender || sender.closing || r.outbox.bytes <= opt.queueHigh) continue;
+      // A sender's own queue (answers it does not read) pauses it at once; a
+      // recipient's first makes it `busy`, and pauses it only past queuePause.
+      if (r !== sender && r.id && !r.told.includes(sender)) {
+        r.told.push(sender);
+        sendFrame(sender, { t: "busy", peer: r.id });
+        count("busy");
+      }
+      if ((r === sender || r.outbox.bytes > opt.queuePause) && !r.waiters.includes(sender)) {
         r.waiters.push(sender);
         if (sender.blockedOn++ === 0) sender.socket.pause();
         count("pauses");
@@ -341,11 +364,11 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     sendFrame(c, welcome);
   }
 
-  /** A recipient among `ids` whose queue is above queueHigh: a frame for it waits (see consume). */
+  /** A recipient among `ids` whose queue is above queuePause: a frame for it waits (see consume). */
   function fullRecipient(ids: string[]): Conn | null {
     for (const id of ids) {
       const r = routes.get(id);
-      if (r && r.outbox.bytes > opt.queueHigh) return r;
+      if (r && r.outbox.bytes > opt.queuePause) return r;
     }
     return null;
   }
@@ -387,7 +410,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): Conn | void {
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
-    if (r.outbox.bytes > opt.queueHigh) return r; // before the rewrite: the frame is handled again later
+    if (r.outbox.bytes > opt.queuePause) return r; // before the rewrite: the frame is handled again later
     rewriteSendAsMsg(payload, c.id);
     queue(r, wholeFrame(payload));
     forwardedFrames++;
@@ -469,6 +492,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           watch: false,
           blockedOn: 0,
           waiters: [],
+          told: [],
           held: null,
           waiting: null,
           dirty: false,
@@ -506,7 +530,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         c.outbox.flush();
         if (c.closing) {
           if (c.outbox.bytes === 0) socket.shutdown();
-        } else if (c.outbox.bytes <= opt.queueLow) releaseWaiters(c);
+        } else if (c.outbox.bytes <= opt.queueLow && (c.waiters.length || c.told.length)) {
+          releaseWaiters(c);
+          flushDirty(null);
+        }
       },
       close(socket) {
         const c = socket.data;

@@ -18,10 +18,12 @@
 //
 // Promises: a file is never held whole in memory (128 KiB chunks; the sender
 // reads only as fast as its socket drains, the receiver writes each chunk
-// before reading the next); the receiver enforces its own size limit on the
-// bytes it actually receives; a file appears under its final name only after
-// the last chunk verified and the size matched, and any failure removes the
-// temporary file; existing files are never overwritten.
+// before reading the next); chunks wait while the relay reports a recipient
+// `busy`, so a receiver that reads slowly does not hold up our other traffic;
+// the receiver enforces its own size limit on the bytes it actually receives;
+// a file appears under its final name only after the last chunk verified and
+// the size matched, and any failure removes the temporary file; existing
+// files are never overwritten.
 import { closeSync, constants, fstatSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
 import { basename, join } from "node:path";
 import { randomBytes, wipe } from "../crypto/primitives.ts";
@@ -95,6 +97,8 @@ interface Outgoing {
   lastActivity: number;
   /** Hex SHA-256 of what was sent: from the broadcast offer, or hashed while streaming. */
   sha256?: string;
+  /** Wakes a stream waiting for a busy recipient (it became ready, or dropped out). */
+  wake: (() => void) | null;
   resolve(): void;
   reject(err: TransferError): void;
 }
@@ -151,6 +155,8 @@ const shortId = (id: string) => id.slice(0, 8);
 export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   const outgoing = new Map<string, Outgoing>();
   const incoming = new Map<string, Incoming>();
+  /** Peers whose relay queue is full (the relay said `busy`, not `ready` yet). */
+  const busy = new Set<string>();
   const idleMs = opts.idleTimeoutMs ?? 60_000;
   removeStaleParts(opts.downloadDir, 2 * idleMs);
 
@@ -202,6 +208,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     t.failures.push(`${state} ${t.recipients.size > 1 ? `${peer}: ` : ""}${reason}`);
     outEvent(t, peer, state, reason);
     progressOut(t);
+    t.wake?.();
   }
 
   function failAll(t: Outgoing, state: "failed" | "cancelled", reason: string): void {
@@ -274,7 +281,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return new Promise<void>((resolve, reject) => {
       const now = performance.now();
       const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
-      const t: Outgoing = { id: hexId(fileId), fileId, path, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, resolve, reject };
+      const t: Outgoing = { id: hexId(fileId), fileId, path, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, wake: null, resolve, reject };
       // A broadcast's receivers check the content against the offer's digest, so hashing it again while streaming would add nothing.
       if (digest) t.sha256 = hexId(digest);
       outgoing.set(t.id, t);
@@ -298,6 +305,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       let sent = 0;
       let lastProgress = 0;
       for (let n = 0; ; n++) {
+        // The relay would queue more chunks for a busy recipient, and then pause
+        // our whole connection: everything else we send would wait with them.
+        while (t.state === "sending" && accepted(t).some((peer) => busy.has(peer))) await new Promise<void>((resolve) => (t.wake = resolve));
+        t.wake = null;
         const to = accepted(t);
         if (t.state !== "sending" || !to.length) return; // cancelled or failed meanwhile
         const want = Math.min(CHUNK_BYTES, t.size - sent);
@@ -319,10 +330,12 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         // Yield after every chunk so the socket starts writing at once (no pipeline
         // fill of a whole megabyte); wait for the socket when it is behind.
         if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
-        // Once per MiB let the event loop read the socket too: when the relay takes
-        // chunks as fast as we seal them (it discards those for a peer that left),
-        // microtasks alone would keep a `left` or `cancel` unread until the end.
-        else if (n % 16 === 15) await new Promise((resolve) => setImmediate(resolve));
+        // Every 512 KiB let the event loop read the socket too: when the relay takes
+        // chunks as fast as we seal them, microtasks alone would keep a `left`, a
+        // `cancel` or the relay's `busy` unread until the end. Read late, `busy`
+        // lets a few MiB more pile up for a stalled peer, and the relay would then
+        // pause us (PROTOCOL §10); as often as this it costs no measurable speed.
+        else if (n % 4 === 3) await new Promise((resolve) => setImmediate(resolve));
         else await null;
       }
       if (hash) t.sha256 = hash.digest("hex");
@@ -470,8 +483,17 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return n;
   }
 
+  /** The relay's `busy` / `ready` for `peer` (advisory: a relay could lie, but it can stall us anyway). */
+  function relayBusy(peer: string, isBusy: boolean): void {
+    if (isBusy) return void busy.add(peer);
+    if (!busy.delete(peer)) return;
+    for (const t of outgoing.values()) t.wake?.();
+  }
+
   /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay. */
   function abandon(peer: string | null, reason: string): void {
+    if (peer === null) busy.clear();
+    else busy.delete(peer);
     for (const t of [...outgoing.values()]) {
       if (peer === null) failAll(t, "failed", reason);
       else dropRecipient(t, peer, "failed", reason);
@@ -480,7 +502,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   const active = () => outgoing.size + incoming.size;
-  return { send, onContent, onChunk, cancel, abandon, active };
+  return { send, onContent, onChunk, cancel, abandon, relayBusy, active };
 }
 
 export type Transfers = ReturnType<typeof createTransfers>;
