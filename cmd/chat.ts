@@ -13,6 +13,7 @@ import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
 import { formatEvent, jsonLine, progressTracker } from "../lib/ui/format.ts";
+import { outputGate } from "../lib/ui/output.ts";
 import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
@@ -74,11 +75,13 @@ export const chatCommand = defineCommand({
         const code = 128 + osConstants.signals[signal];
         process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
       }
+      // A reader of our output that falls behind stops us reading from the relay until it caught up.
+      const write = outputGate((on) => client?.holdEvents(on));
       // A broken stderr only loses the failure lines; the chat goes on (and ends) as it would.
       let stderrOpen = true;
       process.stderr.on("error", () => void (stderrOpen = false));
       const err = (text: string) => {
-        if (stderrOpen) process.stderr.write(text);
+        if (stderrOpen) write(process.stderr, text);
       };
       // A reader that went away (`| head -1`, `| grep -m1`) ends us like any
       // filter: quietly, with 141 as for SIGPIPE. Nothing more is written there.
@@ -89,7 +92,7 @@ export const chatCommand = defineCommand({
         void finish(e.code === "EPIPE" ? 128 + osConstants.signals.SIGPIPE : 1);
       });
       const out = (text: string) => {
-        if (stdoutOpen) process.stdout.write(text);
+        if (stdoutOpen) write(process.stdout, text);
       };
 
       const print = (line: string) => {
@@ -153,6 +156,7 @@ export const chatCommand = defineCommand({
         const command = parseCommand(line);
         if (command.kind === "exit") break;
         if (!(await execute(command, ctx))) failures++;
+        await client.writable(); // read no more commands than the relay takes
       }
       // End of input: let transfers finish (ours and those arriving; each ends
       // within the idle timeout at worst), then drain and exit.

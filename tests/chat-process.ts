@@ -19,6 +19,8 @@ export interface ChatProcess {
   send(line: string): void;
   /** Ends its stdin (end of input). */
   end(): void;
+  /** Stops reading its stdout (the pipe fills, as with a reader that stalls) until the returned function is called. */
+  holdStdout(): () => void;
   /** Stops reading its stdout and closes the pipe, as `| head -1` does when it has its line. */
   closeStdout(): Promise<void>;
   /** The same for its stderr (`2>&1 | head -1`, or a log reader that died). */
@@ -56,10 +58,11 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
   const lines: string[] = [];
   let err = "";
   const reader = proc.stdout.getReader();
+  let held: Promise<void> = Promise.resolve(); // holdStdout()
   const out = (async () => {
     let buf = "";
     const dec = new TextDecoder();
-    for (let r; !(r = await reader.read()).done; ) {
+    for (let r; (await held, !(r = await reader.read()).done); ) {
       buf += dec.decode(r.value, { stream: true });
       let nl: number;
       while ((nl = buf.indexOf("\n")) >= 0) {
@@ -85,6 +88,11 @@ export async function spawnChat(port: number, args: string[] = [], opts: ChatPro
       proc.stdin.flush();
     },
     end: () => void proc.stdin.end(),
+    holdStdout() {
+      let release!: () => void;
+      held = new Promise((resolve) => (release = resolve));
+      return release;
+    },
     closeStdout: () => reader.cancel(),
     closeStderr: () => errReader.cancel(),
     async exited() {

@@ -3,7 +3,7 @@
 // the peer starts, and exit codes.
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
 import { killChats, spawnChat, type ChatProcessOptions } from "./chat-process.ts";
-import { ROOT, SECRET_TEXT, spawnRelay, waitFor, type RelayProcess } from "./helpers.ts";
+import { ROOT, rssOf, SECRET_TEXT, spawnRelay, waitFor, type RelayProcess } from "./helpers.ts";
 
 let relay: RelayProcess;
 beforeAll(async () => {
@@ -186,3 +186,51 @@ test("--json keeps a peer's text exact but writes bidi controls, line separators
   expect(await a.exited()).toBe(0);
   expect(await b.exited()).toBe(0);
 });
+
+// Regression: Bun keeps whatever a pipe's reader has not taken, without limit, so
+// a --json client whose reader stalled took in a peer's messages as fast as they
+// came and grew by all of them (64 MiB of messages: 64 MiB more).
+test("regression: a --json client whose stdout reader stalls stops taking messages in (its memory stays bounded, the sender stops reading its input), and loses none once the reader reads again", async () => {
+  const own = await spawnRelay(["--slow-timeout", "120"], { SMTS_SECRET: SECRET_TEXT }); // no slow-consumer cut meanwhile
+  try {
+    const at = (args: string[] = []) => spawnChat(own.port, args, { timeoutMs: 60_000 });
+    const b = await at();
+    const a = await at();
+    a.send(`/connect ${b.id}`);
+    await b.event((e) => e.event === "session" && e.state === "established", "session on b");
+    const release = b.holdStdout();
+    const before = rssOf(b.proc.pid);
+    const COUNT = 16 * 1024;
+    const text = (i: number) => `${i} ${"x".repeat(4000)}`; // 64 MiB in all
+    let written = false;
+    const writing = (async () => {
+      for (let i = 0; i < COUNT; i++) {
+        a.proc.stdin.write(`/msg ${b.id} ${text(i)}\n`);
+        if (i % 256 === 255) await a.proc.stdin.flush();
+      }
+      await a.proc.stdin.flush();
+      written = true;
+    })();
+    // Before: a read all of it at once and b buffered it; now a stops reading its input.
+    let peak = before;
+    const until = performance.now() + 5000;
+    while (!written && performance.now() < until) {
+      peak = Math.max(peak, rssOf(b.proc.pid));
+      await Bun.sleep(50);
+    }
+    peak = Math.max(peak, rssOf(b.proc.pid));
+    expect(peak - before).toBeLessThan(32 * 1024 * 1024);
+    expect(written).toBe(false);
+    release();
+    await writing;
+    a.end();
+    await waitFor(() => b.events.filter((e) => e.event === "message").length === COUNT, "every message at b", 60_000);
+    const texts = b.events.filter((e) => e.event === "message").map((e) => e.text);
+    expect(texts.every((t, i) => t === text(i))).toBe(true);
+    expect(await a.exited()).toBe(0);
+    b.end();
+    expect(await b.exited()).toBe(0);
+  } finally {
+    own.proc.kill();
+  }
+}, 120_000);

@@ -135,6 +135,10 @@ export interface ChatClient {
   hasSession(peer: string): boolean;
   /** Resolves when everything queued has been handed to the socket. */
   flush(): Promise<void>;
+  /** Stops (true) or resumes (false) taking in messages: for an event consumer that fell behind (Link.holdReading). */
+  holdEvents(hold: boolean): void;
+  /** Resolves at once, or, while over 1 MiB waits to go to the relay, once it is down to 256 KiB: for a producer of commands. */
+  writable(): Promise<void>;
   close(): Promise<void>;
   readonly closed: Promise<LinkClose>;
 }
@@ -574,6 +578,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     cancel: (prefix) => transfers.cancel(prefix),
     activeTransfers: () => transfers.active(),
+    holdEvents: (hold) => link.holdReading(hold),
+    writable: () => (link.backlog > 1024 * 1024 ? link.drained(256 * 1024) : Promise.resolve()),
     async flush() {
       sealBroadcast();
       for (const s of sessions.values()) sealQueued(s);

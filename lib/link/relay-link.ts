@@ -61,6 +61,12 @@ export interface Link {
   readonly backlog: number;
   /** Resolves once the local queue is at or below `bytes`. */
   drained(bytes?: number): Promise<void>;
+  /**
+   * Stops (true) or resumes (false) reading from the relay, for a consumer of
+   * what we read that fell behind: the relay then queues for us, and tells
+   * our peers (PROTOCOL §10). Frames of a read under way are still delivered.
+   */
+  holdReading(hold: boolean): void;
   close(): void;
   readonly closed: Promise<LinkClose>;
 }
@@ -87,8 +93,10 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     let lastHeard = performance.now();
     let pinged = false;
     let keepalive: Timer | undefined;
+    let holding = false;
     // We ping a silent relay, and give up on it after three intervals.
     const checkAlive = () => {
+      if (holding) lastHeard = performance.now(); // its silence is our doing
       const quiet = performance.now() - lastHeard;
       if (quiet > 3 * PING_MS) {
         lastError = { code: "timeout", message: "relay stopped responding" };
@@ -173,6 +181,12 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         sendFrame: writeFrame,
         get backlog() {
           return outbox?.bytes ?? 0;
+        },
+        holdReading(hold) {
+          if (hold === holding) return;
+          holding = hold;
+          if (hold) socket?.pause();
+          else socket?.resume();
         },
         drained(bytes = DRAIN_LOW) {
           if (!outbox || outbox.closed || outbox.bytes <= bytes) return Promise.resolve();
