@@ -16,6 +16,9 @@
 //     until it drains below `queueLow`; a recipient that makes no
 //     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
 //     disconnected as a slow consumer;
+//   - clients joining and leaving cost the watching clients at most one
+//     write each per presence interval, however fast they come and go
+//     (presence.ts);
 //   - one slow recipient does not hold up its senders' other traffic: past
 //     `queueHigh` they are told it is `busy` (and `ready` once it drained),
 //     so they can hold what can wait before the relay has to pause them;
@@ -40,6 +43,7 @@ import {
   relayProof,
   type ErrorCode,
 } from "./protocol.ts";
+import { presenceLog } from "./presence.ts";
 import { localRoutes, type Endpoint, type Routes } from "./routes.ts";
 
 export interface RelayOptions {
@@ -70,6 +74,10 @@ export interface RelayOptions {
   pingIntervalMs: number;
   /** Most recipients in one `send`. */
   maxRecipients: number;
+  /** Presence batches (presence.ts) are this far apart per watching client ... */
+  presencePerWatcherMs: number;
+  /** ... and at most this far apart. */
+  presenceMaxMs: number;
   log: RelayLog;
 }
 
@@ -96,6 +104,8 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   slowTimeoutMs: 30_000,
   pingIntervalMs: 30_000,
   maxRecipients: 1_000,
+  presencePerWatcherMs: 0.1,
+  presenceMaxMs: 1_000,
 };
 
 /** Frames before joining are tiny; anything bigger is hostile. */
@@ -116,6 +126,8 @@ interface Conn extends Endpoint {
   lastHeard: number;
   pinged: boolean;
   watch: boolean;
+  /** Presence changes from this sequence number on are news to it (presence.ts). */
+  presenceFrom: number;
   /** How many recipients' queues this connection is paused for. */
   blockedOn: number;
   /** Senders paused until this connection's queue drains. */
@@ -162,6 +174,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   /** Set by queue() when a queue passes queueHigh: consume() stops after the frame being handled. */
   let overfull = false;
   let stopping = false;
+  const presence = presenceLog();
+  let watchers = 0;
+  let presenceTimer: Timer | null = null;
+  let lastPresence = 0;
 
   const count = (key: string, n = 1) => void (counters[key] = (counters[key] ?? 0) + n);
 
@@ -237,9 +253,34 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     releaseWaiters(c);
     if (!c.id || routes.get(c.id) !== c) return;
     routes.remove(c.id);
+    if (c.watch) watchers--;
     opt.log.debug(`client ${c.id} left (${routes.size} online)`);
     // At shutdown every client is told once (`shutdown`), not once per other client leaving: N² frames.
-    if (!stopping) for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "left", id: c.id });
+    if (!stopping) announce(c.id, false);
+  }
+
+  /**
+   * Records a join or leave for the watchers, who are told in batches at most
+   * one interval apart (presence.ts): 0.1 ms per watcher, at most 1 s, so that
+   * telling everyone costs at most about one write per watcher per 0.1 ms × N.
+   */
+  function announce(id: string, joined: boolean): void {
+    presence.add(id, joined);
+    if (presenceTimer) return;
+    const interval = Math.min(opt.presenceMaxMs, watchers * opt.presencePerWatcherMs);
+    presenceTimer = setTimeout(tellPresence, Math.max(0, lastPresence + interval - performance.now()));
+  }
+
+  function tellPresence(): void {
+    presenceTimer = null;
+    lastPresence = performance.now();
+    const framesFor = presence.take();
+    for (const w of routes.endpoints()) {
+      if (!w.watch || w.closing) continue;
+      const frames = framesFor(w.presenceFrom);
+      if (frames.length) queue(w, frames, undefined, true);
+    }
+    flushDirty(null);
   }
 
   function releaseWaiters(c: Conn): void {
@@ -355,8 +396,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     c.watch = f.watch !== false;
     c.decoder.maxPayload = opt.maxFrame;
     unpend(c);
-    for (const other of routes.endpoints()) if (other.watch) sendFrame(other, { t: "joined", id });
+    announce(id, true);
+    c.presenceFrom = presence.next; // not told of its own join
     routes.add(c);
+    if (c.watch) watchers++;
     count("joins");
     opt.log.debug(`client ${id} joined (${routes.size} online)`);
     const welcome: Frame = { t: "welcome", v: RELAY_PROTOCOL_VERSION, id, maxFrame: opt.maxFrame };
@@ -490,6 +533,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           lastHeard: now,
           pinged: false,
           watch: false,
+          presenceFrom: 0,
           blockedOn: 0,
           waiters: [],
           told: [],
@@ -568,6 +612,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     async stop() {
       stopping = true;
       clearInterval(sweeper);
+      if (presenceTimer) clearTimeout(presenceTimer);
       for (const c of conns) fatal(c, "shutdown");
       flushDirty(null);
       const deadline = performance.now() + CLOSE_GRACE_MS + 200;
