@@ -460,7 +460,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
           const known = online.has(peer) || reported;
           online.delete(peer);
           exchanges.fail(peer, new ChatError("unknown_peer", `${peer} is not online`, peer));
-          if (sessions.has(peer)) dropSession(peer, "is no longer online");
+          // The relay may tell us before its `left` (presence comes in batches, PROTOCOL §5.6).
+          if (sessions.has(peer)) dropSession(peer, "left");
           // Frames in flight when a peer left come back one by one (a file's
           // chunks: one per 128 KiB); its departure was reported once already.
           if (!known || reported) return;
