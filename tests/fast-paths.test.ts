@@ -1,11 +1,12 @@
 // The hand-written decoders of the hot paths (relay: parseSimpleSend; client:
 // parseMsg for relay frames, parseChunk for file chunks) must agree with the
-// general msgpack decoder on every input they accept, and decline the rest.
+// general msgpack decoder on every input they accept, and decline the rest;
+// the hand-built `peers` answer must be byte for byte what encodeFrame writes.
 // Checked on the encodings lib/ emits, at every integer and bin width, and
 // differentially on every single-byte change (all 256 values) of their
 // structural bytes and on truncations.
 import { describe, expect, test } from "bun:test";
-import { msgFrameHeader, parseMsg, parseSimpleSend } from "../lib/relay/protocol.ts";
+import { msgFrameHeader, newId, parseMsg, parseSimpleSend, peerItems, peersFrame } from "../lib/relay/protocol.ts";
 import { parseChunk, type ChunkFrame } from "../lib/transfer/chunks.ts";
 import { decodePayload, encodeFrame, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
@@ -137,5 +138,21 @@ describe("parseChunk (client): a file chunk", () => {
     expect(agreesOnMutations(parseChunk, pack(chunk(300, true, 300)))).toBeGreaterThan(0);
     expect(agreesOnMutations(parseChunk, pack(chunk(70_000, false, 16)))).toBeGreaterThan(0); // uint32 index
     expect(agreesOnMutations(parseChunk, pack(chunk(5, false, 0)))).toBeGreaterThan(0); // bin8 of 0 bytes
+  });
+});
+
+describe("peersFrame (relay): the `list` answer", () => {
+  test("is byte for byte what encodeFrame writes, at every array width, with and without `more`, leaving out any one ID", () => {
+    const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+    for (const n of [0, 1, 15, 16, 17, 255, 256, 4096]) {
+      const all = Array.from({ length: n + 1 }, newId); // one more than listed, as the relay keeps
+      const items = peerItems(all);
+      for (const skip of [-1, 0, Math.floor(n / 2), n - 1, n].filter((k, i, a) => k < n + 1 && a.indexOf(k) === i)) {
+        const ids = (skip < 0 ? all : all.filter((_, i) => i !== skip)).slice(0, n);
+        for (const more of [false, true]) {
+          expect(hex(peersFrame(items, skip, n, more))).toBe(hex(encodeFrame(more ? { t: "peers", ids, more } : { t: "peers", ids })));
+        }
+      }
+    }
   });
 });

@@ -37,6 +37,8 @@ import {
   newNonce,
   NONCE_BYTES,
   parseSimpleSend,
+  peerItems,
+  peersFrame,
   rewriteSendAsMsg,
   PROOF_BYTES,
   RELAY_PROTOCOL_VERSION,
@@ -175,6 +177,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   let overfull = false;
   let stopping = false;
   const presence = presenceLog();
+  /** The first MAX_LISTED + 1 joined IDs, encoded for `peers` answers; dropped when clients come or go. */
+  let listed: { ids: string[]; items: Uint8Array } | null = null;
   let watchers = 0;
   let presenceTimer: Timer | null = null;
   let lastPresence = 0;
@@ -253,6 +257,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     releaseWaiters(c);
     if (!c.id || routes.get(c.id) !== c) return;
     routes.remove(c.id);
+    listed = null;
     if (c.watch) watchers--;
     opt.log.debug(`client ${c.id} left (${routes.size} online)`);
     // At shutdown every client is told once (`shutdown`), not once per other client leaving: N² frames.
@@ -269,6 +274,12 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     if (presenceTimer) return;
     const interval = Math.min(opt.presenceMaxMs, watchers * opt.presencePerWatcherMs);
     presenceTimer = setTimeout(tellPresence, Math.max(0, lastPresence + interval - performance.now()));
+  }
+
+  function listedIds(): { ids: string[]; items: Uint8Array } {
+    const ids: string[] = [];
+    for (const id of routes.ids()) if (ids.push(id) > MAX_LISTED) break;
+    return { ids, items: peerItems(ids) };
   }
 
   function tellPresence(): void {
@@ -399,6 +410,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     announce(id, true);
     c.presenceFrom = presence.next; // not told of its own join
     routes.add(c);
+    listed = null;
     if (c.watch) watchers++;
     count("joins");
     opt.log.debug(`client ${id} joined (${routes.size} online)`);
@@ -473,13 +485,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         return handleSend(c, f);
       case "list": {
         // At most MAX_LISTED IDs (~40 KiB), so the answer always fits a frame.
-        const ids: string[] = [];
-        for (const id of routes.ids()) {
-          if (id === c.id) continue;
-          if (ids.length === MAX_LISTED) return sendFrame(c, { t: "peers", ids, more: true });
-          ids.push(id);
-        }
-        return sendFrame(c, { t: "peers", ids });
+        listed ??= listedIds();
+        const skip = listed.ids.indexOf(c.id);
+        const others = listed.ids.length - (skip >= 0 ? 1 : 0);
+        return queue(c, peersFrame(listed.items, skip, Math.min(others, MAX_LISTED), routes.size - 1 > MAX_LISTED));
       }
       case "ping":
         return sendFrame(c, { t: "pong" });
