@@ -147,6 +147,32 @@ describe("presence", () => {
     expect(quiet.frames.filter((f) => f.t === "joined" || f.t === "left")).toEqual([]);
   });
 
+  test("list with more than 4096 others: 4096 IDs of online clients, never the asker's own, and `more`; right again after clients come and go", async () => {
+    relay = startTestRelay({ maxPending: 5000, maxPendingPerSource: 5000 });
+    const clients: { raw: RawClient; id: string }[] = [];
+    for (let i = 0; i < 4098; i += 200) clients.push(...(await Promise.all(Array.from({ length: Math.min(200, 4098 - i) }, () => rawJoined(relay.port)))));
+    const online = new Set(clients.map((c) => c.id));
+    // The first to join is in the relay's cached list; the last is past it.
+    for (const asker of [clients[0]!, clients[4097]!, clients[2000]!]) {
+      asker.raw.writeFrame({ t: "list" });
+      const peers = await asker.raw.next("peers");
+      const ids = peers.ids as string[];
+      expect(ids).toHaveLength(4096);
+      expect(new Set(ids).size).toBe(4096);
+      expect(ids.includes(asker.id)).toBe(false);
+      expect(ids.every((id) => online.has(id))).toBe(true);
+      expect(peers.more).toBe(true);
+    }
+    // Two leave: 4095 others for the first client, all of them listed.
+    for (const c of clients.splice(1, 2)) c.raw.close(), online.delete(c.id);
+    await waitFor(() => relay.stats().clients === 4096, "two clients gone");
+    clients[0]!.raw.writeFrame({ t: "list" });
+    const after = await clients[0]!.raw.next("peers");
+    expect(new Set(after.ids as string[])).toEqual(new Set([...online].filter((id) => id !== clients[0]!.id)));
+    expect(after.more).toBeUndefined();
+    for (const c of clients) c.raw.close();
+  }, 60_000);
+
   test("presenceLog: a batch in order, an ID that joined and left within it dropped; a later watcher gets the changes after its join", () => {
     const log = presenceLog();
     log.add("aaaaaaaa", true);
