@@ -176,3 +176,13 @@ test("regression: frames arriving while close() runs are dropped without an even
     mitm.stop();
   }
 });
+
+// Regression: a presence batch can tell a client of its own join, in the very read
+// that brings `welcome` (PROTOCOL §5.6); handling it before the link was in place
+// threw, and the client lost its connection.
+test("a client is never told about itself: presence of its own ID is ignored, also right after joining", async () => {
+  const clientsNow = await Promise.all(Array.from({ length: 6 }, () => client()));
+  for (const x of clientsNow) await waitFor(() => clientsNow.every((y) => y === x || x.c.peers().some((p) => p.id === y.c.id && p.online)), "everyone online for everyone");
+  for (const x of clientsNow) expect(x.of("peer").filter((e) => e.id === x.c.id)).toEqual([]);
+  for (const x of clientsNow) expect(x.c.peers().some((p) => p.id === x.c.id)).toBe(false);
+});

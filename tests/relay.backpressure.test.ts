@@ -113,6 +113,72 @@ test("a sender that holds back on `busy` is never paused, and is told `ready` on
   stalled.raw.close();
 });
 
+// Regression (found in review): senders told `busy` stayed listed after they
+// closed, as long as the recipient stayed above queueLow, and every frame to it
+// searched that list: a recipient read a little now and then, and each of 10,000
+// clients that sent it one byte and left cost the relay memory for good.
+test("a sender that leaves is forgotten by the recipients it was told about (busy) or paused on", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 60_000 });
+  const r = relay;
+  const sink = await stalledClient(r.port);
+  const filler = await joinTest(r, { watch: false });
+  // Well past queueHigh (the kernel may yet take some of it), under queuePause.
+  while (r.stats().maxQueuedBytes < 2.5 * 1024 * 1024) {
+    filler.link.send(sink.id, CHUNK);
+    await filler.link.drained(0);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  for (let i = 0; i < 50; i++) {
+    const s = await joinTest(r, { watch: false });
+    s.link.send(sink.id, new Uint8Array([i]));
+    await s.next((f) => f.t === "busy" && f.peer === sink.id, "busy for a one-byte sender");
+    s.link.close();
+    await s.link.closed;
+  }
+  await waitFor(() => r.stats().clients === 2, "the 50 senders gone");
+  expect(r.stats().busyTold).toBe(1); // the filler alone
+  sink.raw.socket.resume();
+  await filler.next((f) => f.t === "ready" && f.peer === sink.id, "ready for the filler");
+  expect(r.stats().busyTold).toBe(0);
+  sink.raw.close();
+});
+
+// Regression (found in review): a sender released from a pause had its waiting
+// frame handled without a flush, so the next unrelated client to send anything
+// was held responsible: told `busy` about, and paused on, a recipient it had
+// never sent to, while the real sender went on.
+test("a sender released from a pause answers for its own waiting frame; an unrelated client is neither told busy nor paused", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 60_000, pingIntervalMs: 60_000 });
+  const r = relay;
+  const join = () => joinTest(r, { watch: false });
+  const r1 = await stalledClient(r.port); // stalls, then reads
+  const r2 = await stalledClient(r.port); // stays stalled
+  const [s1, s2, w, x, y] = [await join(), await join(), await join(), await join(), await join()];
+  // r2's queue past queueHigh but under queuePause; r1's past queuePause, so s1 is paused.
+  while (r.stats().maxQueuedBytes < RELAY_DEFAULTS.queuePause - 512 * 1024) {
+    s2.link.send(r2.id, CHUNK);
+    await s2.link.drained(0);
+    await Bun.sleep(2);
+  }
+  const big = new Uint8Array(200 * 1024);
+  while (r.stats().pausedSenders === 0) {
+    s1.link.send(r1.id, big);
+    await Bun.sleep(5);
+  }
+  // w's frame to both waits on r1; when r1 reads, it goes to r1 and r2, taking r2 past queuePause.
+  w.link.send([r1.id, r2.id], big);
+  await waitFor(() => r.stats().pausedSenders === 2, "w paused on r1 as well");
+  r1.raw.socket.resume();
+  await w.next((f) => f.t === "busy" && f.peer === r2.id, "w told busy about r2", 10_000);
+  x.link.send(y.link.id, new Uint8Array([1]));
+  await y.next((f) => f.t === "msg", "x's message at y");
+  x.link.send(y.link.id, new Uint8Array([2]));
+  await y.next((f) => f.t === "msg", "x's second message at y");
+  expect(x.frames.filter((f) => f.t === "busy")).toEqual([]);
+  r1.raw.close();
+  r2.raw.close();
+}, 60_000);
+
 test("relay process RSS stays bounded while a sender floods a stalled recipient", async () => {
   const rp = await spawnRelay(["--slow-timeout", "30"], { SMTS_SECRET: SECRET_TEXT });
   try {

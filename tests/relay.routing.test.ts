@@ -135,9 +135,10 @@ describe("presence", () => {
     relay = startTestRelay();
     const a = await joinTest(relay);
     const quiet = await joinTest(relay, { watch: false });
-    expect((await a.next((f) => f.t === "joined")).id).toBe(quiet.link.id);
+    // A batch may also tell a watcher of its own join (§5.6): the matchers skip it.
+    expect((await a.next((f) => f.t === "joined" && f.id !== a.link.id)).id).toBe(quiet.link.id);
     const b = await joinTest(relay);
-    expect((await a.next((f) => f.t === "joined")).id).toBe(b.link.id);
+    expect((await a.next((f) => f.t === "joined" && f.id !== a.link.id)).id).toBe(b.link.id);
     a.link.sendFrame({ t: "list" });
     expect(((await a.next((f) => f.t === "peers")).ids as string[]).sort()).toEqual([quiet.link.id, b.link.id].sort());
     b.link.close();
@@ -173,33 +174,31 @@ describe("presence", () => {
     for (const c of clients) c.raw.close();
   }, 60_000);
 
-  test("presenceLog: a batch in order, an ID that joined and left within it dropped; a later watcher gets the changes after its join", () => {
+  test("presenceLog: a batch in order; an ID that joined and left within it is dropped unless it spoke or a watcher joined meanwhile", () => {
     const log = presenceLog();
-    log.add("aaaaaaaa", true);
-    log.add("bbbbbbbb", true);
-    const lateFrom = log.next; // a watcher joining here
-    log.add("aaaaaaaa", false);
-    log.add("cccccccc", true);
-    log.add("bbbbbbbb", false);
-    log.add("zzzzzzzz", false); // joined in an earlier batch
-    const framesFor = log.take();
-    const frames = (bytes: Uint8Array) => [...new FrameDecoder(1024).push(bytes)].map((p) => decodePayload(p));
-    expect(frames(framesFor(0))).toEqual([{ t: "joined", id: "cccccccc" }, { t: "left", id: "zzzzzzzz" }]);
-    expect(frames(framesFor(lateFrom))).toEqual([{ t: "left", id: "aaaaaaaa" }, { t: "joined", id: "cccccccc" }, { t: "left", id: "bbbbbbbb" }, { t: "left", id: "zzzzzzzz" }]);
-    expect(framesFor(0)).toBe(framesFor(0)); // built once, shared
+    const frames = (bytes: Uint8Array) => [...new FrameDecoder(1024).push(bytes)].map((p) => decodePayload(p)).map((f) => `${f.t} ${f.id}`);
+    log.joined("aaaaaaaa", false);
+    log.joined("bbbbbbbb", false);
+    log.left("aaaaaaaa", false); // churned: dropped
+    log.joined("cccccccc", false);
+    log.left("bbbbbbbb", true); // spoke: its peers must hear it left
+    log.left("zzzzzzzz", false); // joined in an earlier batch
+    log.joined("dddddddd", false);
+    log.joined("wwwwwwww", true); // a watcher, who may have seen d in a `list`
+    log.left("dddddddd", false);
+    expect(frames(log.take())).toEqual(["joined bbbbbbbb", "joined cccccccc", "left bbbbbbbb", "left zzzzzzzz", "joined dddddddd", "joined wwwwwwww", "left dddddddd"]);
     expect(log.size).toBe(0);
-    log.add("dddddddd", true);
-    expect(frames(log.take()(lateFrom))).toEqual([{ t: "joined", id: "dddddddd" }]);
+    expect(log.take()).toHaveLength(0);
   });
 
   // Regression: every join and leave was a write to every watcher, so with 2,000
   // watchers one client joining and leaving 16 times a second kept the relay 89 %
   // busy (about 60,000 presence frames a second).
-  test("presence goes out in batches: a client that joins and leaves within one is never announced; a watcher is told only what changed after its own join", async () => {
+  test("presence goes out in batches: a client that joins and leaves within one, saying nothing, is never announced; one that sent something is", async () => {
     relay = startTestRelay({ presencePerWatcherMs: 1000, presenceMaxMs: 5000 }); // two watchers: batches 2 s apart
     const a = await joinTest(relay);
     const b = await joinTest(relay); // a learns of b in the next batch, and the one after is 2 s later ...
-    expect((await a.next((f) => f.t === "joined")).id).toBe(b.link.id);
+    expect((await a.next((f) => f.t === "joined" && f.id === b.link.id, "b's join at a")).t).toBe("joined");
     const churned: string[] = [];
     for (let i = 0; i < 10; i++) {
       const c = await joinTest(relay, { watch: false }); // ... so all of this falls within it
@@ -207,18 +206,19 @@ describe("presence", () => {
       c.link.close();
       await c.link.closed;
     }
+    const talker = await joinTest(relay, { watch: false });
+    talker.link.send(a.link.id, new Uint8Array([1]));
+    await a.next((f) => f.t === "msg", "the talker's message at a");
+    talker.link.close();
+    await talker.link.closed;
     const stays = await joinTest(relay, { watch: false });
-    const late = await joinTest(relay); // a watcher joining mid-batch
-    expect((await a.next((f) => f.t === "joined" && f.id === late.link.id, "late's join at a", 5000)).t).toBe("joined");
-    await b.next((f) => f.t === "joined" && f.id === late.link.id, "late's join at b");
     const mentioned = (frames: Record<string, unknown>[]) => frames.filter((f) => f.t === "joined" || f.t === "left").map((f) => `${f.t} ${f.id}`);
-    expect(mentioned(a.frames)).toEqual([`joined ${stays.link.id}`]); // late's own join was taken by next() above
-    expect(mentioned(b.frames)).toEqual([`joined ${stays.link.id}`]);
+    await waitFor(() => mentioned(a.frames).includes(`joined ${stays.link.id}`), "the batch at a", 5000);
+    await waitFor(() => mentioned(b.frames).includes(`joined ${stays.link.id}`), "the batch at b", 5000);
+    // (A batch may also tell a watcher of joins just before its own, its own included: a and b are left out here.)
+    const others = (frames: Record<string, unknown>[]) => mentioned(frames.filter((f) => f.id !== a.link.id && f.id !== b.link.id));
+    for (const w of [a, b]) expect(others(w.frames)).toEqual([`joined ${talker.link.id}`, `left ${talker.link.id}`, `joined ${stays.link.id}`]);
     expect(churned.some((id) => [...a.frames, ...b.frames].some((f) => f.id === id))).toBe(false);
-    // The late watcher hears of changes after its join only, not of its own join nor of `stays`.
-    expect(mentioned(late.frames)).toEqual([]);
-    stays.link.close();
-    expect((await late.next((f) => f.t === "left", "stays leaving, at late", 8000)).id).toBe(stays.link.id);
   }, 20_000);
 });
 

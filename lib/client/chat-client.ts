@@ -434,11 +434,12 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     switch (f.t) {
       case "msg":
         return onMsg(f.src, f.body);
+      // A presence batch may tell of our own join (PROTOCOL §5.6).
       case "joined":
-        if (isId(f.id) && !online.has(f.id)) online.add(f.id), emit({ event: "peer", id: f.id, online: true });
+        if (isId(f.id) && f.id !== link.id && !online.has(f.id)) online.add(f.id), emit({ event: "peer", id: f.id, online: true });
         return;
       case "left":
-        if (isId(f.id)) {
+        if (isId(f.id) && f.id !== link.id) {
           online.delete(f.id);
           emit({ event: "peer", id: f.id, online: false });
           dropSession(f.id, "left");
@@ -472,7 +473,13 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     }
   }
 
-  link = await joinRelay({ host: opts.host, port: opts.port, secret: opts.secret, onFrame: onRelayFrame });
+  link = await joinRelay({
+    host: opts.host,
+    port: opts.port,
+    secret: opts.secret,
+    // A presence batch or a peer's hello may come in the very read that brought `welcome`.
+    onFrame: (f, joined) => ((link ??= joined), onRelayFrame(f)),
+  });
   link.sendFrame({ t: "list" });
   const closed = link.closed.then((reason) => {
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");

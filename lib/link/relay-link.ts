@@ -47,7 +47,8 @@ export interface LinkOptions {
   /** Ask for `joined` / `left` presence frames (default true). */
   watch?: boolean;
   timeoutMs?: number;
-  onFrame?: (frame: Frame) => void;
+  /** Frames after `welcome`; `link` is the joined link (frames in the read that brought `welcome` come before joinRelay() resolves). */
+  onFrame?: (frame: Frame, link: Link) => void;
   onClose?: (reason: LinkClose) => void;
 }
 
@@ -94,9 +95,17 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     let pinged = false;
     let keepalive: Timer | undefined;
     let holding = false;
+    let lastPing = 0;
     // We ping a silent relay, and give up on it after three intervals.
     const checkAlive = () => {
-      if (holding) lastHeard = performance.now(); // its silence is our doing
+      if (holding) {
+        // Not reading: what the relay sends (a pong too) waits unread, so its
+        // silence says nothing; our pings tell it we are alive, so that it cuts
+        // us only for what it cannot deliver (its slow-consumer rule, §10).
+        lastHeard = performance.now();
+        if (lastHeard - lastPing > PING_MS) (lastPing = lastHeard), writeFrame({ t: "ping" });
+        return;
+      }
       const quiet = performance.now() - lastHeard;
       if (quiet > 3 * PING_MS) {
         lastError = { code: "timeout", message: "relay stopped responding" };
@@ -227,7 +236,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
               if (f.t === "ping") return writeFrame({ t: "pong" });
               if (f.t === "pong") return;
               if (f.t === "error" && isFatal(f.code)) lastError = { code: text(f.code), message: text(f.message) };
-              opts.onFrame?.(f);
+              opts.onFrame?.(f, link);
             });
           } catch (err) {
             // The rest of this read is lost, so the stream cannot go on: whatever failed,

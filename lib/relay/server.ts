@@ -128,14 +128,18 @@ interface Conn extends Endpoint {
   lastHeard: number;
   pinged: boolean;
   watch: boolean;
-  /** Presence changes from this sequence number on are news to it (presence.ts). */
-  presenceFrom: number;
-  /** How many recipients' queues this connection is paused for. */
-  blockedOn: number;
-  /** Senders paused until this connection's queue drains. */
-  waiters: Conn[];
-  /** Senders told this connection is `busy`: they are told `ready` when it drained or left. */
-  told: Conn[];
+  /** It sent something through the relay (its leaving is then always announced, presence.ts). */
+  spoke: boolean;
+  // Backpressure, both ways round (each set mirrors the other, so a closing
+  // connection is taken out of every one it is in):
+  /** As a sender: the recipients whose queues it is paused on (its socket is paused while any). */
+  pausedOn: Set<Conn>;
+  /** As a sender: the recipients it was told are `busy`. */
+  busyOn: Set<Conn>;
+  /** As a recipient: the senders paused until its queue drains. */
+  waiters: Set<Conn>;
+  /** As a recipient: the senders told it is `busy`; they are told `ready` when it drained or left. */
+  told: Set<Conn>;
   /** The rest of a read, not handled yet because this connection was paused after a frame of it. */
   held: Uint8Array | null;
   /** A frame not handled yet because a recipient's queue was full: it goes first when this connection is released. */
@@ -151,6 +155,8 @@ export interface RelayStats {
   queuedBytes: number;
   maxQueuedBytes: number;
   pausedSenders: number;
+  /** Senders told some recipient is `busy` and not yet `ready` (each counted once per recipient). */
+  busyTold: number;
   counters: Record<string, number>;
 }
 
@@ -254,6 +260,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   /** Removes a joined client from the routes and tells watchers. */
   function leave(c: Conn): void {
+    forgetSender(c);
     releaseWaiters(c);
     if (!c.id || routes.get(c.id) !== c) return;
     routes.remove(c.id);
@@ -261,16 +268,18 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     if (c.watch) watchers--;
     opt.log.debug(`client ${c.id} left (${routes.size} online)`);
     // At shutdown every client is told once (`shutdown`), not once per other client leaving: N² frames.
-    if (!stopping) announce(c.id, false);
+    if (!stopping) {
+      presence.left(c.id, c.spoke);
+      tellSoon();
+    }
   }
 
   /**
-   * Records a join or leave for the watchers, who are told in batches at most
-   * one interval apart (presence.ts): 0.1 ms per watcher, at most 1 s, so that
-   * telling everyone costs at most about one write per watcher per 0.1 ms × N.
+   * Schedules the next presence batch (presence.ts): batches are at most one
+   * interval apart, 0.1 ms per watcher and at most 1 s, so that telling
+   * everyone costs at most about one write per watcher per interval.
    */
-  function announce(id: string, joined: boolean): void {
-    presence.add(id, joined);
+  function tellSoon(): void {
     if (presenceTimer) return;
     const interval = Math.min(opt.presenceMaxMs, watchers * opt.presencePerWatcherMs);
     presenceTimer = setTimeout(tellPresence, Math.max(0, lastPresence + interval - performance.now()));
@@ -285,27 +294,54 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function tellPresence(): void {
     presenceTimer = null;
     lastPresence = performance.now();
-    const framesFor = presence.take();
-    for (const w of routes.endpoints()) {
-      if (!w.watch || w.closing) continue;
-      const frames = framesFor(w.presenceFrom);
-      if (frames.length) queue(w, frames, undefined, true);
-    }
+    const frames = presence.take();
+    if (!frames.length) return;
+    for (const w of routes.endpoints()) if (w.watch && !w.closing) queue(w, frames, undefined, true);
     flushDirty(null);
   }
 
+  /** Tells `sender` that recipient `r` is busy (once until r is ready). */
+  function tellBusy(sender: Conn, r: Conn): void {
+    if (r === sender || !r.id || r.told.has(sender)) return;
+    r.told.add(sender);
+    sender.busyOn.add(r);
+    sendFrame(sender, { t: "busy", peer: r.id });
+    count("busy");
+  }
+
+  /** Stops reading from `sender` until `r` drained (or left). */
+  function pauseOn(sender: Conn, r: Conn): void {
+    if (r.waiters.has(sender)) return;
+    r.waiters.add(sender);
+    sender.pausedOn.add(r);
+    if (sender.pausedOn.size === 1) sender.socket.pause();
+    count("pauses");
+  }
+
+  /** `c` drained (or is leaving): its senders are told `ready` and released. */
   function releaseWaiters(c: Conn): void {
-    for (const s of c.told) if (!s.closing && !s.closed) sendFrame(s, { t: "ready", peer: c.id });
-    c.told = [];
+    for (const s of c.told) {
+      s.busyOn.delete(c);
+      if (!stopping) sendFrame(s, { t: "ready", peer: c.id }); // at shutdown everyone gets `shutdown` instead
+    }
+    c.told.clear();
     for (const w of c.waiters) {
-      w.blockedOn--;
-      if (w.blockedOn === 0 && !w.closing && !w.closed) {
+      w.pausedOn.delete(c);
+      if (w.pausedOn.size === 0) {
         w.socket.resume();
         // Its waiting frame and the rest of its last read go first (not from inside a flush: consume() flushes).
-        if (w.held || w.waiting) queueMicrotask(() => w.blockedOn === 0 && !w.closing && consume(w, null));
+        if (w.held || w.waiting) queueMicrotask(() => w.pausedOn.size === 0 && !w.closing && consume(w, null));
       }
     }
-    c.waiters = [];
+    c.waiters.clear();
+  }
+
+  /** `c` is leaving: it is no longer anyone's sender. */
+  function forgetSender(c: Conn): void {
+    for (const r of c.busyOn) r.told.delete(c);
+    for (const r of c.pausedOn) r.waiters.delete(c);
+    c.busyOn.clear();
+    c.pausedOn.clear();
   }
 
   /**
@@ -327,18 +363,17 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       const full = handleFrame(c, payload);
       if (!full) return true;
       c.waiting = payload;
-      if (!full.waiters.includes(c)) {
-        full.waiters.push(c);
-        if (c.blockedOn++ === 0) c.socket.pause();
-        count("pauses");
-      }
+      tellBusy(c, full);
+      pauseOn(c, full);
       return false;
     };
     try {
       const waiting = c.waiting;
       c.waiting = null;
-      if (!waiting || handled(waiting)) {
-        while (rest.length > 0 && !c.closing && c.blockedOn === 0) {
+      const goOn = !waiting || handled(waiting);
+      if (waiting) flushDirty(c); // c's frame, and the backpressure it causes, are c's
+      if (goOn) {
+        while (rest.length > 0 && !c.closing && c.pausedOn.size === 0) {
           overfull = false;
           const used = c.decoder.each(rest, (payload) => !c.closing && handled(payload) && !overfull);
           rest = rest.subarray(used);
@@ -375,16 +410,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       if (!sender || sender.closing || r.outbox.bytes <= opt.queueHigh) continue;
       // A sender's own queue (answers it does not read) pauses it at once; a
       // recipient's first makes it `busy`, and pauses it only past queuePause.
-      if (r !== sender && r.id && !r.told.includes(sender)) {
-        r.told.push(sender);
-        sendFrame(sender, { t: "busy", peer: r.id });
-        count("busy");
-      }
-      if ((r === sender || r.outbox.bytes > opt.queuePause) && !r.waiters.includes(sender)) {
-        r.waiters.push(sender);
-        if (sender.blockedOn++ === 0) sender.socket.pause();
-        count("pauses");
-      }
+      tellBusy(sender, r);
+      if (r === sender || r.outbox.bytes > opt.queuePause) pauseOn(sender, r);
     }
     if (dirty.length) flushDirty(null); // fatal() above may have queued error frames
   }
@@ -407,8 +434,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     c.watch = f.watch !== false;
     c.decoder.maxPayload = opt.maxFrame;
     unpend(c);
-    announce(id, true);
-    c.presenceFrom = presence.next; // not told of its own join
+    presence.joined(id, c.watch);
+    tellSoon();
     routes.add(c);
     listed = null;
     if (c.watch) watchers++;
@@ -454,6 +481,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         continue;
       }
       header ??= msgFrameHeader(c.id, body.length);
+      c.spoke = true;
       if (recipients.length > 1) queue(r, (shared ??= concat(header, body)), undefined, true);
       else queue(r, header, body); // the body itself is never copied for large frames
       forwardedFrames++;
@@ -466,6 +494,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
     if (r.outbox.bytes > opt.queuePause) return r; // before the rewrite: the frame is handled again later
+    c.spoke = true;
     rewriteSendAsMsg(payload, c.id);
     queue(r, wholeFrame(payload));
     forwardedFrames++;
@@ -512,7 +541,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         continue;
       }
       // A sender we paused cannot be heard from; its silence is our doing.
-      if (c.blockedOn > 0) c.lastHeard = now;
+      if (c.pausedOn.size > 0) c.lastHeard = now;
       const quiet = now - c.lastHeard;
       if (quiet > 3 * opt.pingIntervalMs) fatal(c, "idle_timeout");
       else if (quiet > opt.pingIntervalMs && !c.pinged) {
@@ -542,10 +571,11 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           lastHeard: now,
           pinged: false,
           watch: false,
-          presenceFrom: 0,
-          blockedOn: 0,
-          waiters: [],
-          told: [],
+          spoke: false,
+          pausedOn: new Set(),
+          busyOn: new Set(),
+          waiters: new Set(),
+          told: new Set(),
           held: null,
           waiting: null,
           dirty: false,
@@ -583,7 +613,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         c.outbox.flush();
         if (c.closing) {
           if (c.outbox.bytes === 0) socket.shutdown();
-        } else if (c.outbox.bytes <= opt.queueLow && (c.waiters.length || c.told.length)) {
+        } else if (c.outbox.bytes <= opt.queueLow && (c.waiters.size || c.told.size)) {
           releaseWaiters(c);
           flushDirty(null);
         }
@@ -611,12 +641,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       let queuedBytes = 0;
       let maxQueuedBytes = 0;
       let pausedSenders = 0;
+      let busyTold = 0;
       for (const c of conns) {
         queuedBytes += c.outbox.bytes;
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
-        if (c.blockedOn > 0) pausedSenders++;
+        if (c.pausedOn.size > 0) pausedSenders++;
+        busyTold += c.told.size;
       }
-      return { clients: routes.size, pending: pending.size, queuedBytes, maxQueuedBytes, pausedSenders, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes } };
+      return { clients: routes.size, pending: pending.size, queuedBytes, maxQueuedBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes } };
     },
     async stop() {
       stopping = true;
