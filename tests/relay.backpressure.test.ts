@@ -154,22 +154,29 @@ test("a sender released from a pause answers for its own waiting frame; an unrel
   const r1 = await stalledClient(r.port); // stalls, then reads
   const r2 = await stalledClient(r.port); // stays stalled
   const [s1, s2, w, x, y] = [await join(), await join(), await join(), await join(), await join()];
-  // r2's queue past queueHigh but under queuePause; r1's past queuePause, so s1 is paused.
-  while (r.stats().maxQueuedBytes < RELAY_DEFAULTS.queuePause - 512 * 1024) {
-    s2.link.send(r2.id, CHUNK);
-    await s2.link.drained(0);
-    await Bun.sleep(2);
-  }
   const big = new Uint8Array(200 * 1024);
-  while (r.stats().pausedSenders === 0) {
-    s1.link.send(r1.id, big);
-    await Bun.sleep(5);
-  }
-  // w's frame to both waits on r1; when r1 reads, it goes to r1 and r2, taking r2 past queuePause.
-  w.link.send([r1.id, r2.id], big);
-  await waitFor(() => r.stats().pausedSenders === 2, "w paused on r1 as well");
+  const forwarded = () => r.stats().counters.framesForwarded ?? 0;
+  /** Sends one frame and waits until the relay forwarded it (or paused its sender). */
+  const sendOne = async (from: typeof w, to: string | string[]) => {
+    const before = forwarded();
+    const paused = r.stats().pausedSenders;
+    from.link.send(to, big);
+    await waitFor(() => forwarded() >= before + (Array.isArray(to) ? to.length : 1) || r.stats().pausedSenders > paused, "the frame handled");
+  };
+  // r2 well past queueHigh, and r1 just past it.
+  while (!s2.frames.some((f) => f.t === "busy") || r.stats().maxQueuedBytes < 2 * 1024 * 1024) await sendOne(s2, r2.id);
+  while (!s1.frames.some((f) => f.t === "busy")) await sendOne(s1, r1.id);
+  // w sends both three frames: told they are busy at the first, it is then past its allowance for both.
+  for (let i = 0; i < 3; i++) await sendOne(w, [r1.id, r2.id]);
+  expect(r.stats().pausedSenders).toBe(0);
+  // s1 takes r1 past queuePause and is paused; w's next frame then waits on r1, and w with it.
+  while (r.stats().pausedSenders === 0) await sendOne(s1, r1.id);
+  await sendOne(w, [r1.id, r2.id]);
+  expect(r.stats().pausedSenders).toBe(2);
+  // r1 reads: both are released, and w's waiting frame goes to r1 and r2. x sends at once,
+  // well before the relay's once-a-second sweep would flush whatever that frame left.
   r1.raw.socket.resume();
-  await w.next((f) => f.t === "busy" && f.peer === r2.id, "w told busy about r2", 10_000);
+  await waitFor(() => r.stats().pausedSenders === 0, "s1 and w released", 10_000);
   x.link.send(y.link.id, new Uint8Array([1]));
   await y.next((f) => f.t === "msg", "x's message at y");
   x.link.send(y.link.id, new Uint8Array([2]));
@@ -178,6 +185,30 @@ test("a sender released from a pause answers for its own waiting frame; an unrel
   r1.raw.close();
   r2.raw.close();
 }, 60_000);
+
+// Regression (found in review): a recipient that keeps its queue full (it reads a
+// trickle, and a partner floods it) got everyone who sent it anything paused, a
+// single message or a `/bmsg` it was among, with all their other traffic.
+test("a recipient someone else keeps over the pause mark: a sender of a few messages is told busy but not paused; one that goes on past its allowance is", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 60_000 });
+  const r = relay;
+  const sink = await stalledClient(r.port);
+  const flooder = await joinTest(r, { watch: false });
+  const flooding = flood(flooder.link, sink.id, 1000); // ignores `busy`
+  await waitFor(() => r.stats().pausedSenders === 1, "the flooder paused");
+  await flooding;
+  const s = await joinTest(r, { watch: false });
+  const y = await joinTest(r, { watch: false });
+  for (let i = 0; i < 3; i++) s.link.send(sink.id, new Uint8Array(1000).fill(i));
+  s.link.send(y.link.id, new Uint8Array([42]));
+  expect((await y.next((f) => f.t === "msg", "s's message to y")).body).toEqual(new Uint8Array([42]));
+  expect(s.frames.filter((f) => f.t === "busy")).toEqual([{ t: "busy", peer: sink.id }]);
+  expect(r.stats().pausedSenders).toBe(1); // the flooder only
+  // Past 256 KiB since it was told, it is paused like the flooder.
+  for (let i = 0; i < 5; i++) s.link.send(sink.id, CHUNK);
+  await waitFor(() => r.stats().pausedSenders === 2, "s paused once past its allowance");
+  sink.raw.close();
+});
 
 test("relay process RSS stays bounded while a sender floods a stalled recipient", async () => {
   const rp = await spawnRelay(["--slow-timeout", "30"], { SMTS_SECRET: SECRET_TEXT });

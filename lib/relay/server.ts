@@ -112,6 +112,8 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
 
 /** Frames before joining are tiny; anything bigger is hostile. */
 const PRE_JOIN_MAX_FRAME = 1024;
+/** What a sender told a recipient is busy may still send it before it is paused (mustWait). */
+const BUSY_ALLOWANCE = 256 * 1024;
 /** Most IDs in one `peers` answer. */
 export const MAX_LISTED = 4096;
 /** How long a closing connection may take to read its error frame and hang up. */
@@ -134,8 +136,8 @@ interface Conn extends Endpoint {
   // connection is taken out of every one it is in):
   /** As a sender: the recipients whose queues it is paused on (its socket is paused while any). */
   pausedOn: Set<Conn>;
-  /** As a sender: the recipients it was told are `busy`. */
-  busyOn: Set<Conn>;
+  /** As a sender: the recipients it was told are `busy`, with the bytes it sent each since. */
+  busyOn: Map<Conn, number>;
   /** As a recipient: the senders paused until its queue drains. */
   waiters: Set<Conn>;
   /** As a recipient: the senders told it is `busy`; they are told `ready` when it drained or left. */
@@ -304,9 +306,28 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function tellBusy(sender: Conn, r: Conn): void {
     if (r === sender || !r.id || r.told.has(sender)) return;
     r.told.add(sender);
-    sender.busyOn.add(r);
+    sender.busyOn.set(r, 0);
     sendFrame(sender, { t: "busy", peer: r.id });
     count("busy");
+  }
+
+  /**
+   * Whether `sender` is to wait for `r`, whose queue is above queuePause. Not
+   * while it has sent `r` at most BUSY_ALLOWANCE since it was told `r` is busy
+   * and the queue is at most half of queueMax: a client that holds back (smts
+   * holds file chunks) still sends a message now and then, and someone else
+   * filling `r`'s queue must not get it paused, with all its other traffic.
+   * The half keeps many such senders from getting `r` cut.
+   */
+  function mustWait(sender: Conn, r: Conn): boolean {
+    tellBusy(sender, r); // if not told yet: its allowance starts now
+    return (sender.busyOn.get(r) ?? 0) > BUSY_ALLOWANCE || r.outbox.bytes > opt.queueMax / 2;
+  }
+
+  /** Counts a frame from `sender` to `r` against its allowance, once told `r` is busy. */
+  function charge(sender: Conn, r: Conn, bytes: number): void {
+    const since = sender.busyOn.size ? sender.busyOn.get(r) : undefined;
+    if (since !== undefined) sender.busyOn.set(r, since + bytes);
   }
 
   /** Stops reading from `sender` until `r` drained (or left). */
@@ -338,7 +359,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   /** `c` is leaving: it is no longer anyone's sender. */
   function forgetSender(c: Conn): void {
-    for (const r of c.busyOn) r.told.delete(c);
+    for (const r of c.busyOn.keys()) r.told.delete(c);
     for (const r of c.pausedOn) r.waiters.delete(c);
     c.busyOn.clear();
     c.pausedOn.clear();
@@ -363,8 +384,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       const full = handleFrame(c, payload);
       if (!full) return true;
       c.waiting = payload;
-      tellBusy(c, full);
-      pauseOn(c, full);
+      pauseOn(c, full); // it was told `busy` (mustWait)
       return false;
     };
     try {
@@ -411,7 +431,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       // A sender's own queue (answers it does not read) pauses it at once; a
       // recipient's first makes it `busy`, and pauses it only past queuePause.
       tellBusy(sender, r);
-      if (r === sender || r.outbox.bytes > opt.queuePause) pauseOn(sender, r);
+      if (r === sender || (r.outbox.bytes > opt.queuePause && mustWait(sender, r))) pauseOn(sender, r);
     }
     if (dirty.length) flushDirty(null); // fatal() above may have queued error frames
   }
@@ -446,11 +466,11 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     sendFrame(c, welcome);
   }
 
-  /** A recipient among `ids` whose queue is above queuePause: a frame for it waits (see consume). */
-  function fullRecipient(ids: string[]): Conn | null {
+  /** A recipient among `ids` whose queue is above queuePause, for which `c` is to wait: a frame for it waits (see consume). */
+  function fullRecipient(c: Conn, ids: string[]): Conn | null {
     for (const id of ids) {
       const r = routes.get(id);
-      if (r && r.outbox.bytes > opt.queuePause) return r;
+      if (r && r.outbox.bytes > opt.queuePause && mustWait(c, r)) return r;
     }
     return null;
   }
@@ -470,7 +490,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     } else {
       return sendError(c, "bad_request", { ...refField, message: `to must be an ID or a list of 1..${opt.maxRecipients} IDs` });
     }
-    const full = fullRecipient(recipients);
+    const full = fullRecipient(c, recipients);
     if (full) return full;
     let header: Uint8Array | null = null;
     let shared: Uint8Array | null = null; // a small frame to several recipients: built once, shared by their queues
@@ -482,6 +502,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       }
       header ??= msgFrameHeader(c.id, body.length);
       c.spoke = true;
+      charge(c, r, body.length);
       if (recipients.length > 1) queue(r, (shared ??= concat(header, body)), undefined, true);
       else queue(r, header, body); // the body itself is never copied for large frames
       forwardedFrames++;
@@ -493,8 +514,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): Conn | void {
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
-    if (r.outbox.bytes > opt.queuePause) return r; // before the rewrite: the frame is handled again later
+    if (r.outbox.bytes > opt.queuePause && mustWait(c, r)) return r; // before the rewrite: the frame is handled again later
     c.spoke = true;
+    charge(c, r, bodyLength);
     rewriteSendAsMsg(payload, c.id);
     queue(r, wholeFrame(payload));
     forwardedFrames++;
@@ -573,7 +595,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           watch: false,
           spoke: false,
           pausedOn: new Set(),
-          busyOn: new Set(),
+          busyOn: new Map(),
           waiters: new Set(),
           told: new Set(),
           held: null,
