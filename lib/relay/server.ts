@@ -312,14 +312,15 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   /**
-   * Whether `sender` is to wait for `r`, whose queue is above queuePause. Not
-   * while it has sent `r` at most BUSY_ALLOWANCE since it was told `r` is busy
-   * and the queue is at most half of queueMax: a client that holds back (smts
-   * holds file chunks) still sends a message now and then, and someone else
-   * filling `r`'s queue must not get it paused, with all its other traffic.
-   * The half keeps many such senders from getting `r` cut.
+   * Whether `sender` is to wait for `r`: only while r's queue is above
+   * queuePause, and not while it has sent `r` at most BUSY_ALLOWANCE since it
+   * was told `r` is busy and the queue is at most half of queueMax. A client
+   * that holds back (smts holds file chunks) still sends a message now and
+   * then, and someone else filling `r`'s queue must not get it paused, with
+   * all its other traffic. The half keeps many such senders from getting `r` cut.
    */
   function mustWait(sender: Conn, r: Conn): boolean {
+    if (r.outbox.bytes <= opt.queuePause) return false;
     tellBusy(sender, r); // if not told yet: its allowance starts now
     return (sender.busyOn.get(r) ?? 0) > BUSY_ALLOWANCE || r.outbox.bytes > opt.queueMax / 2;
   }
@@ -431,7 +432,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       // A sender's own queue (answers it does not read) pauses it at once; a
       // recipient's first makes it `busy`, and pauses it only past queuePause.
       tellBusy(sender, r);
-      if (r === sender || (r.outbox.bytes > opt.queuePause && mustWait(sender, r))) pauseOn(sender, r);
+      if (r === sender || mustWait(sender, r)) pauseOn(sender, r);
     }
     if (dirty.length) flushDirty(null); // fatal() above may have queued error frames
   }
@@ -466,11 +467,11 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     sendFrame(c, welcome);
   }
 
-  /** A recipient among `ids` whose queue is above queuePause, for which `c` is to wait: a frame for it waits (see consume). */
+  /** A recipient among `ids` that `c` must wait for (mustWait): a frame for it waits (see consume). */
   function fullRecipient(c: Conn, ids: string[]): Conn | null {
     for (const id of ids) {
       const r = routes.get(id);
-      if (r && r.outbox.bytes > opt.queuePause && mustWait(c, r)) return r;
+      if (r && mustWait(c, r)) return r;
     }
     return null;
   }
@@ -514,7 +515,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): Conn | void {
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
-    if (r.outbox.bytes > opt.queuePause && mustWait(c, r)) return r; // before the rewrite: the frame is handled again later
+    if (mustWait(c, r)) return r; // before the rewrite: the frame is handled again later
     c.spoke = true;
     charge(c, r, bodyLength);
     rewriteSendAsMsg(payload, c.id);
