@@ -22,12 +22,15 @@
 //   - one slow recipient does not hold up its senders' other traffic: past
 //     `queueHigh` they are told it is `busy` (and `ready` once it drained),
 //     so they can hold what can wait before the relay has to pause them;
+//   - forwarding large files does not grow the relay's memory with the
+//     garbage of its socket reads (collector.ts);
 //   - no client ever waits on another unrelated client: all I/O is
 //     non-blocking and timeouts are checked by one periodic sweep.
 import type { Socket, TCPSocketListener } from "bun";
 import { concat } from "../crypto/primitives.ts";
 import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText, wholeFrame, type Frame } from "../wire/frame.ts";
 import { Outbox } from "../wire/outbox.ts";
+import { churnCollector } from "./collector.ts";
 import {
   clientProof,
   equalBytes,
@@ -80,6 +83,8 @@ export interface RelayOptions {
   presencePerWatcherMs: number;
   /** ... and at most this far apart. */
   presenceMaxMs: number;
+  /** A full garbage collection once forwarding grew the heap by this many bytes (collector.ts). */
+  collectAfterGrowth: number;
   log: RelayLog;
 }
 
@@ -108,6 +113,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   maxRecipients: 1_000,
   presencePerWatcherMs: 0.1,
   presenceMaxMs: 1_000,
+  collectAfterGrowth: 16 * 1024 * 1024,
 };
 
 /** Frames before joining are tiny; anything bigger is hostile. */
@@ -116,6 +122,10 @@ const PRE_JOIN_MAX_FRAME = 1024;
 const BUSY_ALLOWANCE = 256 * 1024;
 /** Most IDs in one `peers` answer. */
 export const MAX_LISTED = 4096;
+/** collector.ts looks at the heap after every this many bytes forwarded ... */
+const COLLECT_CHECK_BYTES = 4 * 1024 * 1024;
+/** ... and spends at most this share of the relay's time collecting. */
+const COLLECT_SHARE = 0.05;
 /** How long a closing connection may take to read its error frame and hang up. */
 const CLOSE_GRACE_MS = 1_000;
 
@@ -180,6 +190,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const pendingBySource = new Map<string, Set<Conn>>();
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
+  const collector = churnCollector({ checkBytes: COLLECT_CHECK_BYTES, growth: opt.collectAfterGrowth, share: COLLECT_SHARE });
   let dirty: Conn[] = [];
   /** Set by queue() when a queue passes queueHigh: consume() stops after the frame being handled. */
   let overfull = false;
@@ -435,6 +446,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       if (r === sender || mustWait(sender, r)) pauseOn(sender, r);
     }
     if (dirty.length) flushDirty(null); // fatal() above may have queued error frames
+    else collector.after(forwardedBytes);
   }
 
   function handleJoin(c: Conn, f: Frame): void {
@@ -671,7 +683,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         if (c.pausedOn.size > 0) pausedSenders++;
         busyTold += c.told.size;
       }
-      return { clients: routes.size, pending: pending.size, queuedBytes, maxQueuedBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes } };
+      return { clients: routes.size, pending: pending.size, queuedBytes, maxQueuedBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
     },
     async stop() {
       stopping = true;
