@@ -133,8 +133,8 @@ describe("delivery", () => {
   const SIZES: [string, number][] = [
     ["0 bytes", 0],
     ["1 byte", 1],
-    ["exactly 64 KiB (one full chunk)", 64 * 1024],
-    ["64 KiB + 1 (a one-byte second chunk)", 64 * 1024 + 1],
+    ["exactly one full chunk (128 KiB)", CHUNK_BYTES],
+    ["a chunk + 1 (a one-byte second chunk)", CHUNK_BYTES + 1],
     ["~3 MiB random", 3 * MiB + 12345],
   ];
   for (const [what, size] of SIZES) {
@@ -254,7 +254,7 @@ describe("hostile names", () => {
 // ---- On the wire ---------------------------------------------------------------
 
 describe("on the wire (seen by a hand-driven receiver)", () => {
-  test("the offer carries only the base name, the size and a fresh 32-byte key; chunks of 64 KiB, numbered 0..n, only the last final, decrypt with that key to the file", async () => {
+  test("the offer carries only the base name, the size and a fresh 32-byte key; chunks of 128 KiB, numbered 0..n, only the last final, decrypt with that key to the file", async () => {
     const a = await party();
     const peer = await rawPeer(a);
     const src = writeTestFile(temp.make(), "wire.bin", 3 * CHUNK_BYTES + 100);
