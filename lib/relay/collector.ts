@@ -6,8 +6,8 @@
 // Frames that sit in a queue when a young-generation collection runs are
 // promoted, and once forwarded they are garbage that only a full collection
 // frees, while Bun postpones its timer-driven full collections as long as the
-// event loop is busy. Measured moving 3 × 1 GiB: relay peak RSS 79–103 MiB
-// without (docs/BENCHMARKS.md, "Ninth look").
+// event loop is busy. Measured moving 3 × 1 GiB: relay peak RSS up to
+// 105 MiB without, 77–85 MiB with (docs/BENCHMARKS.md, "Ninth look").
 //
 // The promise: after every `checkBytes` forwarded, the heap (JS objects and
 // the buffers they hold) is compared with its size after the last full
