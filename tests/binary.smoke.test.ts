@@ -133,7 +133,7 @@ test("relay + two chat clients from the binary: message and file, with SHA-256",
   // The sender pipes its commands and ends its input; it exits once the file is delivered.
   const outbox = join(dir, "outbox");
   mkdirSync(outbox);
-  const payload = randomBytes(300_000 + 123); // several 64 KiB chunks and a partial one
+  const payload = randomBytes(300_000 + 123); // two 128 KiB chunks and a partial one
   writeFileSync(join(outbox, "payload.bin"), payload);
   const sha256 = createHash("sha256").update(payload).digest("hex");
   const text = "hello from the compiled binary ✓";

@@ -369,7 +369,7 @@ describe("limits", () => {
     expect(a.of("delivered")).toEqual([]);
   });
 
-  test("the receiver enforces its limit on bytes actually received: a sender offering 10 bytes and sending 64 KiB is cut off", async () => {
+  test("the receiver enforces its limit on bytes actually received: a sender offering 10 bytes and sending a whole chunk (128 KiB) is cut off", async () => {
     const victim = await party({ maxFileSize: 1000 });
     const peer = await rawPeer(victim);
     const offer = peer.offer("small.txt", 10);
@@ -381,7 +381,7 @@ describe("limits", () => {
     expect(victim.chat.activeTransfers()).toBe(0);
   });
 
-  test("the receiver counts across chunks: 64 KiB + 10 offered, 64 KiB + 11 sent in two chunks → failed at the second", async () => {
+  test("the receiver counts across chunks: a chunk + 10 bytes offered, a chunk + 11 sent in two chunks → failed at the second", async () => {
     const victim = await party();
     const peer = await rawPeer(victim);
     const offer = peer.offer("small.txt", CHUNK_BYTES + 10);
