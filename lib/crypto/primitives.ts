@@ -44,7 +44,7 @@ export function aesCbcEncrypt(key: Uint8Array, iv: Uint8Array, plaintext: Uint8A
  * The same AES-256-CBC with PKCS#7 padding, of `buf[0, length)`, for the file
  * chunks' hot path: the padding (1 to 16 bytes, each equal to its length) is
  * written into `buf` itself, after the data, so the cipher returns the whole
- * ciphertext at once and it is never concatenated (a 64 KiB allocation and
+ * ciphertext at once and it is never concatenated (a chunk-sized allocation and
  * copy per chunk). `buf` must have room for the padding.
  */
 export function aesCbcEncryptPadInPlace(key: Uint8Array, iv: Uint8Array, buf: Uint8Array, length: number): Uint8Array {
