@@ -231,13 +231,16 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   /** Checks of our recent sender keys (keyCheck), newest last: a peer handing one back as its own is refused. */
   const ownKeyChecks: Uint8Array[] = [];
 
+  /**
+   * Who a broadcast typed now goes to: every peer with a session (sorted). The
+   * one frame lists every recipient, and the relay takes at most 1000 (its
+   * default `maxRecipients`).
+   */
   function broadcastMembers(): string[] {
-    return [...sessions.keys()].sort();
-  }
-
-  /** A broadcast frame lists every recipient, and the relay takes at most 1000 (its default `maxRecipients`). */
-  function tooMany(members: string[]): void {
+    const members = [...sessions.keys()].sort();
+    if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
     if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
+    return members;
   }
 
   /** Those of `members` that still have a session. */
@@ -534,8 +537,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     broadcastText(text) {
       const members = broadcastMembers();
-      if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
-      tooMany(members);
       const bytes = Buffer.byteLength(text);
       const limit = link.maxFrame - 1024 - 42 * members.length; // per member: its ID in the relay frame (≤ 10 bytes) and its tag (32)
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
@@ -575,8 +576,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     async broadcastFile(path) {
       const members = broadcastMembers();
-      if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
-      tooMany(members);
       try {
         await transfers.send(members, path, true);
       } catch (err) {
