@@ -37,6 +37,18 @@ async function flood(link: Link, to: string, ms: number): Promise<number> {
   return sent;
 }
 
+/** Sends 64 KiB frames to `to` until `done()`, each after the last one left and what came in was read (a polite sender). Returns how many. */
+async function sendPolitely(link: Link, to: string, done: () => boolean): Promise<number> {
+  let frames = 0;
+  while (!done()) {
+    link.send(to, CHUNK);
+    frames++;
+    await link.drained(0);
+    await new Promise((resolve) => setImmediate(resolve)); // it reads what comes in as it writes
+  }
+  return frames;
+}
+
 test("a non-reading recipient: its sender is told `busy`, is paused when it goes on regardless, relay queues stay bounded, others are not stalled; `ready` when it is cut", async () => {
   // Pings every 200 ms: the paused sender must not be mistaken for a dead one.
   // The slow-consumer cut must come well after the 1.5 s flood, also on a busy machine.
@@ -91,13 +103,7 @@ test("a sender that holds back on `busy` is never paused, and is told `ready` on
   const stalled = await stalledClient(r.port);
   const sender = await joinTest(r, { watch: false });
   const other = await joinTest(r, { watch: false });
-  let frames = 0;
-  while (!sender.frames.some((f) => f.t === "busy")) {
-    sender.link.send(stalled.id, CHUNK);
-    frames++;
-    await sender.link.drained(0);
-    await new Promise((resolve) => setImmediate(resolve)); // a polite sender reads what comes in as it writes
-  }
+  const frames = await sendPolitely(sender.link, stalled.id, () => sender.frames.some((f) => f.t === "busy"));
   expect(sender.frames).toEqual([{ t: "busy", peer: stalled.id }]);
   // Past the kernel's buffers, the relay queued just over queueHigh: the frames in flight when it said so.
   expect(r.stats().maxQueuedBytes).toBeGreaterThan(RELAY_DEFAULTS.queueHigh);
@@ -123,11 +129,7 @@ test("a sender that leaves is forgotten by the recipients it was told about (bus
   const sink = await stalledClient(r.port);
   const filler = await joinTest(r, { watch: false });
   // Well past queueHigh (the kernel may yet take some of it), under queuePause.
-  while (r.stats().maxQueuedBytes < 2.5 * 1024 * 1024) {
-    filler.link.send(sink.id, CHUNK);
-    await filler.link.drained(0);
-    await new Promise((resolve) => setImmediate(resolve));
-  }
+  await sendPolitely(filler.link, sink.id, () => r.stats().maxQueuedBytes >= 2.5 * 1024 * 1024);
   for (let i = 0; i < 50; i++) {
     const s = await joinTest(r, { watch: false });
     s.link.send(sink.id, new Uint8Array([i]));
