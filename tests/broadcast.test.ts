@@ -517,6 +517,28 @@ describe("re-keying on membership change", () => {
     expect(b.of("error")).toEqual([]);
   });
 
+  // Regression test (found in audit): with the session gone on both sides and
+  // back before the next broadcast, the member list looked unchanged, so the
+  // sender kept the key the member had erased; every later broadcast to it
+  // failed there with no_key, and the sender was never told.
+  test("a member whose session ended on both sides and who connects again before the next broadcast gets a new sender key", async () => {
+    const w = await start();
+    const s = await w.party();
+    const [b, c] = [await w.party(), await w.party()];
+    await connectAll(s, [b, c]);
+    s.chat.broadcastText("one");
+    for (const p of [b, c]) await gotText(p, "one");
+    w.mitm.pipe(s.id).injectToClient({ t: "left", id: b.id }); // the relay tells each side the other left
+    w.mitm.pipe(b.id).injectToClient({ t: "left", id: s.id });
+    await waitFor(() => !s.chat.hasSession(b.id) && !b.chat.hasSession(s.id), "both sides: session closed", LONG);
+    await s.chat.connect(b.id);
+    await b.chat.waitSession(s.id, LONG);
+    s.chat.broadcastText("two");
+    for (const p of [b, c]) await gotText(p, "two");
+    expect(b.texts()).toEqual(["one", "two"]);
+    for (const p of [b, c]) expect(p.of("error")).toEqual([]);
+  });
+
   // The sender key is symmetric, so every recipient can make records whose MAC
   // verifies; the per-recipient tags (docs/PROTOCOL.md §35.2, §38) are what stop
   // a recipient colluding with the relay (brief §4 adversary) from making the

@@ -352,6 +352,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     transfers.abandon(peer, `${peer} ${reason}`);
     erasePeerKey(peerKeys.get(peer));
     peerKeys.delete(peer);
+    // The peer erases our sender key with the session: if it comes back before our
+    // next broadcast, the member list looks unchanged, so the key must go now.
+    if (ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
     settle(peer, new ChatError("peer_left", `${peer} ${reason}`, peer));
     if (!s) return;
     s.send.erase();
