@@ -458,7 +458,7 @@ describe("randomness", () => {
   });
 
   test("flaw 6 (weak RNG): the DH worker draws 32-byte private exponents from the CSPRNG, and nothing in lib/ uses Math.random", () => {
-    const worker = readFileSync(`${ROOT}lib/crypto/dh-worker.ts`, "utf8");
+    const worker = readFileSync(`${ROOT}lib/crypto/dh-ops.ts`, "utf8");
     expect(worker).toMatch(/getRandomValues\(Buffer\.alloc\(32\)\)/);
     expect(worker).toMatch(/setPrivateKey\(priv\)/);
     const offenders: string[] = [];

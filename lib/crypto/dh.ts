@@ -8,6 +8,7 @@
 // (BoringSSL refuses only 0, 1, p-1 and p): callers check
 // group14.isValidPublic first, so a bad value never reaches the worker.
 import { padToGroup } from "./group14.ts";
+import { wipe } from "./primitives.ts";
 import type { DhRequest, DhResponse } from "./dh-worker.ts";
 
 export interface KeyPair {
@@ -77,7 +78,10 @@ export function startDhEngine(): DhEngine {
     },
     async secret(handle, peer) {
       try {
-        return padToGroup((await call({ op: "secret", handle, peer })).value!);
+        const value = (await call({ op: "secret", handle, peer })).value!;
+        const padded = padToGroup(value);
+        if (padded !== value) wipe(value);
+        return padded;
       } finally {
         refill();
       }

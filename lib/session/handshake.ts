@@ -93,18 +93,16 @@ export function deriveKeys(shared: Uint8Array, transcript: Uint8Array, role: "in
 }
 
 /**
- * The shared secret with a peer value that passes group14.isValidPublic. The
- * check (~0.4 ms of BigInt work) runs here while the worker computes the
- * secret; an invalid value's result is erased unused. The worker consumes
- * the private exponent either way.
+ * The shared secret with a peer value that passes group14.isValidPublic,
+ * checked first so that an invalid value never reaches the worker (PROTOCOL
+ * §20). The private exponent is used up either way.
  */
 async function validatedSecret(dh: DhEngine, handle: number, peer: Uint8Array): Promise<Uint8Array> {
-  const pending = dh.secret(handle, peer);
   if (!isValidPublic(peer)) {
-    await pending.then(wipe, () => {}); // BoringSSL itself refuses 0, 1, p-1 and p
+    dh.forget(handle);
     throw new HandshakeError("bad_public", "peer sent an invalid Diffie-Hellman value");
   }
-  return pending;
+  return dh.secret(handle, peer);
 }
 
 export async function startInitiator(dh: DhEngine, me: string, peer: string) {
