@@ -158,8 +158,10 @@ export const chatCommand = defineCommand({
         if (!(await execute(command, ctx))) failures++;
         await client.writable(); // read no more commands than the relay takes
       }
-      // End of input: let transfers finish (ours and those arriving; each ends
-      // within the idle timeout at worst), then drain and exit.
+      // End of input: let the transfers under way finish (each ends within the
+      // idle timeout at worst), then drain and exit. Offers from now on are
+      // declined: a peer offering file after file would keep us here for good.
+      client.stopAccepting();
       for (const ok of await Promise.all(running)) if (!ok) failures++;
       while (client.activeTransfers() > 0) await Bun.sleep(50);
       await client.flush();

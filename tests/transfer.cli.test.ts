@@ -5,8 +5,12 @@
 import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { startDhEngine } from "../lib/crypto/dh.ts";
+import type { Link } from "../lib/link/relay-link.ts";
+import type { Frame } from "../lib/wire/frame.ts";
 import { type ChatProcess, killChats, spawnChat } from "./chat-process.ts";
 import { ROOT, SECRET_TEXT, sha256Hex, spawnRelay, tempDirs, tryMount, waitFor, writeTestFile, type RelayProcess } from "./helpers.ts";
+import { startRawPeer } from "./raw-peer.ts";
 
 setDefaultTimeout(90_000);
 const LONG = 30_000;
@@ -195,6 +199,40 @@ test("regression: scripted receiver: end of input while a file is arriving → i
   expect(ofKind(b, "file")).toEqual([expect.objectContaining({ name: "large.bin", sha256: src.sha256 })]);
   expect(bCode).toBe(0);
   expect(await a.exited()).toBe(0);
+});
+
+// Regression test (found in audit): after end of input the client waited for
+// every transfer, including ones offered later, so any peer offering a file
+// every minute kept a finished script running for good.
+test("regression: scripted receiver: offers that arrive after end of input are declined (the receiver is leaving); the transfer under way completes and it exits 0", async () => {
+  const dl = temp.make();
+  const b = await chat(temp.make(), ["--download-dir", dl]);
+  const dh = startDhEngine();
+  const track: Link[] = [];
+  try {
+    const waitSession = (peer: string) => b.event((e) => e.event === "session" && e.peer === peer, "session").then(() => {});
+    const m = await startRawPeer({ id: b.id, chat: { waitSession } }, { port: relay.port, dh, track });
+    const accepted = [m.offer("first.bin", 5)]; // no chunk yet: b must wait for it
+    expect((await accepted[0]!.answer()).t).toBe("accept");
+    b.end();
+    let answer: Frame;
+    for (let i = 0; ; i++) {
+      // Until b has read its end of input, offers are still accepted (and must be completed).
+      const late = m.offer(`late-${i}.bin`, 5);
+      answer = await late.answer();
+      if (answer.t === "decline") break;
+      accepted.push(late);
+      await Bun.sleep(20);
+    }
+    expect(answer.reason).toBe("the receiver is leaving");
+    for (const o of accepted) o.sendAll(new TextEncoder().encode("hello"));
+    expect(await b.exited()).toBe(0);
+    expect(ofKind(b, "file").length).toBe(accepted.length);
+    expect(readdirSync(dl).sort()).toEqual(["first.bin", ...Array.from({ length: accepted.length - 1 }, (_, i) => `late-${i}.bin`)].sort());
+  } finally {
+    for (const l of track) l.close();
+    dh.close();
+  }
 });
 
 // Regression test (cmd/chat.ts): stdout had no 'error' handler, so once its

@@ -13,7 +13,7 @@ import { tempDirs, waitFor } from "./helpers.ts";
 const temp = tempDirs("smts-rules-");
 afterEach(() => temp.removeAll());
 
-function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void; congested?: () => boolean } = {}) {
+function harness(opts: { idleTimeoutMs?: number; answerWindowMs?: number; onMessage?: (f: Frame) => void; congested?: () => boolean } = {}) {
   const contents: Frame[] = [];
   const messages: Frame[] = [];
   const events: TransferEvent[] = [];
@@ -28,7 +28,7 @@ function harness(opts: { idleTimeoutMs?: number; onMessage?: (f: Frame) => void;
       emit: (e) => void events.push(e),
       maxFrame: () => 256 * 1024,
     },
-    { downloadDir: dir, maxFileSize: 10 * 1024 * 1024, idleTimeoutMs: opts.idleTimeoutMs },
+    { downloadDir: dir, maxFileSize: 10 * 1024 * 1024, idleTimeoutMs: opts.idleTimeoutMs, answerWindowMs: opts.answerWindowMs },
   );
   return { t, contents, messages, events, dir };
 }
@@ -48,6 +48,34 @@ test("an offer nobody answers fails after the idle timeout", async () => {
   const outcome = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
   expect(await outcome).toContain("no progress");
   expect(h.events.at(-1)).toMatchObject({ event: "transfer", state: "failed" });
+});
+
+// Regression (found in audit): the broadcast's 10 s answer window cut every
+// unanswered /send short of the 60 s of PROTOCOL §27.
+test("the answer window is for broadcasts only: an unanswered /send waits for the idle timeout, an unanswered /bsend recipient is dropped after the window", async () => {
+  const h = harness({ idleTimeoutMs: 600, answerWindowMs: 50 });
+  const src = join(h.dir, "x.bin");
+  writeFileSync(src, "hello");
+  const single = h.t.send("abcdefgh", src).then(() => "delivered", (e) => e.message);
+  const broadcast = h.t.send(["abcdefgh", "ijklmnop"], src, true).then(() => "delivered", (e) => e.message);
+  expect(await broadcast).toMatch(/no answer to the offer/);
+  expect(await single).toContain("no progress");
+  expect(h.contents.filter((c) => c.t === "cancel").map((c) => c.reason)).toEqual(["no answer to the offer", "no answer to the offer"]);
+});
+
+test("after stopAccepting(), every offer is declined (the receiver is leaving) while the transfer under way goes on", async () => {
+  const h = harness();
+  const offer = (n: number) => h.t.onContent("abcdefgh", { t: "offer", id: new Uint8Array(16).fill(n), name: `f${n}`, size: 5, key: new Uint8Array(32) });
+  offer(1);
+  h.t.stopAccepting();
+  offer(2);
+  expect(h.contents.map((c) => [c.t, (c.id as Uint8Array)[0], c.reason])).toEqual([
+    ["accept", 1, undefined],
+    ["decline", 2, "the receiver is leaving"],
+  ]);
+  expect(h.t.active()).toBe(1);
+  expect(h.t.cancel("")).toBe(1);
+  expect(readdirSync(h.dir)).toEqual([]);
 });
 
 // Regression (found in review): any answer naming the file counted as progress, so one

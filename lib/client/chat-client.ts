@@ -129,6 +129,8 @@ export interface ChatClient {
   cancel(prefix: string): number;
   /** Transfers still running. */
   activeTransfers(): number;
+  /** Declines file offers from now on; transfers under way go on (a script's end of input). */
+  stopAccepting(): void;
   peers(): PeerInfo[];
   verify(peer: string): void;
   fingerprint(peer: string, long?: boolean): string | null;
@@ -588,6 +590,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     cancel: (prefix) => transfers.cancel(prefix),
     activeTransfers: () => transfers.active(),
+    stopAccepting: () => transfers.stopAccepting(),
     holdEvents: (hold) => link.holdReading(hold),
     writable: () => (link.backlog > 1024 * 1024 ? link.drained(256 * 1024) : Promise.resolve()),
     async flush() {

@@ -60,6 +60,8 @@ export interface TransferOptions {
   maxFileSize: number;
   /** A transfer with no progress for this long fails (default 60 s). */
   idleTimeoutMs?: number;
+  /** A broadcast streams once every recipient answered its offer, or after this long to those that did (default 10 s, PROTOCOL §36.2). */
+  answerWindowMs?: number;
 }
 
 export class TransferError extends Error {
@@ -77,8 +79,6 @@ const SEND_LOW = 256 * 1024;
 const PROGRESS_MS = 250;
 /** Files being received at once (each holds a temporary file and a descriptor). */
 const MAX_INCOMING = 32;
-/** A broadcast starts streaming once every recipient answered, or after this long with those that did. */
-const BROADCAST_ANSWER_MS = 10_000;
 
 type RecipientState = "offered" | "accepted" | "done" | "failed";
 
@@ -158,6 +158,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   /** Peers whose relay queue is full (the relay said `busy`, not `ready` yet). */
   const busy = new Set<string>();
   const idleMs = opts.idleTimeoutMs ?? 60_000;
+  const answerMs = opts.answerWindowMs ?? 10_000;
+  let leaving = false; // stopAccepting() was called
   removeStaleParts(opts.downloadDir, 2 * idleMs);
 
   // One sweep, running only while transfers exist, ends those that stopped
@@ -169,7 +171,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       const now = performance.now();
       for (const t of [...outgoing.values()]) {
         if (now - t.lastActivity > idleMs) failAll(t, "failed", `no progress for ${Math.round(idleMs / 1000)} s`);
-        else if (t.state === "offered" && now - t.offeredAt > BROADCAST_ANSWER_MS) {
+        else if (t.broadcast && t.state === "offered" && now - t.offeredAt > answerMs) {
           for (const [peer, st] of t.recipients) {
             if (st !== "offered") continue;
             deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "no answer to the offer" }); // a late accept must not leave a temp file
@@ -179,7 +181,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       }
       for (const t of [...incoming.values()]) if (now - t.lastActivity > idleMs) failIn(t, "failed", `no data for ${Math.round(idleMs / 1000)} s`, true);
       if (!outgoing.size && !incoming.size) clearInterval(sweeper!), (sweeper = null);
-    }, Math.min(1000, idleMs / 4));
+    }, Math.min(1000, idleMs / 4, answerMs / 4));
   }
 
   const accepted = (t: Outgoing) => [...t.recipients].filter(([, st]) => st === "accepted").map(([peer]) => peer);
@@ -366,6 +368,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
     if (deps.congested()) return decline("not answered: the relay is not taking our data", false);
+    if (leaving) return decline("the receiver is leaving");
     // An ID of one of our own transfers is a peer handing our offer back to us.
     if (incoming.has(tid) || outgoing.has(tid)) return decline("duplicate offer");
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
@@ -501,8 +504,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     for (const t of [...incoming.values()]) if (peer === null || t.peer === peer) failIn(t, "failed", reason, false);
   }
 
+  /** Declines every offer from now on; the transfers under way go on (a script's end of input). */
+  function stopAccepting(): void {
+    leaving = true;
+  }
+
   const active = () => outgoing.size + incoming.size;
-  return { send, onContent, onChunk, cancel, abandon, relayBusy, active };
+  return { send, onContent, onChunk, cancel, abandon, relayBusy, stopAccepting, active };
 }
 
 export type Transfers = ReturnType<typeof createTransfers>;
