@@ -209,7 +209,7 @@ export function tryMount(mounts: string[], dir: string, options: string): string
   }
 }
 
-const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
+const DEVICE = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³]|conin\$|conout\$)$/i;
 
 /** The promises of lib/transfer/names.ts, checked one by one so a failure names the broken rule. */
 export function nameProblems(name: string): string[] {

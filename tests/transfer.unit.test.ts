@@ -31,6 +31,9 @@ const HOSTILE: [string, string][] = [
   ["Com1.tar.gz", "_Com1.tar.gz"],
   ["LPT9", "_LPT9"],
   ["conout$", "_conout$"],
+  ["COM\u00b9.txt", "_COM\u00b9.txt"], // Windows reserves COM¹–COM³ and LPT¹–LPT³ too (found in audit)
+  ["lpt\u00b3", "_lpt\u00b3"],
+  ["com\u00b2 .log", "_com\u00b2 .log"],
   [".bashrc", "bashrc"],
   ["..bashrc", "bashrc"],
   [" .ssh", "ssh"],
@@ -67,6 +70,16 @@ describe("safeName", () => {
       expect(name.includes("\ufffd")).toBe(false); // no split code points
       const ext = /\.[a-z]+$/.exec(offered)?.[0];
       if (ext) expect(name.endsWith(ext)).toBe(true);
+    }
+  });
+
+  // Regression (found in audit): the device prefix was added after the cut, making 201 bytes.
+  test("a long device name is prefixed, then cut: at most 200 bytes, still prefixed", () => {
+    for (const offered of [`con.${"a".repeat(300)}`, `CON.${"a".repeat(300)}.txt`, `nul${" ".repeat(300)}`, `lpt\u00b9.${"é".repeat(300)}`]) {
+      const name = safeName(offered);
+      expect(Buffer.byteLength(name)).toBeLessThanOrEqual(200);
+      expect(name).toStartWith("_");
+      expect(nameProblems(name)).toEqual([]);
     }
   });
 

@@ -19,7 +19,8 @@
 import { closeSync, linkSync, lstatSync, openSync, readdirSync, renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
-const DEVICE = /^(con|prn|aux|nul|com[0-9]|lpt[0-9]|conin\$|conout\$)$/i;
+// Windows also reserves COM and LPT with a superscript 1, 2 or 3.
+const DEVICE = /^(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]|conin\$|conout\$)$/i;
 const MAX_BYTES = 200;
 
 export function safeName(offered: string): string {
@@ -30,9 +31,11 @@ export function safeName(offered: string): string {
     .replace(/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g, "") // invisible, separators, bidi overrides
     .replace(/[<>:"|?*]/g, "_"); // reserved on Windows
   name = trimEnds(name);
-  if (Buffer.byteLength(name) > MAX_BYTES) name = trimEnds(cutKeepingExtension(name));
   const stem = (name.split(".")[0] ?? "").trimEnd();
   if (DEVICE.test(stem)) name = `_${name}`;
+  // Cut last, so that the prefix counts too; the cut keeps the start, so it
+  // cannot make a device name (those are under 8 characters).
+  if (Buffer.byteLength(name) > MAX_BYTES) name = trimEnds(cutKeepingExtension(name));
   return name || "file";
 }
 
