@@ -9,10 +9,12 @@
 //     so a whole frame can be forwarded as one piece (wholeFrame) without a copy;
 //   - a length prefix above the limit is rejected as soon as the 4 prefix bytes
 //     are seen, before any of the payload is buffered;
-//   - malformed msgpack, trailing bytes, or a payload that is not a map is a
-//     FrameError; the caller closes that one connection.
+//   - malformed msgpack, trailing bytes, extension types, nesting deeper than
+//     32 levels, or a payload that is not a map is a FrameError; the caller
+//     closes that one connection.
 import { Unpackr } from "msgpackr";
 import { pack } from "./msgpack.ts";
+import { standardProblem } from "./standard.ts";
 
 export const LENGTH_PREFIX = 4;
 
@@ -43,6 +45,8 @@ export function encodeFrame(value: Frame): Uint8Array {
 
 /** Decodes one msgpack payload (without the length prefix) into a frame map. */
 export function decodePayload(payload: Uint8Array): Frame {
+  const problem = standardProblem(payload); // before msgpackr builds anything (lib/wire/standard.ts)
+  if (problem) throw new FrameError("bad_frame", `malformed msgpack: ${problem}`);
   let value: unknown;
   try {
     value = unpackr.unpack(payload);
