@@ -212,6 +212,36 @@ test("a recipient someone else keeps over the pause mark: a sender of a few mess
   sink.raw.close();
 });
 
+// Regression (found in audit): past half of queueMax, anyone sending the
+// recipient a frame was paused, with all its other traffic, until the queue
+// drained. A slow reader whose friends kept its queue that full could mute
+// anyone who sent it one message, or whom it made answer one (a key exchange).
+test("a recipient others keep above half of queueMax: a sender's frame to it is dropped and it is told (recipient_full), never paused; its other traffic goes on; the queue stays bounded", async () => {
+  const limits = { queueHigh: 64 * 1024, queueLow: 16 * 1024, queuePause: 128 * 1024, queueMax: 1024 * 1024 };
+  relay = startTestRelay({ ...limits, slowTimeoutMs: 60_000 });
+  const r = relay;
+  const sink = await stalledClient(r.port);
+  const flooders = [await joinTest(r, { watch: false }), await joinTest(r, { watch: false }), await joinTest(r, { watch: false }), await joinTest(r, { watch: false })];
+  await Promise.all(flooders.map((f) => flood(f.link, sink.id, 500))); // each ignores `busy` and goes on past its allowance
+  await waitFor(() => r.stats().maxQueuedBytes > limits.queueMax / 2, "the sink's queue past half of queueMax");
+  const pausedBefore = r.stats().pausedSenders;
+  const s = await joinTest(r, { watch: false });
+  const y = await joinTest(r, { watch: false });
+  s.link.send(sink.id, new Uint8Array(100));
+  const dropped = await s.next((f) => f.t === "error", "s told its frame was dropped");
+  expect(dropped).toMatchObject({ t: "error", code: "recipient_full", peer: sink.id });
+  s.link.send(y.link.id, new Uint8Array([42]));
+  expect((await y.next((f) => f.t === "msg", "s's message to y")).body).toEqual(new Uint8Array([42]));
+  s.link.send([sink.id, y.link.id], new Uint8Array([43])); // to a list: dropped for the sink only
+  expect((await y.next((f) => f.t === "msg" && (f.body as Uint8Array)[0] === 43, "the list message at y")).src).toBe(s.link.id);
+  expect(await s.next((f) => f.t === "error" && f !== dropped, "the second drop")).toMatchObject({ code: "recipient_full", peer: sink.id });
+  expect(r.stats().pausedSenders).toBe(pausedBefore); // s was never paused
+  expect(s.frames.filter((f) => f.t === "error")).toEqual([]); // one per dropped frame (both taken above), nothing else
+  expect(r.stats().maxQueuedBytes).toBeLessThanOrEqual(limits.queueMax / 2 + CHUNK.length + 64);
+  expect(r.stats().counters.closed_slow_consumer).toBeUndefined();
+  sink.raw.close();
+});
+
 test("relay process RSS stays bounded while a sender floods a stalled recipient", async () => {
   const rp = await spawnRelay(["--slow-timeout", "30"], { SMTS_SECRET: SECRET_TEXT });
   try {

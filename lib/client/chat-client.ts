@@ -106,11 +106,14 @@ export const DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024;
 /**
  * Queued bytes beyond which we stop answering what peers ask (hellos, offers,
  * failed chunks): far above what a transfer queues (about 1 MiB), reached only
- * when the relay paused us because some recipient is not reading. Without it a
+ * when the relay is not taking our data (it paused us, or the network is
+ * slow). Without it a
  * peer that stops reading and keeps sending offers grew our queue by every
  * `decline` (600 MiB in 25 s, found in review).
  */
 const CONGESTED_BACKLOG = 4 * 1024 * 1024;
+/** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
+const BUSY_BUDGET = 128 * 1024;
 
 export interface ChatClient {
   readonly id: string;
@@ -165,8 +168,23 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     }
   };
 
-  const sendE2E = (to: string | string[], frame: Frame) => link.send(to, new PackedBin(frame));
-  const congested = () => link.backlog > CONGESTED_BACKLOG;
+  // Bytes sent to each peer since the relay said it is `busy` (until `ready`).
+  // Past 256 KiB of them while its queue is full the relay pauses us, all our
+  // traffic with it (PROTOCOL §10); so past BUSY_BUDGET we answer none of that
+  // peer's requests (a key exchange, a file offer): a slow reader must not be
+  // able to make us talk ourselves into a pause.
+  const sentSinceBusy = new Map<string, number>();
+  const send = (to: string | string[], body: PackedBin) => {
+    if (sentSinceBusy.size) {
+      for (const peer of typeof to === "string" ? [to] : to) {
+        const sent = sentSinceBusy.get(peer);
+        if (sent !== undefined) sentSinceBusy.set(peer, sent + body.size);
+      }
+    }
+    link.send(to, body);
+  };
+  const sendE2E = (to: string | string[], frame: Frame) => send(to, new PackedBin(frame));
+  const congested = (peer: string) => link.backlog > CONGESTED_BACKLOG || (sentSinceBusy.get(peer) ?? 0) > BUSY_BUDGET;
   const exchanges = createExchanges({
     dh,
     congested,
@@ -218,7 +236,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const queue = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
-    for (const run of batches(queue)) link.send(s.peer, new PackedBin(s.send.seal(recordPlain(run))));
+    for (const run of batches(queue)) send(s.peer, new PackedBin(s.send.seal(recordPlain(run))));
   }
 
   // ---- Broadcast (docs/PROTOCOL.md, "Broadcast layer") ----------------------
@@ -280,7 +298,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         if (ownKeyChecks.length > OWN_KEYS_REMEMBERED) ownKeyChecks.shift();
       }
       for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
-      for (const run of batches(texts)) link.send(members, new PackedBin(sealBroadcastRecord(ownKey, recordPlain(run))));
+      for (const run of batches(texts)) send(members, new PackedBin(sealBroadcastRecord(ownKey, recordPlain(run))));
     }
     for (const s of sessions.values()) {
       const after = s.after;
@@ -458,7 +476,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         return;
       case "busy":
       case "ready":
-        if (isId(f.peer)) transfers.relayBusy(f.peer, f.t === "busy");
+        if (!isId(f.peer)) return;
+        if (f.t === "busy") sentSinceBusy.set(f.peer, 0);
+        else sentSinceBusy.delete(f.peer);
+        transfers.relayBusy(f.peer, f.t === "busy");
         return;
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;

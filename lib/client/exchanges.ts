@@ -54,8 +54,8 @@ export interface ExchangeDeps {
   failed(peer: string, err: ChatError): void;
   /** A handshake message that belongs to no exchange of ours was rejected. */
   stray(peer: string, err: ChatError): void;
-  /** True while the relay is not taking our data: a hello is then not answered (the peer's exchange times out). */
-  congested(): boolean;
+  /** True while the relay is not taking our data, or `peer` is not reading it: its hello is then not answered (its exchange times out). */
+  congested(peer: string): boolean;
   /** How long each step waits for the peer (default HANDSHAKE_TIMEOUT_MS; shorter in tests). */
   stepTimeoutMs?: number;
 }
@@ -160,7 +160,7 @@ export function createExchanges(deps: ExchangeDeps) {
             // One key pair per peer at a time, however fast hellos come: while ours is
             // being made, a newer hello only replaces the one it will answer.
             if (h?.role === "responder" && h.step === "starting") return void (h.hello = hello);
-            if (deps.congested()) return; // a peer must not grow our queue with replies nobody reads
+            if (deps.congested(peer)) return; // a peer must not grow our queue with replies nobody reads
             const mine = (token = begin(peer, { role: "responder", step: "starting", hello }));
             const kp = await dh.keypair();
             const now = running.get(peer);

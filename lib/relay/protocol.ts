@@ -25,6 +25,7 @@ export const ERRORS = {
   idle_timeout: { fatal: true, text: "no traffic, connection presumed dead" },
   shutdown: { fatal: true, text: "relay is shutting down" },
   unknown_peer: { fatal: false, text: "no such peer online" },
+  recipient_full: { fatal: false, text: "recipient is not reading: frame dropped" },
   bad_request: { fatal: false, text: "request not understood" },
 } as const;
 export type ErrorCode = keyof typeof ERRORS;

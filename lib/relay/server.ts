@@ -12,8 +12,10 @@
 //     one (of that source if it is the source that is full);
 //   - memory is bounded: frames over the limit are refused from the length
 //     prefix; a recipient whose queue passes `queuePause` pauses the senders
-//     feeding it (at the frame that did it, not at the end of their read)
-//     until it drains below `queueLow`; a recipient that makes no
+//     that went on feeding it after `busy` (at the frame that did it, not at
+//     the end of their read) until it drains below `queueLow`; past half of
+//     `queueMax`, frames for it from the others are dropped (they are told);
+//     a recipient that makes no
 //     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
 //     disconnected as a slow consumer;
 //   - clients joining and leaving cost the watching clients at most one
@@ -190,6 +192,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const pendingBySource = new Map<string, Set<Conn>>();
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
+  let droppedBytes = 0; // bodies read and dropped (mustDrop)
   const collector = churnCollector({ checkBytes: COLLECT_CHECK_BYTES, growth: opt.collectAfterGrowth, share: COLLECT_SHARE });
   let dirty: Conn[] = [];
   /** Set by queue() when a queue passes queueHigh: consume() stops after the frame being handled. */
@@ -324,16 +327,31 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   /**
    * Whether `sender` is to wait for `r`: only while r's queue is above
-   * queuePause, and not while it has sent `r` at most BUSY_ALLOWANCE since it
-   * was told `r` is busy and the queue is at most half of queueMax. A client
-   * that holds back (smts holds file chunks) still sends a message now and
-   * then, and someone else filling `r`'s queue must not get it paused, with
-   * all its other traffic. The half keeps many such senders from getting `r` cut.
+   * queuePause, and once it has sent `r` more than BUSY_ALLOWANCE since it
+   * was told `r` is busy (it did not hold back). A client that holds back
+   * (smts holds file chunks) still sends a message now and then, and someone
+   * else filling `r`'s queue must not get it paused, with all its other
+   * traffic.
    */
   function mustWait(sender: Conn, r: Conn): boolean {
     if (r.outbox.bytes <= opt.queuePause) return false;
     tellBusy(sender, r); // if not told yet: its allowance starts now
-    return (sender.busyOn.get(r) ?? 0) > BUSY_ALLOWANCE || r.outbox.bytes > opt.queueMax / 2;
+    return (sender.busyOn.get(r) ?? 0) > BUSY_ALLOWANCE;
+  }
+
+  /**
+   * Whether a frame for `r` from a sender that need not wait is dropped: once
+   * r's queue is above half of queueMax, so that many senders cannot get `r`
+   * cut. It used to pause them instead, and then a slow reader whose friends
+   * kept its queue full could mute anyone who sent it one message (found in
+   * audit). The sender is told (`recipient_full`); nothing else it sends waits.
+   */
+  const mustDrop = (r: Conn) => r.outbox.bytes > opt.queueMax / 2;
+
+  function dropFor(sender: Conn, r: Conn, bytes: number, refField: { ref?: number }): void {
+    count("drops");
+    droppedBytes += bytes; // garbage as much as forwarded bytes are (collector.after)
+    sendError(sender, "recipient_full", { peer: r.id, ...refField });
   }
 
   /** Counts a frame from `sender` to `r` against its allowance, once told `r` is busy. */
@@ -446,7 +464,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       if (r === sender || mustWait(sender, r)) pauseOn(sender, r);
     }
     if (dirty.length) flushDirty(null); // fatal() above may have queued error frames
-    else collector.after(forwardedBytes);
+    else collector.after(forwardedBytes + droppedBytes);
   }
 
   function handleJoin(c: Conn, f: Frame): void {
@@ -513,6 +531,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         sendError(c, "unknown_peer", { peer: id.slice(0, 32), ...refField });
         continue;
       }
+      if (mustDrop(r)) {
+        dropFor(c, r, body.length, refField);
+        continue;
+      }
       header ??= msgFrameHeader(c.id, body.length);
       c.spoke = true;
       charge(c, r, body.length);
@@ -528,6 +550,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
     if (mustWait(c, r)) return r; // before the rewrite: the frame is handled again later
+    if (mustDrop(r)) return dropFor(c, r, bodyLength, {});
     c.spoke = true;
     charge(c, r, bodyLength);
     rewriteSendAsMsg(payload, c.id);

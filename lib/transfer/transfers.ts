@@ -46,10 +46,12 @@ export interface TransferDeps {
   drained(bytes: number): Promise<void>;
   /**
    * True while far more waits to be sent than any transfer queues (the relay
-   * has paused us: a peer is not reading). Answers a peer's message asks for
-   * are then not sent, so a peer cannot grow our queue without bound.
+   * is not taking our data), or while `peer` is not reading what we sent it
+   * (the relay said it is busy, and we sent it much since). Answers its
+   * messages ask for are then not sent, so a peer cannot grow our queue
+   * without bound, nor talk us into a pause at the relay.
    */
-  congested(): boolean;
+  congested(peer: string): boolean;
   /** The relay's frame limit: a chunk must fit in one frame. */
   maxFrame(): number;
   emit(e: TransferEvent): void;
@@ -239,7 +241,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       unlinkSync(t.temp);
     } catch {}
     wipe(t.keys.enc, t.keys.mac);
-    if (tellPeer && !deps.congested()) deps.sendContent(t.peer, { t: state === "cancelled" ? "cancel" : "failed", id: t.fileId, reason });
+    if (tellPeer && !deps.congested(t.peer)) deps.sendContent(t.peer, { t: state === "cancelled" ? "cancel" : "failed", id: t.fileId, reason });
     deps.emit({ event: "transfer", id: shortId(t.id), peer: t.peer, direction: "in", name: t.name, size: t.size, state, reason });
   }
 
@@ -367,7 +369,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       if (answer) deps.sendContent(peer, { t: "decline", id, reason });
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
-    if (deps.congested()) return decline("not answered: the relay is not taking our data", false);
+    if (deps.congested(peer)) return decline("not answered: the relay is not taking our data, or the peer is not reading it", false);
     if (leaving) return decline("the receiver is leaving");
     // An ID of one of our own transfers is a peer handing our offer back to us.
     if (incoming.has(tid) || outgoing.has(tid)) return decline("duplicate offer");
