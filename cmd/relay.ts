@@ -74,6 +74,8 @@ export const relayCommand = defineCommand({
       // 192 KiB leaves room for a 128 KiB file chunk with its headers, sent to many recipients.
       if (options.maxFrame < 192 * 1024 || options.maxFrame > MAX_FRAME_LIMIT) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
       if (options.queueMax < 2 * RELAY_DEFAULTS.queuePause) throw new UsageError("--queue-limit must be at least 8MiB (twice the queue at which senders are paused)");
+      // A frame is queued only while the queue is at most half the limit (PROTOCOL §10): one must then fit, headers too.
+      if (options.queueMax < 2 * (options.maxFrame + 1024)) throw new UsageError("--queue-limit must be at least twice --max-frame, plus 2KiB (one frame must always fit in a recipient's queue)");
       // The secret only now: a mistake in the arguments is a usage error even without one.
       const secret = readSecret(a["secret-file"]);
       if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");

@@ -42,6 +42,11 @@ test("--open with a secret is a usage error; unknown options and bad ports print
   const queue = run(["relay", "--open", "--port", "0", "--queue-limit", "7MiB"]);
   expect(queue.code).toBe(2);
   expect(queue.stderr).toContain("--queue-limit must be at least 8MiB");
+  // Regression (found in audit): with --max-frame 64MiB and the default 16 MiB queue limit,
+  // one 20 MiB message got a recipient that read everything cut as a slow consumer.
+  const bigFrames = run(["relay", "--open", "--port", "0", "--max-frame", "64MiB"]);
+  expect(bigFrames.code).toBe(2);
+  expect(bigFrames.stderr).toContain("--queue-limit must be at least twice --max-frame");
 });
 
 // Regression (found in review): connections that never joined, once there were
