@@ -242,6 +242,36 @@ test("a recipient others keep above half of queueMax: a sender's frame to it is 
   sink.raw.close();
 });
 
+// Regression (found in audit): each queue had its limit, their sum none; 60
+// slow readers, each fed by a sender, took a relay from 44 to 391 MiB.
+test("all queues together above queueTotalMax: frames for recipients with more than queueLow queued are dropped (recipient_full); a reader with an empty queue still gets its frames", async () => {
+  const limits = { queueHigh: 64 * 1024, queueLow: 16 * 1024, queuePause: 2 * 1024 * 1024, queueMax: 8 * 1024 * 1024, queueTotalMax: 1024 * 1024 };
+  relay = startTestRelay({ ...limits, slowTimeoutMs: 60_000 });
+  const r = relay;
+  const readers = [await stalledClient(r.port), await stalledClient(r.port), await stalledClient(r.port)];
+  const sender = await joinTest(r, { watch: false });
+  const fresh = await joinTest(r, { watch: false });
+  // The sender goes on past `busy` (within its allowance: each queue stays under queuePause) until the relay drops.
+  const drops = () => sender.frames.filter((f) => f.t === "error" && f.code === "recipient_full");
+  for (let i = 0; drops().length === 0; i++) {
+    sender.link.send(readers[i % 3]!.id, CHUNK);
+    await sender.link.drained(0);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(r.stats().queuedTotal).toBe(r.stats().queuedBytes); // the running total stays exact
+  }
+  const atDrop = r.stats();
+  expect(atDrop.queuedBytes).toBeGreaterThan(limits.queueTotalMax);
+  expect(atDrop.queuedBytes).toBeLessThanOrEqual(limits.queueTotalMax + CHUNK.length + 64);
+  expect(atDrop.maxQueuedBytes).toBeLessThan(limits.queuePause); // no single queue was full
+  expect(drops()[0]!.peer).toBeOneOf(readers.map((x) => x.id));
+  sender.link.send(fresh.link.id, new Uint8Array([5]));
+  expect((await fresh.next((f) => f.t === "msg", "the message to a reader with an empty queue")).body).toEqual(new Uint8Array([5]));
+  expect(r.stats().pausedSenders).toBe(0);
+  for (const x of readers) x.raw.close();
+  await waitFor(() => r.stats().queuedTotal === 0, "the closed readers' queues released");
+  expect(r.stats().queuedBytes).toBe(0);
+});
+
 test("relay process RSS stays bounded while a sender floods a stalled recipient", async () => {
   const rp = await spawnRelay(["--slow-timeout", "30"], { SMTS_SECRET: SECRET_TEXT });
   try {

@@ -14,8 +14,9 @@
 //     prefix; a recipient whose queue passes `queuePause` pauses the senders
 //     that went on feeding it after `busy` (at the frame that did it, not at
 //     the end of their read) until it drains below `queueLow`; past half of
-//     `queueMax`, frames for it from the others are dropped (they are told);
-//     a recipient that makes no
+//     `queueMax`, frames for it from the others are dropped (they are told),
+//     and so are frames for any recipient with more than `queueLow` queued
+//     while all queues together are above `queueTotalMax`; a recipient that makes no
 //     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
 //     disconnected as a slow consumer;
 //   - clients joining and leaving cost the watching clients at most one
@@ -75,6 +76,8 @@ export interface RelayOptions {
   queuePause: number;
   /** ... above this: the recipient is cut as a slow consumer. */
   queueMax: number;
+  /** All queues together above this: frames for a recipient whose queue is above queueLow are dropped (they are told). */
+  queueTotalMax: number;
   joinTimeoutMs: number;
   slowTimeoutMs: number;
   /** Quiet connections are pinged after this long and dropped after three times as long. */
@@ -109,6 +112,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   queueLow: 256 * 1024,
   queuePause: 4 * 1024 * 1024,
   queueMax: 16 * 1024 * 1024,
+  queueTotalMax: 256 * 1024 * 1024,
   joinTimeoutMs: 5_000,
   slowTimeoutMs: 30_000,
   pingIntervalMs: 30_000,
@@ -166,7 +170,10 @@ interface Conn extends Endpoint {
 export interface RelayStats {
   clients: number;
   pending: number;
+  /** Summed over the connections now. */
   queuedBytes: number;
+  /** The running total the queueTotalMax rule reads (the same number, kept as queues change). */
+  queuedTotal: number;
   maxQueuedBytes: number;
   pausedSenders: number;
   /** Senders told some recipient is `busy` and not yet `ready` (each counted once per recipient). */
@@ -193,6 +200,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let droppedBytes = 0; // bodies read and dropped (mustDrop)
+  const queued = { bytes: 0 }; // in all outboxes together
   const collector = churnCollector({ checkBytes: COLLECT_CHECK_BYTES, growth: opt.collectAfterGrowth, share: COLLECT_SHARE });
   let dirty: Conn[] = [];
   /** Set by queue() when a queue passes queueHigh: consume() stops after the frame being handled. */
@@ -342,11 +350,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   /**
    * Whether a frame for `r` from a sender that need not wait is dropped: once
    * r's queue is above half of queueMax, so that many senders cannot get `r`
-   * cut. It used to pause them instead, and then a slow reader whose friends
-   * kept its queue full could mute anyone who sent it one message (found in
-   * audit). The sender is told (`recipient_full`); nothing else it sends waits.
+   * cut, and once all queues together are above queueTotalMax, if r's is
+   * above queueLow, so that many slow readers cannot take the relay's memory.
+   * It used to pause such senders instead, and then a slow reader whose
+   * friends kept its queue full could mute anyone who sent it one message
+   * (found in audit). The sender is told (`recipient_full`); nothing else it
+   * sends waits.
    */
-  const mustDrop = (r: Conn) => r.outbox.bytes > opt.queueMax / 2;
+  const mustDrop = (r: Conn) => r.outbox.bytes > opt.queueMax / 2 || (queued.bytes > opt.queueTotalMax && r.outbox.bytes > opt.queueLow);
 
   function dropFor(sender: Conn, r: Conn, bytes: number, refField: { ref?: number }): void {
     count("drops");
@@ -623,7 +634,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           source: sourceOf(socket.remoteAddress ?? ""),
           socket,
           decoder: new FrameDecoder(PRE_JOIN_MAX_FRAME),
-          outbox: new Outbox(socket),
+          outbox: new Outbox(socket, queued),
           nonce: newNonce(),
           openedAt: now,
           lastHeard: now,
@@ -706,7 +717,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         if (c.pausedOn.size > 0) pausedSenders++;
         busyTold += c.told.size;
       }
-      return { clients: routes.size, pending: pending.size, queuedBytes, maxQueuedBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
+      return { clients: routes.size, pending: pending.size, queuedBytes, queuedTotal: queued.bytes, maxQueuedBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
     },
     async stop() {
       stopping = true;

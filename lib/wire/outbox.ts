@@ -6,8 +6,9 @@
 // pieces are copied once into a shared staging buffer, so many small frames
 // go out in one write (fewer syscalls, no per-frame allocation); large ones
 // are queued as they are, without copying; `bytes` is the exact number of
-// queued bytes, which callers use for backpressure decisions; an outbox that
-// has written everything holds no buffer (a relay keeps thousands of them).
+// queued bytes, which callers use for backpressure decisions (and `total`,
+// when given, the sum over the outboxes that share it); an outbox that has
+// written everything holds no buffer (a relay keeps thousands of them).
 //
 // A staging buffer is used for one flush and then dropped (only the bytes
 // written into it are ever sent, so it need not be zeroed). Its size follows
@@ -37,7 +38,10 @@ export class Outbox {
   lastProgress = 0;
   closed = false;
 
-  constructor(private readonly socket: WritableSocket) {}
+  constructor(
+    private readonly socket: WritableSocket,
+    private readonly total: { bytes: number } = { bytes: 0 },
+  ) {}
 
   /** Queues `a` followed by `b` (a frame's header and body, say). */
   push(a: Uint8Array, b?: Uint8Array): void {
@@ -46,6 +50,7 @@ export class Outbox {
     if (n === 0) return;
     if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += n;
+    this.total.bytes += n;
     if (n < SMALL) {
       if (!this.stage || this.staged + n > this.stage.length) {
         if (this.stage) this.stageSize = Math.min(this.stageSize * 2, STAGE_MAX); // overflowed: a burst
@@ -71,6 +76,7 @@ export class Outbox {
   pushShared(frame: Uint8Array): void {
     if (this.closed || this.bytes === 0 || frame.length === 0 || frame.length >= SMALL) return this.push(frame);
     this.bytes += frame.length;
+    this.total.bytes += frame.length;
     this.sealStage();
     this.queue.push(frame);
   }
@@ -87,6 +93,7 @@ export class Outbox {
       }
       if (written > 0) {
         this.bytes -= written;
+        this.total.bytes -= written;
         this.lastProgress = performance.now();
       }
       if (written < chunk.length) {
@@ -110,6 +117,7 @@ export class Outbox {
     this.head = 0;
     this.stage = null;
     this.staged = 0;
+    this.total.bytes -= this.bytes;
     this.bytes = 0;
   }
 
