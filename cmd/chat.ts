@@ -12,7 +12,7 @@ import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
 import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
-import { formatEvent, jsonLine, progressTracker } from "../lib/ui/format.ts";
+import { formatEvent, jsonLine, progressTracker, terminalRows } from "../lib/ui/format.ts";
 import { outputGate } from "../lib/ui/output.ts";
 import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
@@ -83,6 +83,8 @@ export const chatCommand = defineCommand({
       const err = (text: string) => {
         if (stderrOpen) write(process.stderr, text);
       };
+      /** A line for `stream`: cut into indented rows when it is a terminal (format.ts, terminalRows). */
+      const rows = (stream: NodeJS.WriteStream, line: string) => `${stream.isTTY ? terminalRows(line, stream.columns) : line}\n`;
       // A reader that went away (`| head -1`, `| grep -m1`) ends us like any
       // filter: quietly, with 141 as for SIGPIPE. Nothing more is written there.
       let stdoutOpen = true;
@@ -96,9 +98,9 @@ export const chatCommand = defineCommand({
       };
 
       const print = (line: string) => {
-        if (json) err(`${line}\n`);
+        if (json) err(rows(process.stderr, line));
         else if (terminal) terminal.print(line);
-        else out(`${line}\n`);
+        else out(rows(process.stdout, line));
       };
       const progress = progressTracker();
       // A failed key exchange is reported as `session failed` and again as the
@@ -115,8 +117,8 @@ export const chatCommand = defineCommand({
           if (!repeated) print(line);
         }
         // Scripts: stdout carries events (or, without --json, their lines); each failure is one line on stderr.
-        else if (e.event === "error" || e.event === "disconnected") err(`${line}\n`);
-        else if (!json) out(`${line}\n`);
+        else if (e.event === "error" || e.event === "disconnected") err(rows(process.stderr, line));
+        else if (!json) out(rows(process.stdout, line));
       };
 
       try {

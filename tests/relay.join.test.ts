@@ -226,6 +226,23 @@ describe("open relays and impostors", () => {
     }
   });
 
+  // Regression (found in audit): the relay's own words (an error's message, an
+  // unknown frame type, a version) went to stderr as sent, escape sequences and all.
+  test("what a hostile relay says during the join reaches the join error without control characters", async () => {
+    const nasty = "bad\x1b[2K\r\nsmts: joined relay OK\x1b]0;pwned\x07\x9b31m\u202e\u2028end";
+    for (const frame of [{ t: "error", code: nasty, message: nasty }, { t: "challenge", v: nasty, nonce: newNonce() }, { t: nasty }]) {
+      const fake = Bun.listen({ hostname: "127.0.0.1", port: 0, socket: { open: (s) => void s.write(encodeFrame(frame)), data() {} } });
+      try {
+        const err = await joinError(joinRelay({ host: "127.0.0.1", port: fake.port, secret: null }));
+        expect(err.message).toContain("bad");
+        expect(err.message).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202e]/);
+        expect(err.code).not.toMatch(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202e]/);
+      } finally {
+        fake.stop(true);
+      }
+    }
+  });
+
   // Regression (found in review): any maxFrame ≥ 1 was taken, and the decoder
   // then buffered a frame of that size: a relay announcing 2^40 streamed 900 MiB
   // into one client frame.

@@ -3,23 +3,50 @@
 // the terminal, reorder what is shown or fake a line from someone else.
 import type { ChatEvent, PeerInfo } from "../client/chat-client.ts";
 import { formatSize } from "../cli/size.ts";
-
 // Bidirectional-text controls (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069):
 // they reorder what follows them on the line, so "txt.exe" could show as "exe.txt".
-const BIDI = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069";
+import { BIDI_CONTROLS } from "../wire/frame.ts";
+
 // C0 and C1 controls and DEL, except tab, and the bidi controls; line breaks
 // (also the line and paragraph separators U+2028/U+2029) become "↵".
-const CONTROLS = new RegExp(`[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f${BIDI}]`, "g");
+const CONTROLS = new RegExp(`[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f${BIDI_CONTROLS}]`, "g");
 export function sanitize(text: string): string {
   return text.replace(/\r?\n|[\u2028\u2029]/g, " ↵ ").replace(CONTROLS, "�");
 }
 
 // JSON.stringify leaves these raw; escaped, the text stays exact for a JSON
 // reader, and a terminal or a line splitter that breaks at U+2028 sees none.
-const JSON_RAW = new RegExp(`[\\u007f-\\u009f\\u2028\\u2029${BIDI}]`, "g");
+const JSON_RAW = new RegExp(`[\\u007f-\\u009f\\u2028\\u2029${BIDI_CONTROLS}]`, "g");
 /** One NDJSON line (without the newline) for --json output. */
 export function jsonLine(e: ChatEvent): string {
   return JSON.stringify(e).replace(JSON_RAW, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
+
+// Terminal rows: a peer's text padded to the terminal's width would wrap, and
+// its tail would start a row of its own, looking like a line from someone
+// else ("[7hd2xw0a] ..."; found in audit). So a line for a terminal is cut
+// into rows here, and every row after the first is indented.
+const CONTINUED = "    ";
+/** `line` as rows of at most `columns` cells for a terminal that wide, continuation rows indented. */
+export function terminalRows(line: string, columns: number | undefined): string {
+  if (!columns || columns <= CONTINUED.length + 8) return line;
+  let rows = "";
+  let width = 0;
+  for (const ch of line) {
+    if (ch === "\n") {
+      rows += ch;
+      width = 0;
+      continue;
+    }
+    const w = ch === "\t" ? 8 : Bun.stringWidth(ch); // a tab moves up to 8 cells: counted as 8, so it never wraps unseen
+    if (width + w > columns) {
+      rows += `\n${CONTINUED}`;
+      width = CONTINUED.length;
+    }
+    rows += ch;
+    width += w;
+  }
+  return rows;
 }
 
 export function formatPeers(peers: PeerInfo[]): string {

@@ -4,6 +4,7 @@
 // Ctrl-D, Ctrl-C, a signal), lines still printed while the client shuts down
 // (a transfer cancelled) are written plainly and no prompt is drawn again.
 import readline from "node:readline";
+import { terminalRows } from "./format.ts";
 
 export interface Terminal {
   print(text: string): void;
@@ -29,7 +30,7 @@ export function startTerminal(onLine: (line: string) => void, onClose: () => voi
       if (!open) return void process.stdout.write(`${text}\n`);
       readline.clearLine(process.stdout, 0);
       readline.cursorTo(process.stdout, 0);
-      process.stdout.write(`${text}\n`);
+      process.stdout.write(`${terminalRows(text, process.stdout.columns)}\n`);
       rl.prompt(true);
     },
     status(text) {

@@ -189,7 +189,14 @@ export function wholeFrame(payload: Uint8Array): Uint8Array {
   return new Uint8Array(payload.buffer, payload.byteOffset - LENGTH_PREFIX, LENGTH_PREFIX + payload.length);
 }
 
-/** An untrusted decoded value as short text for messages; never calls methods of the value. */
+/** An untrusted decoded value as short text for messages, safe to print (controls replaced); never calls methods of the value. */
 export function safeText(v: unknown, max = 200): string {
-  return typeof v === "string" ? v.slice(0, max) : typeof v === "number" || typeof v === "boolean" ? String(v) : `(${typeof v})`;
+  const text = typeof v === "string" ? v.slice(0, max) : typeof v === "number" || typeof v === "boolean" ? String(v) : `(${typeof v})`;
+  return text.replace(UNSAFE, "\ufffd");
 }
+/** Bidirectional-text controls: they reorder what follows them on the line. */
+export const BIDI_CONTROLS = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069";
+// C0 and C1 controls, DEL, line and paragraph separators, bidi controls: a
+// relay's text (an error message, say) could otherwise recolour the terminal,
+// set its title or clipboard, or fake a line of ours (found in audit).
+const UNSAFE = new RegExp(`[\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029${BIDI_CONTROLS}]`, "g");
