@@ -41,6 +41,7 @@ export const chatCommand = defineCommand({
       const { host, port } = parseRelayAddress(a.relay);
       const timeoutMs = parsePositive("timeout", a.timeout, 30) * 1000;
       const maxFileSize = parsePositive("max-file-size", a["max-file-size"], 0, parseSize);
+      if (a["download-dir"] === "") throw new UsageError("--download-dir needs a path");
       const downloadDir = resolve(a["download-dir"]);
       try {
         accessSync(downloadDir, constants.W_OK);

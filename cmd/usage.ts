@@ -5,7 +5,7 @@
 // usage plus one line and exits 2.
 import { parseArgs, renderUsage, type ArgsDef, type CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { loadSecret, SecretError } from "../lib/secret/secret.ts";
+import { loadSecret, SecretError, secretFileExposed } from "../lib/secret/secret.ts";
 
 export class UsageError extends Error {}
 /** A runtime failure with a one-line reason (exit code 1). */
@@ -54,8 +54,11 @@ export function parseCount(flag: string, text: string): number {
 
 /** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. */
 export function readSecret(file: string | undefined): string | null {
+  if (file === "") throw new UsageError("--secret-file needs a path");
   try {
-    return loadSecret(file);
+    const secret = loadSecret(file);
+    if (file && secretFileExposed(file)) process.stderr.write(`smts: warning: other users of this machine can read the secret file ${file} (chmod 600 ${file})\n`);
+    return secret;
   } catch (err) {
     if (err instanceof SecretError) throw new Failure(err.message);
     throw err;

@@ -115,6 +115,40 @@ test("reads the secret from --secret-file, warns about a short one, and logs no 
   expect(missing.stderr).toContain("cannot read secret file");
 });
 
+// Regression (found in audit): a secret file was decoded leniently (every invalid UTF-8
+// byte became U+FFFD, so different binary secrets matched); a world-readable one,
+// or an empty --secret-file= (which fell back to SMTS_SECRET), passed silently.
+test("--secret-file: not UTF-8 is refused; readable by others gets a warning; an empty path is a usage error", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "smts-"));
+  const binary = join(dir, "binary");
+  writeFileSync(binary, new Uint8Array([0x41, 0xff, 0xfe, 0x80, 0x42]), { mode: 0o600 });
+  const bad = run(["relay", "--port", "0", "--secret-file", binary]);
+  expect(bad.code).toBe(1);
+  expect(bad.stderr.trim()).toBe(`smts: secret file ${binary} is not UTF-8 text (a secret is text: make one with \`smts relay --generate-secret\`)`);
+  for (const args of [["--secret-file="], ["--secret-file", ""]]) {
+    const empty = run(["relay", "--port", "0", ...args], { SMTS_SECRET: SECRET_TEXT });
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toContain("smts: --secret-file needs a path");
+  }
+  const shared = join(dir, "shared");
+  writeFileSync(shared, `${SECRET_TEXT}\n`, { mode: 0o644 });
+  const rp = await spawnRelay(["--secret-file", shared]);
+  try {
+    expect(rp.stderr()).toContain(`smts: warning: other users of this machine can read the secret file ${shared} (chmod 600 ${shared})`);
+    (await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET })).close(); // it still runs with it
+  } finally {
+    rp.proc.kill();
+  }
+  const own = join(dir, "own");
+  writeFileSync(own, `${SECRET_TEXT}\n`, { mode: 0o600 });
+  const quiet = await spawnRelay(["--secret-file", own]);
+  try {
+    expect(quiet.stderr()).not.toContain("warning");
+  } finally {
+    quiet.proc.kill();
+  }
+});
+
 // Regression (found in review): `smts relay --verbose 2>&1 | head -1` exited 1
 // at the first log line after head had gone, dropping every client.
 test("a closed log pipe stops the logging, not the relay", async () => {

@@ -49,6 +49,9 @@ test("chat: a missing or extra argument is a usage error, with the usage of `smt
   usageError(["chat"], "smts chat [OPTIONS] <RELAY>", "missing required positional argument: RELAY");
   usageError(["chat", "127.0.0.1", "45043"], "smts chat [OPTIONS] <RELAY>", 'unexpected argument "45043"', { SMTS_SECRET: SECRET_TEXT });
   usageError(["chat", "127.0.0.1:1", "--json", "extra"], "smts chat [OPTIONS] <RELAY>", 'unexpected argument "extra"', { SMTS_SECRET: SECRET_TEXT });
+  // Found in audit: an empty path meant the current directory, or (for the secret) SMTS_SECRET instead.
+  usageError(["chat", "127.0.0.1:1", "--download-dir="], "smts chat [OPTIONS] <RELAY>", "--download-dir needs a path", { SMTS_SECRET: SECRET_TEXT });
+  usageError(["chat", "127.0.0.1:1", "--secret-file="], "smts chat [OPTIONS] <RELAY>", "--secret-file needs a path", { SMTS_SECRET: SECRET_TEXT });
   usageError(["chat", "--prot", "1", "127.0.0.1"], "smts chat [OPTIONS] <RELAY>", "unknown option --prot");
 });
 
