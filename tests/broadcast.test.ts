@@ -196,6 +196,7 @@ describe("/bmsg to many", () => {
     const s = await w.party({ direct: true });
     const recipients: RawPeer[] = [];
     for (let i = 0; i < 120; i++) recipients.push(await w.rawPeer(s));
+    for (const r of recipients) s.chat.verify(r.id); // peers that connected to s are in its broadcasts once s verified them
     const maxFrame = RELAY_DEFAULTS.maxFrame; // startTestRelay keeps the default
     const text = "x".repeat(maxFrame - 1024);
     let refused: unknown = null;
@@ -246,6 +247,45 @@ describe("/bmsg ordering", () => {
 
 // ---- Membership changes --------------------------------------------------------
 
+// Regression (found in audit): broadcasts went to every session, and the client
+// answers any key exchange on its own, so the relay could make up an ID, start a
+// session with a user, and read that user's broadcasts from then on.
+describe("who is in a broadcast", () => {
+  test("a peer that started a session with us is not in our broadcasts until we /verify it; the peers we /connect'ed to are", async () => {
+    const w = await start();
+    const s = await w.party();
+    const b = await w.party();
+    await connectAll(s, [b]);
+    const stranger = await w.rawPeer(s); // it connected to s: the relay, say, under an ID it made up
+    expect(s.chat.broadcastText("for b only")).toEqual([b.id]);
+    await gotText(b, "for b only");
+    s.chat.sendText(stranger.id, "a private hello"); // after the broadcast in s's queue: anything for the stranger was sent before it
+    await stranger.content((c) => c.t === "text", "the private message");
+    stranger.pump();
+    expect(stranger.brecs()).toEqual([]);
+    expect(stranger.keys.size).toBe(0); // never given a sender key
+    s.chat.verify(stranger.id); // s's user compared the fingerprint
+    expect(s.chat.broadcastText("for both")).toEqual(ids([b, stranger]));
+    await waitFor(() => (stranger.pump(), stranger.brecs().length === 1), "the broadcast at the verified peer", LONG);
+    expect(stranger.keys.size).toBe(1);
+  });
+
+  test("with only sessions others started, /bmsg says who a broadcast goes to", async () => {
+    const w = await start();
+    const s = await w.party();
+    await w.rawPeer(s);
+    const err = (() => {
+      try {
+        s.chat.broadcastText("anyone?");
+      } catch (e) {
+        return e as ChatError;
+      }
+    })();
+    expect(err?.code).toBe("no_sessions");
+    expect(err?.message).toBe("no peers to broadcast to: a broadcast goes to the peers you /connect'ed to or /verify'd");
+  });
+});
+
 describe("re-keying on membership change", () => {
   test("same members keep the sender key; a peer leaving or a new peer connecting makes the next broadcast use a new key id, distributed pairwise to exactly the new set", async () => {
     const w = await start();
@@ -286,6 +326,7 @@ describe("re-keying on membership change", () => {
     // A newcomer connects (it initiates).
     const e = await w.party();
     await e.chat.connect(s.id);
+    s.chat.verify(e.id); // e connected to s: in s's broadcasts once verified
     await s.chat.waitSession(e.id, LONG);
     s.chat.broadcastText("m4");
     for (const p of [b, c, e]) await gotText(p, "m4");
@@ -315,6 +356,7 @@ describe("re-keying on membership change", () => {
     const [b, c] = [await w.party(), await w.party()];
     await connectAll(s, [b, c]);
     const d = await w.rawPeer(s); // the fourth client: hand-driven, so the test holds its keys
+    s.chat.verify(d.id);
 
     s.chat.broadcastText("before d left");
     for (const p of [b, c]) await gotText(p, "before d left");
@@ -361,8 +403,10 @@ describe("re-keying on membership change", () => {
     const brec1 = uploads(w, s).find((u) => u.type === "brec")!.inner;
 
     const e = await w.rawPeer(s); // a raw newcomer, so the test holds its keys
+    s.chat.verify(e.id);
     const f = await w.party(); // a real newcomer behind the MITM
     await f.chat.connect(s.id);
+    s.chat.verify(f.id);
     await s.chat.waitSession(f.id, LONG);
     s.chat.broadcastText("fresh news");
     for (const p of [b, c, f]) await gotText(p, "fresh news");
@@ -451,6 +495,7 @@ describe("re-keying on membership change", () => {
     expect(s.chat.broadcastText("for b and c only")).toEqual(ids([b, c]));
     const d = await w.party(); // did not exist when the text was typed
     await d.chat.connect(s.id);
+    s.chat.verify(d.id);
     hold.release();
     for (const p of [b, c]) await gotText(p, "for b and c only");
     s.chat.broadcastText("for b, c and d");
@@ -549,6 +594,7 @@ describe("re-keying on membership change", () => {
     const [b, c] = [await w.party(), await w.party()];
     await connectAll(s, [b, c]);
     const d = await w.rawPeer(s); // the insider
+    s.chat.verify(d.id);
     s.chat.broadcastText("genuine");
     for (const p of [b, c]) await gotText(p, "genuine");
     await waitFor(() => d.brecs().length === 1, "d: the broadcast record", LONG);
@@ -577,6 +623,7 @@ describe("re-keying on membership change", () => {
     const b = await w.party();
     await connectAll(s, [b]);
     const d = await w.rawPeer(s);
+    s.chat.verify(d.id);
     s.chat.broadcastText("genuine");
     await gotText(b, "genuine");
     await waitFor(() => d.brecs().length === 1, "d: the broadcast record", LONG);
@@ -676,6 +723,7 @@ describe("/bsend", () => {
     const [b, c] = [await w.party(), await w.party()];
     await connectAll(s, [b, c]);
     const d = await w.rawPeer(s); // the insider: it declines, but it has seen the offer and its key
+    s.chat.verify(d.id);
     let forgedChunks = 0;
     let offer: Frame | undefined;
     w.mitm.toClient = (f, pipe) => {
@@ -806,6 +854,7 @@ describe("/bsend", () => {
     const [b, c] = [await w.party(), await w.party()];
     await connectAll(s, [b, c]);
     const mute = await w.rawPeer(s); // gets the offer, says nothing
+    s.chat.verify(mute.id);
     const src = w.makeFile("wait.bin", 1 * MiB);
     const err = await rejection(s.chat.broadcastFile(src.path));
     expect(err.code).toBe("partial");

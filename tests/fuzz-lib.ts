@@ -441,6 +441,7 @@ export async function clientFuzz({ seed, ms, log = () => {} }: FuzzOptions): Pro
     await waitFor(() => cEvents.some((e) => e.event === "message" && e.text === "genuine from F"), "genuine message on C", 5000);
     c.sendText(f.link.id, "genuine from C");
     await fromC("rec");
+    c.verify(f.link.id); // F started the session: in C's broadcasts once verified
     c.broadcastText("broadcast from C");
     await fromC("brec");
     const file = join(dir, "f.bin");

@@ -449,6 +449,7 @@ describe("live: a broadcasting client as the relay sees it", () => {
       // A newcomer: a new key, seq 0 again, skey to every member before the brec.
       await d.connect(a.id);
       await a.waitSession(d.id, 5000);
+      a.verify(d.id); // D started the session: in A's broadcasts once A's user verified it
       mark = proxy.sent.length;
       a.broadcastText("three");
       await waitFor("three at B, C and D", () => ["B", "C", "D"].every((n) => got(n, message("three"))));

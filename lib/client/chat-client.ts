@@ -246,19 +246,26 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // key, so a peer that left cannot read later broadcasts and a newcomer
   // earlier ones.
   let ownKey: OwnSenderKey | null = null;
+  /** Peers the user ran /connect for: their sessions are in our broadcasts (broadcastMembers). */
+  const chosen = new Set<string>();
   const peerKeys = new Map<string, PeerSenderKey>();
   let broadcastQueue: QueuedBroadcast[] = [];
   /** Checks of our recent sender keys (keyCheck), newest last: a peer handing one back as its own is refused. */
   const ownKeyChecks: Uint8Array[] = [];
 
   /**
-   * Who a broadcast typed now goes to: every peer with a session (sorted). The
-   * one frame lists every recipient, and the relay takes at most 1000 (its
-   * default `maxRecipients`).
+   * Who a broadcast typed now goes to: every peer with a session that the
+   * user chose, by /connect or /verify (sorted). Anyone can start a session
+   * with us, the relay too under an ID it makes up, and our client answers on
+   * its own: such a session must not join our broadcasts unasked (found in
+   * audit). The one frame lists every recipient, and the relay takes at most
+   * 1000 (its default `maxRecipients`).
    */
   function broadcastMembers(): string[] {
-    const members = [...sessions.keys()].sort();
-    if (!members.length) throw new ChatError("no_sessions", "no established sessions to broadcast to (/connect someone first)");
+    const members = [...sessions.values()].filter((s) => s.verified || chosen.has(s.peer)).map((s) => s.peer).sort();
+    if (!members.length) {
+      throw new ChatError("no_sessions", sessions.size ? "no peers to broadcast to: a broadcast goes to the peers you /connect'ed to or /verify'd" : "no established sessions to broadcast to (/connect someone first)");
+    }
     if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
     return members;
   }
@@ -546,6 +553,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     async connect(peer) {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
+      chosen.add(peer);
       const done = nextSession(peer, 2 * HANDSHAKE_TIMEOUT_MS + 1000); // our two waits: for reply, then confirm
       // It may fail while we await below, before our caller holds it: mark it handled now.
       done.catch(() => {});

@@ -21,8 +21,8 @@ export const HELP = `Commands:
   /connect ID        start an encrypted session with ID (key exchange)
   /msg ID text       send a private message
   /send ID path      send a file (encrypted, streamed, verified on arrival)
-  /bmsg text         send a message to everyone you have a session with
-  /bsend path        send a file to everyone you have a session with (uploaded once)
+  /bmsg text         send a message to everyone you /connect'ed to or /verify'd
+  /bsend path        send a file to the same peers (uploaded once)
   /cancel [FILE-ID]  stop a file transfer (all of them without an ID)
   /list              online peers, session state, fingerprints
   /verify ID         mark ID verified after comparing fingerprints out of band
