@@ -243,6 +243,40 @@ describe("open relays and impostors", () => {
     }
   });
 
+  // Regression (found in audit): a relay that went on pinging but stopped
+  // reading held close() (and so a script's exit) forever.
+  test("a relay that stops taking our data, while it still pings us, is given up after the stall time: the link closes as stalled, close() and drained() return", async () => {
+    let relaySide: { pause(): void } | null = null;
+    const fake = Bun.listen({
+      hostname: "127.0.0.1",
+      port: 0,
+      socket: {
+        open: (s) => void s.write(encodeFrame({ t: "challenge", v: 1, nonce: newNonce(), open: true })),
+        data(s) {
+          if (relaySide) return;
+          relaySide = s;
+          s.write(encodeFrame({ t: "welcome", v: 1, id: "abcdefgh", maxFrame: 1 << 18 }));
+          s.pause(); // reads nothing more
+          const pings = setInterval(() => s.write(encodeFrame({ t: "ping" })), 50);
+          s.data = pings as never;
+        },
+        close: (s) => clearInterval(s.data as never),
+      },
+    });
+    try {
+      const link = await joinRelay({ host: "127.0.0.1", port: fake.port, secret: null, stallMs: 600 });
+      const body = new Uint8Array(200 * 1024);
+      for (let i = 0; i < 100; i++) link.send("bcdefghj", body); // 20 MiB: far more than the kernel buffers take
+      await waitFor(() => link.backlog > 0, "a local queue");
+      const drained = link.drained(0);
+      link.close();
+      expect(await link.closed).toEqual({ code: "stalled", message: "relay stopped taking our data" });
+      await drained;
+    } finally {
+      fake.stop(true);
+    }
+  });
+
   // Regression (found in review): any maxFrame ≥ 1 was taken, and the decoder
   // then buffered a frame of that size: a relay announcing 2^40 streamed 900 MiB
   // into one client frame.

@@ -50,6 +50,8 @@ export interface LinkOptions {
   /** Frames after `welcome`; `link` is the joined link (frames in the read that brought `welcome` come before joinRelay() resolves). */
   onFrame?: (frame: Frame, link: Link) => void;
   onClose?: (reason: LinkClose) => void;
+  /** A relay that takes none of what we queued for this long is given up (default 90 s; shorter in tests). */
+  stallMs?: number;
 }
 
 export interface Link {
@@ -98,6 +100,13 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     let lastPing = 0;
     // We ping a silent relay, and give up on it after three intervals.
     const checkAlive = () => {
+      // A relay that answers pings but has stopped reading what we send would
+      // hold close(), flush() and a script's exit forever (found in audit).
+      if (!holding && outbox && outbox.bytes > 0 && performance.now() - outbox.lastProgress > (opts.stallMs ?? 3 * PING_MS)) {
+        lastError = { code: "stalled", message: "relay stopped taking our data" };
+        socket?.terminate();
+        return;
+      }
       if (holding) {
         // Not reading: what the relay sends (a pong too) waits unread, so its
         // silence says nothing; our pings tell it we are alive, so that it cuts
@@ -172,7 +181,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         settled = true;
         clearTimeout(timer);
         link = makeLink(f.id, f.maxFrame as number);
-        keepalive = setInterval(checkAlive, PING_MS / 3);
+        keepalive = setInterval(checkAlive, Math.min(PING_MS, opts.stallMs ?? Infinity) / 3);
         keepalive.unref();
         resolveJoin(link);
         return;
