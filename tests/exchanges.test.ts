@@ -4,7 +4,9 @@
 // timeout, counted from the side's own last message.
 import { afterEach, expect, test } from "bun:test";
 import { ChatError } from "../lib/client/chat-error.ts";
-import { createExchanges, type Exchanges } from "../lib/client/exchanges.ts";
+import { ANSWERS_PER_SECOND, createExchanges, MAX_ANSWERING, type Exchanges } from "../lib/client/exchanges.ts";
+import { randomBytes } from "../lib/crypto/primitives.ts";
+import { E2E_VERSION } from "../lib/session/handshake.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import type { SessionKeys } from "../lib/session/handshake.ts";
 import type { Frame } from "../lib/wire/frame.ts";
@@ -88,4 +90,42 @@ test("while the responder's queue is congested it does not answer a hello; the i
   expect(i.failed).toEqual(["key exchange with rrrrrrrr timed out"]);
   expect(replies).toBe(0);
   expect(r.ex.has("iiiiiiii")).toBe(false);
+});
+
+// Regression (found in audit): 40,000 hellos under made-up IDs held 40,000
+// exchanges, kept the DH worker busy for minutes and delayed the user's own /connect.
+test(`hellos under many IDs: at most ${MAX_ANSWERING} exchanges that peers started run at once; the others wait their turn, oldest first, and start at most at ${ANSWERS_PER_SECOND}/s after the first burst`, async () => {
+  const dh = startDhEngine();
+  engines.push(dh);
+  const replies: string[] = [];
+  const ex = createExchanges({
+    dh,
+    myId: () => "rrrrrrrr",
+    sendE2E: (peer, f) => void (f.t === "reply" && replies.push(peer)),
+    established() {},
+    failed() {},
+    stray() {},
+    congested: () => false,
+    stepTimeoutMs: 60_000,
+  });
+  const hello = () => ({ t: "hello", v: E2E_VERSION, commit: randomBytes(32), nonce: randomBytes(32) });
+  const ids = Array.from({ length: 200 }, (_, i) => `p${String(i).padStart(7, "0")}`);
+  const burst = performance.now(); // the burst takes every token at once
+  await Promise.all(ids.map((id) => ex.onFrame(id, hello())));
+  expect(ex.peers()).toEqual(ids.slice(0, MAX_ANSWERING));
+  expect(replies.length).toBe(MAX_ANSWERING);
+  // All slots taken: time alone starts none of the waiting ones.
+  await Bun.sleep(300);
+  expect(ex.peers().length).toBe(MAX_ANSWERING);
+  // Slots freed: the waiting ones start, oldest first, only as fast as the rate refilled since the burst.
+  for (const id of ex.peers()) ex.end(id);
+  await Bun.sleep(300);
+  const allowed = Math.floor(((performance.now() - burst) / 1000) * ANSWERS_PER_SECOND) + 1;
+  const started = ex.peers();
+  expect(started.length).toBeGreaterThan(0);
+  expect(started.length).toBeLessThanOrEqual(allowed);
+  expect(started).toEqual(ids.slice(MAX_ANSWERING, MAX_ANSWERING + started.length));
+  for (const id of ids) ex.end(id); // running or waiting: nothing more starts
+  await Bun.sleep(100);
+  expect(ex.peers()).toEqual([]);
 });

@@ -112,6 +112,8 @@ export const DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024;
  * `decline` (600 MiB in 25 s, found in review).
  */
 const CONGESTED_BACKLOG = 4 * 1024 * 1024;
+/** Sessions at most: a relay holds 10,000 clients by default (PROTOCOL §10). */
+const MAX_SESSIONS = 10_000;
 /** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
 const BUSY_BUDGET = 128 * 1024;
 
@@ -187,7 +189,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const congested = (peer: string) => link.backlog > CONGESTED_BACKLOG || (sentSinceBusy.get(peer) ?? 0) > BUSY_BUDGET;
   const exchanges = createExchanges({
     dh,
-    congested,
+    // Past MAX_SESSIONS, a peer without a session is not answered: made-up IDs must not grow our memory without end.
+    congested: (peer) => congested(peer) || (!sessions.has(peer) && sessions.size >= MAX_SESSIONS),
     myId: () => link.id,
     sendE2E,
     established: establish,

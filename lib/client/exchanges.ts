@@ -5,7 +5,12 @@
 // A peer can send hellos as fast as it likes, so at most one key pair per
 // peer is ever being made: hellos that arrive meanwhile are not queued, the
 // newest one is answered; and none is answered while our queue to the relay
-// is congested.
+// is congested. A relay can also send hellos under as many made-up IDs as it
+// likes: at most MAX_ANSWERING exchanges that peers started run at once, and
+// they start at ANSWERS_PER_SECOND at most (after a burst of MAX_ANSWERING);
+// up to MAX_WAITING hellos wait their turn, oldest first, the rest are not
+// answered (found in audit: 40,000 hellos held 40,000 exchanges and kept the
+// DH worker busy for minutes).
 //
 // Promises: each exchange has a `token`; after every await of the DH worker
 // the code checks that its token is still the current one and otherwise
@@ -33,6 +38,12 @@ import type { Frame } from "../wire/frame.ts";
 import { ChatError } from "./chat-error.ts";
 
 export const HANDSHAKE_TIMEOUT_MS = 15_000;
+/** Exchanges started by peers that may run at once; also the burst of new ones allowed. */
+export const MAX_ANSWERING = 64;
+/** New exchanges started by peers allowed per second, on average (each costs the DH worker a key pair and a secret, ~2 ms). */
+export const ANSWERS_PER_SECOND = 50;
+/** Hellos that wait for a slot or for their turn; more are not answered (their exchanges time out). */
+const MAX_WAITING = 1024;
 
 type Step =
   | { role: "initiator"; step: "starting" } // waiting for our key pair
@@ -65,13 +76,71 @@ export type Exchanges = ReturnType<typeof createExchanges>;
 export function createExchanges(deps: ExchangeDeps) {
   const { dh } = deps;
   const running = new Map<string, Exchange>();
+  let answering = 0; // exchanges in `running` that a peer started (role responder)
+  let tokens = MAX_ANSWERING; // new ones we may still start now (refilled at ANSWERS_PER_SECOND)
+  let refilled = performance.now();
+  const waiting = new Map<string, Hello>(); // the newest hello of each peer waiting its turn, oldest peer first
+  let waitTimer: Timer | null = null;
+
+  /** Whether a hello from a peer without an exchange of its own may start one now (and takes a token if so). */
+  function mayAnswer(): boolean {
+    const now = performance.now();
+    tokens = Math.min(MAX_ANSWERING, tokens + ((now - refilled) / 1000) * ANSWERS_PER_SECOND);
+    refilled = now;
+    if (answering >= MAX_ANSWERING || tokens < 1) return false;
+    tokens--;
+    return true;
+  }
+
+  function remove(peer: string, h: Exchange): void {
+    clearTimeout(h.timer);
+    running.delete(peer);
+    if (h.role === "responder") answering--;
+  }
+
+  /** Keeps `hello` until a slot and a token are free (answerWaiting). */
+  function wait(peer: string, hello: Hello): void {
+    if (waiting.has(peer) || waiting.size < MAX_WAITING) waiting.set(peer, hello);
+    waitLater();
+  }
+
+  function waitLater(): void {
+    if (waitTimer || !waiting.size) return;
+    waitTimer = setTimeout(answerWaiting, 1000 / ANSWERS_PER_SECOND);
+    waitTimer.unref();
+  }
+
+  function answerWaiting(): void {
+    waitTimer = null;
+    for (const [peer, hello] of waiting) {
+      if (!mayAnswer()) break;
+      waiting.delete(peer);
+      if (!running.has(peer) && !deps.congested(peer)) void respond(peer, hello);
+    }
+    waitLater();
+  }
+
+  /** Answers `hello` as the responder: a new exchange (replacing any other with `peer`). */
+  async function respond(peer: string, hello: Hello): Promise<void> {
+    const mine = begin(peer, { role: "responder", step: "starting", hello });
+    try {
+      const kp = await dh.keypair();
+      const now = running.get(peer);
+      if (now?.token !== mine || now.role !== "responder" || now.step !== "starting") return dh.forget(kp.handle);
+      const { state, reply } = replyTo(kp, deps.myId(), peer, now.hello);
+      advance(peer, mine, { role: "responder", step: "reveal", state });
+      deps.sendE2E(peer, reply);
+    } catch (err) {
+      fail(peer, mine, new ChatError("internal", `key exchange with ${peer} failed: ${(err as Error).message}`, peer));
+    }
+  }
 
   /** Forgets the exchange with `peer`, erasing any key material it holds. */
   function end(peer: string): void {
+    waiting.delete(peer);
     const h = running.get(peer);
     if (!h) return;
-    clearTimeout(h.timer);
-    running.delete(peer);
+    remove(peer, h);
     if (h.step === "hello" || h.step === "reveal") dh.forget(h.state.kp.handle);
     if (h.step === "confirm") wipe(h.pending.keys.sendChain, h.pending.keys.receiveChain);
   }
@@ -88,6 +157,7 @@ export function createExchanges(deps: ExchangeDeps) {
     end(peer);
     const token = {};
     running.set(peer, { ...first, token, timer: stepTimer(peer, token) });
+    if (first.role === "responder") answering++;
     return token;
   }
 
@@ -110,7 +180,7 @@ export function createExchanges(deps: ExchangeDeps) {
 
   function finish(peer: string, keys: SessionKeys): void {
     const h = running.get(peer);
-    if (h) clearTimeout(h.timer), running.delete(peer); // its keys are the session's now: not erased
+    if (h) remove(peer, h); // its keys are the session's now: not erased
     deps.established(peer, keys);
   }
 
@@ -150,7 +220,7 @@ export function createExchanges(deps: ExchangeDeps) {
     /** Handles one handshake message; failures end this exchange only if it is still current. */
     async onFrame(peer: string, m: Frame): Promise<void> {
       const h = running.get(peer);
-      let token = h?.token ?? null; // the exchange this message belongs to
+      const token = h?.token ?? null; // the exchange this message belongs to
       try {
         switch (m.t) {
           case "hello": {
@@ -161,14 +231,9 @@ export function createExchanges(deps: ExchangeDeps) {
             // being made, a newer hello only replaces the one it will answer.
             if (h?.role === "responder" && h.step === "starting") return void (h.hello = hello);
             if (deps.congested(peer)) return; // a peer must not grow our queue with replies nobody reads
-            const mine = (token = begin(peer, { role: "responder", step: "starting", hello }));
-            const kp = await dh.keypair();
-            const now = running.get(peer);
-            if (now?.token !== mine || now.role !== "responder" || now.step !== "starting") return dh.forget(kp.handle);
-            const { state, reply } = replyTo(kp, deps.myId(), peer, now.hello);
-            advance(peer, mine, { role: "responder", step: "reveal", state });
-            deps.sendE2E(peer, reply);
-            return;
+            // A new exchange a peer starts: within the caps, or it waits its turn.
+            if (h?.role !== "responder" && (waiting.size || !mayAnswer())) return wait(peer, hello);
+            return await respond(peer, hello);
           }
           case "reply": {
             if (h?.role !== "initiator" || h.step !== "hello") throw new HandshakeError("bad_message", "unexpected reply");
