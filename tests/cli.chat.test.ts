@@ -48,7 +48,7 @@ test("scripted: /connect, /msg both ways, same fingerprint on both sides, exit 0
   a.send("/list");
   const list = await a.event((e) => e.event === "list", "list");
   expect(list.peers).toContainEqual({ id: b.id, online: true, session: "established", fingerprint: sa.fingerprint, verified: false });
-  a.send(`/verify ${b.id}`);
+  a.send(`/verify ${b.id} ${sa.fingerprint}`); // the fingerprint compared: taken only if it is still the session's
   a.send("/list");
   await waitFor(() => a.events.filter((e) => e.event === "list").length === 2, "second list");
   expect((a.events.filter((e) => e.event === "list")[1]!.peers as { verified: boolean }[])[0]!.verified).toBe(true);
@@ -77,12 +77,14 @@ test("scripted: /msg waits for a session the peer starts", async () => {
 test("scripted: a failed command makes the exit code non-zero; typos are one error line", async () => {
   const a = await chat(["--timeout", "1"]);
   a.send("/frobnicate");
+  a.send("/verify zzzzzzzz not-a-fingerprint");
   a.send("/msg zzzzzzzz nobody is there");
   a.end();
   expect(await a.exited()).toBe(1);
   const errors = a.events.filter((e) => e.event === "error");
   expect(errors[0]).toMatchObject({ code: "usage", message: expect.stringContaining("unknown command /frobnicate") });
-  expect(errors[1]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
+  expect(errors[1]).toMatchObject({ code: "usage", message: 'not a fingerprint: "not-a-fingerprint" (as /list or /fingerprint shows it)' });
+  expect(errors[2]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
 });
 

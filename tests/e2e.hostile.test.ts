@@ -695,7 +695,9 @@ describe("no session, no message", () => {
     expect(texts(b)).toEqual(["in session"]);
   });
 
-  test("a forged `left` from the relay erases the session; a relay-run key exchange posing as A afterwards is announced as a new session, unverified, with a fingerprint A does not have", async () => {
+  // Found in audit: the new session used to be announced as a plain "established", so the
+  // relay could swap a verified session for its own without the re-key warning.
+  test("a forged `left` from the relay erases the session; a relay-run key exchange posing as A afterwards is announced as a re-key (an honest relay never reuses an ID), unverified, with a fingerprint A does not have; /verify with the fingerprint compared before is refused", async () => {
     const { a, b, m } = await established();
     b.chat.verify(a.id);
     const fpA = a.chat.fingerprint(b.id);
@@ -710,10 +712,14 @@ describe("no session, no message", () => {
       return null;
     };
     m.pipe(b.id).injectToClient(msgFrame(a.id, i.hello));
-    const ev = await sessionEvent(b, a.id, "established", 2);
+    const ev = await sessionEvent(b, a.id, "rekeyed");
     expect(ev.verified).toBe(false);
     expect(ev.fingerprint).not.toBe(fpA!);
-    expect(sessionEvents(b, a.id).map((e) => e.state)).toEqual(["established", "closed", "established"]);
+    expect(sessionEvents(b, a.id).map((e) => e.state)).toEqual(["established", "closed", "rekeyed"]);
+    expect(() => b.chat.verify(a.id, fpA!)).toThrow("not verified (did it change?)");
+    expect(b.chat.peers().find((p) => p.id === a.id)?.verified).toBe(false);
+    b.chat.verify(a.id, ev.fingerprint as string); // the fingerprint it has now: taken
+    expect(b.chat.peers().find((p) => p.id === a.id)?.verified).toBe(true);
   });
 });
 

@@ -137,7 +137,8 @@ export interface ChatClient {
   /** Declines file offers from now on; transfers under way go on (a script's end of input). */
   stopAccepting(): void;
   peers(): PeerInfo[];
-  verify(peer: string): void;
+  /** Marks the session verified; with `fingerprint` (short or long form, as compared), only if it is still that session's. */
+  verify(peer: string, fingerprint?: string): void;
   fingerprint(peer: string, long?: boolean): string | null;
   hasSession(peer: string): boolean;
   /** Resolves when everything queued has been handed to the socket. */
@@ -251,6 +252,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   let ownKey: OwnSenderKey | null = null;
   /** Peers the user ran /connect for: their sessions are in our broadcasts (broadcastMembers). */
   const chosen = new Set<string>();
+  /**
+   * Peers whose session ended (most recent MAX_SESSIONS). An honest relay never
+   * gives a departed client's ID to another (PROTOCOL §8), so a new session
+   * under one of these IDs is announced as a re-key, with its warning: a relay
+   * could otherwise forge `left` and then an exchange of its own, and the user
+   * would see only a fresh "secure session" (found in audit).
+   */
+  const ended = new Set<string>();
   const peerKeys = new Map<string, PeerSenderKey>();
   let broadcastQueue: QueuedBroadcast[] = [];
   /** Checks of our recent sender keys (keyCheck), newest last: a peer handing one back as its own is refused. */
@@ -356,6 +365,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   function establish(peer: string, keys: SessionKeys): void {
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
+    const returning = !old && ended.delete(peer);
     const s: Session = {
       peer,
       send: new SendChain(keys.sendChain),
@@ -370,7 +380,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     // The peer may have lost our sender key with its old session (a session can
     // end on one side only, PROTOCOL §21.1): the next broadcast makes a new one.
     if (old && ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
-    emit({ event: "session", peer, state: old ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
+    emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
     settle(peer);
     sealQueued(s);
     sealBroadcast();
@@ -391,6 +401,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     s.receive.erase();
     wipe(s.fingerprint);
     sessions.delete(peer);
+    ended.add(peer);
+    if (ended.size > MAX_SESSIONS) ended.delete(ended.values().next().value!);
     emit({ event: "session", peer, state: "closed", reason });
     sealBroadcast(); // broadcasts held for this peer's re-key go to the others now
   }
@@ -591,9 +603,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         return info;
       });
     },
-    verify(peer) {
+    verify(peer, fingerprint) {
       const s = sessions.get(peer);
       if (!s) throw new ChatError("no_session", `no session with ${peer} to verify`, peer);
+      if (fingerprint !== undefined) {
+        const given = fingerprint.toLowerCase().replace(/[\s-]/g, "");
+        const known = [shortFingerprint(s.fingerprint), longFingerprint(s.fingerprint)].map((f) => f.replace(/[\s-]/g, ""));
+        if (!known.includes(given)) throw new ChatError("fingerprint_mismatch", `the session with ${peer} has fingerprint ${shortFingerprint(s.fingerprint)}, not ${fingerprint}: not verified (did it change?)`, peer);
+      }
       s.verified = true;
     },
     fingerprint(peer, long = false) {

@@ -9,7 +9,7 @@ export type Command =
   | { kind: "bmsg"; text: string }
   | { kind: "bsend"; path: string }
   | { kind: "cancel"; id: string }
-  | { kind: "verify"; peer: string }
+  | { kind: "verify"; peer: string; fingerprint?: string }
   | { kind: "fingerprint"; peer: string }
   | { kind: "list" }
   | { kind: "help" }
@@ -25,7 +25,8 @@ export const HELP = `Commands:
   /bsend path        send a file to the same peers (uploaded once)
   /cancel [FILE-ID]  stop a file transfer (all of them without an ID)
   /list              online peers, session state, fingerprints
-  /verify ID         mark ID verified after comparing fingerprints out of band
+  /verify ID [FP]    mark ID verified after comparing fingerprints out of band
+                     (with FP, only if the session still has that fingerprint)
   /fingerprint ID    show the full 256-bit fingerprint for careful comparison
   /help              this help
   /exit              erase all keys and quit`;
@@ -34,7 +35,7 @@ const USAGE: Record<string, string> = {
   connect: "/connect ID",
   msg: "/msg ID text",
   send: "/send ID path",
-  verify: "/verify ID",
+  verify: "/verify ID [FINGERPRINT]",
   fingerprint: "/fingerprint ID",
 };
 
@@ -52,8 +53,15 @@ export function parseCommand(line: string): Command {
       return rest ? { kind: "invalid", message: `/${name} takes no arguments` } : { kind: name };
     case "quit":
       return { kind: "exit" };
+    case "verify": {
+      const [id, fingerprint, more] = rest.split(/\s+/);
+      const peer = normalizeId(id ?? "");
+      if (!rest || more !== undefined) return { kind: "invalid", message: `usage: ${USAGE.verify}` };
+      if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(id)} (IDs are 8 letters/digits)` };
+      if (fingerprint !== undefined && !/^[0-9a-f]{4}(-?[0-9a-f]{4}){2}$|^[0-9a-f]{64}$/i.test(fingerprint)) return { kind: "invalid", message: `not a fingerprint: ${JSON.stringify(fingerprint)} (as /list or /fingerprint shows it)` };
+      return fingerprint === undefined ? { kind: "verify", peer } : { kind: "verify", peer, fingerprint };
+    }
     case "connect":
-    case "verify":
     case "fingerprint": {
       const peer = normalizeId(rest);
       if (!rest || rest.includes(" ")) return { kind: "invalid", message: `usage: ${USAGE[name]}` };

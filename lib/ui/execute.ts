@@ -65,7 +65,7 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
         return true;
       }
       case "verify":
-        client.verify(cmd.peer);
+        client.verify(cmd.peer, cmd.fingerprint);
         ctx.print(`* ${cmd.peer} marked verified (fingerprint ${client.fingerprint(cmd.peer)})`);
         return true;
       case "fingerprint": {
