@@ -9,6 +9,7 @@ import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-c
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import { GROUP_BYTES, isValidPublic, jacobi, P, toBigInt, toFixedBytes } from "../lib/crypto/group14.ts";
 import { randomBytes } from "../lib/crypto/primitives.ts";
+import { ID_ALPHABET } from "../lib/relay/protocol.ts";
 import type { Relay } from "../lib/relay/server.ts";
 import {
   commitment,
@@ -722,6 +723,20 @@ describe("no session, no message", () => {
     expect(b.chat.peers().find((p) => p.id === a.id)?.verified).toBe(true);
   });
 });
+
+// Regression (found in audit): a million `joined` frames (42 MiB from the relay)
+// left a client holding a million IDs.
+test("a relay announcing more than 100,000 made-up peers: the client keeps 100,000 and no more", async () => {
+  const { a, m } = await twoThroughMitm();
+  const id = (n: number) => `z${[...n.toString(32).padStart(7, "0")].map((c) => ID_ALPHABET[parseInt(c, 32)]).join("")}`;
+  for (let from = 0; from < 100_050; from += 10_000) {
+    const batch = Array.from({ length: Math.min(10_000, 100_050 - from) }, (_, i) => ({ t: "joined", id: id(from + i) }));
+    m.pipe(a.id).injectToClient(...batch);
+  }
+  await waitFor(() => a.events.filter((e) => e.event === "peer").length >= 99_999, "the announcements read", LONG);
+  await Bun.sleep(200);
+  expect(a.chat.peers().filter((p) => p.online).length).toBe(100_000);
+}, 60_000);
 
 describe("key erasure under hostile handshakes", () => {
   /** Wraps an engine to check that every private exponent handed out is used or erased. */

@@ -114,6 +114,8 @@ export const DEFAULT_MAX_FILE_SIZE = 10 * 1024 * 1024;
 const CONGESTED_BACKLOG = 4 * 1024 * 1024;
 /** Sessions at most: a relay holds 10,000 clients by default (PROTOCOL §10). */
 const MAX_SESSIONS = 10_000;
+/** Peers known to be online at most: a relay announcing a million made-up IDs must not fill our memory. */
+const MAX_ONLINE = 100_000;
 /** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
 const BUSY_BUDGET = 128 * 1024;
 
@@ -484,7 +486,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         return onMsg(f.src, f.body);
       // A presence batch may tell of our own join (PROTOCOL §5.6).
       case "joined":
-        if (isId(f.id) && f.id !== link.id && !online.has(f.id)) online.add(f.id), emit({ event: "peer", id: f.id, online: true });
+        if (isId(f.id) && f.id !== link.id && !online.has(f.id) && online.size < MAX_ONLINE) online.add(f.id), emit({ event: "peer", id: f.id, online: true });
         return;
       case "left":
         if (isId(f.id) && f.id !== link.id) {
@@ -494,11 +496,13 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         }
         return;
       case "peers":
-        if (Array.isArray(f.ids)) for (const id of f.ids) if (isId(id)) online.add(id);
+        if (Array.isArray(f.ids)) for (const id of f.ids) if (isId(id) && online.size < MAX_ONLINE) online.add(id);
         return;
       case "busy":
       case "ready":
         if (!isId(f.peer)) return;
+        // Only about peers we talk to: a relay sending `busy` for a million made-up IDs must not fill our memory.
+        if (f.t === "busy" && !sessions.has(f.peer) && !exchanges.has(f.peer)) return;
         if (f.t === "busy") sentSinceBusy.set(f.peer, 0);
         else sentSinceBusy.delete(f.peer);
         transfers.relayBusy(f.peer, f.t === "busy");
