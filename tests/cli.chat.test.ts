@@ -162,10 +162,12 @@ test("regression: scripted input lines end at \\n only: U+2028, U+2029 or a lone
   a.send(`/connect ${b.id}`);
   a.send(`/msg ${b.id} ${text}`);
   a.send(`/msg ${b.id} windows line end\r`);
+  a.send(`/msg ${b.id}    indented code\t \u2028`); // exactly as written after the one space (found in audit: it was trimmed)
+  a.send(`/bmsg   to all \t`);
   a.end();
   expect(await a.exited()).toBe(0);
-  await waitFor(() => b.events.filter((e) => e.event === "message").length === 2, "two messages at b");
-  expect(b.events.filter((e) => e.event === "message").map((e) => e.text)).toEqual([text, "windows line end"]);
+  await waitFor(() => b.events.filter((e) => e.event === "message").length === 4, "four messages at b");
+  expect(b.events.filter((e) => e.event === "message").map((e) => e.text)).toEqual([text, "windows line end", "   indented code\t \u2028", "  to all \t"]);
   expect(a.events.map((e) => e.event)).not.toContain("list");
   b.end();
   expect(await b.exited()).toBe(0);

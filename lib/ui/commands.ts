@@ -40,12 +40,16 @@ const USAGE: Record<string, string> = {
 };
 
 export function parseCommand(line: string): Command {
-  const trimmed = line.trim();
-  if (!trimmed) return { kind: "empty" };
-  if (!trimmed.startsWith("/")) return { kind: "invalid", message: "commands start with / (try /help; to message someone: /msg ID text)" };
-  const m = /^\/(\S+)\s*(.*)$/s.exec(trimmed)!;
+  const start = line.trimStart();
+  if (!start.trim()) return { kind: "empty" };
+  if (!start.startsWith("/")) return { kind: "invalid", message: "commands start with / (try /help; to message someone: /msg ID text)" };
+  const m = /^\/(\S+)(?:\s(.*))?$/s.exec(start)!;
   const name = m[1]!.toLowerCase();
-  const rest = m[2]!;
+  // A text (/msg, /bmsg) is everything after the one space that ends the ID or
+  // the command, exactly as written: a script's indentation, trailing spaces
+  // and tabs go through (found in audit). Everything else ignores spaces.
+  const text = m[2] ?? "";
+  const rest = text.trim();
   switch (name) {
     case "list":
     case "help":
@@ -69,8 +73,8 @@ export function parseCommand(line: string): Command {
       return { kind: name, peer };
     }
     case "msg": {
-      const mm = /^(\S+)\s+(.+)$/s.exec(rest);
-      if (!mm) return { kind: "invalid", message: `usage: ${USAGE.msg}` };
+      const mm = /^\s*(\S+)\s(.*)$/s.exec(text);
+      if (!mm?.[2]!.trim()) return { kind: "invalid", message: `usage: ${USAGE.msg}` };
       const peer = normalizeId(mm[1]!);
       if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(mm[1])} (IDs are 8 letters/digits)` };
       return { kind: "msg", peer, text: mm[2]! };
@@ -86,7 +90,7 @@ export function parseCommand(line: string): Command {
       if (rest && !/^[0-9a-f]{1,32}$/i.test(rest)) return { kind: "invalid", message: "usage: /cancel [FILE-ID] (the hex ID shown when the transfer started)" };
       return { kind: "cancel", id: rest.toLowerCase() };
     case "bmsg":
-      return rest ? { kind: "bmsg", text: rest } : { kind: "invalid", message: "usage: /bmsg text" };
+      return rest ? { kind: "bmsg", text } : { kind: "invalid", message: "usage: /bmsg text" };
     case "bsend":
       return rest ? { kind: "bsend", path: unquote(rest.trim()) } : { kind: "invalid", message: "usage: /bsend path" };
     default:
