@@ -6,6 +6,7 @@ import { formatSize, parseSize } from "../lib/cli/size.ts";
 import { MAX_FRAME_LIMIT } from "../lib/relay/protocol.ts";
 import { RELAY_DEFAULTS, startRelay, type RelayLog } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
+import { failOnStdoutError } from "./plain-output.ts";
 import { checkFlags, Failure, guard, parseCount, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
@@ -53,6 +54,8 @@ export const relayCommand = defineCommand({
     await guard(cmd, undefined, async () => {
       checkFlags(rawArgs, args);
       if (a["generate-secret"]) {
+        if (rawArgs.length > 1) throw new UsageError("--generate-secret takes no other options");
+        failOnStdoutError();
         process.stdout.write(`${generateSecret()}\n`);
         return;
       }

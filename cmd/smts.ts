@@ -6,7 +6,7 @@
 // `smts --version` need nothing but the names and descriptions below, so the
 // relay, the chat client, msgpackr and the DH worker are never loaded for
 // them (docs/BENCHMARKS.md, "Start-up (issue 6)").
-import "./plain-output.ts";
+import { failOnStdoutError } from "./plain-output.ts";
 import type { CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 
@@ -24,6 +24,7 @@ const COMMANDS = {
 
 const argv = process.argv.slice(2);
 if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
+  failOnStdoutError();
   const { RELAY_PROTOCOL_VERSION } = await import("../lib/relay/protocol.ts");
   process.stdout.write(`smts ${pkg.version} (protocol ${RELAY_PROTOCOL_VERSION})\n`);
 } else {
@@ -40,6 +41,7 @@ if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
   for (const [name, c] of Object.entries(COMMANDS)) subCommands[name] = name === wanted ? c.load : { meta: { name, description: c.description } };
   const main = defineCommand({ meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" }, subCommands });
   if (argv.includes("--help") || argv.includes("-h")) {
+    failOnStdoutError();
     await runMain(main); // the usage of the command named, or of smts; exit 0
   } else {
     // citty's runMain would report the mistakes below with exit 1; like the

@@ -76,6 +76,19 @@ test("--max-pending: idle connections that fill it give way to a real join; the 
   }
 });
 
+// Regression (found in audit): a stdout that cannot be written gave a 13-line stack
+// trace; --generate-secret ignored the other options (even a bad --port).
+test("--generate-secret and --version to a full disk: one line and exit 1; --generate-secret takes no other options", () => {
+  for (const args of [["relay", "--generate-secret"], ["--version"]]) {
+    const r = Bun.spawnSync(["sh", "-c", `"$0" "$@" > /dev/full`, process.execPath, `${ROOT}cmd/smts.ts`, ...args], { env: { PATH: process.env.PATH ?? "" }, stdin: "ignore" });
+    expect({ args, code: r.exitCode, stderr: r.stderr.toString() }).toEqual({ args, code: 1, stderr: "smts: cannot write to stdout: ENOSPC\n" });
+  }
+  const mixed = run(["relay", "--generate-secret", "--port", "abc"]);
+  expect(mixed.code).toBe(2);
+  expect(mixed.stdout).toBe("");
+  expect(mixed.stderr).toContain("smts: --generate-secret takes no other options");
+});
+
 test("--generate-secret prints a fresh 160-bit secret each time", () => {
   const a = run(["relay", "--generate-secret"]).stdout.trim();
   const b = run(["relay", "--generate-secret"]).stdout.trim();
