@@ -40,6 +40,7 @@ function pair(stepTimeoutMs: number, delay: (t: string) => number, congested = (
       failed: (_peer, err: ChatError) => side.failed.push(err.message),
       stray: (_peer, err: ChatError) => side.failed.push(`stray: ${err.message}`),
       congested,
+      known: () => false,
       stepTimeoutMs,
     });
     return (sides[me] = side);
@@ -106,6 +107,7 @@ test(`hellos under many IDs: at most ${MAX_ANSWERING} exchanges that peers start
     failed() {},
     stray() {},
     congested: () => false,
+    known: () => false,
     stepTimeoutMs: 60_000,
   });
   const hello = () => ({ t: "hello", v: E2E_VERSION, commit: randomBytes(32), nonce: randomBytes(32) });
@@ -128,4 +130,29 @@ test(`hellos under many IDs: at most ${MAX_ANSWERING} exchanges that peers start
   for (const id of ids) ex.end(id); // running or waiting: nothing more starts
   await Bun.sleep(100);
   expect(ex.peers()).toEqual([]);
+});
+
+test("a peer we hold a session with re-keys without waiting for the rate; a new peer waits its turn", async () => {
+  const dh = startDhEngine();
+  engines.push(dh);
+  const ex = createExchanges({
+    dh,
+    myId: () => "rrrrrrrr",
+    sendE2E() {},
+    established() {},
+    failed() {},
+    stray() {},
+    congested: () => false,
+    known: (peer) => peer === "kkkkkkkk",
+    stepTimeoutMs: 60_000,
+  });
+  const hello = () => ({ t: "hello", v: E2E_VERSION, commit: randomBytes(32), nonce: randomBytes(32) });
+  const burst = Array.from({ length: MAX_ANSWERING }, (_, i) => `p${String(i).padStart(7, "0")}`);
+  await Promise.all(burst.map((id) => ex.onFrame(id, hello()))); // every token taken
+  for (const id of burst) ex.end(id);
+  const fresh = Array.from({ length: 200 }, (_, i) => `n${String(i).padStart(7, "0")}`); // more than the rate refilled since
+  await Promise.all([...fresh.map((id) => ex.onFrame(id, hello())), ex.onFrame("kkkkkkkk", hello())]);
+  expect(ex.peers()).toContain("kkkkkkkk"); // not behind the new peers waiting
+  expect(fresh.filter((id) => !ex.peers().includes(id)).length).toBeGreaterThan(0); // some of those wait
+  for (const id of [...fresh, "kkkkkkkk"]) ex.end(id);
 });

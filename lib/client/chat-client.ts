@@ -194,6 +194,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     dh,
     // Past MAX_SESSIONS, a peer without a session is not answered: made-up IDs must not grow our memory without end.
     congested: (peer) => congested(peer) || (!sessions.has(peer) && sessions.size >= MAX_SESSIONS),
+    known: (peer) => sessions.has(peer),
     myId: () => link.id,
     sendE2E,
     established: establish,

@@ -7,10 +7,12 @@
 // newest one is answered; and none is answered while our queue to the relay
 // is congested. A relay can also send hellos under as many made-up IDs as it
 // likes: at most MAX_ANSWERING exchanges that peers started run at once, and
-// they start at ANSWERS_PER_SECOND at most (after a burst of MAX_ANSWERING);
-// up to MAX_WAITING hellos wait their turn, oldest first, the rest are not
-// answered (found in audit: 40,000 hellos held 40,000 exchanges and kept the
-// DH worker busy for minutes).
+// those of peers we hold no session with start at ANSWERS_PER_SECOND at most
+// (after a burst of MAX_ANSWERING); up to MAX_WAITING hellos wait their turn,
+// oldest first, the rest are not answered (found in audit: 40,000 hellos held
+// 40,000 exchanges and kept the DH worker busy for minutes). A peer we hold a
+// session with re-keys without waiting for the rate: one exchange at a time
+// is all it can have anyway.
 //
 // Promises: each exchange has a `token`; after every await of the DH worker
 // the code checks that its token is still the current one and otherwise
@@ -67,6 +69,8 @@ export interface ExchangeDeps {
   stray(peer: string, err: ChatError): void;
   /** True while the relay is not taking our data, or `peer` is not reading it: its hello is then not answered (its exchange times out). */
   congested(peer: string): boolean;
+  /** Whether we hold a session with `peer` (its re-keys are not rate-limited). */
+  known(peer: string): boolean;
   /** How long each step waits for the peer (default HANDSHAKE_TIMEOUT_MS; shorter in tests). */
   stepTimeoutMs?: number;
 }
@@ -82,12 +86,14 @@ export function createExchanges(deps: ExchangeDeps) {
   const waiting = new Map<string, Hello>(); // the newest hello of each peer waiting its turn, oldest peer first
   let waitTimer: Timer | null = null;
 
-  /** Whether a hello from a peer without an exchange of its own may start one now (and takes a token if so). */
-  function mayAnswer(): boolean {
+  /** Whether a hello from `peer`, which has no exchange of its own, may start one now (taking a token if it is a new peer). */
+  function mayAnswer(peer: string): boolean {
+    if (answering >= MAX_ANSWERING) return false;
+    if (deps.known(peer)) return true;
     const now = performance.now();
     tokens = Math.min(MAX_ANSWERING, tokens + ((now - refilled) / 1000) * ANSWERS_PER_SECOND);
     refilled = now;
-    if (answering >= MAX_ANSWERING || tokens < 1) return false;
+    if (tokens < 1) return false;
     tokens--;
     return true;
   }
@@ -113,7 +119,7 @@ export function createExchanges(deps: ExchangeDeps) {
   function answerWaiting(): void {
     waitTimer = null;
     for (const [peer, hello] of waiting) {
-      if (!mayAnswer()) break;
+      if (!mayAnswer(peer)) break;
       waiting.delete(peer);
       if (!running.has(peer) && !deps.congested(peer)) void respond(peer, hello);
     }
@@ -232,7 +238,7 @@ export function createExchanges(deps: ExchangeDeps) {
             if (h?.role === "responder" && h.step === "starting") return void (h.hello = hello);
             if (deps.congested(peer)) return; // a peer must not grow our queue with replies nobody reads
             // A new exchange a peer starts: within the caps, or it waits its turn.
-            if (h?.role !== "responder" && (waiting.size || !mayAnswer())) return wait(peer, hello);
+            if (h?.role !== "responder" && ((waiting.size && !deps.known(peer)) || !mayAnswer(peer))) return wait(peer, hello);
             return await respond(peer, hello);
           }
           case "reply": {
