@@ -51,7 +51,9 @@ export const chatCommand = defineCommand({
       }
       const secret = readSecret(a["secret-file"]);
       const json = Boolean(a.json);
-      const interactive = Boolean(process.stdin.isTTY) && !json;
+      // The prompt needs a terminal on both sides: typed at a terminal with stdout
+      // in a file, the file would get the prompt, the echo and readline's escape codes.
+      const interactive = Boolean(process.stdin.isTTY && process.stdout.isTTY) && !json;
       const dh = startDhEngine();
 
       let terminal: Terminal | null = null;

@@ -3,7 +3,8 @@
 // half-typed line survives; mistakes get one line, never a stack trace;
 // quitting while a file arrives cancels it cleanly.
 import { afterAll, afterEach, beforeAll, expect, setDefaultTimeout, test } from "bun:test";
-import { readdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { ChatError, startChat, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import type { Relay } from "../lib/relay/server.ts";
@@ -16,12 +17,15 @@ beforeAll(() => void (relay = startTestRelay()));
 afterAll(async () => relay.stop());
 afterEach(() => temp.removeAll());
 
-function ptyChat(port: number, args: string[] = []) {
-  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`, ...args], {
+/** `smts chat` in a pseudo-terminal; with `stdoutTo`, its stdout goes to that file instead (stdin stays the terminal). */
+function ptyChat(port: number, args: string[] = [], stdoutTo?: string) {
+  const chat = [process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`, ...args];
+  const command = stdoutTo ? ["sh", "-c", 'exec "$0" "$@" > "$SMTS_OUT"', ...chat] : chat;
+  const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, ...command], {
     stdin: "pipe",
     stdout: "pipe",
     stderr: "inherit",
-    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT, TERM: "xterm" },
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT, TERM: "xterm", SMTS_OUT: stdoutTo ?? "" },
   });
   const reader = proc.stdout.getReader();
   let buf = "";
@@ -126,4 +130,20 @@ test("regression: Ctrl-D or Ctrl-C at the prompt while a file arrives cancels it
     await peer.close();
     dh.close();
   }
+});
+
+// Regression (found in audit): stdin alone decided, so `smts chat HOST > log` typed
+// at a terminal wrote the prompt, the echo and readline's escape codes into the log.
+test("stdin a terminal, stdout a file: commands are read as in a script, and the file gets plain lines only", async () => {
+  const out = join(temp.make(), "log");
+  const term = ptyChat(relay.port, [], out);
+  await waitFor(() => existsSync(out) && readFileSync(out, "utf8").includes("Your ID:"), "the ID line in the file");
+  await term.type("/list\r");
+  await waitFor(() => readFileSync(out, "utf8").includes("no other peers online"), "the /list line in the file");
+  await term.type("\x04"); // Ctrl-D: end of input
+  expect((await term.exitCode()).code).toBe(0);
+  const text = readFileSync(out, "utf8");
+  expect(text).not.toContain("\x1b");
+  expect(text).not.toContain("> ");
+  expect(text.trimEnd().split("\n")).toEqual([expect.stringMatching(/^Your ID: [0-9a-z]{8} /), "no other peers online"]);
 });
