@@ -281,8 +281,13 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (!members.length) {
       throw new ChatError("no_sessions", sessions.size ? "no peers to broadcast to: a broadcast goes to the peers you /connect'ed to or /verify'd" : "no established sessions to broadcast to (/connect someone first)");
     }
-    if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; you have ${members.length} sessions`);
+    if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; yours would reach ${members.length}`);
     return members;
+  }
+
+  /** Erases our sender key if `peer` was given it: the next broadcast makes a new one. */
+  function forgetOwnKeyOf(peer: string): void {
+    if (ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
   }
 
   /** Those of `members` that still have a session. */
@@ -382,7 +387,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     sessions.set(peer, s);
     // The peer may have lost our sender key with its old session (a session can
     // end on one side only, PROTOCOL §21.1): the next broadcast makes a new one.
-    if (old && ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
+    if (old) forgetOwnKeyOf(peer);
     emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
     settle(peer);
     sealQueued(s);
@@ -397,7 +402,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     peerKeys.delete(peer);
     // The peer erases our sender key with the session: if it comes back before our
     // next broadcast, the member list looks unchanged, so the key must go now.
-    if (ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
+    forgetOwnKeyOf(peer);
     settle(peer, new ChatError("peer_left", `${peer} ${reason}`, peer));
     if (!s) return;
     s.send.erase();
