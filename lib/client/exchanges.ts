@@ -121,7 +121,9 @@ export function createExchanges(deps: ExchangeDeps) {
     for (const [peer, hello] of waiting) {
       if (!mayAnswer(peer)) break;
       waiting.delete(peer);
-      if (!running.has(peer) && !deps.congested(peer)) void respond(peer, hello);
+      // An exchange of ours still running is one the hello was to replace (our
+      // /connect crossed it, and the peer's ID is the smaller): as when not delayed.
+      if (running.get(peer)?.role !== "responder" && !deps.congested(peer)) void respond(peer, hello);
     }
     waitLater();
   }
