@@ -228,6 +228,7 @@ function transfersHarness(dir: string) {
       sendMessage: (to, frame) => void messages.push({ to, frame }),
       backlog: () => 0,
       congested: () => false,
+      isBusy: () => false,
       drained: async () => {},
       emit: (e) => void events.push(e),
       maxFrame: () => 256 * 1024,

@@ -279,6 +279,7 @@ function harness(opts: { maxFileSize?: number; backlog?: number } = {}): Harness
       sendMessage: (_peer, frame) => void h.messages.push(frame),
       backlog: () => h.backlog,
       congested: () => false,
+      isBusy: () => false,
       drained: (bytes) => {
         h.drainedCalls.push(bytes);
         return new Promise(() => {}); // never drains: shows where the sender stops

@@ -270,7 +270,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     for (const n of [names.stale, names.staleSalted, names.foreign, names.kept]) utimesSync(join(dir, n), old, old);
     mkdirSync(join(dir, tempName(id.replace("1", "e"))));
     utimesSync(join(dir, tempName(id.replace("1", "e"))), old, old);
-    const deps = { sendContent() {}, sendMessage() {}, backlog: () => 0, congested: () => false, drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const deps = { sendContent() {}, sendMessage() {}, backlog: () => 0, congested: () => false, isBusy: () => false, drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
     const before = readdirSync(dir).sort();
     // 300 s old is younger than two idle timeouts of 200 s: kept (its transfer may still be running).
     createTransfers(deps, { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 200_000 });
@@ -295,6 +295,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
           },
           backlog: () => 0,
           congested: () => false,
+          isBusy: () => false,
           drained: async () => {},
           maxFrame: () => maxFrame,
           emit: (e) => void ev[me].push(e),

@@ -173,11 +173,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     }
   };
 
-  // Bytes sent to each peer since the relay said it is `busy` (until `ready`).
-  // Past 256 KiB of them while its queue is full the relay pauses us, all our
-  // traffic with it (PROTOCOL §10); so past BUSY_BUDGET we answer none of that
-  // peer's requests (a key exchange, a file offer): a slow reader must not be
-  // able to make us talk ourselves into a pause.
+  // The peers the relay said are `busy` (until `ready`; our file chunks for them
+  // wait), with the bytes sent each since. Past 256 KiB of them while its queue
+  // is full the relay pauses us, all our traffic with it (PROTOCOL §10); so past
+  // BUSY_BUDGET we answer none of that peer's requests (a key exchange, a file
+  // offer): a slow reader must not be able to make us talk ourselves into a pause.
   const sentSinceBusy = new Map<string, number>();
   const send = (to: string | string[], body: PackedBin) => {
     if (sentSinceBusy.size) {
@@ -215,6 +215,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       },
       sendMessage: sendE2E,
       congested,
+      isBusy: (peer) => sentSinceBusy.has(peer),
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
       maxFrame: () => link.maxFrame,
@@ -397,6 +398,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   function dropSession(peer: string, reason: string): void {
     const s = sessions.get(peer);
     exchanges.end(peer);
+    sentSinceBusy.delete(peer);
     transfers.abandon(peer, `${peer} ${reason}`);
     erasePeerKey(peerKeys.get(peer));
     peerKeys.delete(peer);
@@ -510,8 +512,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         // Only about peers we talk to: a relay sending `busy` for a million made-up IDs must not fill our memory.
         if (f.t === "busy" && !sessions.has(f.peer) && !exchanges.has(f.peer)) return;
         if (f.t === "busy") sentSinceBusy.set(f.peer, 0);
-        else sentSinceBusy.delete(f.peer);
-        transfers.relayBusy(f.peer, f.t === "busy");
+        else if (sentSinceBusy.delete(f.peer)) transfers.peerReady();
         return;
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;

@@ -52,6 +52,8 @@ export interface TransferDeps {
    * without bound, nor talk us into a pause at the relay.
    */
   congested(peer: string): boolean;
+  /** Whether the relay said `peer` is `busy` and not `ready` yet (PROTOCOL §5.9): our chunks for it wait. */
+  isBusy(peer: string): boolean;
   /** The relay's frame limit: a chunk must fit in one frame. */
   maxFrame(): number;
   emit(e: TransferEvent): void;
@@ -157,8 +159,6 @@ const shortId = (id: string) => id.slice(0, 8);
 export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   const outgoing = new Map<string, Outgoing>();
   const incoming = new Map<string, Incoming>();
-  /** Peers whose relay queue is full (the relay said `busy`, not `ready` yet). */
-  const busy = new Set<string>();
   const idleMs = opts.idleTimeoutMs ?? 60_000;
   const answerMs = opts.answerWindowMs ?? 10_000;
   let leaving = false; // stopAccepting() was called
@@ -311,7 +311,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       for (let n = 0; ; n++) {
         // The relay would queue more chunks for a busy recipient, and then pause
         // our whole connection: everything else we send would wait with them.
-        while (t.state === "sending" && accepted(t).some((peer) => busy.has(peer))) await new Promise<void>((resolve) => (t.wake = resolve));
+        while (t.state === "sending" && accepted(t).some(deps.isBusy)) await new Promise<void>((resolve) => (t.wake = resolve));
         t.wake = null;
         const to = accepted(t);
         if (t.state !== "sending" || !to.length) return; // cancelled or failed meanwhile
@@ -488,17 +488,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return n;
   }
 
-  /** The relay's `busy` / `ready` for `peer` (advisory: a relay could lie, but it can stall us anyway). */
-  function relayBusy(peer: string, isBusy: boolean): void {
-    if (isBusy) return void busy.add(peer);
-    if (!busy.delete(peer)) return;
+  /** A peer the relay said is busy is ready again: streams held for it look again (deps.isBusy). */
+  function peerReady(): void {
     for (const t of outgoing.values()) t.wake?.();
   }
 
   /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay. */
   function abandon(peer: string | null, reason: string): void {
-    if (peer === null) busy.clear();
-    else busy.delete(peer);
     for (const t of [...outgoing.values()]) {
       if (peer === null) failAll(t, "failed", reason);
       else dropRecipient(t, peer, "failed", reason);
@@ -512,7 +508,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   const active = () => outgoing.size + incoming.size;
-  return { send, onContent, onChunk, cancel, abandon, relayBusy, stopAccepting, active };
+  return { send, onContent, onChunk, cancel, abandon, peerReady, stopAccepting, active };
 }
 
 export type Transfers = ReturnType<typeof createTransfers>;
