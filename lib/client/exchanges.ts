@@ -80,7 +80,6 @@ export type Exchanges = ReturnType<typeof createExchanges>;
 export function createExchanges(deps: ExchangeDeps) {
   const { dh } = deps;
   const running = new Map<string, Exchange>();
-  let answering = 0; // exchanges in `running` that a peer started (role responder)
   let tokens = MAX_ANSWERING; // new ones we may still start now (refilled at ANSWERS_PER_SECOND)
   let refilled = performance.now();
   const waiting = new Map<string, Hello>(); // the newest hello of each peer waiting its turn, oldest peer first
@@ -88,7 +87,7 @@ export function createExchanges(deps: ExchangeDeps) {
 
   /** Whether a hello from `peer`, which has no exchange of its own, may start one now (taking a token if it is a new peer). */
   function mayAnswer(peer: string): boolean {
-    if (answering >= MAX_ANSWERING) return false;
+    if (answering() >= MAX_ANSWERING) return false;
     if (deps.known(peer)) return true;
     const now = performance.now();
     tokens = Math.min(MAX_ANSWERING, tokens + ((now - refilled) / 1000) * ANSWERS_PER_SECOND);
@@ -98,10 +97,16 @@ export function createExchanges(deps: ExchangeDeps) {
     return true;
   }
 
+  /** Exchanges under way that a peer started. */
+  function answering(): number {
+    let n = 0;
+    for (const h of running.values()) if (h.role === "responder") n++;
+    return n;
+  }
+
   function remove(peer: string, h: Exchange): void {
     clearTimeout(h.timer);
     running.delete(peer);
-    if (h.role === "responder") answering--;
   }
 
   /** Keeps `hello` until a slot and a token are free (answerWaiting). */
@@ -165,7 +170,6 @@ export function createExchanges(deps: ExchangeDeps) {
     end(peer);
     const token = {};
     running.set(peer, { ...first, token, timer: stepTimer(peer, token) });
-    if (first.role === "responder") answering++;
     return token;
   }
 
