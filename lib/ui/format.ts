@@ -3,11 +3,11 @@
 // the terminal, reorder what is shown or fake a line from someone else.
 import type { ChatEvent, PeerInfo } from "../client/chat-client.ts";
 import { formatSize } from "../cli/size.ts";
-// Bidirectional-text controls (U+061C, U+200E/F, U+202A–U+202E, U+2066–U+2069):
-// they reorder what follows them on the line, so "txt.exe" could show as "exe.txt".
 import { BIDI_CONTROLS } from "../wire/frame.ts";
 
-// C0 and C1 controls and DEL, except tab, and the bidi controls; line breaks
+// C0 and C1 controls and DEL, except tab, and the bidi controls (U+061C,
+// U+200E/F, U+202A–U+202E, U+2066–U+2069: they reorder what follows them on
+// the line, so "txt.exe" could show as "exe.txt"); line breaks
 // (also the line and paragraph separators U+2028/U+2029) become "↵".
 const CONTROLS = new RegExp(`[\\u0000-\\u0008\\u000b-\\u001f\\u007f-\\u009f${BIDI_CONTROLS}]`, "g");
 export function sanitize(text: string): string {
