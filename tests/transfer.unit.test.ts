@@ -345,6 +345,42 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(ev.a.map((e) => (e.event === "transfer" ? e.state : e.event))).toEqual(["offered", "failed"]);
   });
 
+  for (const broadcast of [false, true]) {
+    test(`${broadcast ? "/bsend" : "/send"}: what is sent is the file as opened by the command, even if its name points to another file before the receiver accepts`, async () => {
+      const { a, dir } = wired();
+      const path = source(2 * CHUNK_BYTES + 7);
+      const original = readFileSync(path);
+      const sent = a.send(broadcast ? ["b"] : "b", path, broadcast);
+      // The offer is still in flight (answered in a microtask): replace the file under its name.
+      rmSync(path);
+      writeFileSync(path, randomBytes(original.length));
+      await sent;
+      expect(readFileSync(join(dir.b, "src.bin")).equals(original)).toBe(true);
+    });
+  }
+
+  test("incoming transfers: at most 8 from one peer and 32 in all, so one peer cannot take every slot", () => {
+    const answers: [string, Frame][] = [];
+    const events: TransferEvent[] = [];
+    const dir = tempDir();
+    const t = createTransfers(
+      { sendContent: (peer, item) => void answers.push([peer, item]), sendMessage() {}, backlog: () => 0, congested: () => false, isBusy: () => false, drained: async () => {}, emit: (e) => void events.push(e), maxFrame: () => 256 * 1024 },
+      { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 60_000 },
+    );
+    const offer = (peer: string) => t.onContent(peer, { t: "offer", id: randomBytes(FILE_ID_BYTES), name: "x.txt", size: 10, key: randomBytes(32) });
+    const answered = () => answers.map(([peer, item]) => `${peer} ${item.t}${item.reason ? `: ${item.reason}` : ""}`);
+    for (let i = 0; i < 9; i++) offer("p1");
+    expect(answered()).toEqual([...Array(8).fill("p1 accept"), "p1 decline: the receiver already has 8 transfers running from you"]);
+    answers.length = 0;
+    for (const peer of ["p2", "p3", "p4"]) for (let i = 0; i < 8; i++) offer(peer);
+    expect(answered()).toEqual(["p2", "p3", "p4"].flatMap((peer) => Array(8).fill(`${peer} accept`)));
+    answers.length = 0;
+    offer("p5");
+    expect(answered()).toEqual(["p5 decline: the receiver already has 32 transfers running"]);
+    expect(readdirSync(dir)).toHaveLength(32); // a temporary file per accepted offer, none for the declined
+    t.cancel("");
+  });
+
   test("a relay whose frame limit cannot carry a full chunk: the sender refuses before offering (relay_limit)", async () => {
     const offers: Frame[] = [];
     const { a } = wired({ dropContent: (c) => (offers.push(c), false) }, CHUNK_BYTES + 1023);

@@ -81,15 +81,17 @@ export class TransferError extends Error {
 const SEND_HIGH = 1024 * 1024; // pause reading the file while this much is queued
 const SEND_LOW = 256 * 1024;
 const PROGRESS_MS = 250;
-/** Files being received at once (each holds a temporary file and a descriptor). */
+/** Files being received at once (each holds a temporary file and a descriptor), in all and from one peer. */
 const MAX_INCOMING = 32;
+const MAX_INCOMING_PER_PEER = 8;
 
 type RecipientState = "offered" | "accepted" | "done" | "failed";
 
 interface Outgoing {
   id: string;
   fileId: Uint8Array;
-  path: string;
+  /** The file as opened by send(): what is hashed and sent, even if its name now points elsewhere. Closed by finishOut. */
+  fd: number;
   name: string;
   size: number;
   fileKey: Uint8Array;
@@ -142,17 +144,12 @@ function readFull(fd: number, buf: Uint8Array, length: number): number {
   return got;
 }
 
-/** SHA-256 of a file, read in 1 MiB pieces (never whole). */
-function hashFile(path: string): Uint8Array {
-  const fd = openToSend(path);
-  try {
-    const hash = new Bun.CryptoHasher("sha256");
-    const buf = Buffer.allocUnsafe(1024 * 1024);
-    for (let got; (got = readSync(fd, buf, 0, buf.length, null)) > 0; ) hash.update(buf.subarray(0, got));
-    return hash.digest();
-  } finally {
-    closeSync(fd);
-  }
+/** SHA-256 of an open file, read in 1 MiB pieces (never whole) at explicit offsets: the file's own offset stays at 0 for stream(). */
+function hashFile(fd: number): Uint8Array {
+  const hash = new Bun.CryptoHasher("sha256");
+  const buf = Buffer.allocUnsafe(1024 * 1024);
+  for (let at = 0, got; (got = readSync(fd, buf, 0, buf.length, at)) > 0; at += got) hash.update(buf.subarray(0, got));
+  return hash.digest();
 }
 const shortId = (id: string) => id.slice(0, 8);
 
@@ -192,8 +189,9 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   function finishOut(t: Outgoing): void {
     if (t.state === "over") return;
-    t.state = "over";
+    t.state = "over"; // a stream still running sees this before it reads again
     outgoing.delete(t.id);
+    closeSync(t.fd);
     wipe(t.fileKey);
     const n = t.recipients.size;
     if (!t.failures.length) return t.resolve();
@@ -252,32 +250,28 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
    */
   function send(to: string | string[], path: string, broadcast = false): Promise<void> {
     const peers = typeof to === "string" ? [to] : to;
-    let fd: number;
+    let fd = -1;
+    const refuse = (err: TransferError) => {
+      if (fd >= 0) closeSync(fd);
+      return Promise.reject(err);
+    };
     let size: number;
+    let digest: Uint8Array | null = null;
     try {
       fd = openToSend(path);
       const st = fstatSync(fd);
-      closeSync(fd);
-      if (!st.isFile()) throw new TransferError("not_a_file", `${path} is not a regular file`);
+      if (!st.isFile()) return refuse(new TransferError("not_a_file", `${path} is not a regular file`));
       size = st.size;
-    } catch (err) {
-      if (err instanceof TransferError) return Promise.reject(err);
-      return Promise.reject(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
-    }
-    // A chunk frame to several recipients also lists them (≤ 10 bytes each).
-    if (deps.maxFrame() < CHUNK_BYTES + 1024 + (peers.length > 1 ? 10 * peers.length : 0)) {
-      return Promise.reject(new TransferError("relay_limit", `the relay's frame limit (${deps.maxFrame()} bytes) is too small for file chunks`));
-    }
-    if (size > opts.maxFileSize) {
-      return Promise.reject(new TransferError("too_large", `${path} is ${size} bytes, over the limit of ${opts.maxFileSize} (--max-file-size)`));
-    }
-    let digest: Uint8Array | null = null;
-    if (broadcast) {
-      try {
-        digest = hashFile(path);
-      } catch (err) {
-        return Promise.reject(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+      // A chunk frame to several recipients also lists them (≤ 10 bytes each).
+      if (deps.maxFrame() < CHUNK_BYTES + 1024 + (peers.length > 1 ? 10 * peers.length : 0)) {
+        return refuse(new TransferError("relay_limit", `the relay's frame limit (${deps.maxFrame()} bytes) is too small for file chunks`));
       }
+      if (size > opts.maxFileSize) {
+        return refuse(new TransferError("too_large", `${path} is ${size} bytes, over the limit of ${opts.maxFileSize} (--max-file-size)`));
+      }
+      if (broadcast) digest = hashFile(fd);
+    } catch (err) {
+      return refuse(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
     }
     const fileId = randomBytes(FILE_ID_BYTES);
     const fileKey = randomBytes(32);
@@ -285,7 +279,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return new Promise<void>((resolve, reject) => {
       const now = performance.now();
       const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
-      const t: Outgoing = { id: hexId(fileId), fileId, path, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, wake: null, resolve, reject };
+      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, wake: null, resolve, reject };
       // A broadcast's receivers check the content against the offer's digest, so hashing it again while streaming would add nothing.
       if (digest) t.sha256 = hexId(digest);
       outgoing.set(t.id, t);
@@ -303,9 +297,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const buf = Buffer.allocUnsafe(CHUNK_BYTES + PAD_ROOM);
     const probe = Buffer.allocUnsafe(1);
     const hash = t.sha256 === undefined ? new Bun.CryptoHasher("sha256") : null;
-    let fd = -1;
     try {
-      fd = openToSend(t.path);
       let sent = 0;
       let lastProgress = 0;
       for (let n = 0; ; n++) {
@@ -316,12 +308,12 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         const to = accepted(t);
         if (t.state !== "sending" || !to.length) return; // cancelled or failed meanwhile
         const want = Math.min(CHUNK_BYTES, t.size - sent);
-        const got = readFull(fd, buf, want);
+        const got = readFull(t.fd, buf, want);
         if (got < want) throw new Error("the file shrank while being sent");
         sent += got;
         const last = sent === t.size;
         // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
-        if (last && readSync(fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
+        if (last && readSync(t.fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
         hash?.update(buf.subarray(0, got));
         deps.sendMessage(to.length === 1 ? to[0]! : to, sealChunkInPlace(keys, t.fileId, n, last, buf, got)); // encrypted once, copied by the relay
         const now = performance.now();
@@ -348,7 +340,6 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       for (const peer of accepted(t)) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "sender failed" });
       failAll(t, "failed", (err as Error).message);
     } finally {
-      if (fd >= 0) closeSync(fd);
       wipe(keys.enc, keys.mac);
     }
   }
@@ -374,6 +365,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     // An ID of one of our own transfers is a peer handing our offer back to us.
     if (incoming.has(tid) || outgoing.has(tid)) return decline("duplicate offer");
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
+    // So that one peer cannot take every slot and shut the others out.
+    if ([...incoming.values()].filter((t) => t.peer === peer).length >= MAX_INCOMING_PER_PEER) return decline(`the receiver already has ${MAX_INCOMING_PER_PEER} transfers running from you`);
     if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
     // Recipients of one broadcast share the file ID and may share a directory:
     // a taken temporary name gets a random suffix.
