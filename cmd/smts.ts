@@ -34,15 +34,18 @@ if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
   // citty decides on colours once, when it loads, so it is loaded only now that
   // plain-output.ts has run: a static import is not enough, because the release
   // build (--splitting) moves citty into a chunk that runs before this file.
-  const { defineCommand, runCommand, runMain } = await import("citty");
+  const { defineCommand, renderUsage, runCommand } = await import("citty");
   const at = argv.findIndex((a) => !a.startsWith("-"));
   const wanted = Object.hasOwn(COMMANDS, argv[at] ?? "") ? (argv[at] as keyof typeof COMMANDS) : undefined;
   const subCommands: Record<string, CommandDef<any> | (() => Promise<CommandDef<any>>)> = {};
   for (const [name, c] of Object.entries(COMMANDS)) subCommands[name] = name === wanted ? c.load : { meta: { name, description: c.description } };
   const main = defineCommand({ meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" }, subCommands });
   if (argv.includes("--help") || argv.includes("-h")) {
+    // The usage of the command named, or of smts, as citty's runMain prints it;
+    // written here because runMain's console.log hides a failed write (exit 0).
     failOnStdoutError();
-    await runMain(main); // the usage of the command named, or of smts; exit 0
+    const usage = wanted ? await renderUsage(await COMMANDS[wanted].load(), main) : await renderUsage(main);
+    process.stdout.write(`${usage}\n\n`);
   } else {
     // citty's runMain would report the mistakes below with exit 1; like the
     // commands' own (cmd/usage.ts), they are usage errors: usage, one line, exit 2.

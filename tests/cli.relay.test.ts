@@ -78,8 +78,8 @@ test("--max-pending: idle connections that fill it give way to a real join; the 
 
 // Regression (found in audit): a stdout that cannot be written gave a 13-line stack
 // trace; --generate-secret ignored the other options (even a bad --port).
-test("--generate-secret and --version to a full disk: one line and exit 1; --generate-secret takes no other options", () => {
-  for (const args of [["relay", "--generate-secret"], ["--version"]]) {
+test("--generate-secret, --version and --help to a full disk: one line and exit 1; --generate-secret takes no other options", () => {
+  for (const args of [["relay", "--generate-secret"], ["--version"], ["--help"], ["chat", "--help"]]) {
     const r = Bun.spawnSync(["sh", "-c", `"$0" "$@" > /dev/full`, process.execPath, `${ROOT}cmd/smts.ts`, ...args], { env: { PATH: process.env.PATH ?? "" }, stdin: "ignore" });
     expect({ args, code: r.exitCode, stderr: r.stderr.toString() }).toEqual({ args, code: 1, stderr: "smts: cannot write to stdout: ENOSPC\n" });
   }
