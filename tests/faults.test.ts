@@ -203,6 +203,21 @@ describe("relay killed (SIGKILL) and restarted on the same port", () => {
     expect([...c.of("error"), ...d.of("error"), ...c.of("disconnected"), ...d.of("disconnected")]).toEqual([]);
   });
 
+  // Regression (found in review): the relay's `shutdown` came out twice, as an
+  // `error` and then as the reason of `disconnected` (two lines on stderr).
+  test("a relay stopped with SIGTERM: each client reports it once (`disconnected`, code shutdown) and exits 1", async () => {
+    const relay = await startRelay();
+    const a = await startChat(`127.0.0.1:${relay.port}`, { json: true });
+    const b = await startChat(`127.0.0.1:${relay.port}`);
+    relay.proc.kill("SIGTERM");
+    expect(await relay.proc.exited).toBe(0);
+    expect(await exitCode(a, "client a")).toBe(1);
+    expect(await exitCode(b, "client b")).toBe(1);
+    expect(a.of("error")).toEqual([]);
+    expect(a.of("disconnected")).toEqual([{ event: "disconnected", code: "shutdown", message: "relay is shutting down" }]);
+    expect(b.stderr).toEqual(["! disconnected from relay: relay is shutting down"]);
+  });
+
   test("during a 200 MiB transfer: both sides fail it, the receiver keeps no file and no temporary file; after the restart a transfer completes (SHA-256 checked)", async () => {
     let relay = await startRelay();
     const port = relay.port;

@@ -47,7 +47,7 @@ export interface LinkOptions {
   /** Ask for `joined` / `left` presence frames (default true). */
   watch?: boolean;
   timeoutMs?: number;
-  /** Frames after `welcome`; `link` is the joined link (frames in the read that brought `welcome` come before joinRelay() resolves). */
+  /** Frames after `welcome`, except pings and fatal errors (those are the close's reason); `link` is the joined link (frames in the read that brought `welcome` come before joinRelay() resolves). */
   onFrame?: (frame: Frame, link: Link) => void;
   onClose?: (reason: LinkClose) => void;
   /** A relay that takes none of what we queued for this long is given up (default 90 s; shorter in tests). */
@@ -244,7 +244,8 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
               if (!link) return onJoinFrame(f);
               if (f.t === "ping") return writeFrame({ t: "pong" });
               if (f.t === "pong") return;
-              if (f.t === "error" && isFatal(f.code)) lastError = { code: text(f.code), message: text(f.message) };
+              // A fatal error is the reason of the close that follows (LinkClose), reported once, there.
+              if (f.t === "error" && isFatal(f.code)) return void (lastError = { code: text(f.code), message: text(f.message) });
               opts.onFrame?.(f, link);
             });
           } catch (err) {
