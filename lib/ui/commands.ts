@@ -29,7 +29,7 @@ export const HELP = `Commands:
                      (with FP, only if the session still has that fingerprint)
   /fingerprint ID    show the full 256-bit fingerprint for careful comparison
   /help              this help
-  /exit              erase all keys and quit`;
+  /exit, /quit       erase all keys and quit`;
 
 const USAGE: Record<string, string> = {
   connect: "/connect ID",
@@ -54,9 +54,8 @@ export function parseCommand(line: string): Command {
     case "list":
     case "help":
     case "exit":
-      return rest ? { kind: "invalid", message: `/${name} takes no arguments` } : { kind: name };
-    case "quit":
-      return { kind: "exit" };
+    case "quit": // as /exit, the word many chat programs use
+      return rest ? { kind: "invalid", message: `/${name} takes no arguments` } : { kind: name === "quit" ? "exit" : name };
     case "verify": {
       const [id, fingerprint, more] = rest.split(/\s+/);
       const peer = normalizeId(id ?? "");
@@ -98,7 +97,7 @@ export function parseCommand(line: string): Command {
   }
 }
 
-/** Paths may be quoted to keep surrounding spaces: /send ID "my file.txt". */
+/** A path is the rest of the line (inner spaces kept); quotes keep spaces at its ends too: /send ID " notes.txt". */
 function unquote(path: string): string {
   const m = /^"(.*)"$/s.exec(path) ?? /^'(.*)'$/s.exec(path);
   return m ? m[1]! : path;
