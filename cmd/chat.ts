@@ -78,6 +78,14 @@ export const chatCommand = defineCommand({
         const code = 128 + osConstants.signals[signal];
         process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
       }
+      // A bug must not skip the clean-up: keys are still erased, and a file being
+      // received is not left half-written (found in audit: a parser crash did both).
+      const internalError = (e: unknown) => {
+        err(`smts: internal error (a bug, please report it): ${e instanceof Error ? e.message : String(e)}\n`);
+        void finish(1);
+      };
+      process.on("uncaughtException", internalError);
+      process.on("unhandledRejection", internalError);
       // A reader of our output that falls behind stops us reading from the relay until it caught up.
       const write = outputGate((on) => client?.holdEvents(on));
       // A broken stderr only loses the failure lines; the chat goes on (and ends) as it would.
@@ -156,21 +164,24 @@ export const chatCommand = defineCommand({
         return;
       }
       // Scripted: commands run in order; at end of input, drain and exit.
-      let failures = 0;
-      for await (const line of inputLines(process.stdin)) {
-        const command = parseCommand(line);
-        if (command.kind === "exit") break;
-        if (!(await execute(command, ctx))) failures++;
-        await client.writable(); // read no more commands than the relay takes
-      }
-      // End of input: let the transfers under way finish (each ends within the
-      // idle timeout at worst), then drain and exit. Offers from now on are
-      // declined: a peer offering file after file would keep us here for good.
-      client.stopAccepting();
-      for (const ok of await Promise.all(running)) if (!ok) failures++;
-      while (client.activeTransfers() > 0) await Bun.sleep(50);
-      await client.flush();
-      await finish(failures ? 1 : 0);
+      const script = async (chat: ChatClient) => {
+        let failures = 0;
+        for await (const line of inputLines(process.stdin)) {
+          const command = parseCommand(line);
+          if (command.kind === "exit") break;
+          if (!(await execute(command, ctx))) failures++;
+          await chat.writable(); // read no more commands than the relay takes
+        }
+        // End of input: let the transfers under way finish (each ends within the
+        // idle timeout at worst), then drain and exit. Offers from now on are
+        // declined: a peer offering file after file would keep us here for good.
+        chat.stopAccepting();
+        for (const ok of await Promise.all(running)) if (!ok) failures++;
+        while (chat.activeTransfers() > 0) await Bun.sleep(50);
+        await chat.flush();
+        await finish(failures ? 1 : 0);
+      };
+      await script(client).catch(internalError);
     });
   },
 });

@@ -77,14 +77,16 @@ test("scripted: /msg waits for a session the peer starts", async () => {
 test("scripted: a failed command makes the exit code non-zero; typos are one error line", async () => {
   const a = await chat(["--timeout", "1"]);
   a.send("/frobnicate");
+  a.send("/"); // regression (found in audit): crashed the client
   a.send("/verify zzzzzzzz not-a-fingerprint");
   a.send("/msg zzzzzzzz nobody is there");
   a.end();
   expect(await a.exited()).toBe(1);
   const errors = a.events.filter((e) => e.event === "error");
   expect(errors[0]).toMatchObject({ code: "usage", message: expect.stringContaining("unknown command /frobnicate") });
-  expect(errors[1]).toMatchObject({ code: "usage", message: 'not a fingerprint: "not-a-fingerprint" (as /list or /fingerprint shows it)' });
-  expect(errors[2]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
+  expect(errors[1]).toMatchObject({ code: "usage", message: "a command needs a name after the / (try /help)" });
+  expect(errors[2]).toMatchObject({ code: "usage", message: 'not a fingerprint: "not-a-fingerprint" (as /list or /fingerprint shows it)' });
+  expect(errors[3]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
 });
 

@@ -15,3 +15,18 @@ test("a path is the rest of the line, inner spaces included; quotes keep spaces 
   expect(parseCommand('/send 7hd2xw0a " notes.txt "')).toEqual({ kind: "send", peer: "7hd2xw0a", path: " notes.txt " });
   expect(parseCommand("/bsend  my file.pdf ")).toEqual({ kind: "bsend", path: "my file.pdf" });
 });
+
+// Regression (found in audit): a line that was only "/" (or "/" and a space)
+// crashed the client with a TypeError, leaving a half-received file behind.
+test("a bare / or / with spaces is a usage error; no input line makes the parser throw", () => {
+  for (const line of ["/", "/ ", "/\t", "/\r", "/\u3000/msg", "/ msg x"]) {
+    expect(parseCommand(line)).toEqual({ kind: "invalid", message: "a command needs a name after the / (try /help)" });
+  }
+  const alphabet = ["/", " ", "\t", "\r", "\n", "\u3000", "\u2028", "\"", "'", "a", "msg", "send", "7hd2xw0a", "\u0000", "\uFFFF", "\uD800"];
+  let seed = 1;
+  const next = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed);
+  for (let i = 0; i < 20_000; i++) {
+    const line = Array.from({ length: next() % 8 }, () => alphabet[next() % alphabet.length]).join("");
+    expect(() => parseCommand(line)).not.toThrow();
+  }
+});

@@ -43,7 +43,8 @@ export function parseCommand(line: string): Command {
   const start = line.trimStart();
   if (!start.trim()) return { kind: "empty" };
   if (!start.startsWith("/")) return { kind: "invalid", message: "commands start with / (try /help; to message someone: /msg ID text)" };
-  const m = /^\/(\S+)(?:\s(.*))?$/s.exec(start)!;
+  const m = /^\/(\S+)(?:\s(.*))?$/s.exec(start);
+  if (!m) return { kind: "invalid", message: "a command needs a name after the / (try /help)" };
   const name = m[1]!.toLowerCase();
   // A text (/msg, /bmsg) is everything after the one space that ends the ID or
   // the command, exactly as written: a script's indentation, trailing spaces
