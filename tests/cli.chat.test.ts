@@ -86,8 +86,35 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
   expect(errors[0]).toMatchObject({ code: "usage", message: expect.stringContaining("unknown command /frobnicate") });
   expect(errors[1]).toMatchObject({ code: "usage", message: "a command needs a name after the / (try /help)" });
   expect(errors[2]).toMatchObject({ code: "usage", message: 'not a fingerprint: "not-a-fingerprint" (as /list or /fingerprint shows it)' });
-  expect(errors[3]).toMatchObject({ code: "timeout", peer: "zzzzzzzz" });
+  expect(errors[3]).toMatchObject({ code: "unknown_peer", peer: "zzzzzzzz", message: "zzzzzzzz is not online" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
+});
+
+// Regression (found in audit): a /msg or /send to a peer that had left, or to an
+// ID the relay does not know, waited the whole --timeout, holding up every later command.
+test("scripted, with a long --timeout: /msg and /send to a peer that left, or to an ID nobody has, fail at once; the next command runs", async () => {
+  const b = await chat();
+  const a = await chat(["--timeout", "3600"]);
+  a.send("/list"); // ready comes after the relay's first list: b is in it
+  const first = await a.event((e) => e.event === "list", "a's first list");
+  expect(first.peers).toContainEqual(expect.objectContaining({ id: b.id, online: true }));
+  b.end();
+  expect(await b.exited()).toBe(0);
+  await a.event((e) => e.event === "peer" && e.id === b.id && e.online === false, "b gone at a");
+  a.send(`/msg ${b.id} too late`);
+  a.send(`/send ${b.id} ${import.meta.path}`);
+  a.send("/msg zzzzzzzz nobody has this ID");
+  a.send(`/msg ${a.id} myself`);
+  a.send("/list");
+  a.end();
+  expect(await a.exited()).toBe(1);
+  expect(a.events.filter((e) => e.event === "error").map((e) => [e.code, e.message])).toEqual([
+    ["peer_left", `${b.id} left`],
+    ["peer_left", `${b.id} left`],
+    ["unknown_peer", "zzzzzzzz is not online"],
+    ["bad_peer", "that is your own ID"],
+  ]);
+  expect(a.events.filter((e) => e.event === "list")).toHaveLength(2);
 });
 
 // stdout's reader going away ends the client (exit 141, in transfer.cli.test.ts);

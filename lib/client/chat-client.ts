@@ -123,7 +123,11 @@ export interface ChatClient {
   readonly id: string;
   /** Starts (or joins) a key exchange; resolves when the session is established. */
   connect(peer: string): Promise<void>;
-  /** Resolves once a session with `peer` is established (whoever started it). */
+  /**
+   * Resolves once a session with `peer` is established (whoever started it).
+   * Fails at once for a peer that left or that the relay does not know: only
+   * a peer that is online can still start one.
+   */
   waitSession(peer: string, timeoutMs: number): Promise<void>;
   sendText(peer: string, text: string): void;
   /** Sends `text` to every peer with an established session, encrypted once; returns the recipients. */
@@ -264,6 +268,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
    * would see only a fresh "secure session" (found in audit).
    */
   const ended = new Set<string>();
+  /** Peers the relay said left (most recent MAX_SESSIONS): a relay never gives their IDs to anyone again. */
+  const departed = new Set<string>();
+  /** Callers waiting for the relay's answer to a `list`, in the order they asked (the relay answers in order). */
+  const listAnswers: ((ids: Set<string> | null) => void)[] = [];
   const peerKeys = new Map<string, PeerSenderKey>();
   let broadcastQueue: QueuedBroadcast[] = [];
   /** Checks of our recent sender keys (keyCheck), newest last: a peer handing one back as its own is refused. */
@@ -494,18 +502,24 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         return onMsg(f.src, f.body);
       // A presence batch may tell of our own join (PROTOCOL §5.6).
       case "joined":
+        if (isId(f.id)) departed.delete(f.id);
         if (isId(f.id) && f.id !== link.id && !online.has(f.id) && online.size < MAX_ONLINE) online.add(f.id), emit({ event: "peer", id: f.id, online: true });
         return;
       case "left":
         if (isId(f.id) && f.id !== link.id) {
           online.delete(f.id);
+          departed.add(f.id);
+          if (departed.size > MAX_SESSIONS) departed.delete(departed.values().next().value!);
           emit({ event: "peer", id: f.id, online: false });
           dropSession(f.id, "left");
         }
         return;
-      case "peers":
-        if (Array.isArray(f.ids)) for (const id of f.ids) if (isId(id) && online.size < MAX_ONLINE) online.add(id);
+      case "peers": {
+        const ids = new Set(Array.isArray(f.ids) ? f.ids.filter(isId) : []);
+        for (const id of ids) if (online.size < MAX_ONLINE) online.add(id);
+        listAnswers.shift()?.(f.more === true ? null : ids); // a cut list (more) cannot tell who is missing
         return;
+      }
       case "busy":
       case "ready":
         if (!isId(f.peer)) return;
@@ -542,14 +556,22 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     // A presence batch or a peer's hello may come in the very read that brought `welcome`.
     onFrame: (f, joined) => ((link ??= joined), onRelayFrame(f)),
   });
-  link.sendFrame({ t: "list" });
+  /** Asks the relay who is online; null if it cannot say for everyone (a cut list, or the link closed). */
+  function whoIsOnline(): Promise<Set<string> | null> {
+    link.sendFrame({ t: "list" });
+    return new Promise((resolve) => listAnswers.push(resolve));
+  }
+  const firstList = whoIsOnline();
   const closed = link.closed.then((reason) => {
+    for (const answer of listAnswers.splice(0)) answer(null);
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
     for (const peer of exchanges.peers()) exchanges.fail(peer, new ChatError("disconnected", "disconnected from relay", peer));
     transfers.abandon(null, "disconnected from relay"); // each went with its session above: none is left waiting
     if (!closing) emit({ event: "disconnected", ...reason });
     return reason;
   });
+  // After the relay's first answer, so that /list as a script's first command shows who was already online.
+  await firstList;
   emit({ event: "ready", id: link.id });
 
   /** Resolves when the next exchange with `peer` completes; rejects if it fails. */
@@ -568,8 +590,18 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     });
   }
 
-  function waitSession(peer: string, timeoutMs: number): Promise<void> {
-    if (sessions.has(peer) && !exchanges.has(peer)) return Promise.resolve();
+  async function waitSession(peer: string, timeoutMs: number): Promise<void> {
+    const established = () => sessions.has(peer) && !exchanges.has(peer);
+    if (established()) return;
+    if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
+    // Waiting the whole timeout for a peer that cannot come would hold up a
+    // script's next commands (found in audit). Relays never reuse an ID.
+    if (!online.has(peer) && !exchanges.has(peer)) {
+      if (departed.has(peer)) throw new ChatError("peer_left", `${peer} left`, peer);
+      const ids = await whoIsOnline(); // it may have joined since the last presence batch
+      if (established()) return;
+      if (ids && !ids.has(peer) && !exchanges.has(peer)) throw new ChatError("unknown_peer", `${peer} is not online`, peer);
+    }
     return nextSession(peer, timeoutMs);
   }
 
