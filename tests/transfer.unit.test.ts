@@ -359,6 +359,33 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     });
   }
 
+  // Regression (found in audit): a script sending 12 files to one peer had 4 of them declined by the receiver's per-peer limit.
+  test("at most 4 files go to one peer at once: the others wait their turn (queued), then all are delivered; a queued one can be cancelled, unseen by the peer", async () => {
+    const { a, ev, dir } = wired();
+    const sources = Array.from({ length: 7 }, (_, i) => {
+      const path = join(tempDir(), `f${i}.bin`);
+      writeFileSync(path, randomBytes(CHUNK_BYTES + i));
+      return path;
+    });
+    const sends = sources.map((path) => a.send("b", path).then(() => "delivered", (e: Error & { code: string }) => e.code));
+    const states = () => ev.a.filter((e) => e.event === "transfer").map((e) => `${e.name} ${e.state}`);
+    expect(states()).toEqual(["f0.bin offered", "f1.bin offered", "f2.bin offered", "f3.bin offered", "f4.bin queued", "f5.bin queued", "f6.bin queued"]);
+    const f6 = ev.a.find((e) => e.event === "transfer" && e.name === "f6.bin")!;
+    expect(a.cancel(f6.id)).toBe(1);
+    expect(await Promise.all(sends)).toEqual([...Array(6).fill("delivered"), "cancelled"]);
+    expect(readdirSync(dir.b).sort()).toEqual(["f0.bin", "f1.bin", "f2.bin", "f3.bin", "f4.bin", "f5.bin"]);
+    // The receiver never ran more than 4 at once, and never heard of f6.
+    let running = 0;
+    let most = 0;
+    for (const e of ev.b) {
+      if (e.event === "transfer" && e.state === "receiving") most = Math.max(most, ++running);
+      if (e.event === "file") running--;
+    }
+    expect(most).toBe(4);
+    expect(ev.b.some((e) => "name" in e && e.name === "f6.bin")).toBe(false);
+    expect(a.active()).toBe(0);
+  });
+
   test("incoming transfers: at most 8 from one peer and 32 in all, so one peer cannot take every slot", () => {
     const answers: [string, Frame][] = [];
     const events: TransferEvent[] = [];

@@ -32,7 +32,7 @@ import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInP
 import { claimFinalName, removeStaleParts, safeName, tempName } from "./names.ts";
 
 export type TransferEvent =
-  | { event: "transfer"; id: string; peer: string; direction: "in" | "out"; name: string; size: number; state: "offered" | "sending" | "receiving" | "declined" | "failed" | "cancelled"; reason?: string }
+  | { event: "transfer"; id: string; peer: string; direction: "in" | "out"; name: string; size: number; state: "queued" | "offered" | "sending" | "receiving" | "declined" | "failed" | "cancelled"; reason?: string }
   | { event: "progress"; id: string; peer: string; direction: "in" | "out"; name: string; bytes: number; size: number }
   | { event: "file"; from: string; id: string; name: string; path: string; size: number; sha256: string; broadcast: boolean }
   | { event: "delivered"; to: string; id: string; name: string; size: number; sha256: string };
@@ -84,6 +84,14 @@ const PROGRESS_MS = 250;
 /** Files being received at once (each holds a temporary file and a descriptor), in all and from one peer. */
 const MAX_INCOMING = 32;
 const MAX_INCOMING_PER_PEER = 8;
+/**
+ * Files being sent to one peer at once: a /send beyond that waits its turn
+ * (state `queued`), so that a script sending a directory file by file stays
+ * under every receiver's MAX_INCOMING_PER_PEER (found in audit). Queued files
+ * are open already; at most MAX_QUEUED of them.
+ */
+const MAX_OUTGOING_PER_PEER = 4;
+const MAX_QUEUED = 256;
 
 type RecipientState = "offered" | "accepted" | "done" | "failed";
 
@@ -98,9 +106,11 @@ interface Outgoing {
   broadcast: boolean;
   recipients: Map<string, RecipientState>;
   failures: string[];
-  state: "offered" | "sending" | "awaiting" | "over";
+  state: "queued" | "offered" | "sending" | "awaiting" | "over";
   offeredAt: number;
   lastActivity: number;
+  /** A broadcast's SHA-256, hashed before its offer (which carries it). */
+  digest: Uint8Array | null;
   /** Hex SHA-256 of what was sent: from the broadcast offer, or hashed while streaming. */
   sha256?: string;
   /** Wakes a stream waiting for a busy recipient (it became ready, or dropped out). */
@@ -169,6 +179,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     sweeper ??= setInterval(() => {
       const now = performance.now();
       for (const t of [...outgoing.values()]) {
+        if (t.state === "queued") continue; // waiting for its turn, not for a peer
         if (now - t.lastActivity > idleMs) failAll(t, "failed", `no progress for ${Math.round(idleMs / 1000)} s`);
         else if (t.broadcast && t.state === "offered" && now - t.offeredAt > answerMs) {
           for (const [peer, st] of t.recipients) {
@@ -184,7 +195,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   const accepted = (t: Outgoing) => [...t.recipients].filter(([, st]) => st === "accepted").map(([peer]) => peer);
-  const outEvent = (t: Outgoing, peer: string, state: "offered" | "sending" | "declined" | "failed" | "cancelled", reason?: string) =>
+  const outEvent = (t: Outgoing, peer: string, state: "queued" | "offered" | "sending" | "declined" | "failed" | "cancelled", reason?: string) =>
     deps.emit({ event: "transfer", id: shortId(t.id), peer, direction: "out", name: t.name, size: t.size, state, ...(reason ? { reason } : {}) });
 
   function finishOut(t: Outgoing): void {
@@ -217,16 +228,45 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     for (const peer of [...t.recipients.keys()]) dropRecipient(t, peer, state, reason);
   }
 
-  /** Moves a transfer on once its recipients' states allow: start streaming, or finish. */
+  /** Moves a transfer on once its recipients' states allow: start streaming, or finish; then queued ones that now may start. */
   function progressOut(t: Outgoing): void {
     const states = [...t.recipients.values()];
-    if (t.state === "offered" && !states.includes("offered")) {
+    if (t.state === "queued" && !states.includes("offered")) finishOut(t); // every recipient dropped out while it waited
+    else if (t.state === "offered" && !states.includes("offered")) {
       if (!states.includes("accepted")) return finishOut(t);
       t.state = "sending";
       for (const peer of accepted(t)) outEvent(t, peer, "sending");
       void stream(t);
     } else if ((t.state === "sending" || t.state === "awaiting") && !states.includes("accepted")) {
       finishOut(t); // everyone is done or failed (a stream still running sees "over" and stops)
+    }
+    offerQueued();
+  }
+
+  /** Offers the queued transfers, oldest first, whose recipients all have a free slot. */
+  function offerQueued(): void {
+    const running = new Map<string, number>();
+    for (const t of outgoing.values()) {
+      if (t.state === "queued") continue;
+      for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") running.set(peer, (running.get(peer) ?? 0) + 1);
+    }
+    for (const t of outgoing.values()) {
+      if (t.state !== "queued") continue;
+      const peers = [...t.recipients].filter(([, st]) => st === "offered").map(([peer]) => peer);
+      if (peers.some((peer) => (running.get(peer) ?? 0) >= MAX_OUTGOING_PER_PEER)) continue;
+      for (const peer of peers) running.set(peer, (running.get(peer) ?? 0) + 1);
+      offer(t);
+    }
+  }
+
+  function offer(t: Outgoing): void {
+    t.state = "offered";
+    t.offeredAt = t.lastActivity = performance.now();
+    for (const [peer, st] of t.recipients) {
+      if (st !== "offered") continue;
+      // Each offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
+      deps.sendContent(peer, { t: "offer", id: t.fileId, name: t.name, size: t.size, key: t.fileKey.slice(), ...(t.digest ? { bc: true, sha256: t.digest } : {}) });
+      outEvent(t, peer, "offered");
     }
   }
 
@@ -250,6 +290,9 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
    */
   function send(to: string | string[], path: string, broadcast = false): Promise<void> {
     const peers = typeof to === "string" ? [to] : to;
+    if ([...outgoing.values()].filter((t) => t.state === "queued").length >= MAX_QUEUED) {
+      return Promise.reject(new TransferError("too_many", `${MAX_QUEUED} files are already waiting to be sent`));
+    }
     let fd = -1;
     const refuse = (err: TransferError) => {
       if (fd >= 0) closeSync(fd);
@@ -279,16 +322,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return new Promise<void>((resolve, reject) => {
       const now = performance.now();
       const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
-      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "offered", offeredAt: now, lastActivity: now, wake: null, resolve, reject };
+      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "queued", offeredAt: now, lastActivity: now, digest, wake: null, resolve, reject };
       // A broadcast's receivers check the content against the offer's digest, so hashing it again while streaming would add nothing.
       if (digest) t.sha256 = hexId(digest);
       outgoing.set(t.id, t);
       watch();
-      for (const peer of peers) {
-        // Each offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
-        deps.sendContent(peer, { t: "offer", id: fileId, name, size, key: fileKey.slice(), ...(digest ? { bc: true, sha256: digest } : {}) });
-        outEvent(t, peer, "offered");
-      }
+      offerQueued();
+      if (t.state === "queued") for (const peer of peers) outEvent(t, peer, "queued", `${MAX_OUTGOING_PER_PEER} files are being sent to ${peer}; this one follows`);
     });
   }
 
@@ -469,7 +509,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       // Once every chunk has left, the receiver may well keep the file: calling the
       // transfer cancelled could be false, so it waits for the receiver's answer.
       if (!t.id.startsWith(prefix) || t.state === "awaiting") continue;
-      for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+      if (t.state !== "queued") for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
       failAll(t, "cancelled", "cancelled");
       n++;
     }

@@ -88,6 +88,8 @@ export function formatEvent(e: ChatEvent): string | null {
     case "transfer": {
       const what = `${e.direction === "out" ? "to" : "from"} ${e.peer}: ${sanitize(e.name)} (${formatSize(e.size)}, id ${e.id})`;
       switch (e.state) {
+        case "queued":
+          return `* queued file ${what}: ${sanitize(e.reason ?? "")}`;
         case "offered":
           return `* offering file ${what}`;
         case "sending":
