@@ -167,7 +167,7 @@ export const chatCommand = defineCommand({
       const script = async (chat: ChatClient) => {
         let failures = 0;
         for await (const line of inputLines(process.stdin)) {
-          const command = parseCommand(line);
+          const command = line === null ? ({ kind: "invalid", message: `a line of more than ${MAX_LINE} characters: ignored` } as const) : parseCommand(line);
           if (command.kind === "exit") break;
           if (!(await execute(command, ctx))) failures++;
           await chat.writable(); // read no more commands than the relay takes
@@ -186,20 +186,35 @@ export const chatCommand = defineCommand({
   },
 });
 
+/** Longest input line taken, far above the longest command (a message is at most 261,120 bytes). */
+const MAX_LINE = 1024 * 1024;
+
 /**
  * The lines of `input`, split at "\n" only (a "\r" before it is dropped). Bun's
  * readline also ends a line at a lone "\r" and at U+2028/U+2029, so a text a bot
  * passes on in `/msg ID text` could end its line early and run the rest as a command.
+ * A line longer than MAX_LINE is dropped, as it arrives, and given as null: a
+ * 20 MB line took the client to 290 MB (found in audit).
  */
-async function* inputLines(input: AsyncIterable<Uint8Array>): AsyncGenerator<string> {
+async function* inputLines(input: AsyncIterable<Uint8Array>): AsyncGenerator<string | null> {
   const decoder = new TextDecoder();
+  const line = (text: string) => (text.length > MAX_LINE ? null : text.endsWith("\r") ? text.slice(0, -1) : text);
   let buf = "";
+  let dropping = false; // inside a line already given as null: skipped up to its end
   for await (const chunk of input) {
     buf += decoder.decode(chunk, { stream: true });
     let start = 0;
-    for (let nl; (nl = buf.indexOf("\n", start)) >= 0; start = nl + 1) yield buf.slice(start, buf[nl - 1] === "\r" ? nl - 1 : nl);
+    for (let nl; (nl = buf.indexOf("\n", start)) >= 0; start = nl + 1) {
+      if (dropping) dropping = false;
+      else yield line(buf.slice(start, nl));
+    }
     buf = buf.slice(start);
+    if (buf.length > MAX_LINE) {
+      if (!dropping) yield null;
+      dropping = true;
+      buf = "";
+    }
   }
   buf += decoder.decode();
-  if (buf) yield buf;
+  if (buf && !dropping) yield line(buf);
 }

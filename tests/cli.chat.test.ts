@@ -117,6 +117,24 @@ test("scripted, with a long --timeout: /msg and /send to a peer that left, or to
   expect(a.events.filter((e) => e.event === "list")).toHaveLength(2);
 });
 
+// Regressions (found in audit): a last line "...\r" without "\n" kept its "\r";
+// a 20 MB line was held whole (290 MB of memory).
+test("scripted input: a line over 1 MiB is dropped with one usage error; a last line without a newline loses its \\r like the others", async () => {
+  const b = await chat();
+  const a = await chat();
+  a.send(`/connect ${b.id}`);
+  a.send(`/msg ${b.id} ${"x".repeat(2 * 1024 * 1024)}`); // in pieces, as a pipe delivers it
+  a.send("/list");
+  a.proc.stdin.write(`/msg ${b.id} last\r`);
+  a.end();
+  expect(await a.exited()).toBe(1);
+  expect(a.events.filter((e) => e.event === "error")).toEqual([{ event: "error", code: "usage", message: "a line of more than 1048576 characters: ignored" }]);
+  expect(a.events.filter((e) => e.event === "list")).toHaveLength(1);
+  expect(await b.event((e) => e.event === "message", "the last line at b")).toEqual({ event: "message", from: a.id, text: "last", broadcast: false });
+  b.end();
+  expect(await b.exited()).toBe(0);
+});
+
 // stdout's reader going away ends the client (exit 141, in transfer.cli.test.ts);
 // stderr's only loses the failure lines.
 test("with stderr's reader gone, a failure line is dropped and the client goes on with the next command", async () => {

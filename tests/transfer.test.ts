@@ -657,8 +657,8 @@ describe("failures leave no file under the final name and no temporary file", ()
     const src = writeTestFile(temp.make(), "big.bin", 3 * MiB);
     const err = await rejection(a.chat.sendFile(b.id, src.path));
     expect(err.code).toBe("failed");
-    expect(err.message).toMatch(/ENOSPC/);
-    await expectFailedCleanly(b, /cannot write: ENOSPC/);
+    expect(err.message).toMatch(/receiver cannot write the file \(ENOSPC\)/); // the sender's disk is fine: says whose it is
+    await expectFailedCleanly(b, /receiver cannot write the file \(ENOSPC\)/);
     // And the disk is usable again: a small file fits.
     const small = writeTestFile(temp.make(), "small.bin", 1000);
     await a.chat.sendFile(b.id, small.path);

@@ -441,7 +441,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     try {
       for (let at = 0; at < chunk.plaintext.length; ) at += writeSync(t.fd, chunk.plaintext, at);
     } catch (err) {
-      return failIn(t, "failed", `cannot write: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, true);
+      return failIn(t, "failed", `receiver cannot write the file (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`, true);
     }
     t.hash.update(chunk.plaintext);
     t.next++;
