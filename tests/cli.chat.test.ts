@@ -49,8 +49,13 @@ test("scripted: /connect, /msg both ways, same fingerprint on both sides, exit 0
   const list = await a.event((e) => e.event === "list", "list");
   expect(list.peers).toContainEqual({ id: b.id, online: true, session: "established", fingerprint: sa.fingerprint, verified: false });
   a.send(`/verify ${b.id} ${sa.fingerprint}`); // the fingerprint compared: taken only if it is still the session's
+  a.send(`/fingerprint ${b.id}`);
   a.send("/list");
   await waitFor(() => a.events.filter((e) => e.event === "list").length === 2, "second list");
+  expect(a.events.filter((e) => e.event === "verified" || e.event === "fingerprint")).toEqual([
+    { event: "verified", peer: b.id, fingerprint: sa.fingerprint },
+    { event: "fingerprint", peer: b.id, fingerprint: expect.stringMatching(new RegExp(`^${String(sa.fingerprint).replace(/-/g, " ")}( [0-9a-f]{4}){13}$`)) },
+  ]);
   expect((a.events.filter((e) => e.event === "list")[1]!.peers as { verified: boolean }[])[0]!.verified).toBe(true);
   a.end();
   expect(await a.exited()).toBe(0);

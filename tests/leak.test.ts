@@ -218,7 +218,7 @@ beforeAll(async () => {
     const tail = (c: ChatProcess) => `stderr: ${c.stderr().trim().slice(-500)}; events: ${c.events.filter((e) => e.event !== "progress").map((e) => JSON.stringify(e)).join(" ").slice(-1500)}`;
     throw new Error(`${(err as Error).message}\n  a (${a.id}) ${tail(a)}\n  b (${b.id}) ${tail(b)}`);
   }
-  longFingerprint = /fingerprint of the session with \w+:\n\s*([0-9a-f ]+)/.exec(a.stderr())?.[1]?.trim() ?? "";
+  longFingerprint = String(a.events.find((e) => e.event === "fingerprint")?.fingerprint ?? "");
   shortFingerprint = String(a.events.find((e) => e.event === "session")?.fingerprint ?? "");
   if (!why.proc) fdWhileConnected = sampleRelay(); // both clients still connected
 

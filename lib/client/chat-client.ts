@@ -31,6 +31,10 @@ export type ChatEvent =
   | { event: "session"; peer: string; state: "established" | "rekeyed" | "closed" | "failed"; fingerprint?: string; verified?: boolean; reason?: string }
   | { event: "message"; from: string; text: string; broadcast: boolean }
   | { event: "list"; peers: PeerInfo[] }
+  /** /verify took: the session's (short) fingerprint. */
+  | { event: "verified"; peer: string; fingerprint: string }
+  /** /fingerprint: the session's full 256-bit fingerprint. */
+  | { event: "fingerprint"; peer: string; fingerprint: string }
   | { event: "error"; code: string; message: string; peer?: string }
   | { event: "disconnected"; code: string; message: string }
   | TransferEvent;

@@ -7,7 +7,7 @@ import { HELP, type Command } from "./commands.ts";
 export interface ExecuteContext {
   client: ChatClient;
   emit: (e: ChatEvent) => void;
-  /** Plain informational output (help text, fingerprints). */
+  /** Plain informational output (the help text). */
   print: (line: string) => void;
   scripted: boolean;
   sessionTimeoutMs: number;
@@ -66,12 +66,12 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
       }
       case "verify":
         client.verify(cmd.peer, cmd.fingerprint);
-        ctx.print(`* ${cmd.peer} marked verified (fingerprint ${client.fingerprint(cmd.peer)})`);
+        emit({ event: "verified", peer: cmd.peer, fingerprint: client.fingerprint(cmd.peer)! });
         return true;
       case "fingerprint": {
         const fp = client.fingerprint(cmd.peer, true);
         if (!fp) return fail("no_session", `no session with ${cmd.peer}`, cmd.peer);
-        ctx.print(`fingerprint of the session with ${cmd.peer}:\n  ${fp}`);
+        emit({ event: "fingerprint", peer: cmd.peer, fingerprint: fp });
         return true;
       }
       case "exit":

@@ -65,6 +65,10 @@ export function formatEvent(e: ChatEvent): string | null {
       return `Your ID: ${e.id} — give it to the people you want to talk to. /help lists commands.`;
     case "peer":
       return `* ${e.id} is ${e.online ? "online" : "offline"}`;
+    case "verified":
+      return `* ${e.peer} marked verified (fingerprint ${e.fingerprint})`;
+    case "fingerprint":
+      return `fingerprint of the session with ${e.peer}:\n  ${e.fingerprint}`;
     case "session":
       switch (e.state) {
         case "established":
