@@ -89,9 +89,12 @@ export const relayCommand = defineCommand({
         log.warn(`the join secret is only ${secret.length} characters: anyone who records a join can guess it offline; use \`smts relay --generate-secret\``);
       }
       // Out of file descriptors, the relay could accept no one, and Bun's accept loop
-      // spins a core; so it stays below the limit, refusing connections past it.
+      // spins a core; so it stays below the limit (lib/relay/server.ts, maxConnections).
       const files = openFilesLimit();
-      const maxConnections = files === null ? Number.POSITIVE_INFINITY : files - FILES_RESERVED;
+      const maxConnections = files === null ? Number.POSITIVE_INFINITY : files - Math.min(FILES_RESERVED, Math.floor(files / 4));
+      if (maxConnections < MIN_CONNECTIONS) {
+        throw new Failure(`only ${files} open files allowed (ulimit -n): too few to serve clients; raise it with \`ulimit -n ${options.maxClients + options.maxPending + FILES_RESERVED}\``);
+      }
       if (options.maxClients + options.maxPending > maxConnections) {
         log.warn(`only ${files} open files allowed (ulimit -n): at most ${maxConnections} connections at once, fewer than --max-clients + --max-pending (${options.maxClients + options.maxPending}); raise it with \`ulimit -n ${options.maxClients + options.maxPending + FILES_RESERVED}\``);
       }
@@ -115,8 +118,10 @@ export const relayCommand = defineCommand({
   },
 });
 
-/** Descriptors kept for the runtime itself (its own files, pipes and workers), beyond the connections. */
+/** Descriptors kept for the runtime itself (its own files, pipes and workers), beyond the connections; a quarter of a lower limit. */
 const FILES_RESERVED = 64;
+/** Fewer connections than this is no relay: it refuses to start. */
+const MIN_CONNECTIONS = 16;
 
 /** The soft limit on open files (ulimit -n), where the OS tells (Linux); null elsewhere. */
 function openFilesLimit(): number | null {

@@ -154,6 +154,37 @@ describe("join", () => {
     for (const raw of idle) raw.close();
   });
 
+  // Regression (found in audit): past maxConnections (the open-files budget) a new
+  // connection was refused, so a few hundred idle ones under a low `ulimit -n`
+  // kept every real client out; closing ones held their descriptor for 1 s.
+  test("past max connections a join closes a closing connection first, then the oldest waiting one; only joined clients make it refuse", async () => {
+    relay = startTestRelay({ maxConnections: 3 });
+    const idle: RawClient[] = [];
+    for (let i = 0; i < 2; i++) {
+      idle.push(await RawClient.connect(relay.port));
+      await idle[i]!.next("challenge");
+    }
+    const rude = await RawClient.connect(relay.port);
+    await rude.next("challenge");
+    rude.writeFrame({ t: "nonsense" }); // a fatal error: closing, its frame drains for up to 1 s
+    await rude.next("error");
+    const first = await joinTest(relay); // the 4th connection: the closing one goes at once
+    expect(isId(first.link.id)).toBe(true);
+    await rude.waitClosed();
+    expect(idle.map((raw) => raw.closed)).toEqual([false, false]);
+    const second = await joinTest(relay); // then the oldest waiting one is evicted, and told why
+    expect(isId(second.link.id)).toBe(true);
+    await idle[0]!.waitClosed();
+    expect(idle[0]!.frames).toEqual([{ t: "error", code: "relay_full", message: "too many connections waiting to join" }]);
+    expect(idle[1]!.closed).toBe(false);
+    expect(isId((await joinTest(relay)).link.id)).toBe(true); // evicts idle[1]
+    // Three joined clients fill the budget: now a join is refused.
+    const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
+    expect(err.code).toBe("relay_full");
+    expect(relay.stats()).toMatchObject({ clients: 3, pending: 0 });
+    for (const raw of [...idle, rude]) raw.close();
+  });
+
   // Linux routes all of 127/8 to the loopback interface, so 127.0.0.2 is another source.
   test.skipIf(process.platform !== "linux")("a source past its share of pending connections evicts only its own oldest", async () => {
     relay = startTestRelay({ maxPending: 3, maxPendingPerSource: 2 });

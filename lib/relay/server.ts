@@ -62,7 +62,11 @@ export interface RelayOptions {
   /** Largest accepted frame payload after joining, in bytes. */
   maxFrame: number;
   maxClients: number;
-  /** Open connections of any kind; beyond it a new one is refused at once (cmd/relay.ts sets it below the open-files limit). */
+  /**
+   * Open connections of any kind (cmd/relay.ts sets it below the open-files limit).
+   * Beyond it a new connection closes, at once, one that is closing or else the
+   * oldest waiting to join, never a joined client; only if all are joined is it refused.
+   */
   maxConnections: number;
   /** Connections that have not joined yet; at the limit a new one evicts the oldest. */
   maxPending: number;
@@ -193,6 +197,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const opt: RelayOptions = { ...RELAY_DEFAULTS, ...partial };
   const routes: Routes<Conn> = localRoutes<Conn>();
   const conns = new Set<Conn>();
+  /** Connections given a fatal error whose frame is still draining (CLOSE_GRACE_MS), oldest first. */
+  const closingConns = new Set<Conn>();
   const counters: Record<string, number> = { connections: 0, joins: 0 };
   // Connections waiting to join (not joined, not closing), oldest first: all of them, and by source.
   const pending = new Set<Conn>();
@@ -252,7 +258,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       return;
     }
     sendError(c, code, message ? { message } : {});
+    closingConns.add(c);
     setTimeout(() => c.closed || c.socket.terminate(), CLOSE_GRACE_MS).unref();
+  }
+
+  /** Closes a closing connection without its grace: what its queue holds is written first, then the socket is closed (at once, so its descriptor is free). */
+  function closeNow(c: Conn): void {
+    c.outbox.flush();
+    c.socket.terminate();
   }
 
   /**
@@ -661,8 +674,19 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         conns.add(c);
         count("connections");
         socket.setNoDelay(true);
+        // Past the descriptor budget, idle connections (a flood) must not keep a
+        // join out (found in audit): a closing one goes now (its error frame is
+        // written, and terminate() closes at once), else the oldest waiting one.
+        if (conns.size > opt.maxConnections && !stopping) {
+          const victim = closingConns.values().next().value ?? pending.values().next().value;
+          if (victim && !victim.closing) count("pendingEvicted"), fatal(victim, "relay_full", "too many connections waiting to join");
+          if (victim) closeNow(victim);
+        }
         if (stopping) fatal(c, "shutdown");
-        else if (routes.size >= opt.maxClients || conns.size > opt.maxConnections) fatal(c, "relay_full");
+        else if (routes.size >= opt.maxClients || conns.size > opt.maxConnections) {
+          fatal(c, "relay_full");
+          if (conns.size > opt.maxConnections) closeNow(c); // over the budget: no descriptor held for the grace
+        }
         else {
           pend(c);
           sendFrame(c, { t: "challenge", v: RELAY_PROTOCOL_VERSION, nonce: c.nonce, open: opt.secret === null });
@@ -695,6 +719,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         c.closed = true;
         c.outbox.close();
         conns.delete(c);
+        closingConns.delete(c);
         flushDirty(null);
       },
       error(socket, err) {
