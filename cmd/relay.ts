@@ -1,5 +1,6 @@
 // `smts relay`: argument parsing and wiring for the relay (lib/relay).
 import { readFileSync } from "node:fs";
+import { constants as osConstants } from "node:os";
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
@@ -60,9 +61,12 @@ export const relayCommand = defineCommand({
         return;
       }
       const seconds = (flag: string, text: string) => parsePositive(flag, text, 0) * 1000;
-      const log = quietOnFailure(createConsola({ level: a.verbose ? 4 : 3, stdout: process.stderr, stderr: process.stderr }));
+      // Plain lines for journald and log files; glyphs and colours only on a terminal.
+      // (`fancy` is in consola's Node typings; TypeScript picks its browser ones here.)
+      const logOptions = { level: a.verbose ? 4 : 3, fancy: process.stderr.isTTY === true, stdout: process.stderr, stderr: process.stderr };
+      const log = quietOnFailure(createConsola(logOptions));
       const options = {
-        host: a.host,
+        host: parseListenHost(a.host),
         port: parsePort(a.port, RELAY_DEFAULTS.port),
         maxClients: parseCount("max-clients", a["max-clients"]),
         maxPending: parseCount("max-pending", a["max-pending"]),
@@ -102,21 +106,82 @@ export const relayCommand = defineCommand({
       try {
         relay = startRelay({ ...options, maxConnections, secret: secret ? secretBytes(secret) : null });
       } catch (err) {
-        throw new Failure(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}`);
+        throw new Failure(`cannot listen on ${hostPort(options.host, options.port)}: ${listenProblem(err as NodeJS.ErrnoException)}`);
       }
-      log.info(`smts relay listening on ${relay.host}:${relay.port} (${secret ? "join secret required" : "OPEN: anyone may join"})`);
+      log.info(`smts relay listening on ${hostPort(relay.host, relay.port)} (${secret ? "join secret required" : "OPEN: anyone may join"})`);
+      // Refusals and drops, which clients see and the operator otherwise would not:
+      // one line per minute in which any happened (bounded, whatever the load).
+      let before = { ...relay.stats().counters };
+      setInterval(() => {
+        const now = { ...relay.stats().counters };
+        const line = notableSince(before, now);
+        before = now;
+        if (line) log.warn(`${line} in the last minute (${relay.stats().clients} clients joined)`);
+      }, 60_000).unref();
+      // SIGINT, SIGTERM and SIGHUP (its terminal or ssh session closed) all stop it
+      // cleanly: clients are told `shutdown`. A second signal exits at once.
+      let stopping = false;
       const stop = async (signal: string) => {
+        stopping = true;
         log.info(`${signal}: telling ${relay.stats().clients} clients and shutting down`);
         await relay.stop();
         const c = relay.stats().counters;
         log.info(`served ${c.connections} connections, ${c.joins} joins, forwarded ${c.framesForwarded} frames (${formatSize(c.bytesForwarded ?? 0)})`);
         process.exit(0);
       };
-      process.once("SIGINT", () => void stop("SIGINT"));
-      process.once("SIGTERM", () => void stop("SIGTERM"));
+      for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+        process.on(signal, () => (stopping ? process.exit(128 + osConstants.signals[signal]) : void stop(signal)));
+      }
     });
   },
 });
+
+/** What the relay's counters say went wrong for someone between two readings, in words; null if nothing. */
+export function notableSince(before: Record<string, number>, now: Record<string, number>): string | null {
+  const parts = Object.entries(NOTABLE)
+    .map(([counter, what]) => [(now[counter] ?? 0) - (before[counter] ?? 0), what] as const)
+    .filter(([n]) => n > 0)
+    .map(([n, what]) => `${n} ${what}`);
+  return parts.length ? parts.join(", ") : null;
+}
+
+const NOTABLE: Record<string, string> = {
+  closed_auth_failed: "joins with a wrong secret",
+  closed_version: "joins with an unsupported protocol version",
+  closed_relay_full: "connections refused or evicted (relay full)",
+  closed_join_timeout: "connections that did not join in time",
+  closed_slow_consumer: "clients dropped for not reading",
+  closed_idle_timeout: "clients dropped as silent",
+  closed_bad_frame: "connections closed for a malformed frame",
+  closed_frame_too_large: "connections closed for a frame over --max-frame",
+  closed_not_joined: "connections closed for sending before joining",
+  drops: "frames dropped for recipients not reading",
+};
+
+/** `--host`: an address or name; an IPv6 address may be written in brackets, as `smts chat` takes it. */
+function parseListenHost(text: string): string {
+  const host = /^\[(.*)\]$/.exec(text)?.[1] ?? text;
+  if (!host) throw new UsageError("--host needs an address or a name (0.0.0.0 for every IPv4 address, :: for every address)");
+  return host;
+}
+
+const hostPort = (host: string, port: number) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`);
+
+/** Why listening failed, in words: Bun's message only repeats the address. */
+function listenProblem(err: NodeJS.ErrnoException): string {
+  switch (err.code) {
+    case "EADDRINUSE":
+      return "the port is in use (EADDRINUSE)";
+    case "EACCES":
+      return "permission denied (EACCES; ports below 1024 need privileges)";
+    case "EADDRNOTAVAIL":
+      return "no such address on this machine (EADDRNOTAVAIL)";
+    case undefined:
+      return `${err.message} (is the host name right?)`;
+    default:
+      return `${err.code}: ${err.message}`;
+  }
+}
 
 /** Descriptors kept for the runtime itself (its own files, pipes and workers), beyond the connections; a quarter of a lower limit. */
 const FILES_RESERVED = 64;

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { joinRelay } from "../lib/link/relay-link.ts";
 import { isId } from "../lib/relay/protocol.ts";
+import { notableSince } from "../cmd/relay.ts";
 import { RawClient, ROOT, SECRET, SECRET_TEXT, spawnRelay, waitFor } from "./helpers.ts";
 
 function run(args: string[], env: Record<string, string> = {}) {
@@ -193,19 +194,56 @@ test("a closed log pipe stops the logging, not the relay", async () => {
   }
 });
 
-test("SIGTERM tells clients `shutdown`, then exits 0", async () => {
+// SIGHUP too (found in audit): a relay started in an ssh session that closed died without telling anyone.
+for (const signal of ["SIGTERM", "SIGHUP"] as const) {
+  test(`${signal} tells clients \`shutdown\`, then exits 0; the log has plain lines`, async () => {
+    const rp = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
+    const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
+    rp.proc.kill(signal);
+    expect((await link.closed).code).toBe("shutdown");
+    expect(await rp.proc.exited).toBe(0);
+    const lines = rp.stderr().trim().split("\n");
+    expect(lines.at(-1)).toStartWith("[info] served 1 connections, 1 joins"); // no glyphs or blank lines when stderr is not a terminal
+    expect(lines.filter((l) => !/^\[(info|warn)\] /.test(l))).toEqual([]);
+  });
+}
+
+test("listening fails with the reason in words (port in use: exit 1); an empty --host is a usage error; an IPv6 --host may be bracketed", async () => {
   const rp = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
-  const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
-  rp.proc.kill("SIGTERM");
-  expect((await link.closed).code).toBe("shutdown");
-  expect(await rp.proc.exited).toBe(0);
-  expect(rp.stderr()).toContain("served 1 connections, 1 joins");
+  try {
+    const inUse = run(["relay", "--host", "127.0.0.1", "--port", String(rp.port)], { SMTS_SECRET: SECRET_TEXT });
+    expect(inUse.code).toBe(1);
+    expect(inUse.stderr).toBe(`smts: cannot listen on 127.0.0.1:${rp.port}: the port is in use (EADDRINUSE)\n`);
+  } finally {
+    rp.proc.kill();
+  }
+  const empty = run(["relay", "--host", ""], { SMTS_SECRET: SECRET_TEXT });
+  expect(empty.code).toBe(2);
+  expect(empty.stderr).toContain("smts: --host needs an address or a name");
+  const v6 = await spawnRelay(["--host", "[::1]"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    expect(v6.stderr()).toContain(`listening on [::1]:${v6.port}`);
+    const link = await joinRelay({ host: "::1", port: v6.port, secret: SECRET });
+    expect(isId(link.id)).toBe(true);
+    link.close();
+  } finally {
+    v6.proc.kill();
+  }
+});
+
+test("the minute's summary names what went wrong for clients, and nothing when nothing did", () => {
+  expect(notableSince({ joins: 1 }, { joins: 5 })).toBeNull();
+  expect(notableSince({ closed_auth_failed: 2 }, { closed_auth_failed: 52, closed_relay_full: 4, drops: 0, joins: 9 })).toBe(
+    "50 joins with a wrong secret, 4 connections refused or evicted (relay full)",
+  );
 });
 
 // Regression (found in review): at the open-files limit the relay could accept
 // no one, Bun's accept loop spun a core, and nothing said why. It now stays
-// below the limit, refusing connections past it with relay_full, and warns.
-test("under a low `ulimit -n` the relay warns, refuses connections past its limit with relay_full, and keeps serving", async () => {
+// below the limit and warns. Regression (found in audit): past that limit it
+// refused new connections, so idle ones kept every real join out; now a new
+// connection evicts the oldest one waiting to join.
+test("under a low `ulimit -n` the relay warns, stays below the limit by evicting the oldest waiting connections, and a real join still gets in", async () => {
   const proc = Bun.spawn(["sh", "-c", 'ulimit -n 100 && exec "$@"', "sh", process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0"], {
     stdout: "ignore",
     stderr: "pipe",
@@ -217,23 +255,19 @@ test("under a low `ulimit -n` the relay warns, refuses connections past its limi
   })();
   try {
     const port = await waitFor(() => Number(/listening on [^\s]+:(\d+)/.exec(text)?.[1]), "relay to listen", 10_000);
-    expect(text).toContain("only 100 open files allowed (ulimit -n): at most 36 connections at once");
-    const clients = await Promise.all(Array.from({ length: 50 }, () => RawClient.connect(port)));
-    await waitFor(() => clients.every((c) => c.frames.length > 0), "an answer on every connection");
-    const first = clients.map((c) => c.frames[0]!.t);
-    expect(first.filter((t) => t === "challenge").length).toBe(36);
-    expect(clients.filter((c) => c.frames[0]!.t === "error").map((c) => c.frames[0]!.code)).toEqual(Array(14).fill("relay_full"));
-    for (const c of clients) c.close();
-    // The relay may see the closes a moment after the clients do: retry on relay_full only.
-    let link: Awaited<ReturnType<typeof joinRelay>> | null = null;
-    for (let attempt = 0; !link; attempt++) {
-      link = await joinRelay({ host: "127.0.0.1", port, secret: SECRET }).catch((err) => {
-        if (err.code !== "relay_full" || attempt === 50) throw err;
-        return Bun.sleep(20).then(() => null);
-      });
+    expect(text).toContain("only 100 open files allowed (ulimit -n): at most 75 connections at once");
+    const clients: RawClient[] = [];
+    for (let i = 0; i < 90; i++) {
+      clients.push(await RawClient.connect(port));
+      await clients[i]!.next("challenge"); // each is let in, in this order
     }
+    await waitFor(() => clients.filter((c) => c.closed).length === 15, "the 15 oldest evicted");
+    expect(clients.map((c) => c.closed)).toEqual([...Array(15).fill(true), ...Array(75).fill(false)]);
+    for (const c of clients.slice(0, 15)) expect(c.frames).toEqual([{ t: "error", code: "relay_full", message: "too many connections waiting to join" }]);
+    const link = await joinRelay({ host: "127.0.0.1", port, secret: SECRET });
     expect(isId(link.id)).toBe(true);
     link.close();
+    for (const c of clients) c.close();
   } finally {
     proc.kill();
     await proc.exited;
