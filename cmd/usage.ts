@@ -58,6 +58,7 @@ export function readSecret(file: string | undefined): string | null {
   try {
     const secret = loadSecret(file);
     if (file && secretFileExposed(file)) process.stderr.write(`smts: warning: other users of this machine can read the secret file ${file} (chmod 600 ${file})\n`);
+    if (file && process.env.SMTS_SECRET !== undefined) process.stderr.write("smts: warning: both --secret-file and SMTS_SECRET are set: the file is used\n");
     return secret;
   } catch (err) {
     if (err instanceof SecretError) throw new Failure(err.message);

@@ -112,9 +112,10 @@ test("--version and --help", () => {
 test("reads the secret from --secret-file, warns about a short one, and logs no IDs", async () => {
   const dir = mkdtempSync(join(tmpdir(), "smts-"));
   writeFileSync(join(dir, "secret"), "short\n", { mode: 0o600 });
-  const rp = await spawnRelay(["--secret-file", join(dir, "secret")]);
+  const rp = await spawnRelay(["--secret-file", join(dir, "secret")], { SMTS_SECRET: "another secret" });
   try {
     expect(rp.stderr()).toContain("only 5 characters");
+    expect(rp.stderr()).toContain("smts: warning: both --secret-file and SMTS_SECRET are set: the file is used");
     const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: new TextEncoder().encode("short") });
     link.close();
     await Bun.sleep(100);
