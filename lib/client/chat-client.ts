@@ -597,7 +597,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   async function waitSession(peer: string, timeoutMs: number): Promise<void> {
     const established = () => sessions.has(peer) && !exchanges.has(peer);
     if (established()) return;
-    if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
     // Waiting the whole timeout for a peer that cannot come would hold up a
     // script's next commands (found in audit). Relays never reuse an ID.
     if (!online.has(peer) && !exchanges.has(peer)) {

@@ -328,7 +328,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       outgoing.set(t.id, t);
       watch();
       offerQueued();
-      if (t.state === "queued") for (const peer of peers) outEvent(t, peer, "queued", `${MAX_OUTGOING_PER_PEER} files are being sent to ${peer}; this one follows`);
+      if (t.state === "queued") for (const peer of peers) outEvent(t, peer, "queued", `waiting for its turn: at most ${MAX_OUTGOING_PER_PEER} files go to one peer at a time`);
     });
   }
 
