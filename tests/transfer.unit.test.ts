@@ -386,6 +386,57 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(a.active()).toBe(0);
   });
 
+  /** A sender alone: what it sends is recorded, answers are handed to it by the test. */
+  function lone() {
+    const sent: [string, Frame][] = [];
+    const events: string[] = [];
+    const a = createTransfers(
+      { sendContent: (peer, item) => void sent.push([peer, item]), sendMessage() {}, backlog: () => 0, congested: () => false, isBusy: () => false, drained: async () => {}, maxFrame: () => 256 * 1024, emit: (e) => void events.push(e.event === "transfer" ? `${e.name} ${e.peer} ${e.state}` : e.event) },
+      { downloadDir: tempDir(), maxFileSize: 1024, idleTimeoutMs: 60_000 },
+    );
+    const dir = tempDir();
+    const send = (name: string, to: string | string[]) => {
+      writeFileSync(join(dir, name), randomBytes(10));
+      return a.send(to, join(dir, name), Array.isArray(to)).then(() => "delivered", (e: Error & { code: string }) => e.code);
+    };
+    const offers = () => sent.filter(([, item]) => item.t === "offer").map(([peer, item]) => `${item.name} ${peer}`);
+    const idOf = (name: string) => sent.find(([, item]) => item.t === "offer" && item.name === name)![1].id as Uint8Array;
+    return { a, sent, events, send, offers, idOf };
+  }
+
+  // Regressions (found in review): a slot freed by a decline did not offer the next queued
+  // file (a script waited for it forever); ending all transfers at once offered queued files
+  // only to cancel them; a queued /bsend could be overtaken for good by later /sends.
+  test("the queue: a declined file's slot goes to the next one; /cancel and a peer leaving end queued files unoffered; files to a peer keep their order", async () => {
+    const { a, sent, events, send, offers, idOf } = lone();
+    const first = ["f0", "f1", "f2", "f3", "f4"].map((n) => send(n, "b"));
+    expect(offers()).toEqual(["f0 b", "f1 b", "f2 b", "f3 b"]);
+    a.onContent("b", { t: "decline", id: idOf("f0"), reason: "too large" });
+    expect(offers()).toEqual(["f0 b", "f1 b", "f2 b", "f3 b", "f4 b"]);
+    sent.length = 0;
+    a.cancel("");
+    expect(await Promise.all(first)).toEqual(["declined", "cancelled", "cancelled", "cancelled", "cancelled"]);
+    expect(offers()).toEqual([]);
+
+    const more = ["g0", "g1", "g2", "g3", "g4", "g5"].map((n) => send(n, "b"));
+    sent.length = 0;
+    events.length = 0;
+    a.abandon("b", "left");
+    expect(await Promise.all(more)).toEqual(Array(6).fill("failed"));
+    expect(offers()).toEqual([]);
+    expect(events.filter((e) => !e.endsWith(" failed"))).toEqual([]);
+
+    // b is full; a /bsend to b and c waits; a later /send to c must wait behind it.
+    const full = ["h0", "h1", "h2", "h3"].map((n) => send(n, "b"));
+    const both = send("all", ["b", "c"]);
+    const toC = send("late", "c");
+    expect(offers()).toEqual(["h0 b", "h1 b", "h2 b", "h3 b"]);
+    a.onContent("b", { t: "decline", id: idOf("h0"), reason: "no" });
+    expect(offers()).toEqual(["h0 b", "h1 b", "h2 b", "h3 b", "all b", "all c", "late c"]);
+    a.cancel("");
+    expect(await Promise.all([...full, both, toC])).toEqual(["declined", "cancelled", "cancelled", "cancelled", "partial", "cancelled"]);
+  });
+
   test("incoming transfers: at most 8 from one peer and 32 in all, so one peer cannot take every slot", () => {
     const answers: [string, Frame][] = [];
     const events: TransferEvent[] = [];

@@ -233,10 +233,12 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const states = [...t.recipients.values()];
     if (t.state === "queued" && !states.includes("offered")) finishOut(t); // every recipient dropped out while it waited
     else if (t.state === "offered" && !states.includes("offered")) {
-      if (!states.includes("accepted")) return finishOut(t);
-      t.state = "sending";
-      for (const peer of accepted(t)) outEvent(t, peer, "sending");
-      void stream(t);
+      if (!states.includes("accepted")) finishOut(t); // all declined or failed: their slots are free for queued files
+      else {
+        t.state = "sending";
+        for (const peer of accepted(t)) outEvent(t, peer, "sending");
+        void stream(t);
+      }
     } else if ((t.state === "sending" || t.state === "awaiting") && !states.includes("accepted")) {
       finishOut(t); // everyone is done or failed (a stream still running sees "over" and stops)
     }
@@ -246,6 +248,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   /** Offers the queued transfers, oldest first, whose recipients all have a free slot. */
   function offerQueued(): void {
     const running = new Map<string, number>();
+    const full = (peer: string) => (running.get(peer) ?? 0) >= MAX_OUTGOING_PER_PEER;
     for (const t of outgoing.values()) {
       if (t.state === "queued") continue;
       for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") running.set(peer, (running.get(peer) ?? 0) + 1);
@@ -253,11 +256,18 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     for (const t of outgoing.values()) {
       if (t.state !== "queued") continue;
       const peers = [...t.recipients].filter(([, st]) => st === "offered").map(([peer]) => peer);
-      if (peers.some((peer) => (running.get(peer) ?? 0) >= MAX_OUTGOING_PER_PEER)) continue;
+      if (peers.some(full)) {
+        // Its peers' next slots are its own: a later file to one of them must not overtake it (a /bsend waiting for one busy peer).
+        for (const peer of peers) running.set(peer, MAX_OUTGOING_PER_PEER);
+        continue;
+      }
       for (const peer of peers) running.set(peer, (running.get(peer) ?? 0) + 1);
       offer(t);
     }
   }
+
+  /** Queued transfers first: ending them before the running ones keeps the slots those free from offering files that are about to end too. */
+  const queuedFirst = () => [...outgoing.values()].sort((a, b) => Number(b.state === "queued") - Number(a.state === "queued"));
 
   function offer(t: Outgoing): void {
     t.state = "offered";
@@ -505,7 +515,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   /** Cancels the transfers whose short ID starts with `prefix` (all if empty), except files already sent in full; returns how many. */
   function cancel(prefix: string): number {
     let n = 0;
-    for (const t of [...outgoing.values()]) {
+    for (const t of queuedFirst()) {
       // Once every chunk has left, the receiver may well keep the file: calling the
       // transfer cancelled could be false, so it waits for the receiver's answer.
       if (!t.id.startsWith(prefix) || t.state === "awaiting") continue;
@@ -528,7 +538,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay. */
   function abandon(peer: string | null, reason: string): void {
-    for (const t of [...outgoing.values()]) {
+    for (const t of queuedFirst()) {
       if (peer === null) failAll(t, "failed", reason);
       else dropRecipient(t, peer, "failed", reason);
     }
