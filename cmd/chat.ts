@@ -67,10 +67,14 @@ export const chatCommand = defineCommand({
         terminal?.close();
         try {
           await client?.close();
+        } catch (e) {
+          // The keys are erased even then (close() finishes before it rethrows); the exit must not be skipped.
+          err(bugLine(e));
+          code ||= 1;
         } finally {
           dh.close();
+          process.exit(code);
         }
-        process.exit(code);
       };
       // SIGINT, SIGTERM, SIGHUP: the same, with the exit code of a process killed
       // by that signal (130, 143, 129); a second signal exits at once.
@@ -81,7 +85,7 @@ export const chatCommand = defineCommand({
       // A bug must not skip the clean-up: keys are still erased, and a file being
       // received is not left half-written (found in audit: a parser crash did both).
       const internalError = (e: unknown) => {
-        err(`smts: internal error (a bug, please report it): ${e instanceof Error ? e.message : String(e)}\n`);
+        err(bugLine(e));
         void finish(1);
       };
       process.on("uncaughtException", internalError);
@@ -185,6 +189,8 @@ export const chatCommand = defineCommand({
     });
   },
 });
+
+const bugLine = (e: unknown) => `smts: internal error (a bug, please report it): ${e instanceof Error ? e.message : String(e)}\n`;
 
 /** Longest input line taken, far above the longest command (a message is at most 261,120 bytes). */
 const MAX_LINE = 1024 * 1024;

@@ -186,3 +186,18 @@ test("a client is never told about itself: presence of its own ID is ignored, al
   for (const x of clientsNow) expect(x.of("peer").filter((e) => e.id === x.c.id)).toEqual([]);
   for (const x of clientsNow) expect(x.c.peers().some((p) => p.id === x.c.id)).toBe(false);
 });
+
+// Regression (found in review): the client waits for the relay's answers to
+// `list` (for `ready`, and to fail fast on an ID nobody has); a relay that
+// never answered hung startChat, and a scripted /msg, forever.
+test("a relay that does not answer `list`: ready still comes (after 10 s), and waitSession keeps to its own timeout", async () => {
+  const mitm = startMitm(relay.port);
+  try {
+    mitm.toRelay = (f) => (f.t === "list" ? null : undefined);
+    const a = await client(() => {}, mitm.port);
+    expect(a.of("ready")).toEqual([{ event: "ready", id: a.c.id }]);
+    expect(await a.c.waitSession("zzzzzzzz", 500).then(() => "ok", (err: { code: string }) => err.code)).toBe("timeout");
+  } finally {
+    mitm.stop();
+  }
+}, 30_000);

@@ -120,6 +120,8 @@ const CONGESTED_BACKLOG = 4 * 1024 * 1024;
 const MAX_SESSIONS = 10_000;
 /** Peers known to be online at most: a relay announcing a million made-up IDs must not fill our memory. */
 const MAX_ONLINE = 100_000;
+/** How long the first answer to `list` may take before `ready` comes without it. */
+const FIRST_LIST_WAIT_MS = 10_000;
 /** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
 const BUSY_BUDGET = 128 * 1024;
 
@@ -560,13 +562,22 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     // A presence batch or a peer's hello may come in the very read that brought `welcome`.
     onFrame: (f, joined) => ((link ??= joined), onRelayFrame(f)),
   });
-  /** Asks the relay who is online; null if it cannot say for everyone (a cut list, or the link closed). */
-  function whoIsOnline(): Promise<Set<string> | null> {
+  /**
+   * Asks the relay who is online; null if it cannot say for everyone (a cut
+   * list), does not answer within `waitMs` (a relay may never answer), or the link closed.
+   */
+  function whoIsOnline(waitMs: number): Promise<Set<string> | null> {
     link.sendFrame({ t: "list" });
-    return new Promise((resolve) => listAnswers.push(resolve));
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(null), Math.min(waitMs, MAX_TIMER_MS));
+      // Queued until its answer comes, however late, so that later answers still match their questions.
+      listAnswers.push((ids) => (clearTimeout(timer), resolve(ids)));
+    });
   }
-  const firstList = whoIsOnline();
+  const firstList = whoIsOnline(FIRST_LIST_WAIT_MS);
+  let disconnected = false;
   const closed = link.closed.then((reason) => {
+    disconnected = true;
     for (const answer of listAnswers.splice(0)) answer(null);
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
     for (const peer of exchanges.peers()) exchanges.fail(peer, new ChatError("disconnected", "disconnected from relay", peer));
@@ -576,7 +587,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   });
   // After the relay's first answer, so that /list as a script's first command shows who was already online.
   await firstList;
-  emit({ event: "ready", id: link.id });
+  if (!disconnected) emit({ event: "ready", id: link.id });
 
   /** Resolves when the next exchange with `peer` completes; rejects if it fails. */
   function nextSession(peer: string, timeoutMs: number): Promise<void> {
@@ -599,13 +610,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (established()) return;
     // Waiting the whole timeout for a peer that cannot come would hold up a
     // script's next commands (found in audit). Relays never reuse an ID.
+    const start = performance.now();
     if (!online.has(peer) && !exchanges.has(peer)) {
       if (departed.has(peer)) throw new ChatError("peer_left", `${peer} left`, peer);
-      const ids = await whoIsOnline(); // it may have joined since the last presence batch
+      const ids = await whoIsOnline(timeoutMs); // it may have joined since the last presence batch
       if (established()) return;
       if (ids && !ids.has(peer) && !exchanges.has(peer)) throw new ChatError("unknown_peer", `${peer} is not online`, peer);
     }
-    return nextSession(peer, timeoutMs);
+    return nextSession(peer, Math.max(0, timeoutMs - (performance.now() - start)));
   }
 
   return {
