@@ -45,7 +45,31 @@ function quietOnFailure(log: RelayLog): RelayLog {
       on = false;
     }
   };
-  return { info: guarded((m) => log.info(m)), warn: guarded((m) => log.warn(m)), debug: guarded((m) => log.debug(m)) };
+  return { info: guarded((m) => log.info(m)), warn: guarded((m) => log.warn(m)), debug: perSecond(VERBOSE_PER_SECOND, guarded((m) => log.debug(m))) };
+}
+
+/**
+ * --verbose lines a second at most: clients joining and leaving in a loop wrote
+ * 2,200 a second, and with a log reader that stalls the runtime keeps every
+ * unwritten line in memory (found in audit). The lines left out are counted.
+ */
+const VERBOSE_PER_SECOND = 100;
+
+/** `write`, at most `limit` times in each second of `now()` (ms); then one line saying how many were left out. */
+export function perSecond(limit: number, write: (m: string) => void, now = () => performance.now()): (m: string) => void {
+  let second = -1;
+  let used = 0;
+  let skipped = 0;
+  return (m) => {
+    const current = Math.floor(now() / 1000);
+    if (current !== second) {
+      if (skipped) write(`(${skipped} more events not logged: more than ${limit} a second)`);
+      second = current;
+      used = skipped = 0;
+    }
+    if (used++ < limit) write(m);
+    else skipped++;
+  };
 }
 
 export const relayCommand = defineCommand({

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { joinRelay } from "../lib/link/relay-link.ts";
 import { isId } from "../lib/relay/protocol.ts";
-import { notableSince } from "../cmd/relay.ts";
+import { notableSince, perSecond } from "../cmd/relay.ts";
 import { RawClient, ROOT, SECRET, SECRET_TEXT, spawnRelay, waitFor } from "./helpers.ts";
 
 function run(args: string[], env: Record<string, string> = {}) {
@@ -230,6 +230,18 @@ test("listening fails with the reason in words (port in use: exit 1); an empty -
   } finally {
     v6.proc.kill();
   }
+});
+
+test("--verbose lines are limited per second, and those left out are counted", () => {
+  let clock = 0;
+  const lines: string[] = [];
+  const log = perSecond(2, (m) => lines.push(m), () => clock);
+  for (const m of ["a", "b", "c", "d"]) log(m);
+  clock = 1500;
+  log("e");
+  clock = 2000;
+  log("f");
+  expect(lines).toEqual(["a", "b", "(2 more events not logged: more than 2 a second)", "e", "f"]);
 });
 
 test("the minute's summary names what went wrong for clients, and nothing when nothing did", () => {
