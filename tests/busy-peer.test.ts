@@ -45,3 +45,56 @@ test("past 128 KiB sent to a busy peer, its file offer is declined locally and n
   expect(r.contents.filter((c) => (c.t === "accept" || c.t === "decline") && sameId(c.id, ignored.id))).toEqual([]);
   expect(s.of("error")).toEqual([]);
 });
+
+// Before, messages typed past the budget went on to the relay, which then paused
+// our whole connection (its allowance is 256 KiB): now they wait, unsealed, for `ready`.
+test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` (in order; past 1 MiB waiting, refused); a broadcast or the end of input sends them anyway", async () => {
+  const w = (world = await startWorld(engines));
+  const s = await w.party();
+  const r = await w.rawPeer(s);
+  const tell = (t: "busy" | "ready") => w.mitm.pipe(s.id).injectToClient({ t, peer: r.id });
+  const texts = () => (r.pump(), r.contents.filter((c) => c.t === "text").map((c) => String(c.text).slice(0, 12)));
+
+  // Each `busy` or `ready` reaches s before a text r sends after it (same stream from the relay).
+  const told = async (t: "busy" | "ready", n: number) => {
+    tell(t);
+    r.record({ t: "text", text: `${t} ${n}` });
+    await waitFor(() => s.of("message").some((m) => m.text === `${t} ${n}`), `s read ${t}`);
+  };
+  await told("busy", 1);
+  for (let i = 0; i < 3; i++) s.chat.sendText(r.id, `early ${i} `.padEnd(50_000, "x")); // 150 kB since `busy`: over the budget once sealed
+  await waitFor(() => texts().length === 3, "the first three at r");
+  s.chat.sendText(r.id, "held 1");
+  s.chat.sendText(r.id, "held 2");
+  await Bun.sleep(200); // time for anything sent to arrive (nothing should)
+  expect(texts()).toEqual(["early 0 xxxx", "early 1 xxxx", "early 2 xxxx"]);
+  let refused = "";
+  for (let i = 0; i < 30 && !refused; i++) {
+    try {
+      s.chat.sendText(r.id, `bulk ${i} `.padEnd(60_000, "y"));
+    } catch (err) {
+      refused = (err as { code: string }).code;
+    }
+  }
+  expect(refused).toBe("peer_busy"); // about 1 MiB waits for r
+  await told("ready", 1);
+  await waitFor(() => texts().length >= 6, "the held ones at r");
+  const got = texts();
+  expect(got.slice(3, 5)).toEqual(["held 1", "held 2"]);
+  expect(got.slice(5).every((t, i) => t === `bulk ${i} `.padEnd(12, "y"))).toBe(true);
+
+  await told("busy", 2);
+  for (let i = 0; i < 3; i++) s.chat.sendText(r.id, "z".repeat(50_000));
+  s.chat.sendText(r.id, "waits for the end");
+  await s.chat.flush(); // the end of a script's input: what waits is sent
+  await waitFor(() => texts().includes("waits for th"), "the last one at r");
+
+  await told("busy", 3);
+  for (let i = 0; i < 3; i++) s.chat.sendText(r.id, "z".repeat(50_000));
+  s.chat.sendText(r.id, "before the broadcast");
+  s.chat.verify(r.id); // a broadcast member now
+  s.chat.broadcastText("to all"); // private messages typed before it go first, held or not
+  await waitFor(() => texts().includes("before the b"), "the held one at r, with the broadcast");
+  expect(r.brecs().length).toBe(1);
+  expect(s.of("error")).toEqual([]);
+});

@@ -124,6 +124,8 @@ const MAX_ONLINE = 100_000;
 const FIRST_LIST_WAIT_MS = 10_000;
 /** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
 const BUSY_BUDGET = 128 * 1024;
+/** Content held for a busy peer past BUSY_BUDGET, at most; a message beyond it is refused (peer_busy). */
+const HELD_MAX = 1024 * 1024;
 
 export interface ChatClient {
   readonly id: string;
@@ -187,8 +189,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // wait), with the bytes sent each since. Past 256 KiB of them while its queue
   // is full the relay pauses us, all our traffic with it (PROTOCOL §10); so past
   // BUSY_BUDGET we answer none of that peer's requests (a key exchange, a file
-  // offer): a slow reader must not be able to make us talk ourselves into a pause.
+  // offer), and hold what we have for it (sealQueued): a slow reader must not be
+  // able to make us talk ourselves into a pause.
   const sentSinceBusy = new Map<string, number>();
+  const overBudget = (peer: string) => (sentSinceBusy.get(peer) ?? 0) > BUSY_BUDGET;
   const send = (to: string | string[], body: PackedBin) => {
     if (sentSinceBusy.size) {
       for (const peer of typeof to === "string" ? [to] : to) {
@@ -199,7 +203,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     link.send(to, body);
   };
   const sendE2E = (to: string | string[], frame: Frame) => send(to, new PackedBin(frame));
-  const congested = (peer: string) => link.backlog > CONGESTED_BACKLOG || (sentSinceBusy.get(peer) ?? 0) > BUSY_BUDGET;
+  const congested = (peer: string) => link.backlog > CONGESTED_BACKLOG || overBudget(peer);
   const exchanges = createExchanges({
     dh,
     // Past MAX_SESSIONS, a peer without a session is not answered: made-up IDs must not grow our memory without end.
@@ -247,10 +251,15 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (s.queued.length === 1) queueMicrotask(() => sealQueued(s));
   }
 
-  /** Seals what is queued for `s`, in records of at most BATCH_BYTES (a re-key may have held a lot). */
-  function sealQueued(s: Session): void {
+  /**
+   * Seals what is queued for `s`, in records of at most BATCH_BYTES (a re-key may
+   * have held a lot). Unless `force`d, it stays queued, unsealed, while we are
+   * over our budget for a busy peer: sent on, the relay would pause all our
+   * traffic (PROTOCOL §10); `ready` releases it. A broadcast, flush() and close() force it out.
+   */
+  function sealQueued(s: Session, force = false): void {
     if (!s.queued.length || sessions.get(s.peer) !== s) return;
-    if (exchanges.holdsContent(s.peer)) return;
+    if (exchanges.holdsContent(s.peer) || (!force && overBudget(s.peer))) return;
     const queue = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
@@ -339,7 +348,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         ownKeyChecks.push(made.check);
         if (ownKeyChecks.length > OWN_KEYS_REMEMBERED) ownKeyChecks.shift();
       }
-      for (const p of members) sealQueued(sessions.get(p)!); // the key travels before the first record under it
+      for (const p of members) sealQueued(sessions.get(p)!, true); // the key travels before the first record under it
       for (const run of batches(texts)) send(members, new PackedBin(sealBroadcastRecord(ownKey, recordPlain(run))));
     }
     for (const s of sessions.values()) {
@@ -532,7 +541,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         // Only about peers we talk to: a relay sending `busy` for a million made-up IDs must not fill our memory.
         if (f.t === "busy" && !sessions.has(f.peer) && !exchanges.has(f.peer)) return;
         if (f.t === "busy") sentSinceBusy.set(f.peer, 0);
-        else if (sentSinceBusy.delete(f.peer)) transfers.peerReady();
+        else if (sentSinceBusy.delete(f.peer)) {
+          const s = sessions.get(f.peer);
+          if (s) sealQueued(s); // what was held for it, first
+          transfers.peerReady();
+        }
         return;
       case "error": {
         const peer = isId(f.peer) ? f.peer : undefined;
@@ -640,6 +653,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       const bytes = Buffer.byteLength(text);
       // A record must fit one relay frame: content + padding + record fields + envelope.
       if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`, peer);
+      if (overBudget(peer) && s.queuedBytes + bytes > HELD_MAX) {
+        throw new ChatError("peer_busy", `not sent: ${peer} is not reading, and ${s.queuedBytes} bytes already wait for it`, peer);
+      }
       queueContent(s, { t: "text", text }, bytes + 16);
     },
     broadcastText(text) {
@@ -647,7 +663,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       const bytes = Buffer.byteLength(text);
       const limit = link.maxFrame - 1024 - 42 * members.length; // per member: its ID in the relay frame (≤ 10 bytes) and its tag (32)
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
-      for (const s of sessions.values()) sealQueued(s); // earlier private messages go first
+      for (const s of sessions.values()) sealQueued(s, true); // earlier private messages go first
       broadcastQueue.push({ item: { t: "text", text }, bytes: bytes + 16, members });
       if (broadcastQueue.length === 1) queueMicrotask(sealBroadcast);
       return members;
@@ -702,7 +718,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     writable: () => (link.backlog > 1024 * 1024 ? link.drained(256 * 1024) : Promise.resolve()),
     async flush() {
       sealBroadcast();
-      for (const s of sessions.values()) sealQueued(s);
+      for (const s of sessions.values()) sealQueued(s, true);
       await link.drained(0);
     },
     async close() {
@@ -712,7 +728,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       for (const k of peerKeys.values()) erasePeerKey(k);
       transfers.cancel("");
       transfers.abandon(null, "closed before the receiver confirmed the file"); // sent in full, not cancellable
-      for (const s of sessions.values()) sealQueued(s);
+      for (const s of sessions.values()) sealQueued(s, true);
       for (const peer of [...sessions.keys()]) {
         const s = sessions.get(peer)!;
         s.send.erase(), s.receive.erase(), wipe(s.fingerprint);
