@@ -68,8 +68,21 @@ test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` 
   s.chat.sendText(r.id, "held 2");
   await Bun.sleep(200); // time for anything sent to arrive (nothing should)
   expect(texts()).toEqual(["early 0 xxxx", "early 1 xxxx", "early 2 xxxx"]);
+  // A broadcast sends first what was held for its members only (found in review: it released r's too).
+  const t = await w.party();
+  await s.chat.connect(t.id);
+  expect(s.chat.broadcastText("to t only")).toEqual([t.id]);
+  await waitFor(() => t.of("message").some((m) => m.text === "to t only"), "the broadcast at t");
+  await Bun.sleep(200);
+  expect(texts()).toEqual(["early 0 xxxx", "early 1 xxxx", "early 2 xxxx"]);
+  // A producer of commands (a script) waits once half of the 1 MiB waits for r; typed messages are refused at 1 MiB.
+  for (let i = 0; i < 9; i++) s.chat.sendText(r.id, `bulk ${i} `.padEnd(60_000, "y"));
+  let writable = false;
+  const waited = s.chat.writable().then(() => void (writable = true));
+  await Bun.sleep(200);
+  expect(writable).toBe(false);
   let refused = "";
-  for (let i = 0; i < 30 && !refused; i++) {
+  for (let i = 9; i < 30 && !refused; i++) {
     try {
       s.chat.sendText(r.id, `bulk ${i} `.padEnd(60_000, "y"));
     } catch (err) {
@@ -78,6 +91,7 @@ test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` 
   }
   expect(refused).toBe("peer_busy"); // about 1 MiB waits for r
   await told("ready", 1);
+  await waited; // released with the held content
   await waitFor(() => texts().length >= 6, "the held ones at r");
   const got = texts();
   expect(got.slice(3, 5)).toEqual(["held 1", "held 2"]);
@@ -97,4 +111,13 @@ test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` 
   await waitFor(() => texts().includes("before the b"), "the held one at r, with the broadcast");
   expect(r.brecs().length).toBe(1);
   expect(s.of("error")).toEqual([]);
+
+  // Held when the peer leaves: reported, not dropped in silence.
+  await told("busy", 4);
+  for (let i = 0; i < 3; i++) s.chat.sendText(r.id, "z".repeat(50_000));
+  s.chat.sendText(r.id, "never sent");
+  await Bun.sleep(100);
+  r.link.close();
+  const lost = await waitFor(() => s.of("error").find((e) => e.code === "not_sent"), "the lost message reported");
+  expect(lost).toEqual({ event: "error", code: "not_sent", message: `1 message(s) to ${r.id} not sent: the session ended (left) while they waited`, peer: r.id });
 });

@@ -159,7 +159,11 @@ export interface ChatClient {
   flush(): Promise<void>;
   /** Stops (true) or resumes (false) taking in messages: for an event consumer that fell behind (Link.holdReading). */
   holdEvents(hold: boolean): void;
-  /** Resolves at once, or, while over 1 MiB waits to go to the relay, once it is down to 256 KiB: for a producer of commands. */
+  /**
+   * Resolves at once, or, while over 1 MiB waits to go to the relay, once it is
+   * down to 256 KiB; and while half of HELD_MAX waits for a busy peer, once that
+   * is released: for a producer of commands (a script waits where a user gets peer_busy).
+   */
   writable(): Promise<void>;
   close(): Promise<void>;
   readonly closed: Promise<LinkClose>;
@@ -193,6 +197,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // able to make us talk ourselves into a pause.
   const sentSinceBusy = new Map<string, number>();
   const overBudget = (peer: string) => (sentSinceBusy.get(peer) ?? 0) > BUSY_BUDGET;
+  /** writable() callers waiting for content held for a busy peer to go (or be dropped with its session). */
+  let heldWaiters: (() => void)[] = [];
+  const heldTooMuch = () => [...sentSinceBusy.keys()].some((peer) => overBudget(peer) && (sessions.get(peer)?.queuedBytes ?? 0) >= HELD_MAX / 2);
+  const wakeHeldWaiters = () => {
+    const waiting = heldWaiters;
+    heldWaiters = [];
+    for (const wake of waiting) wake();
+  };
   const send = (to: string | string[], body: PackedBin) => {
     if (sentSinceBusy.size) {
       for (const peer of typeof to === "string" ? [to] : to) {
@@ -263,6 +275,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const queue = s.queued;
     s.queued = [];
     s.queuedBytes = 0;
+    if (heldWaiters.length) wakeHeldWaiters();
     for (const run of batches(queue)) send(s.peer, new PackedBin(s.send.seal(recordPlain(run))));
   }
 
@@ -420,6 +433,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function dropSession(peer: string, reason: string): void {
     const s = sessions.get(peer);
+    if (heldWaiters.length) queueMicrotask(wakeHeldWaiters); // once the session is gone
     exchanges.end(peer);
     sentSinceBusy.delete(peer);
     transfers.abandon(peer, `${peer} ${reason}`);
@@ -437,6 +451,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     ended.add(peer);
     if (ended.size > MAX_SESSIONS) ended.delete(ended.values().next().value!);
     emit({ event: "session", peer, state: "closed", reason });
+    // Messages still waiting (held for a busy peer, or for a re-key) are lost: say so.
+    const unsent = s.queued.filter((q) => q.item.t === "text").length;
+    if (unsent) emit({ event: "error", code: "not_sent", message: `${unsent} message(s) to ${peer} not sent: the session ended (${reason}) while they waited`, peer });
     sealBroadcast(); // broadcasts held for this peer's re-key go to the others now
   }
 
@@ -592,6 +609,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const closed = link.closed.then((reason) => {
     disconnected = true;
     for (const answer of listAnswers.splice(0)) answer(null);
+    wakeHeldWaiters();
     for (const peer of [...sessions.keys()]) dropSession(peer, "unreachable: disconnected from relay");
     for (const peer of exchanges.peers()) exchanges.fail(peer, new ChatError("disconnected", "disconnected from relay", peer));
     transfers.abandon(null, "disconnected from relay"); // each went with its session above: none is left waiting
@@ -663,7 +681,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       const bytes = Buffer.byteLength(text);
       const limit = link.maxFrame - 1024 - 42 * members.length; // per member: its ID in the relay frame (≤ 10 bytes) and its tag (32)
       if (bytes > limit) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${limit})`);
-      for (const s of sessions.values()) sealQueued(s, true); // earlier private messages go first
+      for (const p of members) sealQueued(sessions.get(p)!, true); // earlier private messages to its members go first
       broadcastQueue.push({ item: { t: "text", text }, bytes: bytes + 16, members });
       if (broadcastQueue.length === 1) queueMicrotask(sealBroadcast);
       return members;
@@ -715,7 +733,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     activeTransfers: () => transfers.active(),
     stopAccepting: () => transfers.stopAccepting(),
     holdEvents: (hold) => link.holdReading(hold),
-    writable: () => (link.backlog > 1024 * 1024 ? link.drained(256 * 1024) : Promise.resolve()),
+    async writable() {
+      if (link.backlog > 1024 * 1024) await link.drained(256 * 1024);
+      while (heldTooMuch() && !disconnected) await new Promise<void>((resolve) => heldWaiters.push(resolve));
+    },
     async flush() {
       sealBroadcast();
       for (const s of sessions.values()) sealQueued(s, true);
