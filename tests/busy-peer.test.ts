@@ -48,7 +48,7 @@ test("past 128 KiB sent to a busy peer, its file offer is declined locally and n
 
 // Before, messages typed past the budget went on to the relay, which then paused
 // our whole connection (its allowance is 256 KiB): now they wait, unsealed, for `ready`.
-test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` (in order; past 1 MiB waiting, refused); a broadcast or the end of input sends them anyway", async () => {
+test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` (in order; past 512 KiB waiting, refused); a broadcast or the end of input sends them anyway", async () => {
   const w = (world = await startWorld(engines));
   const s = await w.party();
   const r = await w.rawPeer(s);
@@ -75,21 +75,21 @@ test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` 
   await waitFor(() => t.of("message").some((m) => m.text === "to t only"), "the broadcast at t");
   await Bun.sleep(200);
   expect(texts()).toEqual(["early 0 xxxx", "early 1 xxxx", "early 2 xxxx"]);
-  // A producer of commands (a script) waits once half of the 1 MiB waits for r; typed messages are refused at 1 MiB.
-  for (let i = 0; i < 9; i++) s.chat.sendText(r.id, `bulk ${i} `.padEnd(60_000, "y"));
+  // A producer of commands (a script) waits once half of the 512 KiB waits for r; typed messages are refused at 512 KiB.
+  for (let i = 0; i < 5; i++) s.chat.sendText(r.id, `bulk ${i} `.padEnd(60_000, "y"));
   let writable = false;
   const waited = s.chat.writable().then(() => void (writable = true));
   await Bun.sleep(200);
   expect(writable).toBe(false);
   let refused = "";
-  for (let i = 9; i < 30 && !refused; i++) {
+  for (let i = 5; i < 30 && !refused; i++) {
     try {
       s.chat.sendText(r.id, `bulk ${i} `.padEnd(60_000, "y"));
     } catch (err) {
       refused = (err as { code: string }).code;
     }
   }
-  expect(refused).toBe("peer_busy"); // about 1 MiB waits for r
+  expect(refused).toBe("peer_busy"); // about 512 KiB wait for r
   await told("ready", 1);
   await waited; // released with the held content
   await waitFor(() => texts().length >= 6, "the held ones at r");

@@ -124,8 +124,12 @@ const MAX_ONLINE = 100_000;
 const FIRST_LIST_WAIT_MS = 10_000;
 /** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
 const BUSY_BUDGET = 128 * 1024;
-/** Content held for a busy peer past BUSY_BUDGET, at most; a message beyond it is refused (peer_busy). */
-const HELD_MAX = 1024 * 1024;
+/**
+ * Content held for a busy peer past BUSY_BUDGET, at most; a message beyond it is
+ * refused (peer_busy). `ready` comes when the peer's queue is at most 256 KiB
+ * (queueLow): released at once, this much keeps it under the 1 MiB of a new `busy`.
+ */
+const HELD_MAX = 512 * 1024;
 
 export interface ChatClient {
   readonly id: string;
