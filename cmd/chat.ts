@@ -15,6 +15,7 @@ import { execute } from "../lib/ui/execute.ts";
 import { formatEvent, jsonLine, progressTracker, terminalRows } from "../lib/ui/format.ts";
 import { outputGate } from "../lib/ui/output.ts";
 import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
+import { onStopSignals } from "./signals.ts";
 import { checkFlags, Failure, guard, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
@@ -76,12 +77,8 @@ export const chatCommand = defineCommand({
           process.exit(code);
         }
       };
-      // SIGINT, SIGTERM, SIGHUP: the same, with the exit code of a process killed
-      // by that signal (130, 143, 129); a second signal exits at once.
-      for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-        const code = 128 + osConstants.signals[signal];
-        process.on(signal, () => (exiting ? process.exit(code) : void finish(code)));
-      }
+      // SIGINT, SIGTERM, SIGHUP: the same, with the exit code of a process killed by that signal.
+      onStopSignals(() => exiting, (_signal, code) => void finish(code));
       // A bug must not skip the clean-up: keys are still erased, and a file being
       // received is not left half-written (found in audit: a parser crash did both).
       const internalError = (e: unknown) => {

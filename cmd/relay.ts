@@ -1,6 +1,5 @@
 // `smts relay`: argument parsing and wiring for the relay (lib/relay).
 import { readFileSync } from "node:fs";
-import { constants as osConstants } from "node:os";
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize, parseSize } from "../lib/cli/size.ts";
@@ -8,6 +7,7 @@ import { MAX_FRAME_LIMIT } from "../lib/relay/protocol.ts";
 import { RELAY_DEFAULTS, startRelay, type RelayLog } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
 import { failOnStdoutError } from "./plain-output.ts";
+import { onStopSignals } from "./signals.ts";
 import { checkFlags, Failure, guard, parseCount, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
@@ -120,11 +120,11 @@ export const relayCommand = defineCommand({
       // spins a core; so it stays below the limit (lib/relay/server.ts, maxConnections).
       const files = openFilesLimit();
       const maxConnections = files === null ? Number.POSITIVE_INFINITY : files - Math.min(FILES_RESERVED, Math.floor(files / 4));
-      if (maxConnections < MIN_CONNECTIONS) {
-        throw new Failure(`only ${files} open files allowed (ulimit -n): too few to serve clients; raise it with \`ulimit -n ${options.maxClients + options.maxPending + FILES_RESERVED}\``);
-      }
-      if (options.maxClients + options.maxPending > maxConnections) {
-        log.warn(`only ${files} open files allowed (ulimit -n): at most ${maxConnections} connections at once, fewer than --max-clients + --max-pending (${options.maxClients + options.maxPending}); raise it with \`ulimit -n ${options.maxClients + options.maxPending + FILES_RESERVED}\``);
+      const wanted = options.maxClients + options.maxPending;
+      const raiseIt = `raise it with \`ulimit -n ${wanted + FILES_RESERVED}\``;
+      if (maxConnections < MIN_CONNECTIONS) throw new Failure(`only ${files} open files allowed (ulimit -n): too few to serve clients; ${raiseIt}`);
+      if (wanted > maxConnections) {
+        log.warn(`only ${files} open files allowed (ulimit -n): at most ${maxConnections} connections at once, fewer than --max-clients + --max-pending (${wanted}); ${raiseIt}`);
       }
       let relay;
       try {
@@ -142,8 +142,7 @@ export const relayCommand = defineCommand({
         before = now;
         if (line) log.warn(`${line} in the last minute (${relay.stats().clients} clients joined)`);
       }, 60_000).unref();
-      // SIGINT, SIGTERM and SIGHUP (its terminal or ssh session closed) all stop it
-      // cleanly: clients are told `shutdown`. A second signal exits at once.
+      // A clean stop (cmd/signals.ts): clients are told `shutdown`.
       let stopping = false;
       const stop = async (signal: string) => {
         stopping = true;
@@ -153,9 +152,7 @@ export const relayCommand = defineCommand({
         log.info(`served ${c.connections} connections, ${c.joins} joins, forwarded ${c.framesForwarded} frames (${formatSize(c.bytesForwarded ?? 0)})`);
         process.exit(0);
       };
-      for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-        process.on(signal, () => (stopping ? process.exit(128 + osConstants.signals[signal]) : void stop(signal)));
-      }
+      onStopSignals(() => stopping, (signal) => void stop(signal));
     });
   },
 });

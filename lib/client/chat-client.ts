@@ -120,6 +120,12 @@ const CONGESTED_BACKLOG = 4 * 1024 * 1024;
 const MAX_SESSIONS = 10_000;
 /** Peers known to be online at most: a relay announcing a million made-up IDs must not fill our memory. */
 const MAX_ONLINE = 100_000;
+/** Adds `id` to a set that keeps the most recent MAX_SESSIONS (a relay can make up IDs without end). */
+function rememberRecent(set: Set<string>, id: string): void {
+  set.add(id);
+  if (set.size > MAX_SESSIONS) set.delete(set.values().next().value!);
+}
+
 /** How long the first answer to `list` may take before `ready` comes without it. */
 const FIRST_LIST_WAIT_MS = 10_000;
 /** Half the relay's allowance for a busy recipient (PROTOCOL §10): its count starts when it sends `busy`, ours when we read it. */
@@ -452,8 +458,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     s.receive.erase();
     wipe(s.fingerprint);
     sessions.delete(peer);
-    ended.add(peer);
-    if (ended.size > MAX_SESSIONS) ended.delete(ended.values().next().value!);
+    rememberRecent(ended, peer);
     emit({ event: "session", peer, state: "closed", reason });
     // Messages still waiting (held for a busy peer, or for a re-key) are lost: say so.
     const unsent = s.queued.filter((q) => q.item.t === "text").length;
@@ -544,8 +549,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       case "left":
         if (isId(f.id) && f.id !== link.id) {
           online.delete(f.id);
-          departed.add(f.id);
-          if (departed.size > MAX_SESSIONS) departed.delete(departed.values().next().value!);
+          rememberRecent(departed, f.id);
           emit({ event: "peer", id: f.id, online: false });
           dropSession(f.id, "left");
         }
