@@ -167,11 +167,18 @@ export const chatCommand = defineCommand({
       // Scripted: commands run in order; at end of input, drain and exit.
       const script = async (chat: ChatClient) => {
         let failures = 0;
-        for await (const line of inputLines(process.stdin)) {
-          const command = line === null ? ({ kind: "invalid", message: `a line of more than ${MAX_LINE} characters: ignored` } as const) : parseCommand(line);
-          if (command.kind === "exit") break;
-          if (!(await execute(command, ctx))) failures++;
-          await chat.writable(); // read no more commands than the relay takes
+        try {
+          for await (const line of inputLines(process.stdin)) {
+            const command = line === null ? ({ kind: "invalid", message: `a line of more than ${MAX_LINE} characters: ignored` } as const) : parseCommand(line);
+            if (command.kind === "exit") break;
+            if (!(await execute(command, ctx))) failures++;
+            await chat.writable(); // read no more commands than the relay takes
+          }
+        } catch (e) {
+          // Unreadable input (a directory, a terminal hung up: EIO) ends it like its end, as a failure.
+          if (!(e instanceof InputError)) throw e;
+          err(`smts: cannot read commands from stdin: ${e.message}\n`);
+          failures++;
         }
         // End of input: let the transfers under way finish (each ends within the
         // idle timeout at worst), then drain and exit. Offers from now on are
@@ -200,6 +207,17 @@ const MAX_LINE = 1024 * 1024;
  * 20 MB line took the client to 290 MB (found in audit).
  */
 async function* inputLines(input: AsyncIterable<Uint8Array>): AsyncGenerator<string | null> {
+  try {
+    yield* splitLines(input);
+  } catch (e) {
+    throw new InputError((e as NodeJS.ErrnoException).code ?? (e as Error).message);
+  }
+}
+
+/** A read error of the input itself (not of a command run from it). */
+class InputError extends Error {}
+
+async function* splitLines(input: AsyncIterable<Uint8Array>): AsyncGenerator<string | null> {
   const decoder = new TextDecoder();
   const line = (text: string) => (text.length > MAX_LINE ? null : text.endsWith("\r") ? text.slice(0, -1) : text);
   let buf = "";

@@ -108,7 +108,7 @@ export const relayCommand = defineCommand({
       // A frame is queued only while the queue is at most half the limit (PROTOCOL §10): one must then fit, headers too.
       if (options.queueMax < 2 * (options.maxFrame + 1024)) throw new UsageError("--queue-limit must be at least twice --max-frame, plus 2KiB (one frame must always fit in a recipient's queue)");
       // The secret only now: a mistake in the arguments is a usage error even without one.
-      const secret = readSecret(a["secret-file"]);
+      const secret = readSecret(a["secret-file"], (m) => log.warn(m));
       if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
       if (!secret && !a.open) {
         throw new Failure("no join secret: set SMTS_SECRET or --secret-file (make one with `smts relay --generate-secret`), or pass --open for a relay anyone can join");

@@ -52,13 +52,13 @@ export function parseCount(flag: string, text: string): number {
   return n;
 }
 
-/** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. */
-export function readSecret(file: string | undefined): string | null {
+/** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. `warn` shows a doubt about it (the relay: as a log line). */
+export function readSecret(file: string | undefined, warn = (message: string) => void process.stderr.write(`smts: warning: ${message}\n`)): string | null {
   if (file === "") throw new UsageError("--secret-file needs a path");
   try {
     const secret = loadSecret(file);
-    if (file && secretFileExposed(file)) process.stderr.write(`smts: warning: other users of this machine can read the secret file ${file} (chmod 600 ${file})\n`);
-    if (file && process.env.SMTS_SECRET !== undefined) process.stderr.write("smts: warning: both --secret-file and SMTS_SECRET are set: the file is used\n");
+    if (file && secretFileExposed(file)) warn(`other users of this machine can read the secret file ${file} (chmod 600 ${file})`);
+    if (file && process.env.SMTS_SECRET !== undefined) warn("both --secret-file and SMTS_SECRET are set: the file is used");
     return secret;
   } catch (err) {
     if (err instanceof SecretError) throw new Failure(err.message);

@@ -2,6 +2,8 @@
 // process: join failures, a full session with messages, waiting for a session
 // the peer starts, and exit codes.
 import { afterAll, afterEach, beforeAll, expect, test } from "bun:test";
+import { closeSync, openSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { killChats, spawnChat, type ChatProcessOptions } from "./chat-process.ts";
 import { ROOT, rssOf, SECRET_TEXT, spawnRelay, waitFor, type RelayProcess } from "./helpers.ts";
 
@@ -138,6 +140,18 @@ test("scripted input: a line over 1 MiB is dropped with one usage error; a last 
   expect(await b.event((e) => e.event === "message", "the last line at b")).toEqual({ event: "message", from: a.id, text: "last", broadcast: false });
   b.end();
   expect(await b.exited()).toBe(0);
+});
+
+test("scripted input that cannot be read (a directory as stdin) is one clear line and exit 1, not an internal error", () => {
+  const dir = openSync(tmpdir(), "r");
+  try {
+    const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${relay.port}`, "--json"], { env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT }, stdin: dir });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.toString()).toBe("smts: cannot read commands from stdin: EISDIR\n");
+    expect(r.stdout.toString().trim().split("\n").map((l) => JSON.parse(l).event)).toEqual(["ready"]);
+  } finally {
+    closeSync(dir);
+  }
 });
 
 // stdout's reader going away ends the client (exit 141, in transfer.cli.test.ts);

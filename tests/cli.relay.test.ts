@@ -115,7 +115,7 @@ test("reads the secret from --secret-file, warns about a short one, and logs no 
   const rp = await spawnRelay(["--secret-file", join(dir, "secret")], { SMTS_SECRET: "another secret" });
   try {
     expect(rp.stderr()).toContain("only 5 characters");
-    expect(rp.stderr()).toContain("smts: warning: both --secret-file and SMTS_SECRET are set: the file is used");
+    expect(rp.stderr()).toContain("[warn] both --secret-file and SMTS_SECRET are set: the file is used\n"); // a log line like the others
     const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: new TextEncoder().encode("short") });
     link.close();
     await Bun.sleep(100);
@@ -149,16 +149,19 @@ test("--secret-file: not UTF-8 is refused; readable by others gets a warning; an
   writeFileSync(shared, `${SECRET_TEXT}\n`, { mode: 0o644 });
   const rp = await spawnRelay(["--secret-file", shared]);
   try {
-    expect(rp.stderr()).toContain(`smts: warning: other users of this machine can read the secret file ${shared} (chmod 600 ${shared})`);
+    expect(rp.stderr()).toContain(`[warn] other users of this machine can read the secret file ${shared} (chmod 600 ${shared})\n`);
     (await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET })).close(); // it still runs with it
   } finally {
     rp.proc.kill();
   }
+  // The client has no log: its warning is a line of its own.
+  const chat = run(["chat", "127.0.0.1:1", "--secret-file", shared]);
+  expect(chat.stderr).toStartWith(`smts: warning: other users of this machine can read the secret file ${shared} (chmod 600 ${shared})\nsmts: cannot reach relay 127.0.0.1:1`);
   const own = join(dir, "own");
   writeFileSync(own, `${SECRET_TEXT}\n`, { mode: 0o600 });
   const quiet = await spawnRelay(["--secret-file", own]);
   try {
-    expect(quiet.stderr()).not.toContain("warning");
+    expect(quiet.stderr()).not.toContain("can read the secret file");
   } finally {
     quiet.proc.kill();
   }
