@@ -53,7 +53,7 @@ export function parseCount(flag: string, text: string): number {
 }
 
 /** The join secret from --secret-file or SMTS_SECRET (null if neither); a bad file is a one-line failure. `warn` shows a doubt about it (the relay: as a log line). */
-export function readSecret(file: string | undefined, warn = (message: string) => void process.stderr.write(`smts: warning: ${message}\n`)): string | null {
+export function readSecret(file: string | undefined, warn: (message: string) => void = (m) => void process.stderr.write(`smts: warning: ${m}\n`)): string | null {
   if (file === "") throw new UsageError("--secret-file needs a path");
   try {
     const secret = loadSecret(file);
