@@ -696,6 +696,24 @@ describe("no session, no message", () => {
     expect(texts(b)).toEqual(["in session"]);
   });
 
+  // Found in audit: a relay could run a key exchange with B under B's own ID, and then
+  // show messages and save files "from" B itself.
+  test("a message from one's own ID (only a relay can send one) is ignored: no key exchange answered, no session, no text", async () => {
+    const { b, m } = await twoThroughMitm();
+    const pb = m.pipe(b.id);
+    const sentToSelf: Frame[] = [];
+    m.toRelay = (f) => void (f.t === "send" && f.to === b.id && sentToSelf.push(f));
+    const { hello } = await startInitiator(engine(), b.id, b.id);
+    pb.injectToClient(msgFrame(b.id, hello));
+    pb.injectToClient(msgFrame(b.id, new SendChain(randomBytes(32)).seal(pack({ t: "text", text: "from yourself" }))));
+    await waitFor(() => errors(b, "malformed").length === 2, "both messages refused", LONG);
+    expect(errors(b, "malformed").map((e) => e.message)).toEqual(Array(2).fill("a message from our own ID: ignored (the relay is misbehaving)"));
+    await Bun.sleep(200);
+    expect(sentToSelf).toEqual([]);
+    expect(sessionEvents(b, b.id)).toEqual([]);
+    expect(b.chat.peers().some((p) => p.id === b.id)).toBe(false);
+  });
+
   // Found in audit: the new session used to be announced as a plain "established", so the
   // relay could swap a verified session for its own without the re-key warning.
   test("a forged `left` from the relay erases the session; a relay-run key exchange posing as A afterwards is announced as a re-key (an honest relay never reuses an ID), unverified, with a fingerprint A does not have; /verify with the fingerprint compared before is refused", async () => {

@@ -512,6 +512,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function onMsg(from: unknown, body: unknown): void {
     if (!isId(from) || !(body instanceof Uint8Array)) return;
+    // Only a misbehaving relay sends us a message from our own ID: a key exchange
+    // under it would show a "secure session" with ourselves (found in audit).
+    if (from === link.id) return emit({ event: "error", code: "malformed", message: "a message from our own ID: ignored (the relay is misbehaving)" });
     let m: Frame;
     try {
       m = parseChunk(body) ?? decodePayload(body);
