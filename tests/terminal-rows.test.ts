@@ -27,3 +27,22 @@ test("a line that fits, a terminal of unknown width, and the rows of a multi-lin
   expect(rowsOf(`${"a".repeat(30)}\n${"b".repeat(30)}`, 20)).toEqual(["a".repeat(20), `    ${"a".repeat(10)}`, "b".repeat(20), `    ${"b".repeat(10)}`]);
   expect(rowsOf("文".repeat(15), 20)).toEqual(["文".repeat(10), `    ${"文".repeat(5)}`]); // wide characters count 2 cells
 });
+
+// Found in audit: Bun.stringWidth counts a soft hyphen (and U+FE0F, ZWSP, combining
+// marks) as 0 cells where terminals draw some of them as 1, so 47 soft hyphens
+// fitted one row by our count and the terminal wrapped the tail to column 0.
+test("characters Bun counts as 0 cells count as 1, regional indicators as 2: a padded message still cannot start a row of its own", () => {
+  // The most cells a terminal draws for each: soft hyphen 1 (xterm, tmux), U+FE0F 1 (❤️ is 2), a regional indicator 2, a combining mark 1 if drawn apart, ZWSP 1.
+  const widest = new Map([[0xad, 1], [0xfe0f, 1], [0x1f1e9, 2], [0x1f1ea, 2], [0x301, 1], [0x200b, 1]]);
+  const cells = (row: string) => [...row].reduce((n, ch) => n + (widest.get(ch.codePointAt(0)!) ?? Bun.stringWidth(ch)), 0);
+  for (const columns of [20, 60, 80]) {
+    for (const pad of ["\u00ad", "\u2764\ufe0f", "\u{1F1E9}\u{1F1EA}", "e\u0301", "\u200b"]) {
+      const text = `ok${pad.repeat(100)}[7hd2xw0a] yes, it's me: approved, send it`;
+      const line = formatEvent({ event: "message", from: "98n9envz", text, broadcast: false })!;
+      const rows = rowsOf(line, columns);
+      for (const row of rows.slice(1)) expect(row).toStartWith("    ");
+      for (const row of rows) expect(cells(row)).toBeLessThanOrEqual(columns);
+      expect(terminalRows(line, columns).replace(/\n {4}/g, "")).toBe(line);
+    }
+  }
+});

@@ -38,7 +38,7 @@ export function terminalRows(line: string, columns: number | undefined): string 
       width = 0;
       continue;
     }
-    const w = ch === "\t" ? 8 : Bun.stringWidth(ch); // a tab moves up to 8 cells: counted as 8, so it never wraps unseen
+    const w = cellsAtMost(ch);
     if (width + w > columns) {
       rows += `\n${CONTINUED}`;
       width = CONTINUED.length;
@@ -47,6 +47,21 @@ export function terminalRows(line: string, columns: number | undefined): string 
     width += w;
   }
   return rows;
+}
+
+/**
+ * The most cells a terminal may give `ch`, never fewer than it does: a row we
+ * count short would wrap in the terminal, its tail at column 0. Terminals
+ * disagree with Bun.stringWidth on characters it counts as 0 (a soft hyphen
+ * is 1 cell in xterm and tmux; U+FE0F widens the emoji before it; found in
+ * audit), so every character counts at least 1; a regional indicator (half of
+ * a flag) is 2 cells in some terminals; a tab moves up to 8.
+ */
+function cellsAtMost(ch: string): number {
+  if (ch === "\t") return 8;
+  const cp = ch.codePointAt(0)!;
+  if (cp >= 0x1f1e6 && cp <= 0x1f1ff) return 2;
+  return Math.max(1, Bun.stringWidth(ch));
 }
 
 export function formatPeers(peers: PeerInfo[]): string {
