@@ -218,7 +218,8 @@ export function nameProblems(name: string): string[] {
   if (/[/\\]/.test(name)) problems.push("path separator");
   if (name === "." || name === "..") problems.push("dot name");
   if (/[\u0000-\u001f\u007f-\u009f]/.test(name)) problems.push("control character");
-  if (/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/.test(name)) problems.push("invisible, separator or bidi character");
+  if (/[\p{Default_Ignorable_Code_Point}\u2028\u2029]/u.test(name)) problems.push("invisible, separator or bidi character");
+  if (name !== name.normalize("NFC")) problems.push("not NFC");
   if (/[<>:"|?*]/.test(name)) problems.push("Windows-reserved character");
   if (/^[.\s]/.test(name)) problems.push("leading dot or space");
   if (/[.\s]$/.test(name)) problems.push("trailing dot or space");

@@ -426,6 +426,9 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     expect(safeName("..")).toBe("file");
     expect(safeName("x\u001b[31m\u202e.txt")).toBe("x[31m.txt");
     expect(safeName("a<b>:c.txt")).toBe("a_b__c.txt");
+    // Invisible characters and decomposed forms (found in audit: shown as report.pdf, not numbered).
+    for (const name of ["report\u00ad.pdf", "re\u034fport.pdf", "report.pdf\ufe0f", "report\u{E0020}.pdf", "report\u180e.pdf", "report.pdf\u3164", "\u200breport.pdf\u2060"]) expect(safeName(name)).toBe("report.pdf");
+    expect(safeName("re\u0301sume\u0301.pdf")).toBe("r\u00e9sum\u00e9.pdf");
     expect(Buffer.byteLength(safeName("é".repeat(150) + ".pdf"))).toBeLessThanOrEqual(200);
     expect(safeName("é".repeat(150) + ".pdf").endsWith(".pdf")).toBe(true);
     expect(numbered("report.pdf", 1)).toBe("report (1).pdf");
@@ -443,6 +446,11 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     expect(readFileSync(join(r.dir, "report.pdf"), "utf8")).toBe("mine");
     expect(readFileSync(join(r.dir, "report (1).pdf")).length).toBe(135536);
     expect(last(r.events)).toMatchObject({ event: "file", name: "report (1).pdf", path: join(r.dir, "report (1).pdf") });
+    // A name that only looks the same (a soft hyphen in it) is numbered too.
+    r.t.onContent(PEER, docOffer({ name: "report\u00ad.pdf" }));
+    r.t.onChunk(PEER, docChunk(0));
+    r.t.onChunk(PEER, docChunk(1));
+    expect(last(r.events)).toMatchObject({ event: "file", name: "report (2).pdf" });
     expect(existsSync(join(r.dir, "..", "report.pdf"))).toBe(false);
   });
 });

@@ -51,6 +51,10 @@ const HOSTILE: [string, string][] = [
   ["line\u2028sep\u2029.txt", "linesep.txt"], // Unicode line and paragraph separators
   ["\u061cal\u2060m.txt", "alm.txt"], // Arabic letter mark, word joiner
   ["ünïcödé 文件.pdf", "ünïcödé 文件.pdf"],
+  // Invisible characters a name could hide behind (found in audit), and NFC.
+  ["re\u00adport\u034f.pdf\ufe0f", "report.pdf"],
+  ["report\u{E0020}\u180e.pdf\u3164", "report.pdf"],
+  ["re\u0301sume\u0301.pdf", "r\u00e9sum\u00e9.pdf"],
 ];
 
 describe("safeName", () => {

@@ -3,8 +3,9 @@
 // created anew (never over an existing one).
 //
 // Promises: safeName() returns a non-empty single path component with no
-// separators, no control or terminal-escape characters, no leading dots, no
-// trailing dots or spaces, no Windows device name, at most 200 bytes of UTF-8.
+// separators, no control or terminal-escape characters, no invisible
+// characters, in NFC, no leading dots, no trailing dots or spaces, no Windows
+// device name, at most 200 bytes of UTF-8.
 // claimFinalName() moves a finished temporary file to `dir/name`, or to
 // `name (1).ext`, `name (2).ext`, ... if taken, without overwriting anything:
 // a hard link to the temporary file is made under the name (link() fails on
@@ -28,7 +29,11 @@ export function safeName(offered: string): string {
   let name = offered.split(/[/\\]/).pop() ?? "";
   name = name
     .replace(/[\u0000-\u001f\u007f-\u009f]/g, "") // controls, including ESC
-    .replace(/[\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g, "") // invisible, separators, bidi overrides
+    // Invisible (zero-width, soft hyphen, variation selectors, fillers, tags, bidi
+    // controls) and line separators: with them "report\u00ad.pdf" showed as an
+    // existing report.pdf, and was not numbered (found in audit).
+    .replace(/[\p{Default_Ignorable_Code_Point}\u2028\u2029]/gu, "")
+    .normalize("NFC") // so does a decomposed "résumé.pdf" beside a composed one
     .replace(/[<>:"|?*]/g, "_"); // reserved on Windows
   name = trimEnds(name);
   const stem = (name.split(".")[0] ?? "").trimEnd();
