@@ -6,7 +6,7 @@
 // reorders chunks in transit.
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
-import { appendFileSync, mkdirSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { appendFileSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { ChatClient } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
@@ -646,23 +646,53 @@ describe("failures leave no file under the final name and no temporary file", ()
     await waitFor(() => a.of("disconnected")[0] && b.of("disconnected")[0], "both see the relay gone", LONG);
   });
 
-  test("disk full (a 1 MiB tmpfs as download dir): the receiver fails with ENOSPC, tells the sender, removes the temporary file", async () => {
+  test("disk nearly full (a 1 MiB tmpfs as download dir): an offer that does not fit, with the 5 % the receiver keeps free, is declined before anything is written", async () => {
     const mnt = temp.make("smts-tmpfs-");
     const why = tryMount(mounts, mnt, "size=1m");
     if (why !== null) {
-      console.warn(`SKIPPED disk-full test: cannot mount a 1 MiB tmpfs (${why}); needs root`);
+      console.warn(`SKIPPED disk-space test: cannot mount a 1 MiB tmpfs (${why}); needs root`);
       return;
     }
     const { a, b } = await pair({}, { dir: mnt });
     const src = writeTestFile(temp.make(), "big.bin", 3 * MiB);
     const err = await rejection(a.chat.sendFile(b.id, src.path));
-    expect(err.code).toBe("failed");
-    expect(err.message).toMatch(/receiver cannot write the file \(ENOSPC\)/); // the sender's disk is fine: says whose it is
-    await expectFailedCleanly(b, /receiver cannot write the file \(ENOSPC\)/);
-    // And the disk is usable again: a small file fits.
+    expect(err.code).toBe("declined");
+    expect(err.message).toMatch(/not enough disk space: 3\.0 MiB to write, 1\.0 MiB free, of which the receiver keeps 51 KiB/);
+    await expectFailedCleanly(b, /not enough disk space/, "declined");
+    // What fits is taken.
     const small = writeTestFile(temp.make(), "small.bin", 1000);
     await a.chat.sendFile(b.id, small.path);
     expect(listing(mnt)).toEqual(["small.bin"]);
+  });
+
+  test("disk full while receiving (a 4 MiB tmpfs, filled by someone else after the first chunk): the receiver fails with ENOSPC, tells the sender, removes the temporary file", async () => {
+    const mnt = temp.make("smts-tmpfs-");
+    const why = tryMount(mounts, mnt, "size=4m");
+    if (why !== null) {
+      console.warn(`SKIPPED disk-full test: cannot mount a 4 MiB tmpfs (${why}); needs root`);
+      return;
+    }
+    const victim = await party({ dir: mnt });
+    const peer = await rawPeer(victim);
+    const first = peer.offer("big.bin", 2 * MiB);
+    expect((await first.answer()).t).toBe("accept");
+    // The bytes a running transfer has still to write count as taken.
+    const second = peer.offer("second.bin", 2 * MiB);
+    expect(await second.answer()).toMatchObject({ t: "decline", reason: expect.stringMatching(/^not enough disk space: 4\.0 MiB to write/) });
+    first.chunk(0, false, new Uint8Array(nodeRandomBytes(CHUNK_BYTES)));
+    await waitFor(() => victim.of("progress").length > 0, "the first chunk written", LONG);
+    const filler = openSync(join(mnt, "filler"), "w");
+    try {
+      for (const block = new Uint8Array(64 * 1024); ; ) writeSync(filler, block);
+    } catch (e) {
+      expect((e as NodeJS.ErrnoException).code).toBe("ENOSPC");
+    } finally {
+      closeSync(filler);
+    }
+    first.chunk(1, false, new Uint8Array(nodeRandomBytes(CHUNK_BYTES)));
+    expect(await first.outcome()).toMatchObject({ t: "failed", reason: "receiver cannot write the file (ENOSPC)" });
+    rmSync(join(mnt, "filler"));
+    await expectFailedCleanly(victim, /receiver cannot write the file \(ENOSPC\)/);
   });
 
   test("the file shrinks while being sent: the sender stops, the receiver is told and removes the temporary file", async () => {

@@ -463,6 +463,30 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     t.cancel("");
   });
 
+  // Found in audit: four IDs, eight offers each, kept alive by a chunk a minute, kept
+  // every file from the user's own contacts out.
+  test("peers the user did not choose share 16 incoming slots; a chosen peer still gets in", () => {
+    const answers: string[] = [];
+    const dir = tempDir();
+    const chosen = new Set(["friend"]);
+    const t = createTransfers(
+      { sendContent: (peer, item) => void answers.push(`${peer} ${item.t}${item.reason ? `: ${item.reason}` : ""}`), sendMessage() {}, backlog: () => 0, congested: () => false, isBusy: () => false, isChosen: (peer) => chosen.has(peer), drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 },
+      { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 60_000 },
+    );
+    const offer = (peer: string) => t.onContent(peer, { t: "offer", id: randomBytes(FILE_ID_BYTES), name: "x.txt", size: 10, key: randomBytes(32) });
+    for (const peer of ["s1", "s2", "s3"]) for (let i = 0; i < 8; i++) offer(peer);
+    expect(answers).toEqual([
+      ...["s1", "s2"].flatMap((peer) => Array(8).fill(`${peer} accept`)),
+      ...Array(8).fill("s3 decline: the receiver already has 16 transfers running from peers it did not /connect to or /verify"),
+    ]);
+    answers.length = 0;
+    for (let i = 0; i < 8; i++) offer("friend");
+    chosen.add("s3"); // the user /connect'ed to it meanwhile
+    offer("s3");
+    expect(answers).toEqual([...Array(8).fill("friend accept"), "s3 accept"]);
+    t.cancel("");
+  });
+
   test("a relay whose frame limit cannot carry a full chunk: the sender refuses before offering (relay_limit)", async () => {
     const offers: Frame[] = [];
     const { a } = wired({ dropContent: (c) => (offers.push(c), false) }, CHUNK_BYTES + 1023);

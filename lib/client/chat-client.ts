@@ -252,6 +252,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       sendMessage: sendE2E,
       congested,
       isBusy: (peer) => sentSinceBusy.has(peer),
+      isChosen,
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
       maxFrame: () => link.maxFrame,
@@ -324,12 +325,17 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
    * 1000 (its default `maxRecipients`).
    */
   function broadcastMembers(): string[] {
-    const members = [...sessions.values()].filter((s) => s.verified || chosen.has(s.peer)).map((s) => s.peer).sort();
+    const members = [...sessions.values()].filter((s) => isChosen(s.peer)).map((s) => s.peer).sort();
     if (!members.length) {
       throw new ChatError("no_sessions", sessions.size ? "no peers to broadcast to: a broadcast goes to the peers you /connect'ed to or /verify'd" : "no established sessions to broadcast to (/connect someone first)");
     }
     if (members.length > 1000) throw new ChatError("too_many", `a broadcast reaches at most 1000 peers; yours would reach ${members.length}`);
     return members;
+  }
+
+  /** A peer the user chose: /connect'ed to, or its session /verify'd. */
+  function isChosen(peer: string): boolean {
+    return chosen.has(peer) || sessions.get(peer)?.verified === true;
   }
 
   /** Erases our sender key if `peer` was given it: the next broadcast makes a new one. */

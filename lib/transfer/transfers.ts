@@ -24,8 +24,9 @@
 // a file appears under its final name only after the last chunk verified and
 // the size matched, and any failure removes the temporary file; existing
 // files are never overwritten.
-import { closeSync, constants, fstatSync, openSync, readSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync, statfsSync, unlinkSync, writeSync, type StatsFs } from "node:fs";
 import { basename, join } from "node:path";
+import { formatSize } from "../cli/size.ts";
 import { randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
 import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInPlace, type FileKeys } from "./chunks.ts";
@@ -56,6 +57,12 @@ export interface TransferDeps {
   isBusy(peer: string): boolean;
   /** The relay's frame limit: a chunk must fit in one frame. */
   maxFrame(): number;
+  /**
+   * Whether the user chose `peer` (/connect, /verify). Peers nobody chose share
+   * MAX_INCOMING_UNCHOSEN slots, so that someone with many IDs cannot keep every
+   * file from the user's own contacts out. Without it, every peer counts as chosen.
+   */
+  isChosen?(peer: string): boolean;
   emit(e: TransferEvent): void;
 }
 
@@ -84,6 +91,17 @@ const PROGRESS_MS = 250;
 /** Files being received at once (each holds a temporary file and a descriptor), in all and from one peer. */
 const MAX_INCOMING = 32;
 const MAX_INCOMING_PER_PEER = 8;
+const MAX_INCOMING_UNCHOSEN = 16;
+/**
+ * Disk space a receiver leaves free: an offer is declined if it, with what the
+ * transfers under way still have to write, would leave less than 5 % of the
+ * download directory's filesystem (at most 1 GiB) or of its inodes (at most
+ * 10,000). Receiving is automatic, and anyone on the relay may offer files:
+ * they could otherwise fill the disk (480 MiB in 5 s in an audit).
+ */
+const KEEP_FREE_SHARE = 0.05;
+const KEEP_FREE_BYTES = 1024 ** 3;
+const KEEP_FREE_INODES = 10_000;
 /**
  * Files being sent to one peer at once: a /send beyond that waits its turn
  * (state `queued`), so that a script sending a directory file by file stays
@@ -155,6 +173,22 @@ function readFull(fd: number, buf: Uint8Array, length: number): number {
 }
 
 /** SHA-256 of an open file, read in 1 MiB pieces (never whole) at explicit offsets: the file's own offset stays at 0 for stream(). */
+/** Why writing `bytes` more into `dir` would leave its filesystem too full (KEEP_FREE_*), or null (also when the system cannot say). */
+function diskTooFull(dir: string, bytes: number): string | null {
+  let fs: StatsFs;
+  try {
+    fs = statfsSync(dir);
+  } catch {
+    return null;
+  }
+  const free = fs.bavail * fs.bsize;
+  const keep = Math.floor(Math.min(KEEP_FREE_BYTES, KEEP_FREE_SHARE * fs.blocks * fs.bsize));
+  if (bytes > free - keep) return `not enough disk space: ${formatSize(bytes)} to write, ${formatSize(free)} free, of which the receiver keeps ${formatSize(keep)}`;
+  // Filesystems without a fixed number of inodes report none.
+  if (fs.files > 0 && fs.ffree < Math.min(KEEP_FREE_INODES, KEEP_FREE_SHARE * fs.files)) return "not enough disk space: the receiver's filesystem is nearly out of inodes";
+  return null;
+}
+
 function hashFile(fd: number): Uint8Array {
   const hash = new Bun.CryptoHasher("sha256");
   const buf = Buffer.allocUnsafe(1024 * 1024);
@@ -417,7 +451,13 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     if (incoming.size >= MAX_INCOMING) return decline(`the receiver already has ${MAX_INCOMING} transfers running`);
     // So that one peer cannot take every slot and shut the others out.
     if ([...incoming.values()].filter((t) => t.peer === peer).length >= MAX_INCOMING_PER_PEER) return decline(`the receiver already has ${MAX_INCOMING_PER_PEER} transfers running from you`);
+    const chosen = deps.isChosen ?? (() => true);
+    if (!chosen(peer) && [...incoming.values()].filter((t) => !chosen(t.peer)).length >= MAX_INCOMING_UNCHOSEN) {
+      return decline(`the receiver already has ${MAX_INCOMING_UNCHOSEN} transfers running from peers it did not /connect to or /verify`);
+    }
     if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
+    const lowOnDisk = diskTooFull(opts.downloadDir, (size as number) + [...incoming.values()].reduce((n, t) => n + t.size - t.received, 0));
+    if (lowOnDisk) return decline(lowOnDisk);
     // Recipients of one broadcast share the file ID and may share a directory:
     // a taken temporary name gets a random suffix.
     let temp = join(opts.downloadDir, tempName(tid));
