@@ -2,6 +2,7 @@
 // never overwriting (claimFinalName on a real temp dir), and the STREAM-style
 // chunk seal/open (chunks.ts) against every kind of tampering.
 import { afterEach, describe, expect, test } from "bun:test";
+import { createHash } from "node:crypto";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -462,6 +463,47 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(readdirSync(dir)).toHaveLength(32); // a temporary file per accepted offer, none for the declined
     t.cancel("");
   });
+
+  // Found in audit: a /bsend member that stopped reading (or read a sliver every 20 s)
+  // held the file back from every other member until the sender's idle timeout failed them all.
+  test("a broadcast recipient that keeps the others waiting for half the idle timeout is dropped (and told); all of them busy at once keeps everyone", async () => {
+    const sent: [string, Frame][] = [];
+    const chunksTo: string[] = [];
+    const busy = new Set<string>();
+    const a = createTransfers(
+      {
+        sendContent: (peer, item) => void sent.push([peer, item]),
+        sendMessage: (to, f) => void (f.t === "chunk" && chunksTo.push([to].flat().join(","))),
+        backlog: () => 0,
+        congested: () => false,
+        isBusy: (peer) => busy.has(peer),
+        drained: async () => {},
+        emit() {},
+        maxFrame: () => 256 * 1024,
+      },
+      { downloadDir: tempDir(), maxFileSize: 1024 * 1024, idleTimeoutMs: 4000 },
+    );
+    const file = join(tempDir(), "f.bin");
+    const bytes = randomBytes(3 * CHUNK_BYTES);
+    writeFileSync(file, bytes);
+    const outcome = a.send(["b", "c"], file, true).then(() => "delivered", (e: Error & { code: string }) => `${e.code}: ${e.message}`);
+    const id = sent.find(([, item]) => item.t === "offer")![1].id as Uint8Array;
+    busy.add("b").add("c");
+    const started = performance.now();
+    a.onContent("b", { t: "accept", id });
+    a.onContent("c", { t: "accept", id });
+    await Bun.sleep(1000); // both busy: nobody holds anyone back
+    expect(sent.filter(([, item]) => item.t === "cancel")).toEqual([]);
+    busy.delete("c");
+    a.peerReady(); // c drained; b still keeps it waiting
+    const cancel = await waitFor(() => sent.find(([, item]) => item.t === "cancel"), "b dropped", 5000);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(1000 + 2000);
+    expect(cancel).toEqual(["b", { t: "cancel", id, reason: "too slow: kept the other recipients waiting for 2 s" }]);
+    await waitFor(() => chunksTo.length === 3, "the chunks, to c alone", 5000);
+    expect(chunksTo).toEqual(["c", "c", "c"]);
+    a.onContent("c", { t: "done", id, sha256: createHash("sha256").update(bytes).digest() });
+    expect(await outcome).toBe("partial: sending f.bin: delivered to 1 of 2; b: too slow: kept the other recipients waiting for 2 s");
+  }, 10_000);
 
   // Found in audit: four IDs, eight offers each, kept alive by a chunk a minute, kept
   // every file from the user's own contacts out.

@@ -202,6 +202,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   const incoming = new Map<string, Incoming>();
   const idleMs = opts.idleTimeoutMs ?? 60_000;
   const answerMs = opts.answerWindowMs ?? 10_000;
+  /** How long, in all, one broadcast recipient may keep the others waiting: half the idle timeout, so it goes before they all fail. */
+  const holdMs = idleMs / 2;
   let leaving = false; // stopAccepting() was called
   removeStaleParts(opts.downloadDir, 2 * idleMs);
 
@@ -381,14 +383,14 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     const buf = Buffer.allocUnsafe(CHUNK_BYTES + PAD_ROOM);
     const probe = Buffer.allocUnsafe(1);
     const hash = t.sha256 === undefined ? new Bun.CryptoHasher("sha256") : null;
+    const held = new Map<string, number>(); // broadcast recipients: ms each kept the others waiting
     try {
       let sent = 0;
       let lastProgress = 0;
       for (let n = 0; ; n++) {
         // The relay would queue more chunks for a busy recipient, and then pause
         // our whole connection: everything else we send would wait with them.
-        while (t.state === "sending" && accepted(t).some(deps.isBusy)) await new Promise<void>((resolve) => (t.wake = resolve));
-        t.wake = null;
+        await waitWhileBusy(t, held);
         const to = accepted(t);
         if (t.state !== "sending" || !to.length) return; // cancelled or failed meanwhile
         const want = Math.min(CHUNK_BYTES, t.size - sent);
@@ -426,6 +428,37 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     } finally {
       wipe(keys.enc, keys.mac);
     }
+  }
+
+  /**
+   * Waits while a recipient is busy. A broadcast recipient that keeps the
+   * others waiting (busy while one of them is not) for holdMs in all
+   * is dropped from it: one member that stops reading, or reads a little now
+   * and then, would otherwise hold the file back from everyone (found in audit).
+   */
+  async function waitWhileBusy(t: Outgoing, held: Map<string, number>): Promise<void> {
+    for (;;) {
+      const to = accepted(t);
+      const busy = to.filter(deps.isBusy);
+      if (t.state !== "sending" || !busy.length) break;
+      const holding = t.broadcast && busy.length < to.length;
+      const slow = holding ? busy.filter((peer) => (held.get(peer) ?? 0) >= holdMs) : [];
+      for (const peer of slow) {
+        const reason = `too slow: kept the other recipients waiting for ${Math.round(holdMs / 1000)} s`;
+        deps.sendContent(peer, { t: "cancel", id: t.fileId, reason });
+        dropRecipient(t, peer, "failed", reason);
+      }
+      if (slow.length) continue;
+      const since = performance.now();
+      let timer: Timer | undefined;
+      await new Promise<void>((resolve) => {
+        t.wake = resolve;
+        if (holding) timer = setTimeout(resolve, Math.max(0, Math.min(...busy.map((peer) => holdMs - (held.get(peer) ?? 0)))));
+      });
+      clearTimeout(timer);
+      if (holding) for (const peer of busy) held.set(peer, (held.get(peer) ?? 0) + performance.now() - since);
+    }
+    t.wake = null;
   }
 
   function onOffer(peer: string, m: Frame): void {
