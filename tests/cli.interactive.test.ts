@@ -9,6 +9,7 @@ import { ChatError, startChat, type ChatEvent } from "../lib/client/chat-client.
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import type { Relay } from "../lib/relay/server.ts";
 import { ROOT, SECRET, SECRET_TEXT, startTestRelay, tempDirs, waitFor, writeTestFile } from "./helpers.ts";
+import { renderScreen } from "./screen.ts";
 
 setDefaultTimeout(60_000);
 let relay: Relay;
@@ -17,22 +18,24 @@ beforeAll(() => void (relay = startTestRelay()));
 afterAll(async () => relay.stop());
 afterEach(() => temp.removeAll());
 
-/** `smts chat` in a pseudo-terminal; with `stdoutTo`, its stdout goes to that file instead (stdin stays the terminal). */
-function ptyChat(port: number, args: string[] = [], stdoutTo?: string) {
+/** `smts chat` in a pseudo-terminal (80 columns unless told); with `stdoutTo`, its stdout goes to that file instead (stdin stays the terminal). */
+function ptyChat(port: number, args: string[] = [], stdoutTo?: string, columns = 80) {
   const chat = [process.execPath, `${ROOT}cmd/smts.ts`, "chat", `127.0.0.1:${port}`, ...args];
   const command = stdoutTo ? ["sh", "-c", 'exec "$0" "$@" > "$SMTS_OUT"', ...chat] : chat;
   const proc = Bun.spawn(["python3", `${ROOT}tests/pty-driver.py`, ...command], {
     stdin: "pipe",
     stdout: "pipe",
     stderr: "inherit",
-    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT, TERM: "xterm", SMTS_OUT: stdoutTo ?? "" },
+    env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT, TERM: "xterm", SMTS_OUT: stdoutTo ?? "", PTY_COLUMNS: String(columns) },
   });
   const reader = proc.stdout.getReader();
   let buf = "";
   const ask = async (cmd: object): Promise<{ ok: boolean; text?: string; code?: number | null }> => {
     proc.stdin.write(`${JSON.stringify(cmd)}\n`);
     proc.stdin.flush();
-    while (!buf.includes("\n")) buf += new TextDecoder().decode((await reader.read()).value);
+    for (let r; !buf.includes("\n"); buf += new TextDecoder().decode(r.value)) {
+      if ((r = await reader.read()).done) throw new Error(`the pty driver exited, asked ${JSON.stringify(cmd)}`);
+    }
     const line = buf.slice(0, buf.indexOf("\n"));
     buf = buf.slice(line.length + 1);
     return JSON.parse(line);
@@ -41,6 +44,10 @@ function ptyChat(port: number, args: string[] = [], stdoutTo?: string) {
     proc,
     type: (text: string) => ask({ write: text }),
     exitCode: async (timeout = 10) => (await ask({ wait: timeout })) as { ok: boolean; code: number | null },
+    /** The rows the terminal shows (and has scrolled away), rendered from all it was sent. */
+    screen: async () => renderScreen((await ask({ output: true })).text!, columns),
+    signal: (n: number) => ask({ signal: n }),
+    hangUp: () => ask({ hangup: true }),
     async expect(pattern: string, timeout = 10) {
       const r = await ask({ expect: pattern, timeout });
       if (!r.ok) throw new Error(`terminal never showed /${pattern}/; it showed:\n${r.text}`);
@@ -97,17 +104,72 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
   }
 });
 
+// Regressions (found in audit): with the typed line longer than a row, readline's redraw
+// climbed back over the lines printed above it, so messages vanished and stale copies of
+// the typed line stayed; after Ctrl-Z and fg no key was read; Ctrl-C left the prompt and
+// its text on the row where the shell's prompt then started.
+test("lines arriving while the typed line takes three rows are each shown once, above one intact prompt; Ctrl-Z and fg; Ctrl-C erases the prompt", async () => {
+  const dh = startDhEngine();
+  const received: ChatEvent[] = [];
+  const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: (e) => void received.push(e) });
+  const term = ptyChat(relay.port, [], undefined, 60);
+  try {
+    const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
+    await peer.connect(id);
+    await term.expect("secure session with");
+    const typed = `/msg ${peer.id} ${"x".repeat(130)}`; // with "> ", 145 cells: three rows of 60
+    await term.type(typed);
+    await term.expect("x{20}");
+    peer.sendText(id, "FIRST line from the peer");
+    await term.expect("FIRST line from the peer");
+    peer.sendText(id, "SECOND line from the peer");
+    await term.expect("SECOND line from the peer");
+    await term.type("yz");
+    await term.expect("yz");
+    const rows = await term.screen();
+    expect(rows.filter((r) => r.includes("FIRST line from the peer"))).toEqual([`[${peer.id}] FIRST line from the peer`]);
+    expect(rows.filter((r) => r.includes("SECOND line from the peer"))).toEqual([`[${peer.id}] SECOND line from the peer`]);
+    const prompt = rows.findIndex((r) => r.startsWith(">"));
+    expect(rows.filter((r) => r.startsWith(">"))).toHaveLength(1); // every earlier prompt was erased, none left half-drawn
+    expect(prompt).toBeGreaterThan(rows.findIndex((r) => r.includes("SECOND")));
+    expect(rows.slice(prompt).join("")).toBe(`> ${typed}yz`);
+    await term.type("\r");
+    await waitFor(() => received.find((e) => e.event === "message"), "the long message at the peer");
+    expect(received.find((e) => e.event === "message")).toMatchObject({ text: `${"x".repeat(130)}yz` });
+
+    await term.type("\u001a"); // Ctrl-Z: the client stops itself
+    await Bun.sleep(300);
+    await term.signal(18); // SIGCONT, as `fg` sends
+    await term.type("/help\r");
+    await term.expect("show the full 256-bit fingerprint");
+
+    await term.type("half typed");
+    await term.expect("half typed");
+    await term.type("\u0003"); // Ctrl-C
+    expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
+    const last = await term.screen();
+    expect(last.filter((r) => r.includes("half typed"))).toEqual([]);
+    expect(last.at(-1)).toBe(""); // the cursor is at the start of an empty row
+  } finally {
+    term.proc.kill();
+    await peer.close();
+    dh.close();
+  }
+});
+
 // Regression test (lib/ui/terminal.ts, lib/client/chat-client.ts): Ctrl-D or
 // Ctrl-C at the prompt while a file arrived crashed with "readline was closed"
 // (ERR_USE_AFTER_CLOSE, exit 1): close() cancelled the transfer, whose event
 // redrew the closed prompt, and the throw stopped close() before the keys were
 // erased. Now: the transfer is cancelled (no temporary file, the sender told), exit 0.
-test("regression: Ctrl-D or Ctrl-C at the prompt while a file arrives cancels it cleanly and exits 0", async () => {
+test("regression: Ctrl-D or Ctrl-C at the prompt, or the terminal closed, while a file arrives cancels it cleanly (exit 0, or 129 for the hang-up)", async () => {
   const dh = startDhEngine();
   const peer = await startChat({ host: "127.0.0.1", port: relay.port, secret: SECRET, dh, onEvent: () => {}, maxFileSize: 256 * 1024 * 1024 });
   const src = writeTestFile(temp.make(), "big.bin", 96 * 1024 * 1024);
   try {
-    for (const key of ["\u0004", "\u0003"]) {
+    // The terminal closed (its window, an ssh drop) is SIGHUP with the terminal gone: leaving raw
+    // mode then failed with EIO, as an internal error, and the temporary file stayed (found in audit).
+    for (const key of ["\u0004", "\u0003", "hang up"]) {
       const dl = temp.make();
       const term = ptyChat(relay.port, ["--download-dir", dl, "--max-file-size", "256MiB"]);
       try {
@@ -118,8 +180,9 @@ test("regression: Ctrl-D or Ctrl-C at the prompt while a file arrives cancels it
         sent.catch(() => {});
         await term.expect("receiving file");
         await term.expect("big.bin [0-9]+%"); // progress in the prompt: chunks are arriving
-        await term.type(key);
-        expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
+        if (key === "hang up") await term.hangUp();
+        else await term.type(key);
+        expect(await term.exitCode()).toEqual({ ok: true, code: key === "hang up" ? 129 : 0 });
         expect(await sent.then(() => "delivered", (err: ChatError) => err.code)).toBe("cancelled");
         expect(readdirSync(dl)).toEqual([]);
       } finally {
