@@ -22,6 +22,7 @@ import {
   startInitiator,
 } from "../lib/session/handshake.ts";
 import { SendChain } from "../lib/session/records.ts";
+import { formatEvent } from "../lib/ui/format.ts";
 import type { Frame } from "../lib/wire/frame.ts";
 import { joinTest, ROOT, SECRET, startTestRelay, waitFor, type TestClient } from "./helpers.ts";
 import { e2eOf, flipBit, installDhMitm, isE2E, msgFrame, pack, startMitm, type Mitm } from "./mitm.ts";
@@ -153,6 +154,10 @@ describe("key exchange", () => {
     // Exactly one "established" then one "rekeyed" on each side: nothing silent, nothing extra.
     expect(sessionEvents(b, a.id).map((e) => e.state)).toEqual(["established", "rekeyed"]);
     expect(sessionEvents(a, b.id).map((e) => e.state)).toEqual(["established", "rekeyed"]);
+    // Who started it: B gets the alarm; A, who ran /connect again, is told so instead (found in audit).
+    expect([onA.by, onB.by]).toEqual(["us", "peer"]);
+    expect(formatEvent(onB)).toStartWith(`! ${a.id} made a NEW key exchange: fingerprint is now ${onB.fingerprint}`);
+    expect(formatEvent(onA)).toBe(`* new key exchange with ${b.id} (you started it): fingerprint is now ${onA.fingerprint} (not verified). Compare it again, then /verify ${b.id}`);
     a.chat.sendText(b.id, "after re-key");
     await message(b, "after re-key");
   });

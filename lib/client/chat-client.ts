@@ -28,7 +28,7 @@ export { ChatError };
 export type ChatEvent =
   | { event: "ready"; id: string }
   | { event: "peer"; id: string; online: boolean }
-  | { event: "session"; peer: string; state: "established" | "rekeyed" | "closed" | "failed"; fingerprint?: string; verified?: boolean; reason?: string }
+  | { event: "session"; peer: string; state: "established" | "rekeyed" | "closed" | "failed"; fingerprint?: string; verified?: boolean; by?: "us" | "peer"; reason?: string }
   | { event: "message"; from: string; text: string; broadcast: boolean }
   | { event: "list"; peers: PeerInfo[] }
   /** /verify took: the session's (short) fingerprint. */
@@ -423,7 +423,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     for (const w of list) (err ? w.reject(err) : w.resolve());
   }
 
-  function establish(peer: string, keys: SessionKeys): void {
+  function establish(peer: string, keys: SessionKeys, byUs: boolean): void {
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
     const returning = !old && ended.delete(peer);
@@ -441,7 +441,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     // The peer may have lost our sender key with its old session (a session can
     // end on one side only, PROTOCOL §21.1): the next broadcast makes a new one.
     if (old) forgetOwnKeyOf(peer);
-    emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false });
+    emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false, by: byUs ? "us" : "peer" });
     settle(peer);
     sealQueued(s);
     sealBroadcast();

@@ -62,7 +62,8 @@ export interface ExchangeDeps {
   myId(): string;
   sendE2E(peer: string, frame: Frame): void;
   /** The exchange with `peer` completed; the session now owns `keys`. */
-  established(peer: string, keys: SessionKeys): void;
+  /** `byUs`: we started this exchange (/connect), or the peer did. */
+  established(peer: string, keys: SessionKeys, byUs: boolean): void;
   /** The current exchange with `peer` failed (never called for one a newer exchange replaced). */
   failed(peer: string, err: ChatError): void;
   /** A handshake message that belongs to no exchange of ours was rejected. */
@@ -193,7 +194,7 @@ export function createExchanges(deps: ExchangeDeps) {
   function finish(peer: string, keys: SessionKeys): void {
     const h = running.get(peer);
     if (h) remove(peer, h); // its keys are the session's now: not erased
-    deps.established(peer, keys);
+    deps.established(peer, keys, h?.role === "initiator");
   }
 
   return {

@@ -89,6 +89,8 @@ export function formatEvent(e: ChatEvent): string | null {
         case "established":
           return `* secure session with ${e.peer}, fingerprint ${e.fingerprint}. Compare it with ${e.peer} over another channel, then /verify ${e.peer}`;
         case "rekeyed":
+          // Started by us (/connect again), it is no alarm; the new fingerprint still needs comparing.
+          if (e.by === "us") return `* new key exchange with ${e.peer} (you started it): fingerprint is now ${e.fingerprint} (not verified). Compare it again, then /verify ${e.peer}`;
           return `! ${e.peer} made a NEW key exchange: fingerprint is now ${e.fingerprint} (not verified). Compare it again before trusting it.`;
         case "closed":
           return `* session with ${e.peer} closed (${sanitize(e.reason ?? "")}); its keys are erased`;
