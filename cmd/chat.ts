@@ -115,11 +115,18 @@ export const chatCommand = defineCommand({
         else out(rows(process.stdout, line));
       };
       const progress = progressTracker();
+      // Redrawn every second while transfers run, so that one that stopped moving shows as stalled.
+      let ticker: Timer | null = null;
+      const showProgress = (status: string) => {
+        terminal?.status(status);
+        if (status && terminal && !ticker) ticker = setInterval(() => showProgress(progress.render()), 1000);
+        else if (!status && ticker) clearInterval(ticker), (ticker = null);
+      };
       // A failed key exchange is reported as `session failed` and again as the
       // error of the command that waited for it: the terminal shows it once.
       let failedLine = "";
       const emit = (e: ChatEvent) => {
-        if (e.event === "progress" || e.event === "transfer") terminal?.status(progress.update(e));
+        if (e.event === "progress" || e.event === "transfer") showProgress(progress.update(e));
         if (json) out(`${jsonLine(e)}\n`);
         const line = formatEvent(e);
         if (!line) return;

@@ -179,7 +179,7 @@ test("regression: Ctrl-D or Ctrl-C at the prompt, or the terminal closed, while 
         const sent = peer.sendFile(id, src.path);
         sent.catch(() => {});
         await term.expect("receiving file");
-        await term.expect("big.bin [0-9]+%"); // progress in the prompt: chunks are arriving
+        await term.expect("big.bin from [0-9a-z]{8} +[0-9]+%"); // progress in the prompt: chunks are arriving
         if (key === "hang up") await term.hangUp();
         else await term.type(key);
         expect(await term.exitCode()).toEqual({ ok: true, code: key === "hang up" ? 129 : 0 });

@@ -130,28 +130,67 @@ export function formatEvent(e: ChatEvent): string | null {
   }
 }
 
-/** Tracks running transfers and renders them as one status line: name, percent, rate, ETA. */
-export function progressTracker() {
-  const running = new Map<string, { name: string; size: number; bytes: number; start: number; startBytes: number }>();
+const RATE_WINDOW_MS = 5000; // the rate is of the last few seconds: an average since the start hid slowdowns and stalls
+const STALLED_MS = 3000; // progress events come every 250 ms while bytes move
+const SHOWN = 3; // more transfers than this are counted, not shown: the status must stay about one row
+const NAME_CELLS = 20;
+
+/**
+ * Tracks running transfers and renders them as the status in front of the
+ * prompt, one entry each: name, direction and peer, percent, rate over the
+ * last 5 s, time left (m:ss); "stalled" once nothing moved for 3 s (call
+ * render() now and then to see it). Fixed widths, so the prompt does not jump.
+ */
+export function progressTracker(now = () => performance.now()) {
+  const running = new Map<string, { name: string; way: string; size: number; bytes: number; samples: [number, number][] }>();
+  function render(): string {
+    const t = now();
+    const shown = [...running.values()].slice(0, SHOWN).map((r) => {
+      const [t0, b0] = r.samples[0]!;
+      const [t1, b1] = r.samples.at(-1)!;
+      const rate = t > t0 ? ((b1 - b0) * 1000) / (t - t0) : 0; // up to now: a pause shows as a falling rate
+      const pct = `${r.size ? Math.floor((100 * r.bytes) / r.size) : 100}%`.padStart(4);
+      const pace = t - t1 >= STALLED_MS ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - r.bytes) / rate).padStart(5)}` : "";
+      return `${fitCells(sanitize(r.name), NAME_CELLS)} ${r.way} ${pct} ${pace}`.trimEnd();
+    });
+    if (running.size > SHOWN) shown.push(`+${running.size - SHOWN} more`);
+    return shown.join(" | ");
+  }
   return {
     update(e: ChatEvent): string {
       if (e.event === "progress") {
-        const t = running.get(e.id) ?? { name: e.name, size: e.size, bytes: 0, start: performance.now(), startBytes: e.bytes };
-        t.bytes = e.bytes;
-        running.set(e.id, t);
-        if (e.bytes >= e.size) running.delete(e.id);
+        const key = `${e.direction} ${e.id}`;
+        const r = running.get(key) ?? { name: e.name, way: `${e.direction === "out" ? "to" : "from"} ${e.peer === "*" ? "all" : e.peer}`, size: e.size, bytes: 0, samples: [] };
+        r.bytes = e.bytes;
+        r.samples.push([now(), e.bytes]);
+        while (r.samples.length > 2 && r.samples[1]![0] <= now() - RATE_WINDOW_MS) r.samples.shift();
+        running.set(key, r);
+        if (e.bytes >= e.size) running.delete(key);
       } else if (e.event === "transfer" && e.state !== "offered" && e.state !== "sending" && e.state !== "receiving") {
-        running.delete(e.id);
+        running.delete(`${e.direction} ${e.id}`);
       }
-      return [...running.values()]
-        .map((t) => {
-          const seconds = (performance.now() - t.start) / 1000;
-          const rate = seconds > 0 ? (t.bytes - t.startBytes) / seconds : 0;
-          const eta = rate > 0 ? Math.ceil((t.size - t.bytes) / rate) : null;
-          const pct = t.size ? Math.floor((100 * t.bytes) / t.size) : 100;
-          return `${sanitize(t.name).slice(0, 24)} ${pct}% ${formatSize(rate)}/s${eta === null ? "" : ` ETA ${eta}s`}`;
-        })
-        .join(" | ");
+      return render();
     },
+    render,
   };
+}
+
+/** Seconds as m:ss, or h:mm:ss. */
+function clock(seconds: number): string {
+  const s = Math.ceil(seconds);
+  const mmss = `${Math.floor((s % 3600) / 60)}:${String(s % 60).padStart(2, "0")}`;
+  return s >= 3600 ? `${Math.floor(s / 3600)}:${mmss.padStart(5, "0")}` : mmss;
+}
+
+/** `text` cut to at most `cells` terminal cells, whole characters (an emoji is never split), "…" where cut. */
+function fitCells(text: string, cells: number): string {
+  if (Bun.stringWidth(text) <= cells) return text;
+  let out = "";
+  let width = 0;
+  for (const { segment } of new Intl.Segmenter().segment(text)) {
+    width += Bun.stringWidth(segment);
+    if (width > cells - 1) break;
+    out += segment;
+  }
+  return `${out}…`;
 }

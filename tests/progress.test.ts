@@ -1,0 +1,57 @@
+// The transfer status in front of the prompt (lib/ui/format.ts progressTracker),
+// on a clock the test moves. Found in audit: the rate was an average since the
+// start (a sender's showed the first burst into the socket buffers for minutes),
+// a stalled transfer kept its last figures, entries had no peer or direction,
+// names were cut in the middle of an emoji, and the ETA was in seconds only.
+import { expect, test } from "bun:test";
+import type { ChatEvent } from "../lib/client/chat-client.ts";
+import { progressTracker } from "../lib/ui/format.ts";
+
+const MiB = 1024 * 1024;
+const progress = (id: string, bytes: number, o: { direction?: "in" | "out"; peer?: string; name?: string; size?: number } = {}): ChatEvent => ({
+  event: "progress",
+  id,
+  peer: o.peer ?? "7hd2xw0a",
+  direction: o.direction ?? "out",
+  name: o.name ?? "report.pdf",
+  bytes,
+  size: o.size ?? 100 * MiB,
+});
+
+function clocked() {
+  let t = 0;
+  return { tracker: progressTracker(() => t), at: (ms: number) => void (t = ms) };
+}
+
+test("the rate is of the last 5 s, the time left is m:ss, and widths are fixed", () => {
+  const { tracker, at } = clocked();
+  expect(tracker.update(progress("aa", 0))).toBe("report.pdf to 7hd2xw0a   0%");
+  // A first burst into the socket buffers: 20 MiB in 1 s, then 1 MiB/s.
+  at(1000);
+  tracker.update(progress("aa", 20 * MiB));
+  for (let s = 2; s <= 12; s++) at(s * 1000), tracker.update(progress("aa", (19 + s) * MiB));
+  // Over the last 5 s (7..12 s): 5 MiB. 69 MiB left at 1 MiB/s: 1:09.
+  expect(tracker.render()).toBe("report.pdf to 7hd2xw0a  31%   1.0 MiB/s  1:09");
+  at(12_500); // between two events: the rate falls only a little
+  expect(tracker.render()).toBe("report.pdf to 7hd2xw0a  31%   931 KiB/s  1:16"); // 5 MiB in 5.5 s
+  at(15_000); // nothing for 3 s
+  expect(tracker.render()).toBe("report.pdf to 7hd2xw0a  31% stalled");
+  at(15_250);
+  expect(tracker.update(progress("aa", 32 * MiB))).toBe("report.pdf to 7hd2xw0a  32%   585 KiB/s  1:59"); // 10..15.25 s: 3 MiB
+  // Done: gone from the status.
+  expect(tracker.update(progress("aa", 100 * MiB))).toBe("");
+});
+
+test("entries say direction and peer (to all for a broadcast); a long name is cut to 20 cells between characters; past three, a count", () => {
+  const { tracker } = clocked();
+  tracker.update(progress("aa", 0, { peer: "*" }));
+  tracker.update(progress("aa", 0, { direction: "in", peer: "98n9envz" })); // the same short ID, the other way
+  tracker.update(progress("bb", 0, { name: `${"ab".repeat(8)}😀😀😀.bin` }));
+  expect(tracker.render()).toBe(["report.pdf to all   0%", "report.pdf from 98n9envz   0%", "abababababababab😀… to 7hd2xw0a   0%"].join(" | "));
+  tracker.update(progress("cc", 0));
+  tracker.update(progress("dd", 0));
+  expect(tracker.render()).toEndWith(" | +2 more");
+  tracker.update({ event: "transfer", id: "aa", peer: "98n9envz", direction: "in", name: "report.pdf", size: 100 * MiB, state: "cancelled" });
+  expect(tracker.render()).toStartWith("report.pdf to all   0% | abab");
+  expect(tracker.render()).toEndWith(" | +1 more");
+});
