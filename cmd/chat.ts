@@ -131,7 +131,8 @@ export const chatCommand = defineCommand({
         const line = formatEvent(e);
         if (!line) return;
         if (interactive) {
-          const repeated = e.event === "error" && line === failedLine;
+          // A file's failure was shown as its `transfer` line; the /send's error would repeat it.
+          const repeated = e.event === "error" && (line === failedLine || TRANSFER_OUTCOMES.has(e.code));
           failedLine = e.event === "session" && e.state === "failed" ? line : "";
           if (!repeated) print(line);
         }
@@ -200,6 +201,8 @@ export const chatCommand = defineCommand({
     });
   },
 });
+
+const TRANSFER_OUTCOMES = new Set(["declined", "failed", "cancelled"]);
 
 const bugLine = (e: unknown) => `smts: internal error (a bug, please report it): ${e instanceof Error ? e.message : String(e)}\n`;
 

@@ -79,7 +79,10 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     await term.type("/msg nobody-here hi\r");
     await term.expect("not a valid ID");
     await term.type("/msg zzzzzzzz hi\r");
-    await term.expect("no session with zzzzzzzz: /connect zzzzzzzz first");
+    await term.expect("no session with zzzzzzzz, and it is not online");
+    await term.type("/cancel\r"); // nothing running: no talk of files waiting for answers
+    await term.expect("no transfer to cancel");
+    expect((await term.screen()).filter((r) => r.includes("no transfer to cancel"))).toEqual(["! no transfer to cancel"]);
     // A failed /connect is a `session failed` event and the command's error: one line.
     await term.type("/connect 00000000\r");
     await term.expect("00000000 is not online");
@@ -136,6 +139,13 @@ test("lines arriving while the typed line takes three rows are each shown once, 
     await term.type("\r");
     await waitFor(() => received.find((e) => e.event === "message"), "the long message at the peer");
     expect(received.find((e) => e.event === "message")).toMatchObject({ text: `${"x".repeat(130)}yz` });
+
+    // /connect again: no alarm on one's own screen; then /bmsg says whom it went to (found in audit: nothing).
+    await term.type(`/connect ${peer.id}\r`);
+    await term.expect(`new key exchange with ${peer.id} \\(you started it\\)`);
+    await term.type("/bmsg hello all\r");
+    await term.expect(`\\* to 1 peer: ${peer.id}`);
+    await waitFor(() => received.find((e) => e.event === "message" && e.broadcast), "the broadcast at the peer");
 
     await term.type("\u001a"); // Ctrl-Z: the client stops itself
     await Bun.sleep(300);

@@ -1,4 +1,5 @@
 // The chat command parser (lib/ui/commands.ts) on the forms the README promises.
+import { homedir } from "node:os";
 import { expect, test } from "bun:test";
 import { parseCommand } from "../lib/ui/commands.ts";
 
@@ -14,6 +15,11 @@ test("a path is the rest of the line, inner spaces included; quotes keep spaces 
   expect(parseCommand('/send 7hd2xw0a "my file.pdf"')).toEqual({ kind: "send", peer: "7hd2xw0a", path: "my file.pdf" });
   expect(parseCommand('/send 7hd2xw0a " notes.txt "')).toEqual({ kind: "send", peer: "7hd2xw0a", path: " notes.txt " });
   expect(parseCommand("/bsend  my file.pdf ")).toEqual({ kind: "bsend", path: "my file.pdf" });
+  // A leading ~ is the home directory, unless quoted (found in audit).
+  expect(parseCommand("/send 7hd2xw0a ~/my file.pdf")).toEqual({ kind: "send", peer: "7hd2xw0a", path: `${homedir()}/my file.pdf` });
+  expect(parseCommand("/bsend ~")).toEqual({ kind: "bsend", path: homedir() });
+  expect(parseCommand('/send 7hd2xw0a "~/x"')).toEqual({ kind: "send", peer: "7hd2xw0a", path: "~/x" });
+  expect(parseCommand("/send 7hd2xw0a ~other/x")).toEqual({ kind: "send", peer: "7hd2xw0a", path: "~other/x" });
 });
 
 // Regression (found in audit): a line that was only "/" (or "/" and a space)

@@ -367,7 +367,7 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
   test("over the receiver's own limit: declined, nothing created; exactly the limit is accepted", () => {
     const r = harness({ maxFileSize: 135535 });
     r.t.onContent(PEER, docOffer());
-    expect(r.contents).toEqual([{ t: "decline", id: expect.anything(), reason: "too large: 135536 bytes, the receiver accepts at most 135535" }]);
+    expect(r.contents).toEqual([{ t: "decline", id: expect.anything(), reason: "too large: 132 KiB (135536 bytes), the receiver accepts at most 132 KiB (135535 bytes) (its --max-file-size)" }]);
     expect(readdirSync(r.dir)).toEqual([]);
     const ok = harness({ maxFileSize: 135536 });
     ok.t.onContent(PEER, docOffer());
@@ -399,7 +399,7 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     r.t.onContent(PEER, { t: "cancel", id: FILE_ID, reason: "cancelled by sender" });
     expect(r.contents.length).toBe(2); // no answer to cancel
     expect(readdirSync(r.dir)).toEqual([]);
-    expect(last(r.events)).toMatchObject({ state: "cancelled" });
+    expect(last(r.events)).toMatchObject({ state: "cancelled", reason: `cancelled by ${PEER}` }); // not "...: cancelled by sender" again
 
     for (const bad of [{ id: FILE_ID.subarray(0, 15) }, { key: FILE_KEY.subarray(1) }, { size: -1 }, { size: 1.5 }, { size: 2 ** 53 }, { name: 7 }]) {
       const m = harness();

@@ -316,7 +316,7 @@ describe("limits", () => {
     const over = writeTestFile(temp.make(), "big.bin", 1001);
     const err = await rejection(a.chat.sendFile(b.id, over.path));
     expect(err.code).toBe("too_large");
-    expect(err.message).toMatch(/1001 bytes, over the limit of 1000/);
+    expect(err.message).toMatch(/ is 1001 bytes, over the limit of 1000 bytes \(--max-file-size\)$/);
     expect(transfers(a)).toEqual([]);
     // Anything a sent before this message would have reached b first: no offer did.
     a.chat.sendText(b.id, "after the refusal");
@@ -363,7 +363,7 @@ describe("limits", () => {
     expect(err.code).toBe("declined");
     const ev = transfers(a, "declined", "out")[0]!;
     expect(ev).toMatchObject({ peer: b.id, name: "big.bin", size: 5000 });
-    expect(ev.reason).toMatch(/too large: 5000 bytes, the receiver accepts at most 1000/);
+    expect(ev.reason).toBe("too large: 4.9 KiB (5000 bytes), the receiver accepts at most 1000 bytes (its --max-file-size)");
     expect(transfers(b, "declined", "in")[0]).toMatchObject({ peer: a.id, name: "big.bin", size: 5000 });
     expect(listing(b.dir)).toEqual([]);
     expect(a.of("delivered")).toEqual([]);

@@ -333,6 +333,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     return members;
   }
 
+  /** "/connect first" is no advice for a peer that is not online (found in audit). */
+  function noSession(peer: string): ChatError {
+    return new ChatError("no_session", online.has(peer) ? `no session with ${peer}: /connect ${peer} first` : `no session with ${peer}, and it is not online`, peer);
+  }
+
   /** A peer the user chose: /connect'ed to, or its session /verify'd. */
   function isChosen(peer: string): boolean {
     return chosen.has(peer) || sessions.get(peer)?.verified === true;
@@ -684,7 +689,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     waitSession,
     sendText(peer, text) {
       const s = sessions.get(peer);
-      if (!s) throw new ChatError("no_session", `no session with ${peer}: /connect ${peer} first`, peer);
+      if (!s) throw noSession(peer);
       const bytes = Buffer.byteLength(text);
       // A record must fit one relay frame: content + padding + record fields + envelope.
       if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`, peer);
@@ -729,7 +734,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     hasSession: (peer) => sessions.has(peer),
     async sendFile(peer, path) {
-      if (!sessions.has(peer)) throw new ChatError("no_session", `no session with ${peer}: /connect ${peer} first`, peer);
+      if (!sessions.has(peer)) throw noSession(peer);
       try {
         await transfers.send(peer, path);
       } catch (err) {

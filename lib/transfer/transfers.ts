@@ -25,7 +25,7 @@
 // the size matched, and any failure removes the temporary file; existing
 // files are never overwritten.
 import { closeSync, constants, fstatSync, openSync, readSync, statfsSync, unlinkSync, writeSync, type StatsFs } from "node:fs";
-import { basename, join } from "node:path";
+import { basename, join, resolve } from "node:path";
 import { formatSize } from "../cli/size.ts";
 import { randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
@@ -189,6 +189,15 @@ function diskTooFull(dir: string, bytes: number): string | null {
   return null;
 }
 
+/** "19.1 MiB (20000000 bytes)": readable, and exact. */
+const sizeText = (bytes: number) => (bytes < 1024 ? `${bytes} bytes` : `${formatSize(bytes)} (${bytes} bytes)`);
+
+const UNREADABLE: Record<string, string> = { ENOENT: "no such file", EACCES: "permission denied", EPERM: "permission denied", ENOTDIR: "no such file (a part of the path is not a directory)", ELOOP: "too many symbolic links" };
+const whyUnreadable = (err: unknown) => {
+  const code = (err as NodeJS.ErrnoException).code;
+  return (code && UNREADABLE[code]) ?? code ?? (err as Error).message;
+};
+
 function hashFile(fd: number): Uint8Array {
   const hash = new Bun.CryptoHasher("sha256");
   const buf = Buffer.allocUnsafe(1024 * 1024);
@@ -346,21 +355,22 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     };
     let size: number;
     let digest: Uint8Array | null = null;
+    const shown = resolve(path); // "f.bin: no such file" would not say where we looked
     try {
       fd = openToSend(path);
       const st = fstatSync(fd);
-      if (!st.isFile()) return refuse(new TransferError("not_a_file", `${path} is not a regular file`));
+      if (!st.isFile()) return refuse(new TransferError("not_a_file", `${shown} is not a regular file`));
       size = st.size;
       // A chunk frame to several recipients also lists them (≤ 10 bytes each).
       if (deps.maxFrame() < CHUNK_BYTES + 1024 + (peers.length > 1 ? 10 * peers.length : 0)) {
         return refuse(new TransferError("relay_limit", `the relay's frame limit (${deps.maxFrame()} bytes) is too small for file chunks`));
       }
       if (size > opts.maxFileSize) {
-        return refuse(new TransferError("too_large", `${path} is ${size} bytes, over the limit of ${opts.maxFileSize} (--max-file-size)`));
+        return refuse(new TransferError("too_large", `${shown} is ${sizeText(size)}, over the limit of ${sizeText(opts.maxFileSize)} (--max-file-size)`));
       }
       if (broadcast) digest = hashFile(fd);
     } catch (err) {
-      return refuse(new TransferError("unreadable", `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+      return refuse(new TransferError("unreadable", `cannot read ${shown}: ${whyUnreadable(err)}`));
     }
     const fileId = randomBytes(FILE_ID_BYTES);
     const fileKey = randomBytes(32);
@@ -488,7 +498,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     if (!chosen(peer) && [...incoming.values()].filter((t) => !chosen(t.peer)).length >= MAX_INCOMING_UNCHOSEN) {
       return decline(`the receiver already has ${MAX_INCOMING_UNCHOSEN} transfers running from peers it did not /connect to or /verify`);
     }
-    if ((size as number) > opts.maxFileSize) return decline(`too large: ${size} bytes, the receiver accepts at most ${opts.maxFileSize}`);
+    if ((size as number) > opts.maxFileSize) return decline(`too large: ${sizeText(size as number)}, the receiver accepts at most ${sizeText(opts.maxFileSize)} (its --max-file-size)`);
     const lowOnDisk = diskTooFull(opts.downloadDir, (size as number) + [...incoming.values()].reduce((n, t) => n + t.size - t.received, 0));
     if (lowOnDisk) return decline(lowOnDisk);
     // Recipients of one broadcast share the file ID and may share a directory:
@@ -581,7 +591,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       return true;
     }
     const inc = incoming.get(tid);
-    if (inc && inc.peer === peer && item.t === "cancel") failIn(inc, "cancelled", `cancelled by ${peer}: ${reason}`, false);
+    // "cancelled by sender" adds nothing to "cancelled by <peer>"; a reason of another kind does.
+    if (inc && inc.peer === peer && item.t === "cancel") failIn(inc, "cancelled", /^cancel/i.test(reason) ? `cancelled by ${peer}` : `cancelled by ${peer}: ${reason}`, false);
     return true;
   }
 

@@ -1,5 +1,6 @@
 // Parsing of chat command lines (/connect, /msg, ...). Pure: returns a
 // Command or a one-line error; never throws on user input.
+import { homedir } from "node:os";
 import { normalizeId } from "../relay/protocol.ts";
 
 export type Command =
@@ -84,7 +85,7 @@ export function parseCommand(line: string): Command {
       if (!mm) return { kind: "invalid", message: `usage: ${USAGE.send}` };
       const peer = normalizeId(mm[1]!);
       if (!peer) return { kind: "invalid", message: `not a valid ID: ${JSON.stringify(mm[1])} (IDs are 8 letters/digits)` };
-      return { kind: "send", peer, path: unquote(mm[2]!.trim()) };
+      return { kind: "send", peer, path: pathArg(mm[2]!.trim()) };
     }
     case "cancel":
       if (rest && !/^[0-9a-f]{1,32}$/i.test(rest)) return { kind: "invalid", message: "usage: /cancel [FILE-ID] (the hex ID shown when the transfer started)" };
@@ -92,14 +93,19 @@ export function parseCommand(line: string): Command {
     case "bmsg":
       return rest ? { kind: "bmsg", text } : { kind: "invalid", message: "usage: /bmsg text" };
     case "bsend":
-      return rest ? { kind: "bsend", path: unquote(rest.trim()) } : { kind: "invalid", message: "usage: /bsend path" };
+      return rest ? { kind: "bsend", path: pathArg(rest.trim()) } : { kind: "invalid", message: "usage: /bsend path" };
     default:
       return { kind: "invalid", message: `unknown command /${name} (try /help)` };
   }
 }
 
-/** A path is the rest of the line (inner spaces kept); quotes keep spaces at its ends too: /send ID " notes.txt". */
-function unquote(path: string): string {
+/**
+ * A path is the rest of the line (inner spaces kept); quotes keep spaces at its
+ * ends too: /send ID " notes.txt". Unquoted, a leading ~ is the home directory,
+ * as in a shell (found in audit: "cannot read ~/file.bin").
+ */
+function pathArg(path: string): string {
   const m = /^"(.*)"$/s.exec(path) ?? /^'(.*)'$/s.exec(path);
-  return m ? m[1]! : path;
+  if (m) return m[1]!;
+  return path === "~" || path.startsWith("~/") ? homedir() + path.slice(1) : path;
 }

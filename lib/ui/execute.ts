@@ -43,9 +43,11 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
         if (ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
         client.sendText(cmd.peer, cmd.text);
         return true;
-      case "bmsg":
-        client.broadcastText(cmd.text);
+      case "bmsg": {
+        const members = client.broadcastText(cmd.text);
+        if (!ctx.scripted) ctx.print(`* to ${members.length === 1 ? "1 peer" : `${members.length} peers`}: ${members.join(", ")}`);
         return true;
+      }
       case "send":
       case "bsend": {
         if (cmd.kind === "send" && ctx.scripted && !client.hasSession(cmd.peer)) await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
@@ -61,7 +63,8 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
       }
       case "cancel": {
         const n = client.cancel(cmd.id);
-        if (n === 0) return fail("no_transfer", `${cmd.id ? `no transfer ${cmd.id}` : "no transfer"} to cancel (a file sent in full only waits for the receiver's answer)`);
+        const why = client.activeTransfers() > 0 ? " (a file sent in full only waits for the receiver's answer)" : "";
+        if (n === 0) return fail("no_transfer", `${cmd.id ? `no transfer ${cmd.id}` : "no transfer"} to cancel${why}`);
         return true;
       }
       case "verify":

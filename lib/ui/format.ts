@@ -117,8 +117,11 @@ export function formatEvent(e: ChatEvent): string | null {
           return `* sending file ${what}`;
         case "receiving":
           return `* receiving file ${what}`;
-        default:
-          return `! file ${what} ${e.state}: ${sanitize(e.reason ?? "")}`;
+        default: {
+          // "cancelled: cancelled" and "cancelled: cancelled by X" say it twice (found in audit).
+          const reason = sanitize(e.reason ?? "");
+          return `! file ${what} ${!reason || reason === e.state ? e.state : reason.startsWith(`${e.state} `) ? reason : `${e.state}: ${reason}`}`;
+        }
       }
     }
     case "progress":
