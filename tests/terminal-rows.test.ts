@@ -46,3 +46,18 @@ test("characters Bun counts as 0 cells count as 1, regional indicators as 2: a p
     }
   }
 });
+
+// Found in audit: rows were cut at the last cell, in the middle of words and hashes.
+test("rows end after a space when the next word fits the following row; longer words are still cut", () => {
+  const line = "* secure session with mzzr9af0, fingerprint 612d-9dde-8c6e. Compare it with mzzr9af0 over another channel, then /verify mzzr9af0";
+  for (const columns of [20, 33, 60, 80]) {
+    const rows = rowsOf(line, columns);
+    expect(rows.join("\n").replace(/\n {4}/g, "")).toBe(line);
+    for (const row of rows) expect(Bun.stringWidth(row)).toBeLessThanOrEqual(columns);
+    const words = line.split(" ");
+    for (const row of rows) for (const word of row.trim().split(" ")) expect(words).toContain(word); // no word cut
+  }
+  const hash = "ab".repeat(32);
+  expect(rowsOf(`* 7hd2xw0a has report.pdf (2.0 KiB), verified: sha256 ${hash}`, 80)).toEqual(["* 7hd2xw0a has report.pdf (2.0 KiB), verified: sha256 ", `    ${hash}`]);
+  expect(rowsOf("x".repeat(30), 20)).toEqual(["x".repeat(20), `    ${"x".repeat(10)}`]); // no space: cut
+});

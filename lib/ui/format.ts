@@ -27,26 +27,44 @@ export function jsonLine(e: ChatEvent): string {
 // else ("[7hd2xw0a] ..."; found in audit). So a line for a terminal is cut
 // into rows here, and every row after the first is indented.
 const CONTINUED = "    ";
-/** `line` as rows of at most `columns` cells for a terminal that wide, continuation rows indented. */
+/**
+ * `line` as rows of at most `columns` cells for a terminal that wide,
+ * continuation rows indented. A row ends after its last space when the word
+ * that overflows fits the next row (found in audit: words and hashes were cut
+ * in the middle); the space stays at the end of the row, so removing each
+ * "\n" + indent gives back the line.
+ */
 export function terminalRows(line: string, columns: number | undefined): string {
   if (!columns || columns <= CONTINUED.length + 8) return line;
-  let rows = "";
+  const rows: string[] = [];
+  let row: string[] = [];
   let width = 0;
+  let start = 0; // where the row's own text starts: after the indent of a continuation row
   for (const ch of line) {
     if (ch === "\n") {
-      rows += ch;
-      width = 0;
+      rows.push(row.join(""));
+      (row = []), (width = 0), (start = 0);
       continue;
     }
     const w = cellsAtMost(ch);
     if (width + w > columns) {
-      rows += `\n${CONTINUED}`;
-      width = CONTINUED.length;
+      const space = row.lastIndexOf(" ");
+      let carry: string[] = [];
+      if (space > start && row.slice(start, space).some((c) => c !== " ")) {
+        const tail = row.slice(space + 1);
+        const cells = tail.reduce((n, c) => n + cellsAtMost(c), 0);
+        if (CONTINUED.length + cells + w <= columns && ch !== " ") carry = row.splice(space + 1);
+      }
+      rows.push(row.join(""));
+      row = [...CONTINUED, ...carry];
+      width = carry.reduce((n, c) => n + cellsAtMost(c), CONTINUED.length);
+      start = CONTINUED.length;
     }
-    rows += ch;
+    row.push(ch);
     width += w;
   }
-  return rows;
+  rows.push(row.join(""));
+  return rows.join("\n");
 }
 
 /**
