@@ -12,7 +12,7 @@ import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
 import { secretBytes } from "../lib/secret/secret.ts";
 import { parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
-import { formatEvent, jsonLine, progressTracker, terminalRows } from "../lib/ui/format.ts";
+import { formatEvent, formatOnline, jsonLine, progressTracker, terminalRows } from "../lib/ui/format.ts";
 import { outputGate } from "../lib/ui/output.ts";
 import { startTerminal, type Terminal } from "../lib/ui/terminal.ts";
 import { onStopSignals } from "./signals.ts";
@@ -125,8 +125,13 @@ export const chatCommand = defineCommand({
       // A failed key exchange is reported as `session failed` and again as the
       // error of the command that waited for it: the terminal shows it once.
       let failedLine = "";
+      // At the prompt, who was online at the join is one line after "Your ID" (found in
+      // audit: presence lines came before it, and those online already were not shown).
+      let joined = false;
       const emit = (e: ChatEvent) => {
         if (e.event === "progress" || e.event === "transfer") showProgress(progress.update(e));
+        if (e.event === "ready") joined = true;
+        else if (e.event === "peer" && interactive && !joined) return;
         if (json) out(`${jsonLine(e)}\n`);
         const line = formatEvent(e);
         if (!line) return;
@@ -148,6 +153,7 @@ export const chatCommand = defineCommand({
         if (err instanceof JoinError) throw new Failure(err.message);
         throw err;
       }
+      if (interactive) print(formatOnline(client.peers().filter((p) => p.online).map((p) => p.id)));
       // The relay went away: every transfer failed with it; report the commands that
       // failed (a /send under way) before exiting 1 (its `disconnected` line says why).
       client.closed.then(async () => {

@@ -120,6 +120,14 @@ test("lines arriving while the typed line takes three rows are each shown once, 
     const id = /Your ID: ([0-9a-z]{8})/.exec(await term.expect("Your ID: [0-9a-z]{8}"))![1]!;
     await peer.connect(id);
     await term.expect("secure session with");
+    // Who was online at the join: one line, right after "Your ID".
+    const head = await term.screen();
+    const idRow = head.findIndex((r) => r.startsWith("Your ID:"));
+    const onlineRow = head.findIndex((r) => r.startsWith("* online:"));
+    expect(head.slice(0, idRow).filter((r) => r.trim())).toEqual([]);
+    expect(onlineRow).toBeGreaterThan(idRow);
+    expect(head.slice(idRow, onlineRow + 1).join(" ")).toContain(peer.id);
+    expect(head.slice(0, onlineRow).some((r) => r.includes("is online"))).toBe(false);
     const typed = `/msg ${peer.id} ${"x".repeat(130)}`; // with "> ", 145 cells: three rows of 60
     await term.type(typed);
     await term.expect("x{20}");

@@ -82,6 +82,13 @@ function cellsAtMost(ch: string): number {
   return Math.max(1, Bun.stringWidth(ch));
 }
 
+/** Who is online, for the line after "Your ID": at most 10 IDs. */
+export function formatOnline(ids: string[]): string {
+  if (!ids.length) return "* nobody else is online yet";
+  const more = ids.length > 10 ? ` and ${ids.length - 10} more (/list shows them)` : "";
+  return `* online: ${ids.slice(0, 10).join(", ")}${more}`;
+}
+
 export function formatPeers(peers: PeerInfo[]): string {
   if (!peers.length) return "no other peers online";
   return peers
