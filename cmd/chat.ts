@@ -10,7 +10,7 @@ import { startDhEngine } from "../lib/crypto/dh.ts";
 import { JoinError } from "../lib/link/relay-link.ts";
 import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
 import { secretBytes } from "../lib/secret/secret.ts";
-import { parseCommand } from "../lib/ui/commands.ts";
+import { completeLine, parseCommand } from "../lib/ui/commands.ts";
 import { execute } from "../lib/ui/execute.ts";
 import { formatEvent, formatOnline, jsonLine, progressTracker, terminalRows } from "../lib/ui/format.ts";
 import { outputGate } from "../lib/ui/output.ts";
@@ -175,6 +175,7 @@ export const chatCommand = defineCommand({
             execute(command, ctx).catch((err) => print(`! ${(err as Error).message}`));
           },
           () => void finish(0),
+          (line) => completeLine(line, () => client!.peers().filter((p) => p.online || p.session !== "none").map((p) => p.id)),
         );
         return;
       }

@@ -74,6 +74,14 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     await waitFor(() => received.find((e) => e.event === "message"), "message at the peer");
     expect(received.find((e) => e.event === "message")).toEqual({ event: "message", from: id, text: "hello world", broadcast: false });
 
+    await term.type("/he\t"); // Tab completes the command (it used to insert a tab)
+    await term.expect("/help ");
+    await term.type("\r");
+    await term.expect("show the full 256-bit fingerprint");
+    await term.type(`/fingerprint ${peer.id.slice(0, 4)}\t`); // and the ID
+    await term.expect(`/fingerprint ${peer.id} `);
+    await term.type("\r");
+    await term.expect(`fingerprint of the session with ${peer.id}:`);
     await term.type("/frobnicate\r");
     await term.expect("unknown command /frobnicate");
     await term.type("/msg nobody-here hi\r");

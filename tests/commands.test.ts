@@ -1,7 +1,7 @@
 // The chat command parser (lib/ui/commands.ts) on the forms the README promises.
 import { homedir } from "node:os";
 import { expect, test } from "bun:test";
-import { parseCommand } from "../lib/ui/commands.ts";
+import { completeLine, parseCommand } from "../lib/ui/commands.ts";
 
 test("/exit and /quit quit; with arguments they are a usage error, not a quit", () => {
   expect(parseCommand("/exit")).toEqual({ kind: "exit" });
@@ -35,4 +35,17 @@ test("a bare / or / with spaces is a usage error; no input line makes the parser
     const line = Array.from({ length: next() % 8 }, () => alphabet[next() % alphabet.length]).join("");
     expect(() => parseCommand(line)).not.toThrow();
   }
+});
+
+// Found in audit: Tab inserted a literal tab, which broke the line's editing.
+test("Tab completes a command name, then the ID after a command that takes one; nothing else", () => {
+  const ids = () => ["7hd2xw0a", "7hq00000", "k3x9pm2q"];
+  expect(completeLine("/ms", ids)).toEqual([["/msg "], "/ms"]);
+  expect(completeLine("/", ids)[0]).toHaveLength(12);
+  expect(completeLine("/b", ids)).toEqual([["/bmsg ", "/bsend "], "/b"]);
+  expect(completeLine("/msg 7h", ids)).toEqual([["7hd2xw0a ", "7hq00000 "], "7h"]);
+  expect(completeLine("/connect K3", ids)).toEqual([["k3x9pm2q "], "K3"]);
+  expect(completeLine("/msg k3x9pm2q hel", ids)).toEqual([[], "/msg k3x9pm2q hel"]);
+  expect(completeLine("/bmsg 7h", ids)).toEqual([[], "/bmsg 7h"]);
+  expect(completeLine("hello", ids)).toEqual([[], "hello"]);
 });

@@ -109,3 +109,23 @@ function pathArg(path: string): string {
   if (m) return m[1]!;
   return path === "~" || path.startsWith("~/") ? homedir() + path.slice(1) : path;
 }
+
+const NAMES = ["bmsg", "bsend", "cancel", "connect", "exit", "fingerprint", "help", "list", "msg", "quit", "send", "verify"];
+const TAKES_ID = new Set(["connect", "msg", "send", "verify", "fingerprint"]);
+
+/**
+ * Tab completion for the prompt (readline's completer): a command name, then
+ * the ID after a command that takes one, from `ids`. [candidates, the part
+ * they complete]; none for anything else, so Tab never inserts a tab (found in
+ * audit: it did, and broke the line's editing).
+ */
+export function completeLine(line: string, ids: () => string[]): [string[], string] {
+  const name = /^\/(\S*)$/.exec(line);
+  if (name) return [NAMES.filter((n) => n.startsWith(name[1]!.toLowerCase())).map((n) => `/${n} `), line];
+  const id = /^\/(\S+) +(\S*)$/.exec(line);
+  if (id && TAKES_ID.has(id[1]!.toLowerCase())) {
+    const word = id[2]!.toLowerCase();
+    return [ids().filter((x) => x.startsWith(word)).map((x) => `${x} `), id[2]!];
+  }
+  return [[], line];
+}

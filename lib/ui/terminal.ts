@@ -15,9 +15,10 @@ export interface Terminal {
   close(): void;
 }
 
-export function startTerminal(onLine: (line: string) => void, onClose: () => void): Terminal {
+/** `complete` is readline's completer (Tab): candidates for the line so far, and the part they replace. */
+export function startTerminal(onLine: (line: string) => void, onClose: () => void, complete: (line: string) => [string[], string]): Terminal {
   const out = process.stdout;
-  const rl = readline.createInterface({ input: process.stdin, output: out, prompt: "> ", terminal: true });
+  const rl = readline.createInterface({ input: process.stdin, output: out, prompt: "> ", terminal: true, completer: complete });
   let open = true;
   /**
    * Erases the prompt and the line typed so far, all their rows, leaving the
