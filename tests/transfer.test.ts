@@ -541,7 +541,10 @@ describe("backpressure", () => {
       console.log(`backpressure: sender stopped at ${(last / MiB).toFixed(1)} MiB of ${SIZE / MiB}; relay max queue ${(stats.maxQueuedBytes / MiB).toFixed(2)} MiB; paused senders ${stats.pausedSenders}`);
       expect(last).toBeGreaterThan(0);
       expect(last).toBeLessThan(SIZE / 2); // sockets and queues hold tens of MiB at most; the rest stays on disk
-      expect(stats.counters.busy).toBe(1);
+      // Told busy now, exactly once for this pair; before the pause, a receiver slowed by a
+      // busy machine may already have made the relay say busy, then ready (a flake of toBe(1)).
+      expect(stats.busyTold).toBe(1);
+      expect(stats.counters.busy).toBeGreaterThanOrEqual(1);
       expect(stats.pausedSenders).toBe(0); // it held back by itself: its other traffic could go on
       expect(stats.maxQueuedBytes).toBeLessThan(RELAY_DEFAULTS.queuePause);
       upstream.resume();
