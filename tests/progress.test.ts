@@ -55,3 +55,18 @@ test("entries say direction and peer (to all for a broadcast); a long name is cu
   expect(tracker.render()).toStartWith("report.pdf to all   0% | abab");
   expect(tracker.render()).toEndWith(" | +1 more");
 });
+
+// Found in review: on a link slower than one 128 KiB chunk per 3 s, "stalled" showed
+// between every two chunks; regional indicators (2 cells in some terminals) counted 1.
+test("a slow link is not called stalled between its chunks; names measured as the terminal may draw them", () => {
+  const { tracker, at } = clocked();
+  const chunk = 128 * 1024;
+  for (let n = 0; n <= 4; n++) at(n * 3200), tracker.update(progress("aa", n * chunk, { size: 100 * chunk }));
+  at(4 * 3200 + 3000);
+  expect(tracker.render()).toEndWith("4%    27 KiB/s  7:32"); // 256 KiB since 6.4 s: the window keeps two gaps
+  at(4 * 3200 + 9600);
+  expect(tracker.render()).toEndWith(" stalled");
+  const flags = progressTracker(() => 0);
+  expect(flags.update(progress("bb", 0, { name: "\u{1F1E6}".repeat(30) }))).toStartWith(`${"\u{1F1E6}".repeat(8)}… to`); // pairs are one character: 4 cells each at most
+  expect(flags.update(progress("cc", 0, { name: "re\u00adport\u200b.pdf" }))).toContain("report.pdf to");
+});

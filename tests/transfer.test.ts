@@ -6,7 +6,7 @@
 // reorders chunks in transit.
 import { afterAll, afterEach, beforeAll, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { createHash, randomBytes as nodeRandomBytes } from "node:crypto";
-import { appendFileSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
+import { appendFileSync, closeSync, mkdirSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, unlinkSync, statfsSync, statSync, truncateSync, writeFileSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import type { ChatClient } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
@@ -666,6 +666,21 @@ describe("failures leave no file under the final name and no temporary file", ()
     const small = writeTestFile(temp.make(), "small.bin", 1000);
     await a.chat.sendFile(b.id, small.path);
     expect(listing(mnt)).toEqual(["small.bin"]);
+  });
+
+  // Found in review: ramfs and an unlimited tmpfs report 0 blocks, 0 free; every offer was declined.
+  test("a filesystem that reports no size (tmpfs size=0, unlimited): no disk-space check, the file is received", async () => {
+    const mnt = temp.make("smts-tmpfs-");
+    const why = tryMount(mounts, mnt, "size=0");
+    if (why !== null) {
+      console.warn(`SKIPPED unlimited-tmpfs test: cannot mount it (${why}); needs root`);
+      return;
+    }
+    expect(statfsSync(mnt).blocks).toBe(0);
+    const { a, b } = await pair({}, { dir: mnt });
+    const src = writeTestFile(temp.make(), "f.bin", 5000);
+    await a.chat.sendFile(b.id, src.path);
+    expect(listing(mnt)).toEqual(["f.bin"]);
   });
 
   test("disk full while receiving (a 4 MiB tmpfs, filled by someone else after the first chunk): the receiver fails with ENOSPC, tells the sender, removes the temporary file", async () => {

@@ -466,7 +466,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
 
   // Found in audit: a /bsend member that stopped reading (or read a sliver every 20 s)
   // held the file back from every other member until the sender's idle timeout failed them all.
-  test("a broadcast recipient that keeps the others waiting for half the idle timeout is dropped (and told); all of them busy at once keeps everyone", async () => {
+  test("a broadcast recipient that keeps the others waiting for half the idle timeout is dropped (and told); while all of them are busy, nothing counts", async () => {
     const sent: [string, Frame][] = [];
     const chunksTo: string[] = [];
     const busy = new Set<string>();
@@ -481,29 +481,35 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
         emit() {},
         maxFrame: () => 256 * 1024,
       },
-      { downloadDir: tempDir(), maxFileSize: 1024 * 1024, idleTimeoutMs: 4000 },
+      { downloadDir: tempDir(), maxFileSize: 1024 * 1024, idleTimeoutMs: 8000 }, // holds of 4 s
     );
     const file = join(tempDir(), "f.bin");
     const bytes = randomBytes(3 * CHUNK_BYTES);
     writeFileSync(file, bytes);
     const outcome = a.send(["b", "c"], file, true).then(() => "delivered", (e: Error & { code: string }) => `${e.code}: ${e.message}`);
     const id = sent.find(([, item]) => item.t === "offer")![1].id as Uint8Array;
+    const cancels = () => sent.filter(([, item]) => item.t === "cancel");
     busy.add("b").add("c");
-    const started = performance.now();
     a.onContent("b", { t: "accept", id });
     a.onContent("c", { t: "accept", id });
-    await Bun.sleep(1000); // both busy: nobody holds anyone back
-    expect(sent.filter(([, item]) => item.t === "cancel")).toEqual([]);
+    await Bun.sleep(600); // both busy: nobody holds anyone back
     busy.delete("c");
-    a.peerReady(); // c drained; b still keeps it waiting
-    const cancel = await waitFor(() => sent.find(([, item]) => item.t === "cancel"), "b dropped", 5000);
-    expect(performance.now() - started).toBeGreaterThanOrEqual(1000 + 2000);
-    expect(cancel).toEqual(["b", { t: "cancel", id, reason: "too slow: kept the other recipients waiting for 2 s" }]);
+    a.peerReady(); // c drained: b holds it back, 0.5 s
+    await Bun.sleep(500);
+    busy.add("c"); // both busy again, 2 s: not counted, though nothing wakes the stream (found in review)
+    await Bun.sleep(2000);
+    expect(cancels()).toEqual([]);
+    busy.delete("c");
+    a.peerReady();
+    const since = performance.now();
+    const cancel = await waitFor(() => cancels()[0], "b dropped", 10_000);
+    expect(performance.now() - since).toBeGreaterThanOrEqual(4000 - 500 - 250 - 50); // what b had left, less one look's worth
+    expect(cancel).toEqual(["b", { t: "cancel", id, reason: "too slow: kept the other recipients waiting for 4 s" }]);
     await waitFor(() => chunksTo.length === 3, "the chunks, to c alone", 5000);
     expect(chunksTo).toEqual(["c", "c", "c"]);
     a.onContent("c", { t: "done", id, sha256: createHash("sha256").update(bytes).digest() });
-    expect(await outcome).toBe("partial: sending f.bin: delivered to 1 of 2; b: too slow: kept the other recipients waiting for 2 s");
-  }, 10_000);
+    expect(await outcome).toBe("partial: sending f.bin: delivered to 1 of 2; b: too slow: kept the other recipients waiting for 4 s");
+  }, 20_000);
 
   // Found in audit: four IDs, eight offers each, kept alive by a chunk a minute, kept
   // every file from the user's own contacts out.

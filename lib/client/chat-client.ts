@@ -156,6 +156,8 @@ export interface ChatClient {
   broadcastFile(path: string): Promise<void>;
   /** Cancels transfers whose ID starts with `prefix` (all if empty); returns how many. */
   cancel(prefix: string): number;
+  /** Files sent in full whose ID starts with `prefix`, waiting for the receiver's answer (these cannot be cancelled). */
+  awaitingAnswer(prefix: string): number;
   /** Transfers still running. */
   activeTransfers(): number;
   /** Declines file offers from now on; transfers under way go on (a script's end of input). */
@@ -752,6 +754,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       }
     },
     cancel: (prefix) => transfers.cancel(prefix),
+    awaitingAnswer: (prefix) => transfers.awaitingAnswer(prefix),
     activeTransfers: () => transfers.active(),
     stopAccepting: () => transfers.stopAccepting(),
     holdEvents: (hold) => link.holdReading(hold),

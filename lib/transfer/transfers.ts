@@ -109,6 +109,8 @@ const KEEP_FREE_INODES = 10_000;
  * are open already; at most MAX_QUEUED of them.
  */
 const MAX_OUTGOING_PER_PEER = 4;
+/** How often a broadcast held back by one busy recipient looks again at who is busy. */
+const HOLD_CHECK_MS = 250;
 const MAX_QUEUED = 256;
 
 type RecipientState = "offered" | "accepted" | "done" | "failed";
@@ -172,7 +174,6 @@ function readFull(fd: number, buf: Uint8Array, length: number): number {
   return got;
 }
 
-/** SHA-256 of an open file, read in 1 MiB pieces (never whole) at explicit offsets: the file's own offset stays at 0 for stream(). */
 /** Why writing `bytes` more into `dir` would leave its filesystem too full (KEEP_FREE_*), or null (also when the system cannot say). */
 function diskTooFull(dir: string, bytes: number): string | null {
   let fs: StatsFs;
@@ -181,6 +182,7 @@ function diskTooFull(dir: string, bytes: number): string | null {
   } catch {
     return null;
   }
+  if (fs.blocks === 0) return null; // ramfs, an unlimited tmpfs: no size to tell (found in review)
   const free = fs.bavail * fs.bsize;
   const keep = Math.floor(Math.min(KEEP_FREE_BYTES, KEEP_FREE_SHARE * fs.blocks * fs.bsize));
   if (bytes > free - keep) return `not enough disk space: ${formatSize(bytes)} to write, ${formatSize(free)} free, of which the receiver keeps ${formatSize(keep)}`;
@@ -198,6 +200,7 @@ const whyUnreadable = (err: unknown) => {
   return (code && UNREADABLE[code]) ?? code ?? (err as Error).message;
 };
 
+/** SHA-256 of an open file, read in 1 MiB pieces (never whole) at explicit offsets: the file's own offset stays at 0 for stream(). */
 function hashFile(fd: number): Uint8Array {
   const hash = new Bun.CryptoHasher("sha256");
   const buf = Buffer.allocUnsafe(1024 * 1024);
@@ -459,14 +462,19 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         dropRecipient(t, peer, "failed", reason);
       }
       if (slow.length) continue;
+      // While holding, look again every HOLD_CHECK_MS: the others may turn busy too, and
+      // are only woken when one turns ready. A slice counts only if still holding at its end.
       const since = performance.now();
       let timer: Timer | undefined;
       await new Promise<void>((resolve) => {
         t.wake = resolve;
-        if (holding) timer = setTimeout(resolve, Math.max(0, Math.min(...busy.map((peer) => holdMs - (held.get(peer) ?? 0)))));
+        if (holding) timer = setTimeout(resolve, Math.max(0, Math.min(HOLD_CHECK_MS, ...busy.map((peer) => holdMs - (held.get(peer) ?? 0)))));
       });
       clearTimeout(timer);
-      if (holding) for (const peer of busy) held.set(peer, (held.get(peer) ?? 0) + performance.now() - since);
+      const stillBusy = accepted(t).filter(deps.isBusy);
+      if (holding && stillBusy.length < accepted(t).length) {
+        for (const peer of busy) if (stillBusy.includes(peer)) held.set(peer, (held.get(peer) ?? 0) + performance.now() - since);
+      }
     }
     t.wake = null;
   }
@@ -635,7 +643,9 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   const active = () => outgoing.size + incoming.size;
-  return { send, onContent, onChunk, cancel, abandon, peerReady, stopAccepting, active };
+  const awaitingAnswer = (prefix: string) => [...outgoing.values()].filter((t) => t.state === "awaiting" && t.id.startsWith(prefix)).length;
+
+  return { send, onContent, onChunk, cancel, awaitingAnswer, abandon, peerReady, stopAccepting, active };
 }
 
 export type Transfers = ReturnType<typeof createTransfers>;

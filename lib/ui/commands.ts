@@ -1,5 +1,5 @@
-// Parsing of chat command lines (/connect, /msg, ...). Pure: returns a
-// Command or a one-line error; never throws on user input.
+// Parsing of chat command lines (/connect, /msg, ...): returns a Command or a
+// one-line error, never throws on user input; and Tab completion for them.
 import { homedir } from "node:os";
 import { normalizeId } from "../relay/protocol.ts";
 

@@ -63,7 +63,7 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
       }
       case "cancel": {
         const n = client.cancel(cmd.id);
-        const why = client.activeTransfers() > 0 ? " (a file sent in full only waits for the receiver's answer)" : "";
+        const why = client.awaitingAnswer(cmd.id) > 0 ? " (a file sent in full only waits for the receiver's answer)" : "";
         if (n === 0) return fail("no_transfer", `${cmd.id ? `no transfer ${cmd.id}` : "no transfer"} to cancel${why}`);
         return true;
       }

@@ -178,8 +178,10 @@ export function progressTracker(now = () => performance.now()) {
       const [t1, b1] = r.samples.at(-1)!;
       const rate = t > t0 ? ((b1 - b0) * 1000) / (t - t0) : 0; // up to now: a pause shows as a falling rate
       const pct = `${r.size ? Math.floor((100 * r.bytes) / r.size) : 100}%`.padStart(4);
-      const pace = t - t1 >= STALLED_MS ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - r.bytes) / rate).padStart(5)}` : "";
-      return `${fitCells(sanitize(r.name), NAME_CELLS)} ${r.way} ${pct} ${pace}`.trimEnd();
+      // Slow links send a progress event only per chunk: stalled is no event for 3 s, or for three of their usual gaps.
+      const gap = r.samples.length > 1 ? (t1 - t0) / (r.samples.length - 1) : 0;
+      const pace = t - t1 >= Math.max(STALLED_MS, 3 * gap) ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - r.bytes) / rate).padStart(5)}` : "";
+      return `${fitCells(statusName(r.name), NAME_CELLS)} ${r.way} ${pct} ${pace}`.trimEnd();
     });
     if (running.size > SHOWN) shown.push(`+${running.size - SHOWN} more`);
     return shown.join(" | ");
@@ -210,13 +212,23 @@ function clock(seconds: number): string {
   return s >= 3600 ? `${Math.floor(s / 3600)}:${mmss.padStart(5, "0")}` : mmss;
 }
 
+/**
+ * A name for the prompt, where readline must count its cells as the terminal
+ * draws them: sanitized, composed (NFC), without the characters Bun counts as
+ * 0 cells (soft hyphen, zero-width, variation selectors).
+ */
+const statusName = (name: string) => [...sanitize(name).normalize("NFC")].filter((ch) => Bun.stringWidth(ch) > 0).join("");
+
+/** Cells `text` takes at most (cellsAtMost of each character). */
+const cellsOf = (text: string) => [...text].reduce((n, ch) => n + cellsAtMost(ch), 0);
+
 /** `text` cut to at most `cells` terminal cells, whole characters (an emoji is never split), "…" where cut. */
 function fitCells(text: string, cells: number): string {
-  if (Bun.stringWidth(text) <= cells) return text;
+  if (cellsOf(text) <= cells) return text;
   let out = "";
   let width = 0;
   for (const { segment } of new Intl.Segmenter().segment(text)) {
-    width += Bun.stringWidth(segment);
+    width += cellsOf(segment);
     if (width > cells - 1) break;
     out += segment;
   }
