@@ -124,6 +124,15 @@ async function expectFailedCleanly(receiver: Party, what: RegExp, state = "faile
   return ev;
 }
 
+/** A tmpfs mounted with `options` for one test, or null, said why, where mounting needs root we do not have. */
+function tmpfsOrSkip(options: string, what: string): string | null {
+  const mnt = temp.make("smts-tmpfs-");
+  const why = tryMount(mounts, mnt, options);
+  if (why === null) return mnt;
+  console.warn(`SKIPPED ${what}: cannot mount a tmpfs (${options}): ${why}; needs root`);
+  return null;
+}
+
 /** A hand-driven peer (tests/raw-peer.ts) that has run the key exchange with `victim`: it lies about names and sizes at will. */
 const rawPeer = (victim: Party) => startRawPeer(victim, { port: relay.port, dh: engines[0]!, track: links });
 
@@ -650,12 +659,8 @@ describe("failures leave no file under the final name and no temporary file", ()
   });
 
   test("disk nearly full (a 1 MiB tmpfs as download dir): an offer that does not fit, with the 5 % the receiver keeps free, is declined before anything is written", async () => {
-    const mnt = temp.make("smts-tmpfs-");
-    const why = tryMount(mounts, mnt, "size=1m");
-    if (why !== null) {
-      console.warn(`SKIPPED disk-space test: cannot mount a 1 MiB tmpfs (${why}); needs root`);
-      return;
-    }
+    const mnt = tmpfsOrSkip("size=1m", "the disk-space test");
+    if (!mnt) return;
     const { a, b } = await pair({}, { dir: mnt });
     const src = writeTestFile(temp.make(), "big.bin", 3 * MiB);
     const err = await rejection(a.chat.sendFile(b.id, src.path));
@@ -670,12 +675,8 @@ describe("failures leave no file under the final name and no temporary file", ()
 
   // Found in review: ramfs and an unlimited tmpfs report 0 blocks, 0 free; every offer was declined.
   test("a filesystem that reports no size (tmpfs size=0, unlimited): no disk-space check, the file is received", async () => {
-    const mnt = temp.make("smts-tmpfs-");
-    const why = tryMount(mounts, mnt, "size=0");
-    if (why !== null) {
-      console.warn(`SKIPPED unlimited-tmpfs test: cannot mount it (${why}); needs root`);
-      return;
-    }
+    const mnt = tmpfsOrSkip("size=0", "the unlimited-tmpfs test");
+    if (!mnt) return;
     expect(statfsSync(mnt).blocks).toBe(0);
     const { a, b } = await pair({}, { dir: mnt });
     const src = writeTestFile(temp.make(), "f.bin", 5000);
@@ -684,12 +685,8 @@ describe("failures leave no file under the final name and no temporary file", ()
   });
 
   test("disk full while receiving (a 4 MiB tmpfs, filled by someone else after the first chunk): the receiver fails with ENOSPC, tells the sender, removes the temporary file", async () => {
-    const mnt = temp.make("smts-tmpfs-");
-    const why = tryMount(mounts, mnt, "size=4m");
-    if (why !== null) {
-      console.warn(`SKIPPED disk-full test: cannot mount a 4 MiB tmpfs (${why}); needs root`);
-      return;
-    }
+    const mnt = tmpfsOrSkip("size=4m", "the disk-full test");
+    if (!mnt) return;
     const victim = await party({ dir: mnt });
     const peer = await rawPeer(victim);
     const first = peer.offer("big.bin", 2 * MiB);
