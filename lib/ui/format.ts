@@ -50,14 +50,12 @@ export function terminalRows(line: string, columns: number | undefined): string 
     if (width + w > columns) {
       const space = row.lastIndexOf(" ");
       let carry: string[] = [];
-      if (space > start && row.slice(start, space).some((c) => c !== " ")) {
-        const tail = row.slice(space + 1);
-        const cells = tail.reduce((n, c) => n + cellsAtMost(c), 0);
-        if (CONTINUED.length + cells + w <= columns && ch !== " ") carry = row.splice(space + 1);
+      if (ch !== " " && space > start && row.slice(start, space).some((c) => c !== " ") && CONTINUED.length + cellsOf(row.slice(space + 1).join("")) + w <= columns) {
+        carry = row.splice(space + 1);
       }
       rows.push(row.join(""));
       row = [...CONTINUED, ...carry];
-      width = carry.reduce((n, c) => n + cellsAtMost(c), CONTINUED.length);
+      width = CONTINUED.length + cellsOf(carry.join(""));
       start = CONTINUED.length;
     }
     row.push(ch);
