@@ -115,11 +115,13 @@ export const chatCommand = defineCommand({
         else out(rows(process.stdout, line));
       };
       const progress = progressTracker();
+      // The status leaves room to type on the prompt's row (found in audit: three transfers took two rows).
+      const statusCells = () => Math.max(1, (process.stdout.columns || 80) - 30);
       // Redrawn every second while transfers run, so that one that stopped moving shows as stalled.
       let ticker: Timer | null = null;
       const showProgress = (status: string) => {
         terminal?.status(status);
-        if (status && terminal && !ticker) ticker = setInterval(() => showProgress(progress.render()), 1000);
+        if (status && terminal && !ticker) ticker = setInterval(() => showProgress(progress.render(statusCells())), 1000);
         else if (!status && ticker) clearInterval(ticker), (ticker = null);
       };
       // A failed key exchange is reported as `session failed` and again as the
@@ -129,7 +131,7 @@ export const chatCommand = defineCommand({
       // audit: presence lines came before it, and those online already were not shown).
       let joined = false;
       const emit = (e: ChatEvent) => {
-        if (e.event === "progress" || e.event === "transfer") showProgress(progress.update(e));
+        if (e.event === "progress" || e.event === "transfer" || e.event === "delivered") showProgress(progress.update(e, statusCells()));
         if (e.event === "ready") joined = true;
         else if (e.event === "peer" && interactive && !joined) return;
         if (json) out(`${jsonLine(e)}\n`);

@@ -112,12 +112,15 @@ test("a message too long for one frame is refused locally with a clear error", a
 test("when a peer leaves, its session is erased and sending to it fails clearly", async () => {
   const a = await client();
   const b = await client();
-  await a.c.connect(b.c.id);
+  const connecting = a.c.connect(b.c.id);
+  // Found in audit: "/connect first" while the /connect was still running.
+  expect(() => a.c.sendText(b.c.id, "too early")).toThrow(`no session with ${b.c.id} yet: the key exchange is still running`);
+  await connecting;
   const bId = b.c.id;
   await clients.splice(1, 1)[0]!.close();
   await waitFor(() => a.of("session").find((e) => e.state === "closed"), "session closed");
   expect(a.c.hasSession(bId)).toBe(false);
-  expect(() => a.c.sendText(bId, "hello?")).toThrow(/no session/);
+  expect(() => a.c.sendText(bId, "hello?")).toThrow(`no session with ${bId}, and it is not online`);
   expect(a.c.peers().find((p) => p.id === bId)).toBeUndefined();
 });
 

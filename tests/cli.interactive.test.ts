@@ -139,6 +139,13 @@ test("lines arriving while the typed line takes three rows are each shown once, 
     const typed = `/msg ${peer.id} ${"x".repeat(130)}`; // with "> ", 145 cells: three rows of 60
     await term.type(typed);
     await term.expect("x{20}");
+    // Backspace right after text that ran onto new rows: readline's redraw left a ghost copy of the first row (found in audit).
+    await term.type("\u007f");
+    await Bun.sleep(200);
+    const edited = await term.screen();
+    expect(edited.filter((r) => r.startsWith(">"))).toHaveLength(1);
+    expect(edited.slice(edited.findIndex((r) => r.startsWith(">"))).join("")).toBe(`> ${typed.slice(0, -1)}`);
+    await term.type("x");
     peer.sendText(id, "FIRST line from the peer");
     await term.expect("FIRST line from the peer");
     peer.sendText(id, "SECOND line from the peer");

@@ -337,6 +337,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   /** "/connect first" is no advice for a peer that is not online (found in audit). */
   function noSession(peer: string): ChatError {
+    if (exchanges.has(peer)) return new ChatError("no_session", `no session with ${peer} yet: the key exchange is still running`, peer);
     return new ChatError("no_session", online.has(peer) ? `no session with ${peer}: /connect ${peer} first` : `no session with ${peer}, and it is not online`, peer);
   }
 

@@ -158,46 +158,67 @@ export function formatEvent(e: ChatEvent): string | null {
 
 const RATE_WINDOW_MS = 5000; // the rate is of the last few seconds: an average since the start hid slowdowns and stalls
 const STALLED_MS = 3000; // progress events come every 250 ms while bytes move
-const SHOWN = 3; // more transfers than this are counted, not shown: the status must stay about one row
 const NAME_CELLS = 20;
 
 /**
  * Tracks running transfers and renders them as the status in front of the
  * prompt, one entry each: name, direction and peer, percent, rate over the
- * last 5 s, time left (m:ss); "stalled" once nothing moved for 3 s (call
- * render() now and then to see it). Fixed widths, so the prompt does not jump.
+ * last 5 s, time left (m:ss). An incoming one is "stalled" once nothing
+ * arrived for 3 s (call render() now and then to see it); an outgoing one
+ * counts what went into our socket, which says nothing of a stall, and once
+ * all of it went, waits for the receiver's answer (`delivered`). As many
+ * entries as fit `cells` (at least one), then a count; fixed widths, so the
+ * prompt does not jump.
  */
+type Running = { name: string; way: string; out: boolean; size: number; bytes: number; samples: [number, number][] };
+
 export function progressTracker(now = () => performance.now()) {
-  const running = new Map<string, { name: string; way: string; size: number; bytes: number; samples: [number, number][] }>();
-  function render(): string {
+  const running = new Map<string, Running>();
+  function entry(r: Running, t: number): string {
+    const head = `${fitCells(statusName(r.name), NAME_CELLS)} ${r.way}`;
+    if (r.out && r.bytes >= r.size) return `${head} sent, awaiting the answer`;
+    const [t0, b0] = r.samples[0]!;
+    const [t1, b1] = r.samples.at(-1)!;
+    const rate = t > t0 ? ((b1 - b0) * 1000) / (t - t0) : 0; // up to now: a pause shows as a falling rate
+    const pct = `${r.size ? Math.floor((100 * r.bytes) / r.size) : 100}%`.padStart(4);
+    // Slow links send a progress event only per chunk: stalled is no event for 3 s, or for three of their usual gaps.
+    const gap = r.samples.length > 1 ? (t1 - t0) / (r.samples.length - 1) : 0;
+    const pace = !r.out && t - t1 >= Math.max(STALLED_MS, 3 * gap) ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - r.bytes) / rate).padStart(5)}` : "";
+    return `${head} ${pct} ${pace}`.trimEnd();
+  }
+  function render(cells = Infinity): string {
     const t = now();
-    const shown = [...running.values()].slice(0, SHOWN).map((r) => {
-      const [t0, b0] = r.samples[0]!;
-      const [t1, b1] = r.samples.at(-1)!;
-      const rate = t > t0 ? ((b1 - b0) * 1000) / (t - t0) : 0; // up to now: a pause shows as a falling rate
-      const pct = `${r.size ? Math.floor((100 * r.bytes) / r.size) : 100}%`.padStart(4);
-      // Slow links send a progress event only per chunk: stalled is no event for 3 s, or for three of their usual gaps.
-      const gap = r.samples.length > 1 ? (t1 - t0) / (r.samples.length - 1) : 0;
-      const pace = t - t1 >= Math.max(STALLED_MS, 3 * gap) ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - r.bytes) / rate).padStart(5)}` : "";
-      return `${fitCells(statusName(r.name), NAME_CELLS)} ${r.way} ${pct} ${pace}`.trimEnd();
-    });
-    if (running.size > SHOWN) shown.push(`+${running.size - SHOWN} more`);
+    const all = [...running.values()];
+    const shown: string[] = [];
+    let width = 0;
+    for (const [i, r] of all.entries()) {
+      const text = entry(r, t);
+      const more = i + 1 < all.length ? ` | +${all.length - i - 1} more`.length : 0;
+      if (shown.length && width + 3 + cellsOf(text) + more > cells) {
+        shown.push(`+${all.length - i} more`);
+        break;
+      }
+      shown.push(text);
+      width += (shown.length > 1 ? 3 : 0) + cellsOf(text);
+    }
     return shown.join(" | ");
   }
   return {
-    update(e: ChatEvent): string {
+    update(e: ChatEvent, cells?: number): string {
       if (e.event === "progress") {
         const key = `${e.direction} ${e.id}`;
-        const r = running.get(key) ?? { name: e.name, way: `${e.direction === "out" ? "to" : "from"} ${e.peer === "*" ? "all" : e.peer}`, size: e.size, bytes: 0, samples: [] };
+        const r = running.get(key) ?? { name: e.name, way: `${e.direction === "out" ? "to" : "from"} ${e.peer === "*" ? "all" : e.peer}`, out: e.direction === "out", size: e.size, bytes: 0, samples: [] };
         r.bytes = e.bytes;
         r.samples.push([now(), e.bytes]);
         while (r.samples.length > 2 && r.samples[1]![0] <= now() - RATE_WINDOW_MS) r.samples.shift();
         running.set(key, r);
-        if (e.bytes >= e.size) running.delete(key);
+        if (!r.out && e.bytes >= e.size) running.delete(key);
+      } else if (e.event === "delivered") {
+        running.delete(`out ${e.id}`);
       } else if (e.event === "transfer" && e.state !== "offered" && e.state !== "sending" && e.state !== "receiving") {
         running.delete(`${e.direction} ${e.id}`);
       }
-      return render();
+      return render(cells);
     },
     render,
   };

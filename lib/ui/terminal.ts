@@ -20,21 +20,28 @@ export function startTerminal(onLine: (line: string) => void, onClose: () => voi
   const out = process.stdout;
   const rl = readline.createInterface({ input: process.stdin, output: out, prompt: "> ", terminal: true, completer: complete });
   let open = true;
-  /**
-   * Erases the prompt and the line typed so far, all their rows, leaving the
-   * cursor at the start of the first. readline's own redraw moves up as many
-   * rows as the cursor was below the prompt's start when it last drew; that
-   * would climb into what we print in between (found in audit: messages
-   * vanished while a typed line was longer than a row), so it is told 0.
-   */
+  let drawn = true; // false from Enter until the prompt is drawn again: the cursor is then on a fresh row
+  // readline redraws by moving up as many rows as the cursor was below the
+  // prompt's start when it last drew (prevRows). It does not update that when
+  // typed or pasted text runs onto another row, nor when the terminal's width
+  // changes, and then climbs too few rows (a ghost copy of the line's first
+  // row stays) or too many (printed lines are erased); found in audit. So it
+  // is set from where the cursor really is, after every key and before a resize.
+  const atRow = (rows: number) => void ((rl as unknown as { prevRows: number }).prevRows = rows);
+  const cursorRow = () => (drawn ? rl.getCursorPos().rows : 0);
+  process.stdin.on("keypress", () => atRow(cursorRow()));
+  out.prependListener("resize", () => atRow(cursorRow()));
+  /** Erases the prompt and the line typed so far, all their rows, leaving the cursor at the start of the first. */
   const erasePrompt = () => {
-    readline.moveCursor(out, 0, -rl.getCursorPos().rows);
+    readline.moveCursor(out, 0, -cursorRow());
     readline.cursorTo(out, 0);
     readline.clearScreenDown(out);
-    (rl as unknown as { prevRows: number }).prevRows = 0;
+    atRow(0);
   };
   rl.on("line", (line) => {
+    drawn = false; // readline wrote the line's newline; what is printed now goes on fresh rows
     onLine(line);
+    drawn = true;
     if (open) rl.prompt(); // /exit closes it
   });
   // Back from Ctrl-Z (fg): readline pauses its input then; without this, keys waited for the next network line.
