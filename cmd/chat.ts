@@ -177,7 +177,7 @@ export const chatCommand = defineCommand({
             execute(command, ctx).catch((err) => print(`! ${(err as Error).message}`));
           },
           () => void finish(0),
-          (line) => completeLine(line, () => client!.peers().filter((p) => p.online || p.session !== "none").map((p) => p.id)),
+          (line) => completeLine(line, () => client!.peers().filter((p) => p.online || p.session !== "none").map((p) => p.id), () => client!.cancellable()),
         );
         return;
       }

@@ -48,4 +48,8 @@ test("Tab completes a command name, then the ID after a command that takes one; 
   expect(completeLine("/msg k3x9pm2q hel", ids)).toEqual([[], "/msg k3x9pm2q hel"]);
   expect(completeLine("/bmsg 7h", ids)).toEqual([[], "/bmsg 7h"]);
   expect(completeLine("hello", ids)).toEqual([[], "hello"]);
+  // After /cancel, the short IDs of running transfers (found in the second audit: they had scrolled away).
+  expect(completeLine("/cancel 6b", ids, () => ["6b88da2c", "59b932e0"])).toEqual([["6b88da2c "], "6b"]);
+  expect(completeLine("/cancel ", ids, () => ["6b88da2c", "59b932e0"])).toEqual([["6b88da2c ", "59b932e0 "], ""]);
+  expect(completeLine("/cancel 7h", ids)).toEqual([[], "7h"]);
 });

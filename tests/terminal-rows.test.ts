@@ -61,3 +61,14 @@ test("rows end after a space when the next word fits the following row; longer w
   expect(rowsOf(`* 7hd2xw0a has report.pdf (2.0 KiB), verified: sha256 ${hash}`, 80)).toEqual(["* 7hd2xw0a has report.pdf (2.0 KiB), verified: sha256 ", `    ${hash}`]);
   expect(rowsOf("x".repeat(30), 20)).toEqual(["x".repeat(20), `    ${"x".repeat(10)}`]); // no space: cut
 });
+
+// Found in the second audit: a word that ended exactly at the last column left its space to start the next row.
+test("a word ending at the last column moves with the space after it: continuation rows start with exactly 4 spaces", () => {
+  const line = `${"a".repeat(15)} ${"b".repeat(4)} next words`; // "bbbb" ends at column 20
+  expect(rowsOf(line, 20)).toEqual([`${"a".repeat(15)} `, `    ${"b".repeat(4)} next words`]);
+  for (const columns of [20, 24, 33, 100]) {
+    for (const row of rowsOf(`* new key exchange with fkd4sxrg (you started it): fingerprint is now bc03-1e64-84ce (not verified). Compare it again, then /verify fkd4sxrg`, columns).slice(1)) {
+      expect(row).toMatch(/^ {4}\S/);
+    }
+  }
+});

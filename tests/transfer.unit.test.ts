@@ -416,6 +416,8 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     const { a, sent, events, send, offers, idOf } = lone();
     const first = ["f0", "f1", "f2", "f3", "f4"].map((n) => send(n, "b"));
     expect(offers()).toEqual(["f0 b", "f1 b", "f2 b", "f3 b"]);
+    const short = (n: string) => Buffer.from(idOf(n)).toString("hex").slice(0, 8);
+    expect(a.cancellable()).toEqual([...["f0", "f1", "f2", "f3"].map(short), expect.stringMatching(/^[0-9a-f]{8}$/)]); // the queued one too
     a.onContent("b", { t: "decline", id: idOf("f0"), reason: "too large" });
     expect(offers()).toEqual(["f0 b", "f1 b", "f2 b", "f3 b", "f4 b"]);
     sent.length = 0;

@@ -158,6 +158,8 @@ export interface ChatClient {
   cancel(prefix: string): number;
   /** Files sent in full whose ID starts with `prefix`, waiting for the receiver's answer (these cannot be cancelled). */
   awaitingAnswer(prefix: string): number;
+  /** Short IDs of the transfers cancel() can stop. */
+  cancellable(): string[];
   /** Transfers still running. */
   activeTransfers(): number;
   /** Declines file offers from now on; transfers under way go on (a script's end of input). */
@@ -756,6 +758,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     cancel: (prefix) => transfers.cancel(prefix),
     awaitingAnswer: (prefix) => transfers.awaitingAnswer(prefix),
+    cancellable: () => transfers.cancellable(),
     activeTransfers: () => transfers.active(),
     stopAccepting: () => transfers.stopAccepting(),
     holdEvents: (hold) => link.holdReading(hold),

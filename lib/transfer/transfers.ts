@@ -645,7 +645,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   const active = () => outgoing.size + incoming.size;
   const awaitingAnswer = (prefix: string) => [...outgoing.values()].filter((t) => t.state === "awaiting" && t.id.startsWith(prefix)).length;
 
-  return { send, onContent, onChunk, cancel, awaitingAnswer, abandon, peerReady, stopAccepting, active };
+  /** Short IDs of the transfers /cancel can stop (files sent in full wait for their answer). */
+  const cancellable = () => [...[...outgoing.values()].filter((t) => t.state !== "awaiting"), ...incoming.values()].map((t) => shortId(t.id));
+
+  return { send, onContent, onChunk, cancel, cancellable, awaitingAnswer, abandon, peerReady, stopAccepting, active };
 }
 
 export type Transfers = ReturnType<typeof createTransfers>;

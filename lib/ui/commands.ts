@@ -115,17 +115,18 @@ const TAKES_ID = new Set(["connect", "msg", "send", "verify", "fingerprint"]);
 
 /**
  * Tab completion for the prompt (readline's completer): a command name, then
- * the ID after a command that takes one, from `ids`. [candidates, the part
- * they complete]; none for anything else, so Tab never inserts a tab (found in
+ * the ID after a command that takes one, from `ids`, or after /cancel the
+ * short ID of a transfer, from `transfers`. [candidates, the part they
+ * complete]; none for anything else, so Tab never inserts a tab (found in
  * audit: it did, and broke the line's editing).
  */
-export function completeLine(line: string, ids: () => string[]): [string[], string] {
+export function completeLine(line: string, ids: () => string[], transfers: () => string[] = () => []): [string[], string] {
   const name = /^\/(\S*)$/.exec(line);
   if (name) return [NAMES.filter((n) => n.startsWith(name[1]!.toLowerCase())).map((n) => `/${n} `), line];
-  const id = /^\/(\S+) +(\S*)$/.exec(line);
-  if (id && TAKES_ID.has(id[1]!.toLowerCase())) {
-    const word = id[2]!.toLowerCase();
-    return [ids().filter((x) => x.startsWith(word)).map((x) => `${x} `), id[2]!];
-  }
-  return [[], line];
+  const arg = /^\/(\S+) +(\S*)$/.exec(line);
+  const command = arg?.[1]!.toLowerCase() ?? "";
+  const from = TAKES_ID.has(command) ? ids : command === "cancel" ? transfers : null;
+  if (!arg || !from) return [[], line];
+  const word = arg[2]!.toLowerCase();
+  return [from().filter((x) => x.startsWith(word)).map((x) => `${x} `), arg[2]!];
 }

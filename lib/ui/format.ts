@@ -50,7 +50,8 @@ export function terminalRows(line: string, columns: number | undefined): string 
     if (width + w > columns) {
       const space = row.lastIndexOf(" ");
       let carry: string[] = [];
-      if (ch !== " " && space > start && row.slice(start, space).some((c) => c !== " ") && CONTINUED.length + cellsOf(row.slice(space + 1).join("")) + w <= columns) {
+      // Also when the space after a word overflows: the word moves with it, so the next row does not start with it (found in audit).
+      if (space > start && row.slice(start, space).some((c) => c !== " ") && CONTINUED.length + cellsOf(row.slice(space + 1).join("")) + w <= columns) {
         carry = row.splice(space + 1);
       }
       rows.push(row.join(""));
