@@ -85,8 +85,12 @@ export class TransferError extends Error {
   }
 }
 
-const SEND_HIGH = 1024 * 1024; // pause reading the file while this much is queued
-const SEND_LOW = 256 * 1024;
+// Pause reading the file while this much waits in our queue to the relay. A message
+// typed meanwhile waits behind it (and the kernel's socket buffer): on a slow uplink,
+// 1 MiB was 5 s at 200 kB/s (found in audit). 256 KiB costs no speed on loopback
+// (two A/Bs, 70 pairs: docs/BENCHMARKS.md, "Thirteenth look").
+const SEND_HIGH = 256 * 1024;
+const SEND_LOW = 128 * 1024;
 const PROGRESS_MS = 250;
 /** Files being received at once (each holds a temporary file and a descriptor), in all and from one peer. */
 const MAX_INCOMING = 32;
