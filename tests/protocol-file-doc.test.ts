@@ -85,8 +85,8 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
     expect(flat).toContain('info = "smts/1 file keys", L = 64');
     expect(flat).toContain('"smts/1 chunk" ‖ fileId ‖ u64be(n) ‖ L ‖ iv ‖ ct');
     expect(flat).toContain("`.<id>.smts-part`");
-    expect(flat).toContain("more than **1 MiB** is queued");
-    expect(flat).toContain("down to **256 KiB**");
+    expect(flat).toContain("more than **256 KiB** is queued");
+    expect(flat).toContain("down to **128 KiB**");
     expect(flat).toContain("longer than **200 bytes** of UTF-8");
   });
 
@@ -508,20 +508,20 @@ describe("the sender rules of §27", () => {
     expect(s.contents).toEqual([]);
   });
 
-  test("backpressure: above 1 MiB queued, the sender stops after the chunk and waits for 256 KiB", async () => {
-    const s = harness({ backlog: 1024 * 1024 + 1 });
+  test("backpressure: above 256 KiB queued, the sender stops after the chunk and waits for 128 KiB", async () => {
+    const s = harness({ backlog: 256 * 1024 + 1 });
     const path = join(s.dir, "big");
     writeFileSync(path, new Uint8Array(5 * 131072));
     const sent = s.t.send(PEER, path).catch((e) => e);
     s.t.onContent(PEER, { t: "accept", id: s.contents[0]!.id });
     await Bun.sleep(10);
     expect(s.messages.length).toBe(1);
-    expect(s.drainedCalls).toEqual([256 * 1024]);
+    expect(s.drainedCalls).toEqual([128 * 1024]);
     s.t.cancel("");
     expect(last(s.contents)).toMatchObject({ t: "cancel", reason: "cancelled by sender" });
     expect(await sent).toMatchObject({ code: "cancelled" });
 
-    const fast = harness({ backlog: 1024 * 1024 }); // at the threshold: keeps reading
+    const fast = harness({ backlog: 256 * 1024 }); // at the threshold: keeps reading
     const p2 = join(fast.dir, "big");
     writeFileSync(p2, new Uint8Array(5 * 131072));
     const sent2 = fast.t.send(PEER, p2).catch((e) => e);
