@@ -113,9 +113,9 @@ const KEEP_FREE_INODES = 10_000;
  * are open already; at most MAX_QUEUED of them.
  */
 const MAX_OUTGOING_PER_PEER = 4;
+const MAX_QUEUED = 256;
 /** How often a broadcast held back by one busy recipient looks again at who is busy. */
 const HOLD_CHECK_MS = 250;
-const MAX_QUEUED = 256;
 
 type RecipientState = "offered" | "accepted" | "done" | "failed";
 
@@ -475,8 +475,9 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (holding) timer = setTimeout(resolve, Math.max(0, Math.min(HOLD_CHECK_MS, ...busy.map((peer) => holdMs - (held.get(peer) ?? 0)))));
       });
       clearTimeout(timer);
-      const stillBusy = accepted(t).filter(deps.isBusy);
-      if (holding && stillBusy.length < accepted(t).length) {
+      const after = accepted(t);
+      const stillBusy = after.filter(deps.isBusy);
+      if (holding && stillBusy.length < after.length) {
         for (const peer of busy) if (stillBusy.includes(peer)) held.set(peer, (held.get(peer) ?? 0) + performance.now() - since);
       }
     }

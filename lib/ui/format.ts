@@ -161,6 +161,9 @@ const RATE_WINDOW_MS = 5000; // the rate is of the last few seconds: an average 
 const STALLED_MS = 3000; // progress events come every 250 ms while bytes move
 const NAME_CELLS = 20;
 
+/** A transfer in the status: [time, bytes so far] of its progress events in the last RATE_WINDOW_MS (the newest last). */
+type Running = { name: string; way: string; out: boolean; size: number; samples: [number, number][] };
+
 /**
  * Tracks running transfers and renders them as the status in front of the
  * prompt, one entry each: name, direction and peer, percent, rate over the
@@ -171,20 +174,18 @@ const NAME_CELLS = 20;
  * entries as fit `cells` (at least one), then a count; fixed widths, so the
  * prompt does not jump.
  */
-type Running = { name: string; way: string; out: boolean; size: number; bytes: number; samples: [number, number][] };
-
 export function progressTracker(now = () => performance.now()) {
   const running = new Map<string, Running>();
   function entry(r: Running, t: number): string {
     const head = `${fitCells(statusName(r.name), NAME_CELLS)} ${r.way}`;
-    if (r.out && r.bytes >= r.size) return `${head} sent, awaiting the answer`;
     const [t0, b0] = r.samples[0]!;
     const [t1, b1] = r.samples.at(-1)!;
+    if (r.out && b1 >= r.size) return `${head} sent, awaiting the answer`;
     const rate = t > t0 ? ((b1 - b0) * 1000) / (t - t0) : 0; // up to now: a pause shows as a falling rate
-    const pct = `${r.size ? Math.floor((100 * r.bytes) / r.size) : 100}%`.padStart(4);
+    const pct = `${r.size ? Math.floor((100 * b1) / r.size) : 100}%`.padStart(4);
     // Slow links send a progress event only per chunk: stalled is no event for 3 s, or for three of their usual gaps.
     const gap = r.samples.length > 1 ? (t1 - t0) / (r.samples.length - 1) : 0;
-    const pace = !r.out && t - t1 >= Math.max(STALLED_MS, 3 * gap) ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - r.bytes) / rate).padStart(5)}` : "";
+    const pace = !r.out && t - t1 >= Math.max(STALLED_MS, 3 * gap) ? "stalled" : rate > 0 ? `${`${formatSize(rate)}/s`.padStart(11)} ${clock((r.size - b1) / rate).padStart(5)}` : "";
     return `${head} ${pct} ${pace}`.trimEnd();
   }
   function render(cells = Infinity): string {
@@ -208,10 +209,10 @@ export function progressTracker(now = () => performance.now()) {
     update(e: ChatEvent, cells?: number): string {
       if (e.event === "progress") {
         const key = `${e.direction} ${e.id}`;
-        const r = running.get(key) ?? { name: e.name, way: `${e.direction === "out" ? "to" : "from"} ${e.peer === "*" ? "all" : e.peer}`, out: e.direction === "out", size: e.size, bytes: 0, samples: [] };
-        r.bytes = e.bytes;
-        r.samples.push([now(), e.bytes]);
-        while (r.samples.length > 2 && r.samples[1]![0] <= now() - RATE_WINDOW_MS) r.samples.shift();
+        const r = running.get(key) ?? { name: e.name, way: `${e.direction === "out" ? "to" : "from"} ${e.peer === "*" ? "all" : e.peer}`, out: e.direction === "out", size: e.size, samples: [] };
+        const t = now();
+        r.samples.push([t, e.bytes]);
+        while (r.samples.length > 2 && r.samples[1]![0] <= t - RATE_WINDOW_MS) r.samples.shift();
         running.set(key, r);
         if (!r.out && e.bytes >= e.size) running.delete(key);
       } else if (e.event === "delivered") {

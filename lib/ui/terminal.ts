@@ -56,9 +56,10 @@ export function startTerminal(onLine: (line: string) => void, onClose: () => voi
   rl.prompt();
   return {
     print(text) {
-      if (!open) return void out.write(`${terminalRows(text, out.columns)}\n`);
+      const rows = `${terminalRows(text, out.columns)}\n`;
+      if (!open) return void out.write(rows);
       erasePrompt();
-      out.write(`${terminalRows(text, out.columns)}\n`);
+      out.write(rows);
       rl.prompt(true);
     },
     status(text) {
