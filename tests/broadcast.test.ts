@@ -545,7 +545,7 @@ describe("re-keying on membership change", () => {
     for (const f of w.mitm.pipe(s.id).fromClient) expect((f.body as Uint8Array | undefined)?.length ?? 0).toBeLessThan(RELAY_DEFAULTS.maxFrame);
   });
 
-  test("a member whose session ended on its side only and who connects again gets a new sender key: later broadcasts reach it", async () => {
+  test("a member whose session ended on its side only and who connects again leaves the broadcasts (to us, a re-key it started, maybe the relay's) until we /verify it; then it gets a new sender key and later broadcasts reach it", async () => {
     const w = await start();
     const s = await w.party();
     const [b, c] = [await w.party(), await w.party()];
@@ -556,9 +556,12 @@ describe("re-keying on membership change", () => {
     await waitFor(() => b.of("session").some((e) => e.peer === s.id && e.state === "closed"), "b: session with s closed", LONG);
     await b.chat.connect(s.id); // the documented recovery: to s, a re-key
     await waitFor(() => s.of("session").some((e) => e.peer === b.id && e.state === "rekeyed"), "s: re-keyed with b", LONG);
-    s.chat.broadcastText("two");
-    for (const p of [b, c]) await gotText(p, "two");
-    expect(b.texts()).toEqual(["one", "two"]);
+    expect(s.chat.broadcastText("two")).toEqual([c.id]);
+    await gotText(c, "two");
+    s.chat.verify(b.id); // s compared the new fingerprint
+    s.chat.broadcastText("three");
+    for (const p of [b, c]) await gotText(p, "three");
+    expect(b.texts()).toEqual(["one", "three"]);
     expect(b.of("error")).toEqual([]);
   });
 

@@ -4,7 +4,9 @@
 // drop, delay, replay, reorder, modify and inject frames and lie about IDs.
 // Each test is named after the original's flaw (brief §4) it proves impossible.
 import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import { GROUP_BYTES, isValidPublic, jacobi, P, toBigInt, toFixedBytes } from "../lib/crypto/group14.ts";
@@ -21,9 +23,9 @@ import {
   shortFingerprint,
   startInitiator,
 } from "../lib/session/handshake.ts";
-import { SendChain } from "../lib/session/records.ts";
+import { ReceiveChain, SendChain } from "../lib/session/records.ts";
 import { formatEvent } from "../lib/ui/format.ts";
-import type { Frame } from "../lib/wire/frame.ts";
+import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { joinTest, ROOT, SECRET, startTestRelay, waitFor, type TestClient } from "./helpers.ts";
 import { e2eOf, flipBit, installDhMitm, isE2E, msgFrame, pack, startMitm, type Mitm } from "./mitm.ts";
 
@@ -744,6 +746,113 @@ describe("no session, no message", () => {
     expect(b.chat.peers().find((p) => p.id === a.id)?.verified).toBe(false);
     b.chat.verify(a.id, ev.fingerprint as string); // the fingerprint it has now: taken
     expect(b.chat.peers().find((p) => p.id === a.id)?.verified).toBe(true);
+  });
+});
+
+// What the user gave a session must not go out under a session a relay made
+// later by a re-key posing as the peer (found in audit): the re-key is
+// announced, but nothing the user gave before it asked about the new one.
+describe("after a re-key the relay made", () => {
+  /**
+   * The relay runs a key exchange with `victim` posing as `as`, swallowing the
+   * victim's answers on their way to `as`; from then on it opens every record the
+   * victim sends to `as` with the keys it made, and collects their contents.
+   */
+  async function takeOver(m: Mitm, victim: Party, as: Party) {
+    const dhM = engine();
+    const i = await startInitiator(dhM, as.id, victim.id);
+    let pending: Awaited<ReturnType<typeof initiatorFinish>>["pending"] | null = null;
+    let chain: ReceiveChain | null = null;
+    const read: Frame[] = [];
+    m.toClient = (f, pipe) => {
+      if (pipe.id !== as.id || f.src !== victim.id) return;
+      const inner = e2eOf(f);
+      if (inner?.t === "reply") {
+        void initiatorFinish(dhM, i.state, inner).then(({ reveal, pending: p }) => ((pending = p), m.pipe(victim.id).injectToClient(msgFrame(as.id, reveal))));
+      } else if (inner?.t === "confirm") {
+        chain = new ReceiveChain(initiatorConfirm(pending!, inner).receiveChain);
+      } else if (inner?.t === "rec" && chain) {
+        const r = chain.open(inner);
+        if (r.ok) {
+          const c = decodePayload(r.plaintext);
+          read.push(...(c.t === "batch" ? (c.items as Frame[]) : [c]));
+        }
+      }
+      return null; // nothing from the victim reaches `as` any more
+    };
+    m.pipe(victim.id).injectToClient(msgFrame(as.id, i.hello));
+    await sessionEvent(victim, as.id, "rekeyed");
+    return read;
+  }
+
+  test("files given to send before it (queued, or offered and not yet answered) fail instead of being offered, file key and all, under the relay's session; the peer leaves the broadcasts", async () => {
+    const dirs = [mkdtempSync(join(tmpdir(), "smts-rekey-")), mkdtempSync(join(tmpdir(), "smts-rekey-"))];
+    try {
+      relay = startTestRelay();
+      mitm = startMitm(relay.port);
+      const m = mitm;
+      const [a, b] = await Promise.all(
+        dirs.map(async (dir) => {
+          const events: ChatEvent[] = [];
+          const chat = await startChat({ host: "127.0.0.1", port: m.port, secret: SECRET, dh: engine(), onEvent: (e) => events.push(e), downloadDir: dir });
+          chats.push(chat);
+          return { chat, id: chat.id, events } as Party;
+        }),
+      );
+      await waitFor(() => m.pipes.filter((p) => p.id).length === 2, "both pipes to learn their IDs", LONG);
+      await b!.chat.connect(a!.id);
+      b!.chat.verify(a!.id); // compared: B trusts this session, with broadcasts and files
+      // A's answers never reach B, so B's first 4 files stay offered and the 5th waits its turn.
+      m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === a!.id && e2eOf(f)?.t === "rec" ? null : undefined);
+      const paths = [1, 2, 3, 4, 5].map((n) => join(dirs[1]!, `f${n}.txt`));
+      paths.forEach((p, n) => writeFileSync(p, `file ${n + 1}`));
+      const sends = paths.map((p) => b!.chat.sendFile(a!.id, p).then(() => "delivered", (e: Error) => e.message));
+      await waitFor(() => b!.events.filter((e) => e.event === "transfer" && e.state === "queued").length === 1, "the 5th file queued", LONG);
+
+      const read = await takeOver(m, b!, a!);
+      const outcomes = await Promise.all(sends);
+      for (const o of outcomes) expect(o).toContain("the session was re-keyed before the file went out: compare the new fingerprint, then send it again");
+      await Bun.sleep(200); // anything still on its way to the relay
+      expect(read.filter((c) => c.t === "offer")).toEqual([]); // before the fix: f5.txt's offer, with its key
+      expect(read.every((c) => c.t === "cancel")).toBe(true); // the 4 offered ones are called off
+      // The re-key was the peer's (as far as B can tell): A is out of B's broadcasts until B checks again.
+      expect(() => b!.chat.broadcastText("to everyone I chose")).toThrow("no peers to broadcast to");
+      const ev = sessionEvents(b!, a!.id).find((e) => e.state === "rekeyed")!;
+      expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets none of your broadcasts.`);
+    } finally {
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  test("messages held behind a broadcast (waiting for another member's re-key) are not sent under the relay's session, and their loss is reported", async () => {
+    relay = startTestRelay();
+    mitm = startMitm(relay.port);
+    const m = mitm;
+    const [a, b, c] = await Promise.all([party(m.port), party(m.port), party(m.port)]);
+    await waitFor(() => m.pipes.filter((p) => p.id).length === 3, "all pipes to learn their IDs", LONG);
+    await b!.chat.connect(a!.id);
+    await b!.chat.connect(c!.id);
+    // B re-keys with C, and the relay holds C's confirm: B's broadcasts wait for
+    // that exchange (the new key must reach C first), and so does what B sends
+    // after a broadcast to anyone.
+    let confirm: Frame | null = null;
+    m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === c!.id && e2eOf(f)?.t === "confirm" ? ((confirm = f), null) : undefined);
+    const rekeyC = b!.chat.connect(c!.id);
+    await waitFor(() => confirm, "C's confirm, held", LONG);
+    b!.chat.broadcastText("held broadcast");
+    b!.chat.sendText(a!.id, "secret for A");
+    await Bun.sleep(200);
+    expect(texts(a!)).not.toContain("secret for A"); // held, as it should be
+
+    const read = await takeOver(m, b!, a!);
+    const lost = await errorFrom(b!, "not_sent", a!.id);
+    expect(lost.message).toBe(`1 message(s) to ${a!.id} not sent: ${a!.id} made a new key exchange while they waited`);
+    m.toClient = null;
+    m.pipe(b!.id).injectToClient(confirm!); // C's exchange completes: the broadcast goes now, and what waited behind it
+    await rekeyC;
+    await message(c!, "held broadcast");
+    await Bun.sleep(200);
+    expect(read.filter((x) => x.t === "text")).toEqual([]); // before the fix: "secret for A", read by the relay
   });
 });
 

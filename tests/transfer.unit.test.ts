@@ -284,6 +284,25 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(readdirSync(dir).sort()).toEqual([names.fresh, names.foreign, names.kept, tempName(id.replace("1", "e"))].sort());
   });
 
+  test("an offer declined (too large, duplicate, receiver leaving) or malformed leaves its file key erased, as one accepted does (found in audit)", () => {
+    const deps = { sendContent() {}, sendMessage() {}, backlog: () => 0, congested: () => false, isBusy: () => false, drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const t = createTransfers(deps, { downloadDir: tempDir(), maxFileSize: 1024 });
+    const offer = (fields: Record<string, unknown>) => ({ t: "offer", id: randomBytes(FILE_ID_BYTES), name: "f.txt", size: 10, key: randomBytes(32), ...fields });
+    const erased = (m: Frame) => (m.key as Uint8Array).every((b) => b === 0);
+    const accepted = offer({});
+    t.onContent("p", accepted);
+    expect(erased(accepted)).toBe(true);
+    for (const m of [offer({ size: 4096 }), offer({ id: accepted.id }), offer({ bc: true }), offer({ name: 7 })]) {
+      t.onContent("p", m);
+      expect(erased(m)).toBe(true);
+    }
+    t.stopAccepting();
+    const late = offer({});
+    t.onContent("p", late);
+    expect(erased(late)).toBe(true);
+    t.abandon(null, "test over");
+  });
+
   function wired(net: { dropChunk?: (c: Frame) => boolean; dropContent?: (c: Frame) => boolean } = {}, maxFrame = 256 * 1024) {
     const ev = { a: [] as TransferEvent[], b: [] as TransferEvent[] };
     const dir = { a: tempDir(), b: tempDir() };

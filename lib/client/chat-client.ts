@@ -86,6 +86,10 @@ function batches<T extends Queued>(queue: T[]): T[][] {
   return out;
 }
 const recordPlain = (run: Queued[]) => pack(run.length === 1 ? run[0]!.item : { t: "batch", items: run.map((q) => q.item) });
+/** Erases the key copies that queued contents carry (`offer`, `skey`), once sealed or dropped. */
+function wipeKeys(run: Queued[]): void {
+  for (const { item } of run) for (const k of [item.key, item.tk]) if (k instanceof Uint8Array) wipe(k);
+}
 /** The longest wait a timer allows (setTimeout fires at once beyond it); longer waits are cut to this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -291,7 +295,12 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     s.queued = [];
     s.queuedBytes = 0;
     if (heldWaiters.length) wakeHeldWaiters();
-    for (const run of batches(queue)) send(s.peer, new PackedBin(s.send.seal(recordPlain(run))));
+    for (const run of batches(queue)) {
+      const plain = recordPlain(run);
+      send(s.peer, new PackedBin(s.send.seal(plain)));
+      wipe(plain); // it may hold keys (offers, sender keys)
+      wipeKeys(run);
+    }
   }
 
   // ---- Broadcast (docs/PROTOCOL.md, "Broadcast layer") ----------------------
@@ -388,7 +397,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         if (ownKeyChecks.length > OWN_KEYS_REMEMBERED) ownKeyChecks.shift();
       }
       for (const p of members) sealQueued(sessions.get(p)!, true); // the key travels before the first record under it
-      for (const run of batches(texts)) send(members, new PackedBin(sealBroadcastRecord(ownKey, recordPlain(run))));
+      for (const run of batches(texts)) {
+        const plain = recordPlain(run);
+        send(members, new PackedBin(sealBroadcastRecord(ownKey, plain)));
+        wipe(plain);
+      }
     }
     for (const s of sessions.values()) {
       const after = s.after;
@@ -437,21 +450,39 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
     const returning = !old && ended.delete(peer);
+    // What the user gave us under the old session must not go out under a new one
+    // it did not ask for: a relay can say the peer is busy (so our contents wait),
+    // then re-key posing as the peer (found in audit). Only texts held for a
+    // re-key we started are carried over; file offers and sender keys never are
+    // (their transfers fail below; the next broadcast makes a new key).
+    const carried = (q: Queued) => byUs && q.item.t === "text";
+    const queued = (old?.queued ?? []).filter(carried);
+    const after = (old?.after ?? []).filter(carried);
+    const left = [...(old?.queued ?? []), ...(old?.after ?? [])].filter((q) => !carried(q));
+    wipeKeys(left);
+    const dropped = left.filter((q) => q.item.t === "text").length;
     const s: Session = {
       peer,
       send: new SendChain(keys.sendChain),
       receive: new ReceiveChain(keys.receiveChain),
       fingerprint: keys.fingerprint,
       verified: false,
-      queued: old?.queued ?? [],
-      queuedBytes: old?.queuedBytes ?? 0,
-      after: old?.after ?? [],
+      queued,
+      queuedBytes: queued.reduce((n, q) => n + q.bytes, 0),
+      after,
     };
     sessions.set(peer, s);
-    // The peer may have lost our sender key with its old session (a session can
-    // end on one side only, PROTOCOL §21.1): the next broadcast makes a new one.
-    if (old) forgetOwnKeyOf(peer);
+    if (old || returning) {
+      // The peer may have lost our sender key with its old session (a session can
+      // end on one side only, PROTOCOL §21.1): the next broadcast makes a new one.
+      forgetOwnKeyOf(peer);
+      // A re-key the peer started may be the relay's: until the user checks the
+      // new fingerprint (/verify) or runs /connect, it gets no broadcasts.
+      if (!byUs) chosen.delete(peer);
+      transfers.rekeyed(peer);
+    }
     emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false, by: byUs ? "us" : "peer" });
+    if (dropped) emit({ event: "error", code: "not_sent", message: `${dropped} message(s) to ${peer} not sent: ${peer} made a new key exchange while they waited`, peer });
     settle(peer);
     sealQueued(s);
     sealBroadcast();

@@ -27,11 +27,13 @@ export function hkdf(ikm: Uint8Array, salt: Uint8Array, info: Uint8Array, length
   const out = new Uint8Array(length);
   let block: Uint8Array = new Uint8Array(0);
   for (let i = 1, at = 0; at < length; i++) {
-    block = hmac(prk, block, info, new Uint8Array([i]));
+    const previous = block;
+    block = hmac(prk, previous, info, new Uint8Array([i]));
+    wipe(previous); // each block is key material (found in audit)
     out.set(block.subarray(0, length - at), at);
     at += block.length;
   }
-  wipe(prk);
+  wipe(prk, block);
   return out;
 }
 
@@ -62,7 +64,10 @@ export function aesCbcDecrypt(key: Uint8Array, iv: Uint8Array, ciphertext: Uint8
 function runCipher(c: { update(data: Uint8Array): Buffer; final(): Buffer }, data: Uint8Array): Uint8Array {
   const a = c.update(data);
   const b = c.final();
-  return b.length === 0 ? new Uint8Array(a.buffer, a.byteOffset, a.length) : concat(a, b);
+  if (b.length === 0) return new Uint8Array(a.buffer, a.byteOffset, a.length);
+  const whole = concat(a, b);
+  wipe(a, b); // decrypting, they are plaintext
+  return whole;
 }
 
 /** Constant-time equality for MACs and secrets (lengths are public). */

@@ -12,9 +12,9 @@
 // means records were dropped in transit: it is accepted only if its MAC
 // verifies, and the gap is reported. A record that fails leaves the chain
 // exactly as it was, so an injected record cannot desynchronise the session.
-// The chain keys walked to reach a high seq are kept (at most MAX_SKIP of
-// them, all derivable from the current one anyway), so forged records with a
-// high seq cost one walk in all, not up to 1024 HMACs each.
+// Every 32nd chain key walked to reach a high seq is kept (all derivable from
+// the current one anyway), so a forged record with a high seq costs at most 31
+// HMACs after the first walk, not up to 1024, and pins at most 32 keys.
 import { aesCbcDecrypt, aesCbcEncrypt, equalBytes, hmac, randomBytes, u64be, utf8, wipe } from "../crypto/primitives.ts";
 
 const L_REC = utf8("smts/1 rec");
@@ -55,16 +55,39 @@ export type OpenResult =
   | { ok: true; plaintext: Uint8Array; skipped: number }
   | { ok: false; reason: "malformed" | "replayed" | "tampered" | "too_far" };
 
+/** A receive chain keeps CK_n for every n that is a multiple of this, between its next and next + MAX_SKIP. */
+const CHECKPOINT = 32;
+
 export class ReceiveChain {
   private next = 0;
-  /** ahead[i] = CK_{next+1+i}, computed on demand. */
-  private ahead: Uint8Array[] = [];
+  /**
+   * CK_n at the multiples of CHECKPOINT above `next` that a walk has passed.
+   * Keeping every key walked made one forged record with a high seq pin 1024 of
+   * them, about 146 KiB per session, and a peer can make many sessions (found
+   * in audit); this keeps at most 32, and any CK_n is at most 31 HMACs away.
+   */
+  private checkpoints = new Map<number, Uint8Array>();
   constructor(private chain: Uint8Array) {}
 
-  /** CK_n for next ≤ n ≤ next + MAX_SKIP. */
-  private chainAt(n: number): Uint8Array {
-    while (this.ahead.length < n - this.next) this.ahead.push(hmac(this.ahead.at(-1) ?? this.chain, NEXT));
-    return n === this.next ? this.chain : this.ahead[n - this.next - 1]!;
+  /** CK_n for next ≤ n ≤ next + MAX_SKIP + 1, and whether the caller must wipe it (it is neither the chain nor a checkpoint). */
+  private chainAt(n: number): { key: Uint8Array; own: boolean } {
+    let at = this.next;
+    let key = this.chain;
+    for (let c = n - (n % CHECKPOINT); c > this.next; c -= CHECKPOINT) {
+      const kept = this.checkpoints.get(c);
+      if (kept) {
+        (at = c), (key = kept);
+        break;
+      }
+    }
+    while (at < n) {
+      const walked = hmac(key, NEXT);
+      if (key !== this.chain && !this.checkpoints.has(at)) wipe(key);
+      key = walked;
+      at++;
+      if (at % CHECKPOINT === 0) this.checkpoints.set(at, key);
+    }
+    return { key, own: key !== this.chain && !this.checkpoints.has(n) };
   }
 
   open(m: Record<string, unknown>): OpenResult {
@@ -76,32 +99,34 @@ export class ReceiveChain {
     if (n < this.next) return { ok: false, reason: "replayed" };
     if (n - this.next > MAX_SKIP) return { ok: false, reason: "too_far" };
     // The chain only moves once the MAC verified.
-    const chain = this.chainAt(n);
+    const { key: chain, own } = this.chainAt(n);
     const macKey = hmac(chain, MAC);
     const good = equalBytes(recordMac(macKey, n, iv, ct), mac);
     wipe(macKey);
-    if (!good) return { ok: false, reason: "tampered" };
-    const encKey = hmac(chain, ENC);
+    const encKey = good ? hmac(chain, ENC) : null;
+    const next = good ? hmac(chain, NEXT) : null; // CK_{n+1}
+    if (own) wipe(chain);
+    if (!encKey || !next) return { ok: false, reason: "tampered" };
     let plaintext: Uint8Array;
     try {
       plaintext = aesCbcDecrypt(encKey, iv, ct);
     } catch {
       // Authentic but undecryptable: the sender is broken; drop it like a forgery.
-      wipe(encKey);
+      wipe(encKey, next);
       return { ok: false, reason: "tampered" };
     }
     wipe(encKey);
     const skipped = n - this.next;
-    const after = this.chainAt(n + 1); // CK_{n+1}: kept in `ahead` if it was walked already
-    const used = this.ahead.splice(0, skipped + 1); // CK_{next+1} … CK_{n+1}
-    wipe(this.chain, ...used.filter((c) => c !== after));
-    this.chain = after;
+    // Everything up to CK_{n+1} is behind us now: erased (forward secrecy).
+    for (const [at, key] of this.checkpoints) if (at <= n + 1) wipe(key), this.checkpoints.delete(at);
+    wipe(this.chain);
+    this.chain = next;
     this.next = n + 1;
     return { ok: true, plaintext, skipped };
   }
 
   erase(): void {
-    wipe(this.chain, ...this.ahead);
-    this.ahead = [];
+    wipe(this.chain, ...this.checkpoints.values());
+    this.checkpoints.clear();
   }
 }

@@ -486,17 +486,15 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   function onOffer(peer: string, m: Frame): void {
     const { id, name, size, key, sha256 } = m;
-    if (!(id instanceof Uint8Array) || id.length !== FILE_ID_BYTES || typeof name !== "string" || !Number.isSafeInteger(size) || (size as number) < 0 || !(key instanceof Uint8Array) || key.length !== 32) {
-      deps.emit({ event: "transfer", id: "?", peer, direction: "in", name: "?", size: 0, state: "failed", reason: "malformed offer" });
-      return;
-    }
-    if (m.bc === true && !(sha256 instanceof Uint8Array && sha256.length === 32)) {
+    if (!(id instanceof Uint8Array) || id.length !== FILE_ID_BYTES || typeof name !== "string" || !Number.isSafeInteger(size) || (size as number) < 0 || !(key instanceof Uint8Array) || key.length !== 32 || (m.bc === true && !(sha256 instanceof Uint8Array && sha256.length === 32))) {
+      if (key instanceof Uint8Array) wipe(key);
       deps.emit({ event: "transfer", id: "?", peer, direction: "in", name: "?", size: 0, state: "failed", reason: "malformed offer" });
       return;
     }
     const tid = hexId(id);
     const clean = safeName(name);
     const decline = (reason: string, answer = true) => {
+      wipe(key); // PROTOCOL §26: the receiver erases the file key (found in audit: kept on these paths)
       if (answer) deps.sendContent(peer, { t: "decline", id, reason });
       deps.emit({ event: "transfer", id: shortId(tid), peer, direction: "in", name: clean, size: size as number, state: "declined", reason });
     };
@@ -628,6 +626,21 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return n;
   }
 
+  /**
+   * `peer` has a new session (a re-key). Files not yet offered to it, or
+   * offered and not yet answered, fail: their offer, with the file key, would
+   * go (or went) under a session the user gave the file for, and the new one
+   * may be a relay's (found in audit). Files already streaming go on: their
+   * key went to the old session's holder, and their chunks are useless to anyone else.
+   */
+  function rekeyed(peer: string): void {
+    for (const t of queuedFirst()) {
+      if (t.recipients.get(peer) !== "offered") continue;
+      if (t.state !== "queued") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+      dropRecipient(t, peer, "failed", "the session was re-keyed before the file went out: compare the new fingerprint, then send it again");
+    }
+  }
+
   /** A peer the relay said is busy is ready again: streams held for it look again (deps.isBusy). */
   function peerReady(): void {
     for (const t of outgoing.values()) t.wake?.();
@@ -653,7 +666,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   /** Short IDs of the transfers /cancel can stop (files sent in full wait for their answer). */
   const cancellable = () => [...[...outgoing.values()].filter((t) => t.state !== "awaiting"), ...incoming.values()].map((t) => shortId(t.id));
 
-  return { send, onContent, onChunk, cancel, cancellable, awaitingAnswer, abandon, peerReady, stopAccepting, active };
+  return { send, onContent, onChunk, cancel, cancellable, awaitingAnswer, abandon, rekeyed, peerReady, stopAccepting, active };
 }
 
 export type Transfers = ReturnType<typeof createTransfers>;
