@@ -5,7 +5,6 @@ import { accessSync, constants, statSync } from "node:fs";
 import { constants as osConstants } from "node:os";
 import { resolve } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
-import { parseSize } from "../lib/cli/size.ts";
 import { startDhEngine } from "../lib/crypto/dh.ts";
 import { JoinError } from "../lib/link/relay-link.ts";
 import { DEFAULT_PORT } from "../lib/relay/protocol.ts";
@@ -22,9 +21,9 @@ const args = {
   relay: { type: "positional", description: "Relay address, HOST[:PORT] (default port 5555)", required: true },
   "secret-file": { type: "string", description: "Read the join secret from this file (else SMTS_SECRET)", valueHint: "PATH" },
   json: { type: "boolean", description: "Write NDJSON events to stdout (human output goes to stderr)" },
-  timeout: { type: "string", description: "Seconds a scripted command waits for a session", default: "30" },
-  "download-dir": { type: "string", description: "Where received files are saved", default: "." },
-  "max-file-size": { type: "string", description: "Largest file sent or accepted (e.g. 10MiB, 1GiB)", default: "10MiB" },
+  timeout: { type: "string", valueHint: "SECONDS", description: "Seconds a scripted command waits for a session", default: "30" },
+  "download-dir": { type: "string", valueHint: "DIR", description: "Where received files are saved", default: "." },
+  "max-file-size": { type: "string", valueHint: "SIZE", description: "Largest file sent or accepted (e.g. 10MiB, 1GiB)", default: "10MiB" },
 } as const;
 
 export function parseRelayAddress(text: string): { host: string; port: number } {
@@ -34,14 +33,14 @@ export function parseRelayAddress(text: string): { host: string; port: number } 
 }
 
 export const chatCommand = defineCommand({
-  meta: { name: "chat", description: "Join a relay and talk end-to-end encrypted (interactive, or commands on stdin)" },
+  meta: { name: "chat", description: "Chat through a relay, end-to-end encrypted (or from a script)" },
   args,
   async run({ args: a, rawArgs, cmd }) {
     await guard(cmd, undefined, async () => {
       checkFlags(rawArgs, args);
       const { host, port } = parseRelayAddress(a.relay);
       const timeoutMs = parsePositive("timeout", a.timeout, 30) * 1000;
-      const maxFileSize = parsePositive("max-file-size", a["max-file-size"], 0, parseSize);
+      const maxFileSize = parsePositive("max-file-size", a["max-file-size"], 0, "size");
       if (a["download-dir"] === "") throw new UsageError("--download-dir needs a path");
       const downloadDir = resolve(a["download-dir"]);
       try {

@@ -2,7 +2,7 @@
 import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
-import { formatSize, parseSize } from "../lib/cli/size.ts";
+import { formatSize } from "../lib/cli/size.ts";
 import { MAX_FRAME_LIMIT } from "../lib/relay/protocol.ts";
 import { RELAY_DEFAULTS, startRelay, type RelayLog } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
@@ -11,19 +11,19 @@ import { onStopSignals } from "./signals.ts";
 import { checkFlags, Failure, guard, parseCount, parsePort, parsePositive, readSecret, UsageError } from "./usage.ts";
 
 const args = {
-  host: { type: "string", description: "Address to listen on", default: RELAY_DEFAULTS.host },
-  port: { type: "string", description: "TCP port (0 picks a free one)", default: String(RELAY_DEFAULTS.port) },
+  host: { type: "string", valueHint: "ADDR", description: "Address to listen on", default: RELAY_DEFAULTS.host },
+  port: { type: "string", valueHint: "PORT", description: "TCP port (0 picks a free one)", default: String(RELAY_DEFAULTS.port) },
   "secret-file": { type: "string", description: "Read the join secret from this file (else SMTS_SECRET)", valueHint: "PATH" },
   open: { type: "boolean", description: "Run without a secret: anyone who can reach the port may join" },
   "generate-secret": { type: "boolean", description: "Print a new strong secret and exit" },
-  "max-clients": { type: "string", description: "Most clients joined at once", default: String(RELAY_DEFAULTS.maxClients) },
-  "max-pending": { type: "string", description: "Most connections waiting to join; a new one past it evicts the oldest", default: String(RELAY_DEFAULTS.maxPending) },
-  "max-pending-per-source": { type: "string", description: "The same, per IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxPendingPerSource) },
-  "max-frame": { type: "string", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
-  "queue-limit": { type: "string", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
-  "slow-timeout": { type: "string", description: "Seconds a client may leave queued data unread", default: String(RELAY_DEFAULTS.slowTimeoutMs / 1000) },
-  "join-timeout": { type: "string", description: "Seconds a new connection has to join", default: String(RELAY_DEFAULTS.joinTimeoutMs / 1000) },
-  "ping-interval": { type: "string", description: "Seconds of silence before a ping (dropped after 3x)", default: String(RELAY_DEFAULTS.pingIntervalMs / 1000) },
+  "max-clients": { type: "string", valueHint: "N", description: "Most clients joined at once", default: String(RELAY_DEFAULTS.maxClients) },
+  "max-pending": { type: "string", valueHint: "N", description: "Most connections waiting to join; a new one past it evicts the oldest", default: String(RELAY_DEFAULTS.maxPending) },
+  "max-pending-per-source": { type: "string", valueHint: "N", description: "The same, per IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxPendingPerSource) },
+  "max-frame": { type: "string", valueHint: "SIZE", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
+  "queue-limit": { type: "string", valueHint: "SIZE", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
+  "slow-timeout": { type: "string", valueHint: "SECONDS", description: "Seconds a client may leave queued data unread", default: String(RELAY_DEFAULTS.slowTimeoutMs / 1000) },
+  "join-timeout": { type: "string", valueHint: "SECONDS", description: "Seconds a new connection has to join", default: String(RELAY_DEFAULTS.joinTimeoutMs / 1000) },
+  "ping-interval": { type: "string", valueHint: "SECONDS", description: "Seconds of silence before a ping (dropped after 3x)", default: String(RELAY_DEFAULTS.pingIntervalMs / 1000) },
   verbose: { type: "boolean", description: "Log connection events (temporary IDs, never payloads)" },
 } as const;
 
@@ -73,7 +73,7 @@ export function perSecond(limit: number, write: (m: string) => void, now = () =>
 }
 
 export const relayCommand = defineCommand({
-  meta: { name: "relay", description: "Run the transparent relay (forwards ciphertext, stores nothing)" },
+  meta: { name: "relay", description: "Run the relay (it forwards ciphertext and stores nothing)" },
   args,
   async run({ args: a, rawArgs, cmd }) {
     await guard(cmd, undefined, async () => {
@@ -95,8 +95,8 @@ export const relayCommand = defineCommand({
         maxClients: parseCount("max-clients", a["max-clients"]),
         maxPending: parseCount("max-pending", a["max-pending"]),
         maxPendingPerSource: parseCount("max-pending-per-source", a["max-pending-per-source"]),
-        maxFrame: parsePositive("max-frame", a["max-frame"], 0, parseSize),
-        queueMax: parsePositive("queue-limit", a["queue-limit"], 0, parseSize),
+        maxFrame: parsePositive("max-frame", a["max-frame"], 0, "size"),
+        queueMax: parsePositive("queue-limit", a["queue-limit"], 0, "size"),
         slowTimeoutMs: seconds("slow-timeout", a["slow-timeout"]),
         joinTimeoutMs: seconds("join-timeout", a["join-timeout"]),
         pingIntervalMs: seconds("ping-interval", a["ping-interval"]),
@@ -106,7 +106,14 @@ export const relayCommand = defineCommand({
       if (options.maxFrame < 192 * 1024 || options.maxFrame > MAX_FRAME_LIMIT) throw new UsageError("--max-frame must be between 192KiB and 64MiB");
       if (options.queueMax < 2 * RELAY_DEFAULTS.queuePause) throw new UsageError("--queue-limit must be at least 8MiB (twice the queue at which senders are paused)");
       // A frame is queued only while the queue is at most half the limit (PROTOCOL §10): one must then fit, headers too.
-      if (options.queueMax < 2 * (options.maxFrame + 1024)) throw new UsageError("--queue-limit must be at least twice --max-frame, plus 2KiB (one frame must always fit in a recipient's queue)");
+      // Unless given, the limit grows with --max-frame (found in audit: --max-frame 64MiB alone was refused).
+      const queueFloor = 2 * (options.maxFrame + 1024);
+      if (options.queueMax < queueFloor) {
+        if (rawArgs.some((x) => x === "--queue-limit" || x.startsWith("--queue-limit="))) {
+          throw new UsageError(`--queue-limit must be at least twice --max-frame, plus 2KiB: ${formatSize(queueFloor)} (${queueFloor} bytes) here (one frame must always fit in a recipient's queue)`);
+        }
+        options.queueMax = queueFloor;
+      }
       // The secret only now: a mistake in the arguments is a usage error even without one.
       const secret = readSecret(a["secret-file"], (m) => log.warn(m));
       if (secret && a.open) throw new UsageError("--open runs without a secret, but a secret was given");
@@ -136,20 +143,22 @@ export const relayCommand = defineCommand({
       // Refusals and drops, which clients see and the operator otherwise would not:
       // one line per minute in which any happened (bounded, whatever the load).
       let before = { ...relay.stats().counters };
-      setInterval(() => {
+      const summary = (when: string) => {
         const now = { ...relay.stats().counters };
         const line = notableSince(before, now);
+        if (line) log.warn(`${line} ${when} (${counted((now.joins ?? 0) - (before.joins ?? 0), "join", "joins")} in all; ${relay.stats().clients} clients online)`);
         before = now;
-        if (line) log.warn(`${line} in the last minute (${relay.stats().clients} clients joined)`);
-      }, 60_000).unref();
+      };
+      setInterval(() => summary("in the last minute"), 60_000).unref();
       // A clean stop (cmd/signals.ts): clients are told `shutdown`.
       let stopping = false;
       const stop = async (signal: string) => {
         stopping = true;
         log.info(`${signal}: telling ${relay.stats().clients} clients and shutting down`);
         await relay.stop();
+        summary("since the last minute's summary"); // the minute cut short is reported too (found in audit)
         const c = relay.stats().counters;
-        log.info(`served ${c.connections} connections, ${c.joins} joins, forwarded ${c.framesForwarded} frames (${formatSize(c.bytesForwarded ?? 0)})`);
+        log.info(`served ${counted(c.connections ?? 0, "connection", "connections")}, ${counted(c.joins ?? 0, "join", "joins")}, forwarded ${counted(c.framesForwarded ?? 0, "frame", "frames")} (${formatSize(c.bytesForwarded ?? 0)})`);
         process.exit(0);
       };
       onStopSignals(() => stopping, (signal) => void stop(signal));
@@ -160,23 +169,24 @@ export const relayCommand = defineCommand({
 /** What the relay's counters say went wrong for someone between two readings, in words; null if nothing. */
 export function notableSince(before: Record<string, number>, now: Record<string, number>): string | null {
   const parts = Object.entries(NOTABLE)
-    .map(([counter, what]) => [(now[counter] ?? 0) - (before[counter] ?? 0), what] as const)
-    .filter(([n]) => n > 0)
-    .map(([n, what]) => `${n} ${what}`);
+    .map(([counter, [one, many]]) => counted((now[counter] ?? 0) - (before[counter] ?? 0), one, many))
+    .filter((part) => !part.startsWith("0 "));
   return parts.length ? parts.join(", ") : null;
 }
 
-const NOTABLE: Record<string, string> = {
-  closed_auth_failed: "joins with a wrong secret",
-  closed_version: "joins with an unsupported protocol version",
-  closed_relay_full: "connections refused or evicted (relay full)",
-  closed_join_timeout: "connections that did not join in time",
-  closed_slow_consumer: "clients dropped for not reading",
-  closed_idle_timeout: "clients dropped as silent",
-  closed_bad_frame: "connections closed for a malformed frame",
-  closed_frame_too_large: "connections closed for a frame over --max-frame",
-  closed_not_joined: "connections closed for sending before joining",
-  drops: "frames dropped for recipients not reading",
+const counted = (n: number, one: string, many: string) => `${n} ${n === 1 ? one : many}`;
+
+const NOTABLE: Record<string, [string, string]> = {
+  closed_auth_failed: ["join with a wrong secret", "joins with a wrong secret"],
+  closed_version: ["join with an unsupported protocol version", "joins with an unsupported protocol version"],
+  closed_relay_full: ["connection refused or evicted (relay full)", "connections refused or evicted (relay full)"],
+  closed_join_timeout: ["connection that did not join in time", "connections that did not join in time"],
+  closed_slow_consumer: ["client dropped for not reading", "clients dropped for not reading"],
+  closed_idle_timeout: ["client dropped as silent", "clients dropped as silent"],
+  closed_bad_frame: ["connection closed for a malformed frame", "connections closed for a malformed frame"],
+  closed_frame_too_large: ["connection closed for a frame over --max-frame", "connections closed for a frame over --max-frame"],
+  closed_not_joined: ["connection closed for sending before joining", "connections closed for sending before joining"],
+  drops: ["frame dropped for a recipient not reading", "frames dropped for recipients not reading"],
 };
 
 /** `--host`: an address or name; an IPv6 address may be written in brackets, as `smts chat` takes it. */

@@ -6,6 +6,7 @@
 // `smts --version` need nothing but the names and descriptions below, so the
 // relay, the chat client, msgpackr and the DH worker are never loaded for
 // them (docs/BENCHMARKS.md, "Start-up (issue 6)").
+import { tidyUsage } from "./usage-text.ts";
 import { failOnStdoutError } from "./plain-output.ts";
 import type { CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
@@ -13,11 +14,11 @@ import pkg from "../package.json" with { type: "json" };
 /** The subcommands. `description` repeats the command's own meta (tests/binary.smoke.test.ts checks they agree). */
 const COMMANDS = {
   relay: {
-    description: "Run the transparent relay (forwards ciphertext, stores nothing)",
+    description: "Run the relay (it forwards ciphertext and stores nothing)",
     load: async (): Promise<CommandDef<any>> => (await import("./relay.ts")).relayCommand,
   },
   chat: {
-    description: "Join a relay and talk end-to-end encrypted (interactive, or commands on stdin)",
+    description: "Chat through a relay, end-to-end encrypted (or from a script)",
     load: async (): Promise<CommandDef<any>> => (await import("./chat.ts")).chatCommand,
   },
 };
@@ -45,7 +46,7 @@ if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
     // written here because runMain's console.log hides a failed write (exit 0).
     failOnStdoutError();
     const usage = wanted ? await renderUsage(await COMMANDS[wanted].load(), main) : await renderUsage(main);
-    process.stdout.write(`${usage}\n\n`);
+    process.stdout.write(`${tidyUsage(usage)}\n\n`);
   } else {
     // citty's runMain would report the mistakes below with exit 1; like the
     // commands' own (cmd/usage.ts), they are usage errors: usage, one line, exit 2.

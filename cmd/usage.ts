@@ -3,6 +3,8 @@
 // PORT`, would silently run with defaults. Every command checks its arguments
 // here, and a mistake (here, in cmd/smts.ts or one citty finds) prints the
 // usage plus one line and exits 2.
+import { tidyUsage } from "./usage-text.ts";
+import { parseSize } from "../lib/cli/size.ts";
 import { parseArgs, renderUsage, type ArgsDef, type CommandDef } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { loadSecret, SecretError, secretFileExposed } from "../lib/secret/secret.ts";
@@ -28,7 +30,10 @@ export function checkFlags(rawArgs: string[], args: ArgsDef): void {
     if (m && !/^-\d/.test(raw) && !known.has(m[1]!)) throw new UsageError(`unknown option ${raw.split("=")[0]}`);
   }
   const extra = parseArgs(rawArgs, args)._[Object.values(args).filter((def) => def.type === "positional").length];
-  if (extra !== undefined) throw new UsageError(`unexpected argument ${JSON.stringify(String(extra))}`);
+  if (extra !== undefined) {
+    const port = /^\d+$/.test(String(extra)) ? " (the port goes in the address: HOST:PORT)" : ""; // `smts chat HOST PORT` (found in audit)
+    throw new UsageError(`unexpected argument ${JSON.stringify(String(extra))}${port}`);
+  }
 }
 
 export function parsePort(text: string | undefined, fallback: number): number {
@@ -38,10 +43,12 @@ export function parsePort(text: string | undefined, fallback: number): number {
   return n;
 }
 
-export function parsePositive(flag: string, text: string | undefined, fallback: number, parse: (t: string) => number | null = Number): number {
+/** A duration in seconds or a size in bytes, above 0; a bad one is a usage error that says what was expected. */
+export function parsePositive(flag: string, text: string | undefined, fallback: number, kind: "seconds" | "size" = "seconds"): number {
   if (text === undefined) return fallback;
-  const n = parse(text);
-  if (n === null || !Number.isFinite(n) || n <= 0) throw new UsageError(`invalid value for --${flag}: ${JSON.stringify(text)}`);
+  const n = kind === "size" ? parseSize(text) : Number(text);
+  const expected = kind === "size" ? "a size above 0, such as 500kB, 256KiB, 16MiB or plain bytes" : "a number of seconds above 0";
+  if (n === null || !Number.isFinite(n) || n <= 0) throw new UsageError(`invalid value for --${flag}: ${JSON.stringify(text)} (expected ${expected})`);
   return n;
 }
 
@@ -59,6 +66,7 @@ export function readSecret(file: string | undefined, warn: (message: string) => 
     const secret = loadSecret(file);
     if (file && secretFileExposed(file)) warn(`other users of this machine can read the secret file ${file} (chmod 600 ${file})`);
     if (file && process.env.SMTS_SECRET !== undefined) warn("both --secret-file and SMTS_SECRET are set: the file is used");
+    delete process.env.SMTS_SECRET; // read once: nothing started later (a worker, a child) inherits it (found in audit)
     return secret;
   } catch (err) {
     if (err instanceof SecretError) throw new Failure(err.message);
@@ -68,7 +76,7 @@ export function readSecret(file: string | undefined, warn: (message: string) => 
 
 /** Prints the usage of `cmd` (under `parent`) and one line saying what is wrong; exits 2. */
 export async function exitUsage(cmd: CommandDef<any>, parent: CommandDef<any> | undefined, message: string): Promise<never> {
-  process.stderr.write(`${await renderUsage(cmd, parent)}\n\nsmts: ${message}\n`);
+  process.stderr.write(`${tidyUsage(await renderUsage(cmd, parent))}\n\nsmts: ${message}\n`);
   process.exit(2);
 }
 

@@ -23,7 +23,7 @@ test("a wrong secret and an unreachable relay exit non-zero with one clear line"
 
   const r = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", "127.0.0.1:1", "--json"], { env: { PATH: process.env.PATH ?? "", SMTS_SECRET: SECRET_TEXT }, stdin: "ignore" });
   expect(r.exitCode).toBe(1);
-  expect(r.stderr.toString()).toContain("cannot reach relay 127.0.0.1:1");
+  expect(r.stderr.toString()).toContain("cannot reach relay 127.0.0.1:1: connection refused"); // not Bun's "Failed to connect" (found in audit)
 
   const usage = Bun.spawnSync([process.execPath, `${ROOT}cmd/smts.ts`, "chat", "host:notaport"], { env: { PATH: process.env.PATH ?? "" }, stdin: "ignore" });
   expect(usage.exitCode).toBe(2);
@@ -95,6 +95,30 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
   expect(errors[2]).toMatchObject({ code: "usage", message: 'not a fingerprint: "not-a-fingerprint" (as /list or /fingerprint shows it)' });
   expect(errors[3]).toMatchObject({ code: "unknown_peer", peer: "zzzzzzzz", message: "zzzzzzzz is not online" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
+});
+
+// Regression (found in audit): each /msg to a peer that never connects waited the
+// whole --timeout again (four commands, two minutes).
+test("scripted: once a wait for a session with a peer ran out, later /msg and /send to it fail at once; a session with it clears that", async () => {
+  const b = await chat(); // online, and not connecting (yet)
+  const a = await chat(["--timeout", "1"]);
+  a.send(`/msg ${b.id} one`);
+  a.send(`/msg ${b.id} two`);
+  a.send(`/send ${b.id} ${ROOT}package.json`);
+  await waitFor(() => a.events.filter((e) => e.event === "error").length === 3, "three errors at a");
+  expect(a.events.filter((e) => e.event === "error").map((e) => [e.code, e.message])).toEqual([
+    ["timeout", `no session with ${b.id} after 1 s`],
+    ["timeout", `no session with ${b.id}: none came during the earlier wait either`],
+    ["timeout", `no session with ${b.id}: none came during the earlier wait either`],
+  ]);
+  b.send(`/connect ${a.id}`);
+  await a.event((e) => e.event === "session" && e.state === "established", "session at a");
+  a.send(`/msg ${b.id} three`);
+  expect((await b.event((e) => e.event === "message", "message at b")).text).toBe("three");
+  a.end();
+  b.end();
+  expect(await a.exited()).toBe(1); // the first three failed
+  expect(await b.exited()).toBe(0);
 });
 
 // Regression (found in audit): a /msg or /send to a peer that had left, or to an

@@ -178,7 +178,10 @@ test("lines arriving while the typed line takes three rows are each shown once, 
 
     await term.type("half typed");
     await term.expect("half typed");
-    await term.type("\u0003"); // Ctrl-C
+    await term.type("\u0003"); // Ctrl-C with a line typed clears it, as in a shell (found in audit: it quit)
+    await term.expect("line cleared: Ctrl-C on an empty line quits");
+    expect((await term.screen()).filter((r) => r.includes("half typed"))).toEqual([]);
+    await term.type("\u0003"); // on an empty line, Ctrl-C quits
     expect(await term.exitCode()).toEqual({ ok: true, code: 0 });
     const last = await term.screen();
     expect(last.filter((r) => r.includes("half typed"))).toEqual([]);

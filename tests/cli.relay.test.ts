@@ -45,9 +45,26 @@ test("--open with a secret is a usage error; unknown options and bad ports print
   expect(queue.stderr).toContain("--queue-limit must be at least 8MiB");
   // Regression (found in audit): with --max-frame 64MiB and the default 16 MiB queue limit,
   // one 20 MiB message got a recipient that read everything cut as a slow consumer.
-  const bigFrames = run(["relay", "--open", "--port", "0", "--max-frame", "64MiB"]);
+  const bigFrames = run(["relay", "--open", "--port", "0", "--max-frame", "64MiB", "--queue-limit", "16MiB"]);
   expect(bigFrames.code).toBe(2);
-  expect(bigFrames.stderr).toContain("--queue-limit must be at least twice --max-frame");
+  expect(bigFrames.stderr).toContain("--queue-limit must be at least twice --max-frame, plus 2KiB: 128 MiB (134219776 bytes) here");
+  // A bad number says what it should have been (found in audit).
+  const zero = run(["relay", "--open", "--port", "0", "--slow-timeout", "0"]);
+  expect(zero.code).toBe(2);
+  expect(zero.stderr).toContain('invalid value for --slow-timeout: "0" (expected a number of seconds above 0)');
+});
+
+// Regression (found in audit): --max-frame 64MiB, documented as valid, was refused
+// for the default --queue-limit; unless given, the limit now grows with it.
+test("--max-frame 64MiB alone starts the relay, its queue limit grown to fit two such frames", async () => {
+  const rp = await spawnRelay(["--max-frame", "64MiB"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
+    expect(link.maxFrame).toBe(64 * 1024 * 1024);
+    link.close();
+  } finally {
+    rp.proc.kill();
+  }
 });
 
 // Regression (found in review): connections that never joined, once there were
@@ -203,11 +220,14 @@ for (const signal of ["SIGTERM", "SIGHUP"] as const) {
   test(`${signal} tells clients \`shutdown\`, then exits 0; the log has plain lines`, async () => {
     const rp = await spawnRelay([], { SMTS_SECRET: SECRET_TEXT });
     const link = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET });
+    expect(await joinRelay({ host: "127.0.0.1", port: rp.port, secret: new TextEncoder().encode("not the secret at all") }).catch((e: Error) => e.message)).toContain("wrong join secret");
     rp.proc.kill(signal);
     expect((await link.closed).code).toBe("shutdown");
     expect(await rp.proc.exited).toBe(0);
     const lines = rp.stderr().trim().split("\n");
-    expect(lines.at(-1)).toStartWith("[info] served 1 connections, 1 joins"); // no glyphs or blank lines when stderr is not a terminal
+    // The minute cut short by the signal is summed up too (found in audit: it was lost).
+    expect(lines.at(-2)).toBe("[warn] 1 join with a wrong secret since the last minute's summary (1 join in all; 0 clients online)");
+    expect(lines.at(-1)).toStartWith("[info] served 2 connections, 1 join, forwarded 0 frames"); // no glyphs or blank lines when stderr is not a terminal
     expect(lines.filter((l) => !/^\[(info|warn)\] /.test(l))).toEqual([]);
   });
 }
@@ -252,6 +272,7 @@ test("the minute's summary names what went wrong for clients, and nothing when n
   expect(notableSince({ closed_auth_failed: 2 }, { closed_auth_failed: 52, closed_relay_full: 4, drops: 0, joins: 9 })).toBe(
     "50 joins with a wrong secret, 4 connections refused or evicted (relay full)",
   );
+  expect(notableSince({}, { closed_auth_failed: 1, drops: 1 })).toBe("1 join with a wrong secret, 1 frame dropped for a recipient not reading");
 });
 
 // Regression (found in review): at the open-files limit the relay could accept

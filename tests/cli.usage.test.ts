@@ -2,6 +2,9 @@
 // command, and whether citty or smts finds it, exits 2 with the usage (named
 // as `--help` names it) and one line saying what is wrong (README, exit codes).
 import { expect, test } from "bun:test";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { ROOT, SECRET_TEXT } from "./helpers.ts";
 
 function run(args: string[], env: Record<string, string> = {}) {
@@ -47,7 +50,7 @@ test("--help, for the top level and each command, exits 0 with the usage on stdo
 // extra arguments were ignored: `smts chat 127.0.0.1 45043` joined 127.0.0.1:5555.
 test("chat: a missing or extra argument is a usage error, with the usage of `smts chat`", () => {
   usageError(["chat"], "smts chat [OPTIONS] <RELAY>", "missing required positional argument: RELAY");
-  usageError(["chat", "127.0.0.1", "45043"], "smts chat [OPTIONS] <RELAY>", 'unexpected argument "45043"', { SMTS_SECRET: SECRET_TEXT });
+  usageError(["chat", "127.0.0.1", "45043"], "smts chat [OPTIONS] <RELAY>", 'unexpected argument "45043" (the port goes in the address: HOST:PORT)', { SMTS_SECRET: SECRET_TEXT });
   usageError(["chat", "127.0.0.1:1", "--json", "extra"], "smts chat [OPTIONS] <RELAY>", 'unexpected argument "extra"', { SMTS_SECRET: SECRET_TEXT });
   // Found in audit: an empty path meant the current directory, or (for the secret) SMTS_SECRET instead.
   usageError(["chat", "127.0.0.1:1", "--download-dir="], "smts chat [OPTIONS] <RELAY>", "--download-dir needs a path", { SMTS_SECRET: SECRET_TEXT });
@@ -59,7 +62,7 @@ test("chat: a missing or extra argument is a usage error, with the usage of `smt
 // secret (exit 1); `--max-clients 1.5` was taken; extra arguments were ignored.
 test("relay: arguments are checked before the secret; counts are whole numbers; extra arguments are refused", () => {
   usageError(["relay", "--port", "abc"], "smts relay [OPTIONS]", 'invalid port "abc": expected 0-65535');
-  usageError(["relay", "--open", "--max-frame", "1x"], "smts relay [OPTIONS]", 'invalid value for --max-frame: "1x"');
+  usageError(["relay", "--open", "--max-frame", "1x"], "smts relay [OPTIONS]", 'invalid value for --max-frame: "1x" (expected a size above 0, such as 500kB, 256KiB, 16MiB or plain bytes)');
   usageError(["relay", "--open", "--max-clients", "1.5"], "smts relay [OPTIONS]", 'invalid value for --max-clients: "1.5" (expected a whole number, at least 1)');
   usageError(["relay", "--open", "extra"], "smts relay [OPTIONS]", 'unexpected argument "extra"');
   usageError(["relay", "--generate-secret", "extra"], "smts relay [OPTIONS]", 'unexpected argument "extra"');
@@ -67,4 +70,41 @@ test("relay: arguments are checked before the secret; counts are whole numbers; 
   const r = run(["relay", "--port", "0"]);
   expect(r.code).toBe(1);
   expect(r.stderr).toStartWith("smts: no join secret");
+});
+
+// Regression (found in audit): received files are saved in the current directory
+// by default, and Bun read bunfig.toml (whose preload runs code) and .env from
+// there, so a stranger's bunfig.toml ran at the next `./smts` from that directory.
+test("the source wrapper ./smts, like the binaries, ignores .env and bunfig.toml in the working directory", () => {
+  const cwd = mkdtempSync(join(tmpdir(), "smts-hostile-cwd-"));
+  try {
+    writeFileSync(join(cwd, "bunfig.toml"), 'preload = ["./preload.js"]\n');
+    writeFileSync(join(cwd, "preload.js"), `require("fs").writeFileSync(${JSON.stringify(join(cwd, "PRELOADED"))}, "x");\n`);
+    writeFileSync(join(cwd, ".env"), "SMTS_SECRET=from-dotenv-file-0123456789\n");
+    const wrapper = (...args: string[]) => Bun.spawnSync([`${ROOT}smts`, ...args], { cwd, env: { PATH: process.env.PATH ?? "", HOME: cwd }, stdin: "ignore" });
+    expect(wrapper("--version").exitCode).toBe(0);
+    expect(existsSync(join(cwd, "PRELOADED"))).toBe(false);
+    const r = wrapper("relay", "--host", "127.0.0.1", "--port", "0");
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr.toString()).toContain("no join secret");
+    expect(existsSync(join(cwd, "PRELOADED"))).toBe(false);
+  } finally {
+    rmSync(cwd, { recursive: true, force: true });
+  }
+});
+
+// Regression (found in audit): citty right-aligns the options and pads every row to
+// the longest description; `smts relay --help` had rows of 150 columns.
+test("--help fits an 80-column terminal: no row is wider, none ends in blanks, every option is listed", () => {
+  for (const [args, options] of [
+    [["--help"], ["relay", "chat"]],
+    [["relay", "--help"], ["--host=<ADDR>", "--max-pending-per-source=<N>", "--queue-limit=<SIZE>", "--verbose"]],
+    [["chat", "--help"], ["RELAY", "--secret-file=<PATH>", "--json", "--max-file-size=<SIZE>"]],
+  ] as const) {
+    const r = run([...args]);
+    expect(r.code).toBe(0);
+    const rows = r.stdout.split("\n");
+    expect(rows.filter((row) => row.length > 80 || row !== row.trimEnd())).toEqual([]);
+    for (const option of options) expect(rows.some((row) => row.startsWith(`  ${option} `))).toBe(true);
+  }
 });

@@ -322,6 +322,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const ended = new Set<string>();
   /** Peers the relay said left (most recent MAX_SESSIONS): a relay never gives their IDs to anyone again. */
   const departed = new Set<string>();
+  /** Peers a session wait (waitSession) ran out for, until a session with them comes (most recent MAX_SESSIONS). */
+  const waitedOut = new Set<string>();
   /** Callers waiting for the relay's answer to a `list`, in the order they asked (the relay answers in order). */
   const listAnswers: ((ids: Set<string> | null) => void)[] = [];
   const peerKeys = new Map<string, PeerSenderKey>();
@@ -447,6 +449,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   }
 
   function establish(peer: string, keys: SessionKeys, byUs: boolean): void {
+    waitedOut.delete(peer);
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
     const returning = !old && ended.delete(peer);
@@ -697,6 +700,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   async function waitSession(peer: string, timeoutMs: number): Promise<void> {
     const established = () => sessions.has(peer) && !exchanges.has(peer);
     if (established()) return;
+    // A script's every /msg to a peer that never connects waited the whole
+    // timeout again: four commands, two minutes (found in audit).
+    if (waitedOut.has(peer) && !exchanges.has(peer)) throw new ChatError("timeout", `no session with ${peer}: none came during the earlier wait either`, peer);
     // Waiting the whole timeout for a peer that cannot come would hold up a
     // script's next commands (found in audit). Relays never reuse an ID.
     const start = performance.now();
@@ -706,7 +712,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (established()) return;
       if (ids && !ids.has(peer) && !exchanges.has(peer)) throw new ChatError("unknown_peer", `${peer} is not online`, peer);
     }
-    return nextSession(peer, Math.max(0, timeoutMs - (performance.now() - start)));
+    return nextSession(peer, Math.max(0, timeoutMs - (performance.now() - start))).catch((err: ChatError) => {
+      if (err.code === "timeout") rememberRecent(waitedOut, peer);
+      throw err;
+    });
   }
 
   return {

@@ -132,7 +132,8 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
       socket?.terminate();
       rejectJoin(new JoinError(code, message));
     };
-    const timer = setTimeout(() => fail("timeout", `no answer from relay ${host}:${port}`), opts.timeoutMs ?? 10_000);
+    const where = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`; // as typed: IPv6 in brackets
+    const timer = setTimeout(() => fail("timeout", `no answer from relay ${where}`), opts.timeoutMs ?? 10_000);
 
     const flush = () => {
       flushScheduled = false;
@@ -265,20 +266,34 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
           outbox?.close();
           for (const w of drainWaiters) w.resolve();
           drainWaiters = [];
-          if (!link) return fail("closed", `relay ${host}:${port} closed the connection during join`);
+          if (!link) return fail("closed", `relay ${where} closed the connection during join`);
           const reason = lastError ?? { code: "closed", message: "connection to relay closed" };
           resolveClosed(reason);
           opts.onClose?.(reason);
         },
         connectError(_s, err) {
-          fail("unreachable", `cannot reach relay ${host}:${port}: ${err.message}`);
+          fail("unreachable", `cannot reach relay ${where}: ${whyUnreachable(err)}`);
         },
         error(_s, err) {
           if (!link) fail("closed", `connection to relay failed: ${err.message}`);
         },
       },
-    }).catch((err: Error) => fail("unreachable", `cannot reach relay ${host}:${port}: ${err.message}`));
+    }).catch((err: Error) => fail("unreachable", `cannot reach relay ${where}: ${whyUnreachable(err)}`));
   });
+}
+
+/** Bun says "Failed to connect" for a refused connection (found in audit): the system's reason, in words. */
+const UNREACHABLE: Record<string, string> = {
+  ECONNREFUSED: "connection refused (is the relay running, on that port?)",
+  ENOTFOUND: "no such host",
+  EAI_AGAIN: "the host name could not be looked up (no DNS?)",
+  EHOSTUNREACH: "no route to the host",
+  ENETUNREACH: "network unreachable",
+  ETIMEDOUT: "connection timed out",
+};
+function whyUnreachable(err: Error): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return (code && UNREACHABLE[code]) ?? (code ? `${err.message} (${code})` : err.message);
 }
 
 function isFatal(code: unknown): boolean {

@@ -2,7 +2,7 @@
 // (notes §5). Lines from the network are printed above the prompt and the
 // line being typed is redrawn intact, however many rows it (or a long
 // progress status in the prompt) takes. Once the prompt is closed (/exit,
-// Ctrl-D, Ctrl-C, a signal, the terminal gone), it is erased, and lines still
+// Ctrl-D, Ctrl-C on an empty line, a signal, the terminal gone), it is erased, and lines still
 // printed while the client shuts down (a transfer cancelled) are written
 // plainly; no prompt is drawn again.
 import readline from "node:readline";
@@ -46,6 +46,16 @@ export function startTerminal(onLine: (line: string) => void, onClose: () => voi
   });
   // Back from Ctrl-Z (fg): readline pauses its input then; without this, keys waited for the next network line.
   rl.on("SIGCONT", () => rl.prompt(true));
+  // Ctrl-C with something typed clears it, as shells do; on an empty line it
+  // quits (found in audit: a slip lost the half-typed line, and the session).
+  let hinted = false;
+  rl.on("SIGINT", () => {
+    if (!rl.line) return void rl.close();
+    rl.write(null, { ctrl: true, name: "e" });
+    rl.write(null, { ctrl: true, name: "u" });
+    if (!hinted) print("(line cleared: Ctrl-C on an empty line quits)");
+    hinted = true;
+  });
   rl.on("close", () => {
     if (open) {
       open = false;
@@ -53,15 +63,16 @@ export function startTerminal(onLine: (line: string) => void, onClose: () => voi
     }
     onClose();
   });
+  function print(text: string): void {
+    const rows = `${terminalRows(text, out.columns)}\n`;
+    if (!open) return void out.write(rows);
+    erasePrompt();
+    out.write(rows);
+    rl.prompt(true);
+  }
   rl.prompt();
   return {
-    print(text) {
-      const rows = `${terminalRows(text, out.columns)}\n`;
-      if (!open) return void out.write(rows);
-      erasePrompt();
-      out.write(rows);
-      rl.prompt(true);
-    },
+    print,
     status(text) {
       if (!open) return;
       erasePrompt();
