@@ -15,11 +15,11 @@
 //   DIR_A, DIR_B: checkouts (a `git worktree add` of the baseline, say), each
 //   with node_modules; the same directory twice with --env-a compares an
 //   environment variable (MIMALLOC_PURGE_DELAY=-1, GLIBC_TUNABLES=..., ...).
-import { mkdirSync, mkdtempSync, rmSync, unlinkSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { lineReader, machine, median, procCpu, spawnBenchRelay, writeRandomFile } from "./bench-util.ts";
+import { type FileRig, machine, median, startFileRig, writeRandomFile } from "./bench-util.ts";
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -40,57 +40,11 @@ const work = mkdtempSync(join(tmpdir(), "smts-bench-ab-"));
 const src = join(work, "random-10MiB.bin");
 const srcSha = writeRandomFile(src, SIZE);
 
-type Rig = Awaited<ReturnType<typeof startRig>>;
-
-async function startRig(dir: string, tag: string, extraEnv: Record<string, string>) {
-  const root = `${resolve(dir)}/`;
-  const env = { ...process.env, ...extraEnv };
-  const downloads = join(work, `dl-${tag}`);
-  mkdirSync(downloads);
-  const { proc: relay, port } = await spawnBenchRelay(relayArgs, { root, env });
-  const peer = (role: "sender" | "receiver") => {
-    const proc = Bun.spawn([process.execPath, `${root}scripts/bench-files.ts`, "--peer", role, "127.0.0.1", String(port), downloads, "default"], { stdin: "pipe", stdout: "pipe", stderr: "inherit", env });
-    const lines = lineReader(proc.stdout);
-    return {
-      proc,
-      next: async (timeoutMs = 60_000) => JSON.parse(await lines.next(timeoutMs)) as Record<string, any>,
-      send: (o: object) => void (proc.stdin.write(`${JSON.stringify(o)}\n`), proc.stdin.flush()),
-    };
-  };
-  const receiver = peer("receiver");
-  const receiverId = (await receiver.next()).id as string;
-  const sender = peer("sender");
-  await sender.next();
-  sender.send({ op: "connect", peer: receiverId });
-  if (!(await sender.next()).ok) throw new Error(`${tag}: connect failed`);
-  const pids = [sender.proc.pid, relay.pid, receiver.proc.pid];
-  return {
-    /** One transfer: wall ms and CPU ms per MiB of [sender, relay, receiver]. */
-    async once(): Promise<{ ms: number; cpu: number[] }> {
-      const c0 = pids.map(procCpu);
-      sender.send({ op: "send", peer: receiverId, path: src });
-      const r = await sender.next();
-      if (!r.ok) throw new Error(`${tag}: ${r.error}`);
-      const file = await receiver.next();
-      // The receiver's own hash of what it saved (an experimental side may report a different `delivered` hash).
-      if (file.event !== "file" || file.sha256 !== srcSha) throw new Error(`${tag}: receiver reported ${JSON.stringify(file)}`);
-      unlinkSync(file.path);
-      const c1 = pids.map(procCpu);
-      return { ms: r.ms, cpu: c1.map((c, i) => ((c.user + c.sys - c0[i]!.user - c0[i]!.sys) * 1000) / (SIZE / MiB)) };
-    },
-    async stop() {
-      sender.send({ op: "exit" });
-      receiver.send({ op: "exit" });
-      await Promise.race([Promise.all([sender.proc.exited, receiver.proc.exited]), Bun.sleep(3000)]);
-      for (const p of [sender.proc, receiver.proc, relay]) p.kill();
-    },
-  };
-}
-
-const results = { a: [] as { ms: number; cpu: number[] }[], b: [] as { ms: number; cpu: number[] }[] };
-let rigs: { a: Rig; b: Rig } | undefined;
+const results: Record<"a" | "b", Awaited<ReturnType<FileRig["once"]>>[]> = { a: [], b: [] };
+let rigs: { a: FileRig; b: FileRig } | undefined;
 try {
-  rigs = { a: await startRig(positionals[0]!, "a", envA), b: await startRig(positionals[1]!, "b", {}) };
+  const rig = (dir: string, tag: string, env: Record<string, string>) => startFileRig({ root: `${resolve(dir)}/`, tag, downloads: join(work, `dl-${tag}`), src, srcSha, env, relayArgs });
+  rigs = { a: await rig(positionals[0]!, "a", envA), b: await rig(positionals[1]!, "b", {}) };
   await Bun.sleep(1500); // the DH workers finish their start-up
   for (let i = 0; i < WARM_UPS; i++) await rigs.a.once(), await rigs.b.once(); // until the JIT settles (bench-files.ts)
   for (let i = 0; i < pairs; i++) {

@@ -4,7 +4,7 @@
 // the brief's targets at the top of it (fed by every script's recordTargets,
 // kept between runs in docs/benchmarks.json so one script can be re-run alone).
 import { createCipheriv, randomBytes } from "node:crypto";
-import { closeSync, existsSync, openSync, readFileSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { cpus, release, totalmem } from "node:os";
 
 export const ROOT = new URL("..", import.meta.url).pathname;
@@ -85,6 +85,12 @@ export function procCpu(pid: number): { user: number; sys: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return { user: Number(f[11]) / CLK_TCK, sys: Number(f[12]) / CLK_TCK }; // utime, stime
+}
+
+/** Minor page faults (all threads) of a running process so far, from /proc/PID/stat. */
+export function procMinorFaults(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[7]); // minflt
 }
 
 export function procCpuSeconds(pid: number): number {
@@ -247,6 +253,63 @@ export function lineReader(stream: ReadableStream<Uint8Array>) {
         await Bun.sleep(1);
       }
       return lines.shift()!;
+    },
+  };
+}
+
+export type FileRig = Awaited<ReturnType<typeof startFileRig>>;
+
+/**
+ * Three processes moving one file over and over: `smts relay --open`, and a
+ * receiver and a sender client (bench-files.ts's `--peer` mode) of the
+ * checkout at `root`, connected to each other. `once()` sends `src` and checks
+ * what the receiver saved against `srcSha`, then removes it.
+ */
+export async function startFileRig(o: { root: string; tag: string; downloads: string; src: string; srcSha: string; env?: Record<string, string>; relayArgs?: string[] }) {
+  const env = { ...process.env, ...o.env };
+  mkdirSync(o.downloads);
+  const { proc: relay, port } = await spawnBenchRelay(o.relayArgs ?? [], { root: o.root, env });
+  const peer = (role: "sender" | "receiver") => {
+    const proc = Bun.spawn([process.execPath, `${o.root}scripts/bench-files.ts`, "--peer", role, "127.0.0.1", String(port), o.downloads, "default"], { stdin: "pipe", stdout: "pipe", stderr: "inherit", env });
+    const lines = lineReader(proc.stdout);
+    return {
+      proc,
+      next: async (timeoutMs = 60_000) => JSON.parse(await lines.next(timeoutMs)) as Record<string, any>,
+      send: (m: object) => void (proc.stdin.write(`${JSON.stringify(m)}\n`), proc.stdin.flush()),
+    };
+  };
+  const receiver = peer("receiver");
+  const receiverId = (await receiver.next()).id as string;
+  const sender = peer("sender");
+  await sender.next();
+  sender.send({ op: "connect", peer: receiverId });
+  if (!(await sender.next()).ok) throw new Error(`${o.tag}: connect failed`);
+  const pids = [sender.proc.pid, relay.pid, receiver.proc.pid];
+  const size = Bun.file(o.src).size;
+  return {
+    /** sender, relay, receiver */
+    pids,
+    /** One transfer: wall ms, and CPU ms and minor page faults per MiB of [sender, relay, receiver]. */
+    async once(): Promise<{ ms: number; cpu: number[]; faults: number[] }> {
+      const c0 = pids.map(procCpu);
+      const f0 = pids.map(procMinorFaults);
+      sender.send({ op: "send", peer: receiverId, path: o.src });
+      const r = await sender.next();
+      if (!r.ok) throw new Error(`${o.tag}: ${r.error}`);
+      const file = await receiver.next();
+      // The receiver's own hash of what it saved (an experimental side may report a different `delivered` hash).
+      if (file.event !== "file" || file.sha256 !== o.srcSha) throw new Error(`${o.tag}: receiver reported ${JSON.stringify(file)}`);
+      unlinkSync(file.path);
+      const c1 = pids.map(procCpu);
+      const f1 = pids.map(procMinorFaults);
+      const mib = size / MIB;
+      return { ms: r.ms, cpu: c1.map((c, i) => ((c.user + c.sys - c0[i]!.user - c0[i]!.sys) * 1000) / mib), faults: f1.map((f, i) => (f - f0[i]!) / mib) };
+    },
+    async stop() {
+      sender.send({ op: "exit" });
+      receiver.send({ op: "exit" });
+      await Promise.race([Promise.all([sender.proc.exited, receiver.proc.exited]), Bun.sleep(3000)]);
+      for (const p of [sender.proc, receiver.proc, relay]) p.kill();
     },
   };
 }
