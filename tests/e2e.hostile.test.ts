@@ -785,7 +785,7 @@ describe("after a re-key the relay made", () => {
     return read;
   }
 
-  test("files given to send before it (queued, or offered and not yet answered) fail instead of being offered, file key and all, under the relay's session; the peer leaves the broadcasts", async () => {
+  test("a file given to send before it, still waiting for its turn, fails instead of being offered, file key and all, under the relay's session; the peer leaves the broadcasts", async () => {
     const dirs = [mkdtempSync(join(tmpdir(), "smts-rekey-")), mkdtempSync(join(tmpdir(), "smts-rekey-"))];
     try {
       relay = startTestRelay();
@@ -810,15 +810,53 @@ describe("after a re-key the relay made", () => {
       await waitFor(() => b!.events.filter((e) => e.event === "transfer" && e.state === "queued").length === 1, "the 5th file queued", LONG);
 
       const read = await takeOver(m, b!, a!);
-      const outcomes = await Promise.all(sends);
-      for (const o of outcomes) expect(o).toContain("the session was re-keyed before the file went out: compare the new fingerprint, then send it again");
+      expect(await sends[4]).toBe(`sending f5.txt to ${a!.id}: the session was re-keyed before the file went out: compare the new fingerprint, then send it again`);
+      // The relay frees B's slots (it knows the 4 file IDs from their chunks, or guesses): nothing more is offered.
+      expect(b!.chat.cancel("")).toBe(4); // the 4 offered under the old session go on until answered; called off here
+      for (const o of await Promise.all(sends.slice(0, 4))) expect(o).toEndWith(": cancelled");
       await Bun.sleep(200); // anything still on its way to the relay
       expect(read.filter((c) => c.t === "offer")).toEqual([]); // before the fix: f5.txt's offer, with its key
-      expect(read.every((c) => c.t === "cancel")).toBe(true); // the 4 offered ones are called off
       // The re-key was the peer's (as far as B can tell): A is out of B's broadcasts until B checks again.
       expect(() => b!.chat.broadcastText("to everyone I chose")).toThrow("no peers to broadcast to");
       const ev = sessionEvents(b!, a!.id).find((e) => e.state === "rekeyed")!;
       expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets none of your broadcasts.`);
+    } finally {
+      for (const d of dirs) rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  test("control: a re-key we started carries over what was held for it, a file's accept among it: the file goes through", async () => {
+    const dirs = [mkdtempSync(join(tmpdir(), "smts-rekey-")), mkdtempSync(join(tmpdir(), "smts-rekey-"))];
+    try {
+      relay = startTestRelay();
+      mitm = startMitm(relay.port);
+      const m = mitm;
+      const [a, b] = await Promise.all(
+        dirs.map(async (dir) => {
+          const events: ChatEvent[] = [];
+          const chat = await startChat({ host: "127.0.0.1", port: m.port, secret: SECRET, dh: engine(), onEvent: (e) => events.push(e), downloadDir: dir });
+          chats.push(chat);
+          return { chat, id: chat.id, events } as Party;
+        }),
+      );
+      await waitFor(() => m.pipes.filter((p) => p.id).length === 2, "both pipes to learn their IDs", LONG);
+      await a!.chat.connect(b!.id);
+      await b!.chat.waitSession(a!.id, LONG);
+      // A re-keys; the relay holds A's reveal, so B still uses the old session while A
+      // (past its reveal) holds what it sends B: B's offer comes, A's accept waits.
+      let reveal: Frame | null = null;
+      m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === a!.id && e2eOf(f)?.t === "reveal" ? ((reveal = f), null) : undefined);
+      const rekey = a!.chat.connect(b!.id);
+      await waitFor(() => reveal, "A's reveal, held", LONG);
+      const path = join(dirs[1]!, "f.txt");
+      writeFileSync(path, "through the re-key");
+      const sent = b!.chat.sendFile(a!.id, path);
+      await waitFor(() => a!.events.find((e) => e.event === "transfer" && e.state === "receiving"), "A accepting", LONG);
+      m.toClient = null;
+      m.pipe(b!.id).injectToClient(reveal!);
+      await rekey;
+      await sent; // delivered: the accept went out under the new session
+      expect(readFileSync(join(dirs[0]!, "f.txt"), "utf8")).toBe("through the re-key");
     } finally {
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
     }

@@ -455,10 +455,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const returning = !old && ended.delete(peer);
     // What the user gave us under the old session must not go out under a new one
     // it did not ask for: a relay can say the peer is busy (so our contents wait),
-    // then re-key posing as the peer (found in audit). Only texts held for a
-    // re-key we started are carried over; file offers and sender keys never are
+    // then re-key posing as the peer (found in audit). Only what was held for a
+    // re-key we started is carried over, and never file offers or sender keys
     // (their transfers fail below; the next broadcast makes a new key).
-    const carried = (q: Queued) => byUs && q.item.t === "text";
+    const carried = (q: Queued) => byUs && q.item.t !== "offer" && q.item.t !== "skey";
     const queued = (old?.queued ?? []).filter(carried);
     const after = (old?.after ?? []).filter(carried);
     const left = [...(old?.queued ?? []), ...(old?.after ?? [])].filter((q) => !carried(q));
@@ -482,7 +482,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       // A re-key the peer started may be the relay's: until the user checks the
       // new fingerprint (/verify) or runs /connect, it gets no broadcasts.
       if (!byUs) chosen.delete(peer);
-      transfers.rekeyed(peer);
+      transfers.rekeyed(peer, left.flatMap((q) => (q.item.t === "offer" && q.item.id instanceof Uint8Array ? [Buffer.from(q.item.id).toString("hex")] : [])));
     }
     emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false, by: byUs ? "us" : "peer" });
     if (dropped) emit({ event: "error", code: "not_sent", message: `${dropped} message(s) to ${peer} not sent: ${peer} made a new key exchange while they waited`, peer });

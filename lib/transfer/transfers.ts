@@ -627,16 +627,17 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   /**
-   * `peer` has a new session (a re-key). Files not yet offered to it, or
-   * offered and not yet answered, fail: their offer, with the file key, would
-   * go (or went) under a session the user gave the file for, and the new one
-   * may be a relay's (found in audit). Files already streaming go on: their
-   * key went to the old session's holder, and their chunks are useless to anyone else.
+   * `peer` has a new session (a re-key). Files not yet offered to it fail:
+   * their offer, with the file key, would go under a session other than the one
+   * the user gave the file for, and the new one may be a relay's (found in
+   * audit). So do those whose offer was still waiting to be sealed (`unsent`,
+   * file IDs in hex: the new session does not carry it). Files already offered
+   * go on: their key went to the old session's holder, so their chunks are
+   * useless to anyone else.
    */
-  function rekeyed(peer: string): void {
+  function rekeyed(peer: string, unsent: string[]): void {
     for (const t of queuedFirst()) {
-      if (t.recipients.get(peer) !== "offered") continue;
-      if (t.state !== "queued") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+      if (t.recipients.get(peer) !== "offered" || (t.state !== "queued" && !unsent.includes(t.id))) continue;
       dropRecipient(t, peer, "failed", "the session was re-keyed before the file went out: compare the new fingerprint, then send it again");
     }
   }
