@@ -146,7 +146,7 @@ export const relayCommand = defineCommand({
       const summary = (when: string) => {
         const now = { ...relay.stats().counters };
         const line = notableSince(before, now);
-        if (line) log.warn(`${line} ${when} (${counted((now.joins ?? 0) - (before.joins ?? 0), "join", "joins")} in all; ${relay.stats().clients} clients online)`);
+        if (line) log.warn(`${line} ${when} (${counted((now.joins ?? 0) - (before.joins ?? 0), "join", "joins")} in that time; ${counted(relay.stats().clients, "client", "clients")} online)`);
         before = now;
       };
       setInterval(() => summary("in the last minute"), 60_000).unref();
@@ -155,8 +155,8 @@ export const relayCommand = defineCommand({
       const stop = async (signal: string) => {
         stopping = true;
         log.info(`${signal}: telling ${relay.stats().clients} clients and shutting down`);
-        await relay.stop();
         summary("since the last minute's summary"); // the minute cut short is reported too (found in audit)
+        await relay.stop();
         const c = relay.stats().counters;
         log.info(`served ${counted(c.connections ?? 0, "connection", "connections")}, ${counted(c.joins ?? 0, "join", "joins")}, forwarded ${counted(c.framesForwarded ?? 0, "frame", "frames")} (${formatSize(c.bytesForwarded ?? 0)})`);
         process.exit(0);

@@ -279,11 +279,17 @@ export async function startFileRig(o: { root: string; tag: string; downloads: st
     };
   };
   const receiver = peer("receiver");
-  const receiverId = (await receiver.next()).id as string;
   const sender = peer("sender");
-  await sender.next();
-  sender.send({ op: "connect", peer: receiverId });
-  if (!(await sender.next()).ok) throw new Error(`${o.tag}: connect failed`);
+  let receiverId: string;
+  try {
+    receiverId = (await receiver.next()).id as string;
+    await sender.next();
+    sender.send({ op: "connect", peer: receiverId });
+    if (!(await sender.next()).ok) throw new Error(`${o.tag}: connect failed`);
+  } catch (err) {
+    for (const p of [sender.proc, receiver.proc, relay]) p.kill(); // nothing left running when setting up fails
+    throw err;
+  }
   const pids = [sender.proc.pid, relay.pid, receiver.proc.pid];
   const size = Bun.file(o.src).size;
   return {

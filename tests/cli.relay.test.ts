@@ -226,7 +226,7 @@ for (const signal of ["SIGTERM", "SIGHUP"] as const) {
     expect(await rp.proc.exited).toBe(0);
     const lines = rp.stderr().trim().split("\n");
     // The minute cut short by the signal is summed up too (found in audit: it was lost).
-    expect(lines.at(-2)).toBe("[warn] 1 join with a wrong secret since the last minute's summary (1 join in all; 0 clients online)");
+    expect(lines.at(-2)).toBe("[warn] 1 join with a wrong secret since the last minute's summary (1 join in that time; 1 client online)");
     expect(lines.at(-1)).toStartWith("[info] served 2 connections, 1 join, forwarded 0 frames"); // no glyphs or blank lines when stderr is not a terminal
     expect(lines.filter((l) => !/^\[(info|warn)\] /.test(l))).toEqual([]);
   });

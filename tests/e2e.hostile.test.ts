@@ -771,6 +771,8 @@ describe("after a re-key the relay made", () => {
         void initiatorFinish(dhM, i.state, inner).then(({ reveal, pending: p }) => ((pending = p), m.pipe(victim.id).injectToClient(msgFrame(as.id, reveal))));
       } else if (inner?.t === "confirm") {
         chain = new ReceiveChain(initiatorConfirm(pending!, inner).receiveChain);
+      } else if (inner?.t === "brec") {
+        read.push({ t: "brec" }); // a broadcast record addressed to `as`: the relay holds the sender key only if one came to its session
       } else if (inner?.t === "rec" && chain) {
         const r = chain.open(inner);
         if (r.ok) {
@@ -885,12 +887,24 @@ describe("after a re-key the relay made", () => {
     const read = await takeOver(m, b!, a!);
     const lost = await errorFrom(b!, "not_sent", a!.id);
     expect(lost.message).toBe(`1 message(s) to ${a!.id} not sent: ${a!.id} made a new key exchange while they waited`);
-    m.toClient = null;
-    m.pipe(b!.id).injectToClient(confirm!); // C's exchange completes: the broadcast goes now, and what waited behind it
+    m.pipe(b!.id).injectToClient(confirm!); // C's exchange completes: the broadcast goes now, and what waited behind it (the relay still reads what goes to "A")
     await rekeyC;
     await message(c!, "held broadcast");
     await Bun.sleep(200);
     expect(read.filter((x) => x.t === "text")).toEqual([]); // before the fix: "secret for A", read by the relay
+    // Nor the broadcast: A is no longer chosen, so neither the new sender key nor the record goes to it (found in review).
+    expect(read.filter((x) => x.t === "skey" || x.t === "brec")).toEqual([]);
+  });
+
+  test("control: both sides run /connect at once on a session they have: each sees its own re-key, no alarm, and both still broadcast to the other (found in review)", async () => {
+    const { a, b } = await established();
+    await Promise.all([a.chat.connect(b.id), b.chat.connect(a.id)]);
+    await waitFor(() => a.chat.fingerprint(b.id) === b.chat.fingerprint(a.id) && sessionEvents(a, b.id).length === 2 && sessionEvents(b, a.id).length === 2, "one new session on both sides", LONG);
+    for (const [p, q] of [[a, b], [b, a]] as const) {
+      expect(sessionEvents(p, q.id).at(-1)).toMatchObject({ state: "rekeyed", by: "us" });
+      expect(p.chat.broadcastText(`from ${p.id}`)).toEqual([q.id]);
+      await message(q, `from ${p.id}`);
+    }
   });
 });
 

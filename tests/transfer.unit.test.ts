@@ -303,6 +303,28 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     t.abandon(null, "test over");
   });
 
+  test("a re-key fails the files to that peer still waiting for their turn without offering the next one meanwhile (found in review: each failure freed a slot, and the next file was offered under the new session)", async () => {
+    const sent: [string, string][] = [];
+    const deps = { sendContent: (peer: string, item: Frame) => void sent.push([peer, item.t as string]), sendMessage() {}, backlog: () => 0, congested: () => false, isBusy: () => false, drained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const t = createTransfers(deps, { downloadDir: tempDir(), maxFileSize: 1024 });
+    const file = join(tempDir(), "f.txt");
+    writeFileSync(file, "x");
+    const outcomes = [
+      ...[1, 2, 3, 4].map(() => t.send("Q", file)), // Q's 4 slots
+      t.send("P", file), // offered to P
+      t.send(["P", "Q"], file, true), // queued: Q is full
+      t.send("P", file), // queued behind it: a file never overtakes an earlier one to the same peer
+    ].map((p) => p.then(() => "delivered", (e: Error) => e.message));
+    expect(sent.filter(([peer, what]) => peer === "P" && what === "offer")).toHaveLength(1);
+    t.rekeyed("P", []);
+    expect(sent.filter(([peer, what]) => peer === "P" && what === "offer")).toHaveLength(1); // before the fix: 2
+    t.abandon(null, "test over");
+    const reasons = await Promise.all(outcomes);
+    expect(reasons[6]).toContain("the session was re-keyed before the file went out");
+    expect(reasons[5]).toContain("P: the session was re-keyed before the file went out");
+    expect(reasons[4]).toContain("test over"); // offered under the old session: it went on
+  });
+
   function wired(net: { dropChunk?: (c: Frame) => boolean; dropContent?: (c: Frame) => boolean } = {}, maxFrame = 256 * 1024) {
     const ev = { a: [] as TransferEvent[], b: [] as TransferEvent[] };
     const dir = { a: tempDir(), b: tempDir() };

@@ -148,7 +148,8 @@ export interface ChatClient {
   /**
    * Resolves once a session with `peer` is established (whoever started it).
    * Fails at once for a peer that left or that the relay does not know: only
-   * a peer that is online can still start one.
+   * a peer that is online can still start one; and for a peer an earlier wait
+   * ran out for, until a session with it comes.
    */
   waitSession(peer: string, timeoutMs: number): Promise<void>;
   sendText(peer: string, text: string): void;
@@ -324,6 +325,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const departed = new Set<string>();
   /** Peers a session wait (waitSession) ran out for, until a session with them comes (most recent MAX_SESSIONS). */
   const waitedOut = new Set<string>();
+  /** Peers the user ran /connect for whose exchange is not over yet. */
+  const connecting = new Set<string>();
   /** Callers waiting for the relay's answer to a `list`, in the order they asked (the relay answers in order). */
   const listAnswers: ((ids: Set<string> | null) => void)[] = [];
   const peerKeys = new Map<string, PeerSenderKey>();
@@ -364,8 +367,12 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (ownKey?.members.split(",").includes(peer)) eraseOwnKey(ownKey), (ownKey = null);
   }
 
-  /** Those of `members` that still have a session. */
-  const stillMembers = (members: string[]) => members.filter((p) => sessions.has(p));
+  /**
+   * Those of `members` that still have a session and are still chosen: a held
+   * broadcast must not go to a peer whose session a re-key it started replaced
+   * meanwhile (found in review: the relay's session got the new sender key).
+   */
+  const stillMembers = (members: string[]) => members.filter((p) => sessions.has(p) && isChosen(p));
 
   /**
    * Seals the queued broadcasts, each for the members it was typed for that
@@ -450,6 +457,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   function establish(peer: string, keys: SessionKeys, byUs: boolean): void {
     waitedOut.delete(peer);
+    // Both sides ran /connect at once: one of them answers the other's exchange
+    // (PROTOCOL §18), but its user asked for it all the same (found in review).
+    byUs ||= connecting.has(peer);
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
     const returning = !old && ended.delete(peer);
@@ -725,9 +735,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     async connect(peer) {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
       chosen.add(peer);
+      connecting.add(peer);
       const done = nextSession(peer, 2 * HANDSHAKE_TIMEOUT_MS + 1000); // our two waits: for reply, then confirm
       // It may fail while we await below, before our caller holds it: mark it handled now.
-      done.catch(() => {});
+      done.catch(() => {}).finally(() => connecting.delete(peer));
       if (!exchanges.has(peer)) await exchanges.start(peer);
       return done;
     },

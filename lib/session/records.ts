@@ -69,7 +69,7 @@ export class ReceiveChain {
   private checkpoints = new Map<number, Uint8Array>();
   constructor(private chain: Uint8Array) {}
 
-  /** CK_n for next ≤ n ≤ next + MAX_SKIP + 1, and whether the caller must wipe it (it is neither the chain nor a checkpoint). */
+  /** CK_n for next ≤ n ≤ next + MAX_SKIP, and whether the caller must wipe it (it is neither the chain nor a checkpoint). */
   private chainAt(n: number): { key: Uint8Array; own: boolean } {
     let at = this.next;
     let key = this.chain;

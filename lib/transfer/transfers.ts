@@ -221,6 +221,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   /** How long, in all, one broadcast recipient may keep the others waiting: half the idle timeout, so it goes before they all fail. */
   const holdMs = idleMs / 2;
   let leaving = false; // stopAccepting() was called
+  let holdOffers = false; // rekeyed() is failing files: offer none meanwhile
   removeStaleParts(opts.downloadDir, 2 * idleMs);
 
   // One sweep, running only while transfers exist, ends those that stopped
@@ -299,6 +300,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   /** Offers the queued transfers, oldest first, whose recipients all have a free slot. */
   function offerQueued(): void {
+    if (holdOffers) return;
     const running = new Map<string, number>();
     const full = (peer: string) => (running.get(peer) ?? 0) >= MAX_OUTGOING_PER_PEER;
     for (const t of outgoing.values()) {
@@ -636,10 +638,18 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
    * useless to anyone else.
    */
   function rekeyed(peer: string, unsent: string[]): void {
-    for (const t of queuedFirst()) {
-      if (t.recipients.get(peer) !== "offered" || (t.state !== "queued" && !unsent.includes(t.id))) continue;
-      dropRecipient(t, peer, "failed", "the session was re-keyed before the file went out: compare the new fingerprint, then send it again");
+    // Each drop frees slots, and would offer the next queued file to `peer` at
+    // once, under the new session, before this loop failed it (found in review).
+    holdOffers = true;
+    try {
+      for (const t of queuedFirst()) {
+        if (t.recipients.get(peer) !== "offered" || (t.state !== "queued" && !unsent.includes(t.id))) continue;
+        dropRecipient(t, peer, "failed", "the session was re-keyed before the file went out: compare the new fingerprint, then send it again");
+      }
+    } finally {
+      holdOffers = false;
     }
+    offerQueued();
   }
 
   /** A peer the relay said is busy is ready again: streams held for it look again (deps.isBusy). */
