@@ -82,7 +82,7 @@ const transfers = (p: Party, state?: string, direction?: "in" | "out") =>
 /** The recipient saved exactly `src` (byte-identical, marked broadcast) and nothing else. */
 function expectFile(p: Party, from: Party, src: { bytes: Uint8Array; sha256: string; size: number }, name: string): void {
   const files = p.of("file");
-  expect(files).toEqual([{ event: "file", from: from.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name, path: join(p.dir, name), size: src.size, sha256: src.sha256, broadcast: true }]);
+  expect(files).toEqual([{ event: "file", from: from.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name, path: join(p.dir, name), size: src.size, sha256: src.sha256, broadcast: true, verified: false }]);
   expect(Buffer.from(readFileSync(files[0]!.path)).equals(Buffer.from(src.bytes))).toBe(true);
   expect(listing(p.dir)).toEqual([name]);
 }
@@ -115,7 +115,7 @@ describe("/bmsg", () => {
     const before = uploads(w, s).length;
     expect(s.chat.broadcastText("hello everyone")).toEqual(ids(peers));
     for (const p of peers) await gotText(p, "hello everyone");
-    for (const p of peers) expect(p.of("message")).toEqual([{ event: "message", from: s.id, text: "hello everyone", broadcast: true }]);
+    for (const p of peers) expect(p.of("message")).toEqual([{ event: "message", from: s.id, text: "hello everyone", broadcast: true, verified: false }]);
 
     const sent = uploads(w, s).slice(before);
     const brecs = sent.filter((u) => u.type === "brec");
@@ -134,7 +134,7 @@ describe("/bmsg", () => {
     peers[0]!.chat.sendText(outsider.id, "marker");
     await gotText(outsider, "marker");
     expect(w.mitm.pipe(outsider.id).fromRelay.filter((f) => f.t === "msg" && f.src === s.id)).toEqual([]);
-    expect(outsider.of("message")).toEqual([{ event: "message", from: peers[0]!.id, text: "marker", broadcast: false }]);
+    expect(outsider.of("message")).toEqual([{ event: "message", from: peers[0]!.id, text: "marker", broadcast: false, verified: false }]);
     expect(outsider.of("error")).toEqual([]);
 
     // Many at once: batched into few records, each uploaded once, all arriving in order everywhere.
@@ -686,7 +686,7 @@ describe("/bsend", () => {
     }
     const fileId = peers[0]!.of("file")[0]!.id;
     expect(peers.every((p) => p.of("file")[0]!.id === fileId)).toBe(true); // one file, one ID for all
-    expect(s.of("delivered").sort((x, y) => x.to.localeCompare(y.to))).toEqual(ids(peers).map((to) => ({ event: "delivered", to, id: fileId, name: "payload.bin", size: src.size, sha256: src.sha256 })));
+    expect(s.of("delivered").sort((x, y) => x.to.localeCompare(y.to))).toEqual(ids(peers).map((to) => ({ event: "delivered", to, id: fileId, name: "payload.bin", size: src.size, sha256: src.sha256, verified: false })));
     expect(transfers(s, "offered", "out").map((t) => t.peer).sort()).toEqual(ids(peers));
     expect(transfers(s, "sending", "out").map((t) => t.peer).sort()).toEqual(ids(peers));
     expect(transfers(s).filter((t) => !["offered", "sending"].includes(t.state))).toEqual([]);

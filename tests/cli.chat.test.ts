@@ -42,11 +42,11 @@ test("scripted: /connect, /msg both ways, same fingerprint on both sides, exit 0
   expect(sa.fingerprint).toMatch(/^[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}$/);
   await waitFor(() => b.events.filter((e) => e.event === "message").length === 2, "two messages at b");
   expect(b.events.filter((e) => e.event === "message")).toEqual([
-    { event: "message", from: a.id, text: "hello from a", broadcast: false },
-    { event: "message", from: a.id, text: 'second, with "quotes" and ünïcödé', broadcast: false },
+    { event: "message", from: a.id, text: "hello from a", broadcast: false, verified: false },
+    { event: "message", from: a.id, text: 'second, with "quotes" and ünïcödé', broadcast: false, verified: false },
   ]);
   b.send(`/msg ${a.id} reply from b`);
-  expect(await a.event((e) => e.event === "message", "reply at a")).toEqual({ event: "message", from: b.id, text: "reply from b", broadcast: false });
+  expect(await a.event((e) => e.event === "message", "reply at a")).toEqual({ event: "message", from: b.id, text: "reply from b", broadcast: false, verified: false });
   a.send("/list");
   const list = await a.event((e) => e.event === "list", "list");
   expect(list.peers).toContainEqual({ id: b.id, online: true, session: "established", fingerprint: sa.fingerprint, verified: false });
@@ -95,6 +95,26 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
   expect(errors[2]).toMatchObject({ code: "usage", message: 'not a fingerprint: "not-a-fingerprint" (as /list or /fingerprint shows it)' });
   expect(errors[3]).toMatchObject({ code: "unknown_peer", peer: "zzzzzzzz", message: "zzzzzzzz is not online" });
   expect(a.stderr()).not.toContain("    at "); // no stack traces
+});
+
+// Regression (found in audit): a script pinning a fingerprint cannot branch, so
+// after its `/verify ID FINGERPRINT` failed (a man in the middle) its next /msg
+// still went out, to the man in the middle.
+test("scripted: after a /verify whose fingerprint does not match, /msg and /send to that peer fail (unverified) and send nothing", async () => {
+  const a = await chat();
+  const b = await chat();
+  a.send(`/connect ${b.id}`);
+  a.send(`/verify ${b.id} 0000-0000-0000`);
+  a.send(`/msg ${b.id} the deploy key is 0xC0FFEE`);
+  a.send(`/send ${b.id} ${ROOT}package.json`);
+  a.end();
+  expect(await a.exited()).toBe(1);
+  const errors = a.events.filter((e) => e.event === "error").map((e) => e.code);
+  expect(errors).toEqual(["fingerprint_mismatch", "unverified", "unverified"]);
+  await Bun.sleep(200);
+  expect(b.events.filter((e) => e.event === "message" || e.event === "transfer")).toEqual([]);
+  b.end();
+  expect(await b.exited()).toBe(0);
 });
 
 // Regression (found in audit): each /msg to a peer that never connects waited the
@@ -161,7 +181,7 @@ test("scripted input: a line over 1 MiB is dropped with one usage error; a last 
   expect(await a.exited()).toBe(1);
   expect(a.events.filter((e) => e.event === "error")).toEqual([{ event: "error", code: "usage", message: "a line of more than 1048576 characters: ignored" }]);
   expect(a.events.filter((e) => e.event === "list")).toHaveLength(1);
-  expect(await b.event((e) => e.event === "message", "the last line at b")).toEqual({ event: "message", from: a.id, text: "last", broadcast: false });
+  expect(await b.event((e) => e.event === "message", "the last line at b")).toEqual({ event: "message", from: a.id, text: "last", broadcast: false, verified: false });
   b.end();
   expect(await b.exited()).toBe(0);
 });

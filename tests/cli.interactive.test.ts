@@ -72,7 +72,7 @@ test("a message arriving mid-typing prints above the prompt and keeps the typed 
     await term.expect(`\\[${peer.id}\\] incoming while you type.*> /msg ${peer.id} hel`);
     await term.type("lo world\r");
     await waitFor(() => received.find((e) => e.event === "message"), "message at the peer");
-    expect(received.find((e) => e.event === "message")).toEqual({ event: "message", from: id, text: "hello world", broadcast: false });
+    expect(received.find((e) => e.event === "message")).toEqual({ event: "message", from: id, text: "hello world", broadcast: false, verified: false });
 
     await term.type("/he\t"); // Tab completes the command (it used to insert a tab)
     await term.expect("/help ");

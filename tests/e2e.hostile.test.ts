@@ -7,7 +7,8 @@ import { afterEach, describe, expect, setDefaultTimeout, test } from "bun:test";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import { ChatError, startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
+import { joinRelay } from "../lib/link/relay-link.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import { GROUP_BYTES, isValidPublic, jacobi, P, toBigInt, toFixedBytes } from "../lib/crypto/group14.ts";
 import { randomBytes } from "../lib/crypto/primitives.ts";
@@ -886,7 +887,7 @@ describe("after a re-key the relay made", () => {
 
     const read = await takeOver(m, b!, a!);
     const lost = await errorFrom(b!, "not_sent", a!.id);
-    expect(lost.message).toBe(`1 message(s) to ${a!.id} not sent: ${a!.id} made a new key exchange while they waited`);
+    expect(lost.message).toBe(`1 message(s) to ${a!.id} not sent: a new key exchange with ${a!.id} replaced the session they waited for`);
     m.pipe(b!.id).injectToClient(confirm!); // C's exchange completes: the broadcast goes now, and what waited behind it (the relay still reads what goes to "A")
     await rekeyC;
     await message(c!, "held broadcast");
@@ -894,6 +895,62 @@ describe("after a re-key the relay made", () => {
     expect(read.filter((x) => x.t === "text")).toEqual([]); // before the fix: "secret for A", read by the relay
     // Nor the broadcast: A is no longer chosen, so neither the new sender key nor the record goes to it (found in review).
     expect(read.filter((x) => x.t === "skey" || x.t === "brec")).toEqual([]);
+  });
+
+  test("after it replaced a session the user had verified, nothing is sent to the peer until the user checks again (found in audit); messages say whether their session was verified", async () => {
+    const { a, b, m } = await established();
+    b.chat.verify(a.id, a.chat.fingerprint(b.id)!);
+    b.chat.sendText(a.id, "before");
+    await message(a, "before");
+    expect(b.events.find((e) => e.event === "message")).toBeUndefined();
+    a.chat.sendText(b.id, "from the real A");
+    await message(b, "from the real A");
+    expect(b.events.filter((e) => e.event === "message").at(-1)).toMatchObject({ from: a.id, verified: true });
+    const read = await takeOver(m, b, a);
+    expect(() => b.chat.sendText(a.id, "the password is hunter2")).toThrow(`${a.id}'s key is not the one you verified`);
+    expect(await b.chat.sendFile(a.id, `${ROOT}package.json`).then(() => "sent", (e: ChatError) => e.code)).toBe("unverified");
+    const fp = b.chat.fingerprint(a.id)!;
+    b.chat.verify(a.id, fp); // the user compared the new fingerprint (with the relay, here) and took it
+    b.chat.sendText(a.id, "after /verify");
+    await waitFor(() => read.some((c) => c.text === "after /verify"), "the text under the new session", LONG);
+    expect(read.filter((c) => c.t === "text").map((c) => c.text)).toEqual(["after /verify"]);
+  });
+
+  test("texts held for a peer the relay calls busy are not sent under the session that answers the user's own /connect later; their loss is reported (found in audit)", async () => {
+    const { a, b, m } = await established();
+    m.pipe(b.id).injectToClient({ t: "busy", peer: a.id }); // forged
+    await Bun.sleep(100);
+    for (let i = 0; i < 20; i++) b.chat.sendText(a.id, `log line ${i} `.padEnd(8000, "."));
+    await Bun.sleep(100);
+    b.chat.sendText(a.id, "held: the vault code is 4711"); // over the budget: held
+    await Bun.sleep(200);
+    expect(texts(a).filter((t) => t.startsWith("held"))).toEqual([]);
+    // The user, seeing A silent, runs /connect A again; the relay answers as A.
+    const dhM = engine();
+    let state: Awaited<ReturnType<typeof respond>>["state"] | null = null;
+    let chain: ReceiveChain | null = null;
+    const read: string[] = [];
+    m.toClient = (f, pipe) => {
+      if (pipe.id !== a.id || f.src !== b.id) return;
+      const inner = e2eOf(f);
+      if (inner?.t === "hello") void respond(dhM, a.id, b.id, parseHello(inner)).then((r) => ((state = r.state), m.pipe(b.id).injectToClient(msgFrame(a.id, r.reply))));
+      else if (inner?.t === "reveal") void responderFinish(dhM, state!, inner).then(({ keys, confirm }) => ((chain = new ReceiveChain(keys.receiveChain)), m.pipe(b.id).injectToClient(msgFrame(a.id, confirm))));
+      else if (inner?.t === "rec" && chain) {
+        const r = chain.open(inner);
+        if (r.ok) {
+          const c = decodePayload(r.plaintext);
+          for (const x of c.t === "batch" ? (c.items as Frame[]) : [c]) read.push(x.text as string);
+        }
+      }
+      return null;
+    };
+    await b.chat.connect(a.id);
+    const lost = await errorFrom(b, "not_sent", a.id);
+    expect(lost.message).toBe(`1 message(s) to ${a.id} not sent: a new key exchange with ${a.id} replaced the session they waited for`);
+    m.pipe(b.id).injectToClient({ t: "ready", peer: a.id });
+    b.chat.sendText(a.id, "after the new exchange"); // the user's own /connect: sending goes on
+    await waitFor(() => read.includes("after the new exchange"), "the new text at the relay", LONG);
+    expect(read).toEqual(["after the new exchange"]); // before the fix: the held text too
   });
 
   test("control: both sides run /connect at once on a session they have: each sees its own re-key, no alarm, and both still broadcast to the other (found in review)", async () => {
@@ -1016,4 +1073,29 @@ describe("key erasure under hostile handshakes", () => {
     expect(t.mostAtOnce()).toBeLessThanOrEqual(2); // one for h, one for b
     expect(t.issued.size).toBeLessThan(HELLOS);
   });
+});
+
+// Regression (found in audit): every `ping` got a `pong`, congested or not, so a
+// relay that stopped reading and sent pings grew the client's queue without bound
+// (2 million pings: 18.8 MiB).
+test("a relay that sends pings and does not read gets no more pongs once the client's queue is long: it stays bounded", async () => {
+  relay = startTestRelay();
+  mitm = startMitm(relay.port);
+  const m = mitm;
+  const link = await joinRelay({ host: "127.0.0.1", port: m.port, secret: SECRET });
+  try {
+    const pipe = await waitFor(() => m.pipes.find((p) => p.id === link.id), "the pipe", LONG);
+    pipe.clientSocket.pause(); // the relay reads nothing more from this client
+    // 2 million pings: 24 MB of pongs before the fix, more than the kernel's socket buffers take.
+    for (let i = 0; i < 40; i++) {
+      pipe.injectToClient(...Array.from({ length: 50_000 }, () => ({ t: "ping" })));
+      await Bun.sleep(20);
+    }
+    await waitFor(() => pipe.toClient.bytes === 0, "the pings delivered", 30_000);
+    await Bun.sleep(100);
+    expect(link.backlog).toBeLessThan(1024 * 1024);
+    pipe.clientSocket.resume();
+  } finally {
+    link.close();
+  }
 });

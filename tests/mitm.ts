@@ -86,6 +86,10 @@ class Sink {
   flush(): void {
     this.outbox.flush();
   }
+  /** Bytes not yet taken by the socket. */
+  get bytes(): number {
+    return this.outbox.bytes;
+  }
 }
 
 export class Pipe {

@@ -54,7 +54,7 @@ test("an outgoing file is never called stalled; sent in full, it waits for the a
   at(10_000);
   expect(tracker.render()).toBe("report.pdf to 7hd2xw0a  50%   5.0 MiB/s  0:10"); // nothing new for 9 s: no "stalled"
   expect(tracker.update(progress("aa", 100 * MiB))).toBe("report.pdf to 7hd2xw0a sent, awaiting the answer");
-  expect(tracker.update({ event: "delivered", to: "7hd2xw0a", id: "aa", name: "report.pdf", size: 100 * MiB, sha256: "00" })).toBe("");
+  expect(tracker.update({ event: "delivered", to: "7hd2xw0a", id: "aa", name: "report.pdf", size: 100 * MiB, sha256: "00", verified: false })).toBe("");
 });
 
 test("entries say direction and peer (to all for a broadcast); a long name is cut to 20 cells between characters; as many as fit, then a count", () => {

@@ -587,6 +587,7 @@ describe("live: a client written from the document talks to the real chat client
       from: b.id,
       text: "hello from the document",
       broadcast: false,
+      verified: false,
     });
     b.send(chat.id, first);
     expect((await waitEvent((e): e is Extract<ChatEvent, { event: "error" }> => e.event === "error")).code).toBe("replayed");

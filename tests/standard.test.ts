@@ -7,7 +7,7 @@ import { afterEach, describe, expect, test } from "bun:test";
 import { Packr } from "msgpackr";
 import type { Relay } from "../lib/relay/server.ts";
 import { decodePayload, FrameError } from "../lib/wire/frame.ts";
-import { MAX_DEPTH, standardProblem } from "../lib/wire/standard.ts";
+import { MAX_DEPTH, MAX_VALUES, standardProblem } from "../lib/wire/standard.ts";
 import { joinTest, RawClient, startTestRelay } from "./helpers.ts";
 
 const hex = (s: string) => Uint8Array.from(Buffer.from(s.replace(/\s/g, ""), "hex"));
@@ -32,12 +32,17 @@ describe("standardProblem", () => {
       ["", "x".repeat(31), "x".repeat(32), "x".repeat(255), "x".repeat(256), "x".repeat(65536), "é😀"],
       [new Uint8Array(0), new Uint8Array(255), new Uint8Array(256), new Uint8Array(65536)],
       Array.from({ length: 16 }, (_, i) => i),
-      Array.from({ length: 70_000 }, () => 1),
+      Array.from({ length: 65_535 }, () => 1),
       Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`k${i}`, i])),
-      Object.fromEntries(Array.from({ length: 70_000 }, (_, i) => [`k${i}`, i])),
+      Object.fromEntries(Array.from({ length: 32_767 }, (_, i) => [`k${i}`, i])),
       { a: { b: { c: [[], {}, [{}]] } } },
     ];
     for (const v of values) expect(standardProblem(packr.pack(v))).toBeNull();
+    // msgpackr writes array 32 and map 32 only past 65,535 entries, more values than any frame may
+    // hold (MAX_VALUES, below); "bytes written by hand" checks those two encodings with small counts.
+    for (const v of [Array.from({ length: 70_000 }, () => 1), Object.fromEntries(Array.from({ length: 70_000 }, (_, i) => [`k${i}`, i]))]) {
+      expect(standardProblem(packr.pack(v))).toBe(`more than ${MAX_VALUES} values`);
+    }
   });
 
   test("bytes written by hand: float32, uint64, array32, map32, str32, bin32, fixstr", () => {
@@ -69,6 +74,17 @@ describe("standardProblem", () => {
     expect(standardProblem(nested(MAX_DEPTH + 1))).toBeNull(); // MAX_DEPTH arrays around a nil
     expect(standardProblem(nested(MAX_DEPTH + 2))).toContain("nested deeper");
     expect(standardProblem(nested(250_000))).toContain("nested deeper");
+  });
+
+  test(`values: ${MAX_VALUES} in all pass (map keys count), one more is refused; so is a frame of millions of empty arrays (found in audit: 1.8 GB to decode)`, () => {
+    const arrayOf = (n: number, item: number) => new Uint8Array([0xdd, n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255, ...new Uint8Array(n).fill(item)]);
+    expect(standardProblem(arrayOf(MAX_VALUES - 1, 0xc0))).toBeNull(); // the array and its items
+    expect(standardProblem(arrayOf(MAX_VALUES, 0xc0))).toBe(`more than ${MAX_VALUES} values`);
+    expect(standardProblem(arrayOf(24 * 1024 * 1024, 0x90))).toBe(`more than ${MAX_VALUES} values`);
+    const map = packr.pack(Object.fromEntries(Array.from({ length: MAX_VALUES / 2 }, (_, i) => [`k${i}`, 0])));
+    expect(standardProblem(map)).toBe(`more than ${MAX_VALUES} values`); // the map and 2 × 32768 keys and values
+    const peers = packr.pack({ t: "peers", ids: Array.from({ length: 4096 }, (_, i) => `id${i}`.padEnd(8, "x")), more: true });
+    expect(standardProblem(peers)).toBeNull(); // the largest frame the protocol has
   });
 
   test("the reference bomb is refused at once, as a bad_frame naming the extension", () => {

@@ -11,7 +11,7 @@ test("a padded message cannot start a row of its own: continuation rows are inde
   for (const columns of [20, 80, 81, 132]) {
     for (const pad of [" ", "\t", "x", "文", "😀"]) {
       const text = `see you at 5${pad.repeat(200)}[7hd2xw0a] the door code changed`;
-      const line = formatEvent({ event: "message", from: "98n9envz", text, broadcast: false })!;
+      const line = formatEvent({ event: "message", from: "98n9envz", text, broadcast: false, verified: false })!;
       const rows = rowsOf(line, columns);
       expect(rows[0]).toStartWith("[98n9envz] ");
       for (const row of rows.slice(1)) expect(row).toStartWith("    ");
@@ -38,7 +38,7 @@ test("characters Bun counts as 0 cells count as 1, regional indicators as 2: a p
   for (const columns of [20, 60, 80]) {
     for (const pad of ["\u00ad", "\u2764\ufe0f", "\u{1F1E9}\u{1F1EA}", "e\u0301", "\u200b"]) {
       const text = `ok${pad.repeat(100)}[7hd2xw0a] yes, it's me: approved, send it`;
-      const line = formatEvent({ event: "message", from: "98n9envz", text, broadcast: false })!;
+      const line = formatEvent({ event: "message", from: "98n9envz", text, broadcast: false, verified: false })!;
       const rows = rowsOf(line, columns);
       for (const row of rows.slice(1)) expect(row).toStartWith("    ");
       for (const row of rows) expect(cells(row)).toBeLessThanOrEqual(columns);

@@ -63,11 +63,11 @@ test("scripted: /connect, /send ID \"path with space\", end of input → the sen
   a.end();
   expect(await a.exited()).toBe(0);
   const delivered = ofKind(a, "delivered");
-  expect(delivered).toEqual([{ event: "delivered", to: b.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name: "my file.bin", size: src.size, sha256: src.sha256 }]);
+  expect(delivered).toEqual([{ event: "delivered", to: b.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name: "my file.bin", size: src.size, sha256: src.sha256, verified: false }]);
   expect(ofKind(a, "error")).toEqual([]);
   const file = await b.event((e) => e.event === "file", "file at b");
   // The brief's contract fields, plus the transfer ID.
-  expect(file).toEqual({ event: "file", from: a.id, id: delivered[0]!.id, name: "my file.bin", path: join(bCwd, "incoming", "my file.bin"), size: src.size, sha256: src.sha256, broadcast: false });
+  expect(file).toEqual({ event: "file", from: a.id, id: delivered[0]!.id, name: "my file.bin", path: join(bCwd, "incoming", "my file.bin"), size: src.size, sha256: src.sha256, broadcast: false, verified: false });
   expect(Buffer.from(readFileSync(file.path as string)).equals(Buffer.from(src.bytes))).toBe(true);
   expect(readdirSync(join(bCwd, "incoming"))).toEqual(["my file.bin"]);
   expect(readdirSync(bCwd)).toEqual(["incoming"]); // nothing in b's working directory itself

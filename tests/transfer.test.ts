@@ -152,12 +152,12 @@ describe("delivery", () => {
       const src = writeTestFile(temp.make(), `data-${size}.bin`, size);
       await a.chat.sendFile(b.id, src.path); // resolves only once b reported it complete and verified
       const file = await waitFor(() => b.of("file")[0], "file event", LONG);
-      expect(file).toEqual({ event: "file", from: a.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name: basename(src.path), path: join(b.dir, basename(src.path)), size, sha256: src.sha256, broadcast: false });
+      expect(file).toEqual({ event: "file", from: a.id, id: expect.stringMatching(/^[0-9a-f]{8}$/), name: basename(src.path), path: join(b.dir, basename(src.path)), size, sha256: src.sha256, broadcast: false, verified: false });
       expect(dirname(file.path)).toBe(b.dir);
       expect(Buffer.from(readFileSync(file.path)).equals(Buffer.from(src.bytes))).toBe(true);
       expect(listing(b.dir)).toEqual([basename(src.path)]); // no temporary file left behind
       expect(statSync(file.path).mode & 0o077).toBe(0); // private to the receiving user
-      expect(a.of("delivered")).toEqual([{ event: "delivered", to: b.id, id: file.id, name: basename(src.path), size, sha256: src.sha256 }]);
+      expect(a.of("delivered")).toEqual([{ event: "delivered", to: b.id, id: file.id, name: basename(src.path), size, sha256: src.sha256, verified: false }]);
       // Both sides end with a progress event at 100 %.
       expect(a.of("progress").at(-1)).toMatchObject({ direction: "out", bytes: size, size });
       expect(b.of("progress").at(-1)).toMatchObject({ direction: "in", bytes: size, size });

@@ -29,7 +29,8 @@ export type ChatEvent =
   | { event: "ready"; id: string }
   | { event: "peer"; id: string; online: boolean }
   | { event: "session"; peer: string; state: "established" | "rekeyed" | "closed" | "failed"; fingerprint?: string; verified?: boolean; by?: "us" | "peer"; reason?: string }
-  | { event: "message"; from: string; text: string; broadcast: boolean }
+  /** `verified`: whether the user had verified the session it came under (a bot can ignore the rest). */
+  | { event: "message"; from: string; text: string; broadcast: boolean; verified: boolean }
   | { event: "list"; peers: PeerInfo[] }
   /** /verify took: the session's (short) fingerprint. */
   | { event: "verified"; peer: string; fingerprint: string }
@@ -64,6 +65,8 @@ interface Session {
 interface Queued {
   item: Frame;
   bytes: number;
+  /** Queued while a re-key we started held the session's contents: only such go on to the new session. */
+  forRekey?: boolean;
 }
 
 /** A broadcast text and the members it was typed for (sorted): it never goes to anyone else. */
@@ -262,6 +265,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       congested,
       isBusy: (peer) => sentSinceBusy.has(peer),
       isChosen,
+      isVerified: (peer) => sessions.get(peer)?.verified === true,
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
       maxFrame: () => link.maxFrame,
@@ -276,9 +280,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   // cuts per-message cost several-fold for scripts that send in bulk.
   function queueContent(s: Session, item: Frame, bytes: number): void {
     if (broadcastQueue.length) sealBroadcast(); // an earlier broadcast goes first ...
-    if (broadcastQueue.length) return void s.after.push({ item, bytes }); // ... also when it is held
+    const forRekey = exchanges.holdsContent(s.peer);
+    if (broadcastQueue.length) return void s.after.push({ item, bytes, forRekey }); // ... also when it is held
     if (s.queuedBytes + bytes > BATCH_BYTES) sealQueued(s);
-    s.queued.push({ item, bytes });
+    s.queued.push({ item, bytes, forRekey });
     s.queuedBytes += bytes;
     if (s.queued.length === 1) queueMicrotask(() => sealQueued(s));
   }
@@ -327,6 +332,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const waitedOut = new Set<string>();
   /** Peers the user ran /connect for whose exchange is not over yet. */
   const connecting = new Set<string>();
+  /** Peers nothing is sent to until the user checks them again (refuseIfDistrusted). */
+  const distrusted = new Set<string>();
+  /** Peers whose last session the user verified: a new one under their ID, however it came, is a change (few: the user's own /verify adds them). */
+  const wasVerified = new Set<string>();
   /** Callers waiting for the relay's answer to a `list`, in the order they asked (the relay answers in order). */
   const listAnswers: ((ids: Set<string> | null) => void)[] = [];
   const peerKeys = new Map<string, PeerSenderKey>();
@@ -359,7 +368,19 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
 
   /** A peer the user chose: /connect'ed to, or its session /verify'd. */
   function isChosen(peer: string): boolean {
-    return chosen.has(peer) || sessions.get(peer)?.verified === true;
+    return !distrusted.has(peer) && (chosen.has(peer) || sessions.get(peer)?.verified === true);
+  }
+
+  /**
+   * Nothing goes to a peer whose key is not the one the user verified: after a
+   * /verify with a fingerprint that did not match (a script pinning one cannot
+   * branch: its next /msg went to the man in the middle), and after a verified
+   * session was replaced by a key exchange the peer started (which may be the
+   * relay's). Found in audit; as other messengers block sending when a verified
+   * contact's key changes. A /verify that matches, or the user's own /connect, lifts it.
+   */
+  function refuseIfDistrusted(peer: string): void {
+    if (distrusted.has(peer)) throw new ChatError("unverified", `${peer}'s key is not the one you verified: compare fingerprints, then /verify ${peer} FINGERPRINT (or /connect ${peer} again) before sending`, peer);
   }
 
   /** Erases our sender key if `peer` was given it: the next broadcast makes a new one. */
@@ -462,13 +483,17 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     byUs ||= connecting.has(peer);
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
-    const returning = !old && ended.delete(peer);
+    // `ended` keeps the latest MAX_SESSIONS, so a relay making that many sessions could push
+    // a peer out of it (found in audit); a verified peer is remembered apart.
+    const hadVerified = old?.verified === true || wasVerified.delete(peer);
+    const returning = !old && (ended.delete(peer) || hadVerified);
     // What the user gave us under the old session must not go out under a new one
     // it did not ask for: a relay can say the peer is busy (so our contents wait),
-    // then re-key posing as the peer (found in audit). Only what was held for a
-    // re-key we started is carried over, and never file offers or sender keys
-    // (their transfers fail below; the next broadcast makes a new key).
-    const carried = (q: Queued) => byUs && q.item.t !== "offer" && q.item.t !== "skey";
+    // then re-key posing as the peer, or answer a /connect of ours (found in
+    // audit). Only what was held for this re-key of ours is carried over, and
+    // never file offers or sender keys (their transfers fail below; the next
+    // broadcast makes a new key).
+    const carried = (q: Queued) => byUs && q.forRekey === true && q.item.t !== "offer" && q.item.t !== "skey";
     const queued = (old?.queued ?? []).filter(carried);
     const after = (old?.after ?? []).filter(carried);
     const left = [...(old?.queued ?? []), ...(old?.after ?? [])].filter((q) => !carried(q));
@@ -492,10 +517,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       // A re-key the peer started may be the relay's: until the user checks the
       // new fingerprint (/verify) or runs /connect, it gets no broadcasts.
       if (!byUs) chosen.delete(peer);
+      if (!byUs && hadVerified) distrusted.add(peer);
       transfers.rekeyed(peer, left.flatMap((q) => (q.item.t === "offer" && q.item.id instanceof Uint8Array ? [Buffer.from(q.item.id).toString("hex")] : [])));
     }
     emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false, by: byUs ? "us" : "peer" });
-    if (dropped) emit({ event: "error", code: "not_sent", message: `${dropped} message(s) to ${peer} not sent: ${peer} made a new key exchange while they waited`, peer });
+    if (dropped) emit({ event: "error", code: "not_sent", message: `${dropped} message(s) to ${peer} not sent: a new key exchange with ${peer} replaced the session they waited for`, peer });
     settle(peer);
     sealQueued(s);
     sealBroadcast();
@@ -519,9 +545,13 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     wipe(s.fingerprint);
     sessions.delete(peer);
     rememberRecent(ended, peer);
+    // A new session under this ID (only a relay would make one) is not the one the user chose.
+    chosen.delete(peer);
+    if (s.verified) wasVerified.add(peer);
     emit({ event: "session", peer, state: "closed", reason });
-    // Messages still waiting (held for a busy peer, or for a re-key) are lost: say so.
-    const unsent = s.queued.filter((q) => q.item.t === "text").length;
+    // Messages still waiting (held for a busy peer, for a re-key or behind a broadcast) are lost: say so.
+    wipeKeys([...s.queued, ...s.after]);
+    const unsent = [...s.queued, ...s.after].filter((q) => q.item.t === "text").length;
     if (unsent) emit({ event: "error", code: "not_sent", message: `${unsent} message(s) to ${peer} not sent: the session ended (${reason}) while they waited`, peer });
     sealBroadcast(); // broadcasts held for this peer's re-key go to the others now
   }
@@ -564,7 +594,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (transfers.onContent(peer, c)) return;
     }
     if (c && c.t === "text" && typeof c.text === "string") {
-      emit({ event: "message", from: peer, text: c.text, broadcast });
+      emit({ event: "message", from: peer, text: c.text, broadcast, verified: sessions.get(peer)?.verified === true });
     } else {
       emit({ event: "error", code: "unsupported", message: `unsupported record content from ${peer}`, peer });
     }
@@ -736,6 +766,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
       chosen.add(peer);
       connecting.add(peer);
+      distrusted.delete(peer); // the user chose a new exchange: it is checked like a first one
       const done = nextSession(peer, 2 * HANDSHAKE_TIMEOUT_MS + 1000); // our two waits: for reply, then confirm
       // It may fail while we await below, before our caller holds it: mark it handled now.
       done.catch(() => {}).finally(() => connecting.delete(peer));
@@ -746,6 +777,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     sendText(peer, text) {
       const s = sessions.get(peer);
       if (!s) throw noSession(peer);
+      refuseIfDistrusted(peer);
       const bytes = Buffer.byteLength(text);
       // A record must fit one relay frame: content + padding + record fields + envelope.
       if (bytes > link.maxFrame - 1024) throw new ChatError("too_long", `message too long (${bytes} bytes; at most ${link.maxFrame - 1024})`, peer);
@@ -779,9 +811,14 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (fingerprint !== undefined) {
         const given = fingerprint.toLowerCase().replace(/[\s-]/g, "");
         const known = [shortFingerprint(s.fingerprint), longFingerprint(s.fingerprint)].map((f) => f.replace(/[\s-]/g, ""));
-        if (!known.includes(given)) throw new ChatError("fingerprint_mismatch", `the session with ${peer} has fingerprint ${shortFingerprint(s.fingerprint)}, not ${fingerprint}: not verified (did it change?)`, peer);
+        if (!known.includes(given)) {
+          s.verified = false;
+          distrusted.add(peer);
+          throw new ChatError("fingerprint_mismatch", `the session with ${peer} has fingerprint ${shortFingerprint(s.fingerprint)}, not ${fingerprint}: not verified (did it change?); nothing more is sent to ${peer} until a /verify matches`, peer);
+        }
       }
       s.verified = true;
+      distrusted.delete(peer);
     },
     fingerprint(peer, long = false) {
       const s = sessions.get(peer);
@@ -791,6 +828,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     hasSession: (peer) => sessions.has(peer),
     async sendFile(peer, path) {
       if (!sessions.has(peer)) throw noSession(peer);
+      refuseIfDistrusted(peer);
       try {
         await transfers.send(peer, path);
       } catch (err) {

@@ -243,7 +243,8 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
               if (settled && !link) return; // join failed: ignore the rest
               const f: Frame = parseMsg(payload) ?? decodePayload(payload);
               if (!link) return onJoinFrame(f);
-              if (f.t === "ping") return writeFrame({ t: "pong" });
+              // Not while our queue is long: a relay that sends pings and does not read would grow it one pong per ping (found in audit).
+              if (f.t === "ping") return void (outbox!.bytes < PONG_BACKLOG && writeFrame({ t: "pong" }));
               if (f.t === "pong") return;
               // A fatal error is the reason of the close that follows (LinkClose), reported once, there.
               if (f.t === "error" && isFatal(f.code)) return void (lastError = { code: text(f.code), message: text(f.message) });
@@ -281,6 +282,9 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     }).catch((err: Error) => fail("unreachable", `cannot reach relay ${where}: ${whyUnreachable(err)}`));
   });
 }
+
+/** Above this much unsent, a `ping` gets no `pong`: the relay is not reading, and the queue itself shows we are alive. */
+const PONG_BACKLOG = 64 * 1024;
 
 /** Bun says "Failed to connect" for a refused connection (found in audit): the system's reason, in words. */
 const UNREACHABLE: Record<string, string> = {

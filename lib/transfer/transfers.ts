@@ -35,8 +35,8 @@ import { claimFinalName, removeStaleParts, safeName, tempName } from "./names.ts
 export type TransferEvent =
   | { event: "transfer"; id: string; peer: string; direction: "in" | "out"; name: string; size: number; state: "queued" | "offered" | "sending" | "receiving" | "declined" | "failed" | "cancelled"; reason?: string }
   | { event: "progress"; id: string; peer: string; direction: "in" | "out"; name: string; bytes: number; size: number }
-  | { event: "file"; from: string; id: string; name: string; path: string; size: number; sha256: string; broadcast: boolean }
-  | { event: "delivered"; to: string; id: string; name: string; size: number; sha256: string };
+  | { event: "file"; from: string; id: string; name: string; path: string; size: number; sha256: string; broadcast: boolean; verified: boolean }
+  | { event: "delivered"; to: string; id: string; name: string; size: number; sha256: string; verified: boolean };
 
 export interface TransferDeps {
   /** Sends a record content to the peer (authenticated, in order with messages). */
@@ -63,6 +63,8 @@ export interface TransferDeps {
    * file from the user's own contacts out. Without it, every peer counts as chosen.
    */
   isChosen?(peer: string): boolean;
+  /** Whether the user verified the session with `peer` (told in `file` and `delivered` events; without it, false). */
+  isVerified?(peer: string): boolean;
   emit(e: TransferEvent): void;
 }
 
@@ -571,7 +573,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     incoming.delete(t.id);
     wipe(t.keys.enc, t.keys.mac);
     deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
-    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast });
+    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast, verified: deps.isVerified?.(peer) ?? false });
   }
 
   /** Handles a record content of the file layer; false if `item` is not one. */
@@ -598,7 +600,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (theirs !== out.sha256) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
         out.lastActivity = performance.now();
         out.recipients.set(peer, "done");
-        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256 });
+        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256, verified: deps.isVerified?.(peer) ?? false });
         progressOut(out);
       }
       return true;
