@@ -102,7 +102,8 @@ test("scripted: a failed command makes the exit code non-zero; typos are one err
 // still went out, to the man in the middle.
 test("scripted: after a /verify whose fingerprint does not match, /msg and /send to that peer fail (unverified) and send nothing", async () => {
   const a = await chat();
-  const b = await chat();
+  const b = await chat(["--download-dir", tmpdir()]); // should the file get through after all, not into the checkout
+
   a.send(`/connect ${b.id}`);
   a.send(`/verify ${b.id} 0000-0000-0000`);
   a.send(`/msg ${b.id} the deploy key is 0xC0FFEE`);
