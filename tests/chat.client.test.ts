@@ -204,3 +204,21 @@ test("a relay that does not answer `list`: ready still comes (after 10 s), and w
     mitm.stop();
   }
 }, 30_000);
+
+// Regression (found in review): after a /verify whose fingerprint did not match,
+// files already under way went on streaming, queued ones were still offered, and
+// held texts still went out: "nothing more is sent" was not true.
+test("a /verify whose fingerprint does not match ends every transfer to that peer (the peer is told) and refuses new sends", async () => {
+  const a = await client();
+  const b = await client();
+  await b.c.connect(a.c.id);
+  await a.c.waitSession(b.c.id, 10_000);
+  const dir = temp.make();
+  const sends = [1, 2, 3, 4, 5, 6].map((n) => b.c.sendFile(a.c.id, writeTestFile(dir, `f${n}.bin`, 8 * 1024 * 1024).path).then(() => "delivered", (e: Error) => e.message));
+  await waitFor(() => a.of("transfer").some((e) => e.state === "receiving"), "a receiving");
+  expect(() => b.c.verify(a.c.id, "0000-0000-0000")).toThrow("nothing more is sent");
+  for (const outcome of await Promise.all(sends)) expect(outcome).toContain("its fingerprint did not match the one given to /verify");
+  await waitFor(() => a.c.activeTransfers() === 0, "a's transfers ended (told, not timed out)", 5_000);
+  expect(a.of("file")).toEqual([]);
+  expect(() => b.c.sendText(a.c.id, "secret")).toThrow("is not the one you verified");
+});

@@ -118,6 +118,27 @@ test("scripted: after a /verify whose fingerprint does not match, /msg and /send
   expect(await b.exited()).toBe(0);
 });
 
+// Regression (found in review): a scripted /verify before the session existed
+// failed with no_session and pinned nothing; the /msg after it waited and went to
+// whoever connected.
+test("scripted: a /verify with a fingerprint before there is a session waits for it, and checks it: a mismatch, and /msg sends nothing", async () => {
+  const a = await chat(["--timeout", "10"]);
+  const b = await chat(["--download-dir", tmpdir()]);
+  a.send(`/verify ${b.id} 0000-0000-0000`); // the fingerprint the script was given: the session will not have it
+  a.send(`/msg ${b.id} the deploy key is 0xC0FFEE`);
+  await Bun.sleep(300);
+  b.send(`/connect ${a.id}`);
+  await waitFor(() => a.events.filter((e) => e.event === "error").length === 2, "two errors at a");
+  expect(a.events.filter((e) => e.event === "error").map((e) => e.code)).toEqual(["fingerprint_mismatch", "unverified"]);
+  expect(a.events.find((e) => e.event === "session")).toMatchObject({ state: "established", verified: false, blocked: true });
+  a.end();
+  expect(await a.exited()).toBe(1);
+  await Bun.sleep(200);
+  expect(b.events.filter((e) => e.event === "message")).toEqual([]);
+  b.end();
+  expect(await b.exited()).toBe(0);
+});
+
 // Regression (found in audit): each /msg to a peer that never connects waited the
 // whole --timeout again (four commands, two minutes).
 test("scripted: once a wait for a session with a peer ran out, later /msg and /send to it fail at once; a session with it clears that", async () => {

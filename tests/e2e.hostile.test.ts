@@ -25,6 +25,7 @@ import {
   startInitiator,
 } from "../lib/session/handshake.ts";
 import { ReceiveChain, SendChain } from "../lib/session/records.ts";
+import { newSenderKey, sealBroadcastRecord } from "../lib/session/sender-keys.ts";
 import { formatEvent } from "../lib/ui/format.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { joinTest, ROOT, SECRET, startTestRelay, waitFor, type TestClient } from "./helpers.ts";
@@ -757,13 +758,15 @@ describe("after a re-key the relay made", () => {
   /**
    * The relay runs a key exchange with `victim` posing as `as`, swallowing the
    * victim's answers on their way to `as`; from then on it opens every record the
-   * victim sends to `as` with the keys it made, and collects their contents.
+   * victim sends to `as` with the keys it made, and collects their contents; `seal`
+   * makes a record from "as" under the relay's session, for the relay to inject.
    */
   async function takeOver(m: Mitm, victim: Party, as: Party) {
     const dhM = engine();
     const i = await startInitiator(dhM, as.id, victim.id);
     let pending: Awaited<ReturnType<typeof initiatorFinish>>["pending"] | null = null;
     let chain: ReceiveChain | null = null;
+    let sender: SendChain | null = null;
     const read: Frame[] = [];
     m.toClient = (f, pipe) => {
       if (pipe.id !== as.id || f.src !== victim.id) return;
@@ -771,7 +774,9 @@ describe("after a re-key the relay made", () => {
       if (inner?.t === "reply") {
         void initiatorFinish(dhM, i.state, inner).then(({ reveal, pending: p }) => ((pending = p), m.pipe(victim.id).injectToClient(msgFrame(as.id, reveal))));
       } else if (inner?.t === "confirm") {
-        chain = new ReceiveChain(initiatorConfirm(pending!, inner).receiveChain);
+        const keys = initiatorConfirm(pending!, inner);
+        chain = new ReceiveChain(keys.receiveChain);
+        sender = new SendChain(keys.sendChain);
       } else if (inner?.t === "brec") {
         read.push({ t: "brec" }); // a broadcast record addressed to `as`: the relay holds the sender key only if one came to its session
       } else if (inner?.t === "rec" && chain) {
@@ -785,7 +790,7 @@ describe("after a re-key the relay made", () => {
     };
     m.pipe(victim.id).injectToClient(msgFrame(as.id, i.hello));
     await sessionEvent(victim, as.id, "rekeyed");
-    return read;
+    return Object.assign(read, { seal: (content: Frame) => sender!.seal(pack(content)) });
   }
 
   test("a file given to send before it, still waiting for its turn, fails instead of being offered, file key and all, under the relay's session; the peer leaves the broadcasts", async () => {
@@ -822,7 +827,7 @@ describe("after a re-key the relay made", () => {
       // The re-key was the peer's (as far as B can tell): A is out of B's broadcasts until B checks again.
       expect(() => b!.chat.broadcastText("to everyone I chose")).toThrow("no peers to broadcast to");
       const ev = sessionEvents(b!, a!.id).find((e) => e.state === "rekeyed")!;
-      expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets none of your broadcasts.`);
+      expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets nothing from you (you had verified the old key).`);
     } finally {
       for (const d of dirs) rmSync(d, { recursive: true, force: true });
     }
@@ -951,6 +956,36 @@ describe("after a re-key the relay made", () => {
     b.chat.sendText(a.id, "after the new exchange"); // the user's own /connect: sending goes on
     await waitFor(() => read.includes("after the new exchange"), "the new text at the relay", LONG);
     expect(read).toEqual(["after the new exchange"]); // before the fix: the held text too
+  });
+
+  test("the user's own /connect lifts the block only once its exchange completes: a relay that drops it keeps its session blocked (found in review)", async () => {
+    const { a, b, m } = await established();
+    b.chat.verify(a.id);
+    await takeOver(m, b, a); // blocked now
+    const tap = m.toClient!;
+    m.toClient = (f, pipe) => (pipe.id === a.id && f.src === b.id && e2eOf(f)?.t === "hello" ? null : tap(f, pipe)); // B's /connect goes nowhere
+    const connecting = b.chat.connect(a.id).catch((e: ChatError) => e.code);
+    await Bun.sleep(300);
+    expect(() => b.chat.sendText(a.id, "the password is hunter2")).toThrow(`${a.id}'s key is not the one you verified`);
+    expect(() => b.chat.broadcastText("to everyone I chose")).toThrow("no peers to broadcast to");
+    void connecting;
+  });
+
+  test("a broadcast under a sender key the relay's session gave is not marked verified, even once the real peer's session is verified (found in review)", async () => {
+    const { a, b, m } = await established();
+    const read = await takeOver(m, b, a);
+    const made = newSenderKey([b.id]);
+    m.pipe(b.id).injectToClient(msgFrame(a.id, read.seal(made.skeys[0] as Frame))); // the relay's sender key, under its session
+    await Bun.sleep(100);
+    m.toClient = null;
+    await b.chat.connect(a.id); // B re-keys with the real A
+    b.chat.verify(a.id);
+    m.pipe(b.id).injectToClient(msgFrame(a.id, sealBroadcastRecord(made.key, pack({ t: "text", text: "forged by the relay" }))));
+    await message(b, "forged by the relay");
+    expect(b.events.filter((e) => e.event === "message").at(-1)).toMatchObject({ from: a.id, broadcast: true, verified: false });
+    a.chat.sendText(b.id, "the real A");
+    await message(b, "the real A");
+    expect(b.events.filter((e) => e.event === "message").at(-1)).toMatchObject({ from: a.id, broadcast: false, verified: true });
   });
 
   test("control: both sides run /connect at once on a session they have: each sees its own re-key, no alarm, and both still broadcast to the other (found in review)", async () => {

@@ -28,7 +28,7 @@ export { ChatError };
 export type ChatEvent =
   | { event: "ready"; id: string }
   | { event: "peer"; id: string; online: boolean }
-  | { event: "session"; peer: string; state: "established" | "rekeyed" | "closed" | "failed"; fingerprint?: string; verified?: boolean; by?: "us" | "peer"; reason?: string }
+  | { event: "session"; peer: string; state: "established" | "rekeyed" | "closed" | "failed"; fingerprint?: string; verified?: boolean; by?: "us" | "peer"; blocked?: boolean; reason?: string }
   /** `verified`: whether the user had verified the session it came under (a bot can ignore the rest). */
   | { event: "message"; from: string; text: string; broadcast: boolean; verified: boolean }
   | { event: "list"; peers: PeerInfo[] }
@@ -175,6 +175,8 @@ export interface ChatClient {
   peers(): PeerInfo[];
   /** Marks the session verified; with `fingerprint` (short or long form, as compared), only if it is still that session's. */
   verify(peer: string, fingerprint?: string): void;
+  /** `fingerprint` for the next session with `peer` (a script's /verify before it has one): verified if it matches, and if not, nothing is sent to the peer. */
+  pin(peer: string, fingerprint: string): void;
   fingerprint(peer: string, long?: boolean): string | null;
   hasSession(peer: string): boolean;
   /** Resolves when everything queued has been handed to the socket. */
@@ -265,7 +267,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       congested,
       isBusy: (peer) => sentSinceBusy.has(peer),
       isChosen,
-      isVerified: (peer) => sessions.get(peer)?.verified === true,
+      session: (peer) => sessions.get(peer),
+      isVerified: (peer, via) => verifiedVia(peer, via),
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
       maxFrame: () => link.maxFrame,
@@ -334,11 +337,15 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
   const connecting = new Set<string>();
   /** Peers nothing is sent to until the user checks them again (refuseIfDistrusted). */
   const distrusted = new Set<string>();
+  /** Fingerprints given to a scripted /verify before there was a session: checked against the next one (establish). */
+  const pins = new Map<string, string>();
   /** Peers whose last session the user verified: a new one under their ID, however it came, is a change (few: the user's own /verify adds them). */
   const wasVerified = new Set<string>();
   /** Callers waiting for the relay's answer to a `list`, in the order they asked (the relay answers in order). */
   const listAnswers: ((ids: Set<string> | null) => void)[] = [];
   const peerKeys = new Map<string, PeerSenderKey>();
+  /** The session each peer's sender key came under (for `verified` in events). */
+  const keySessions = new WeakMap<PeerSenderKey, Session>();
   let broadcastQueue: QueuedBroadcast[] = [];
   /** Checks of our recent sender keys (keyCheck), newest last: a peer handing one back as its own is refused. */
   const ownKeyChecks: Uint8Array[] = [];
@@ -380,8 +387,36 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
    * contact's key changes. A /verify that matches, or the user's own /connect, lifts it.
    */
   function refuseIfDistrusted(peer: string): void {
-    if (distrusted.has(peer)) throw new ChatError("unverified", `${peer}'s key is not the one you verified: compare fingerprints, then /verify ${peer} FINGERPRINT (or /connect ${peer} again) before sending`, peer);
+    if (distrusted.has(peer)) throw new ChatError("unverified", `${peer}'s key is not the one you verified: compare fingerprints, then /verify ${peer} (or /connect ${peer} again) before sending`, peer);
   }
+
+  /**
+   * `peer`'s session is not the one the user verified (a fingerprint given to
+   * /verify did not match): nothing more goes to it. What waits for it is
+   * dropped and what is under way with it ends (found in review: a file kept
+   * streaming to the man in the middle, and held texts went out on `ready`).
+   */
+  function distrust(peer: string, why: string): void {
+    distrusted.add(peer);
+    const s = sessions.get(peer);
+    if (s) {
+      s.verified = false;
+      const waiting = [...s.queued, ...s.after];
+      s.queued = [];
+      s.after = [];
+      s.queuedBytes = 0;
+      wipeKeys(waiting);
+      const texts = waiting.filter((q) => q.item.t === "text").length;
+      if (texts) emit({ event: "error", code: "not_sent", message: `${texts} message(s) to ${peer} not sent: ${why}`, peer });
+    }
+    transfers.abandon(peer, why, true);
+  }
+
+  const sameFingerprint = (fingerprint: Uint8Array, given: string) => {
+    const g = given.toLowerCase().replace(/[\s-]/g, "");
+    return [shortFingerprint(fingerprint), longFingerprint(fingerprint)].some((f) => f.replace(/[\s-]/g, "") === g);
+  };
+
 
   /** Erases our sender key if `peer` was given it: the next broadcast makes a new one. */
   function forgetOwnKeyOf(peer: string): void {
@@ -453,6 +488,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     }
     erasePeerKey(peerKeys.get(peer));
     peerKeys.set(peer, k);
+    keySessions.set(k, sessions.get(peer)!);
   }
 
   function onBroadcastRecord(peer: string, m: Frame): void {
@@ -466,7 +502,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       emit({ event: "error", code: "tampered", message: `rejected a forged or tampered broadcast from ${peer} (not shown)`, peer });
       return;
     }
-    openRecord(peer, k.chain, { ...m, t: "rec" }, true);
+    openRecord(peer, k.chain, { ...m, t: "rec" }, true, keySessions.get(k));
   }
 
   function settle(peer: string, err?: ChatError): void {
@@ -481,6 +517,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     // Both sides ran /connect at once: one of them answers the other's exchange
     // (PROTOCOL §18), but its user asked for it all the same (found in review).
     byUs ||= connecting.has(peer);
+    // The user's own /connect: the peer is chosen, and a new exchange is checked like a first one.
+    if (byUs) chosen.add(peer), distrusted.delete(peer);
     const old = sessions.get(peer);
     if (old) old.send.erase(), old.receive.erase();
     // `ended` keeps the latest MAX_SESSIONS, so a relay making that many sessions could push
@@ -520,7 +558,13 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (!byUs && hadVerified) distrusted.add(peer);
       transfers.rekeyed(peer, left.flatMap((q) => (q.item.t === "offer" && q.item.id instanceof Uint8Array ? [Buffer.from(q.item.id).toString("hex")] : [])));
     }
-    emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: false, by: byUs ? "us" : "peer" });
+    // A fingerprint a script gave /verify before there was a session (pin): checked now, once.
+    const pin = pins.get(peer);
+    pins.delete(peer);
+    if (pin !== undefined && sameFingerprint(keys.fingerprint, pin)) s.verified = true;
+    else if (pin !== undefined) distrust(peer, "its fingerprint did not match the one given to /verify");
+    emit({ event: "session", peer, state: old || returning ? "rekeyed" : "established", fingerprint: shortFingerprint(keys.fingerprint), verified: s.verified, by: byUs ? "us" : "peer", ...(distrusted.has(peer) ? { blocked: true } : {}) });
+    if (pin !== undefined && !s.verified) emit({ event: "error", code: "fingerprint_mismatch", message: `the session with ${peer} has fingerprint ${shortFingerprint(keys.fingerprint)}, not ${pin}: not verified; nothing is sent to ${peer} until you /verify it`, peer });
     if (dropped) emit({ event: "error", code: "not_sent", message: `${dropped} message(s) to ${peer} not sent: a new key exchange with ${peer} replaced the session they waited for`, peer });
     settle(peer);
     sealQueued(s);
@@ -562,10 +606,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       emit({ event: "error", code: "no_session", message: `encrypted record from ${peer} without a session: ignored`, peer });
       return;
     }
-    openRecord(peer, s.receive, m, false);
+    openRecord(peer, s.receive, m, false, s);
   }
 
-  function openRecord(peer: string, chain: ReceiveChain, m: Frame, broadcast: boolean): void {
+  /** `via`: the session the record's key came under (a sender key outlives re-keys: PROTOCOL §34.4). */
+  function openRecord(peer: string, chain: ReceiveChain, m: Frame, broadcast: boolean, via: Session | undefined): void {
     const r = chain.open(m);
     if (!r.ok) {
       const what = { malformed: "a malformed record", replayed: "a replayed or reordered record", tampered: "a forged or tampered record", too_far: "a record too far ahead" }[r.reason];
@@ -582,11 +627,16 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       emit({ event: "error", code: "malformed", message: `undecodable record content from ${peer}`, peer });
       return;
     }
-    if (inner.t === "batch" && Array.isArray(inner.items)) for (const item of inner.items) onContent(peer, item, broadcast);
-    else onContent(peer, inner, broadcast);
+    if (inner.t === "batch" && Array.isArray(inner.items)) for (const item of inner.items) onContent(peer, item, broadcast, via);
+    else onContent(peer, inner, broadcast, via);
   }
 
-  function onContent(peer: string, item: unknown, broadcast: boolean): void {
+  /** Whether `via` is the session with `peer` now, and the user verified it: what `verified` in events says. */
+  function verifiedVia(peer: string, via: unknown): boolean {
+    return via !== undefined && via === sessions.get(peer) && (via as Session).verified;
+  }
+
+  function onContent(peer: string, item: unknown, broadcast: boolean, via: Session | undefined): void {
     const c = item as Frame;
     // Broadcast records carry texts only; keys and file control go pairwise.
     if (!broadcast && c && typeof c === "object") {
@@ -594,7 +644,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       if (transfers.onContent(peer, c)) return;
     }
     if (c && c.t === "text" && typeof c.text === "string") {
-      emit({ event: "message", from: peer, text: c.text, broadcast, verified: sessions.get(peer)?.verified === true });
+      emit({ event: "message", from: peer, text: c.text, broadcast, verified: verifiedVia(peer, via) });
     } else {
       emit({ event: "error", code: "unsupported", message: `unsupported record content from ${peer}`, peer });
     }
@@ -764,9 +814,9 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     },
     async connect(peer) {
       if (peer === link.id) throw new ChatError("bad_peer", "that is your own ID");
-      chosen.add(peer);
+      // Chosen (for broadcasts) and trusted again only once this exchange completes
+      // (establish): meanwhile the session it replaces may be a relay's (found in review).
       connecting.add(peer);
-      distrusted.delete(peer); // the user chose a new exchange: it is checked like a first one
       const done = nextSession(peer, 2 * HANDSHAKE_TIMEOUT_MS + 1000); // our two waits: for reply, then confirm
       // It may fail while we await below, before our caller holds it: mark it handled now.
       done.catch(() => {}).finally(() => connecting.delete(peer));
@@ -808,17 +858,15 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     verify(peer, fingerprint) {
       const s = sessions.get(peer);
       if (!s) throw new ChatError("no_session", `no session with ${peer} to verify`, peer);
-      if (fingerprint !== undefined) {
-        const given = fingerprint.toLowerCase().replace(/[\s-]/g, "");
-        const known = [shortFingerprint(s.fingerprint), longFingerprint(s.fingerprint)].map((f) => f.replace(/[\s-]/g, ""));
-        if (!known.includes(given)) {
-          s.verified = false;
-          distrusted.add(peer);
-          throw new ChatError("fingerprint_mismatch", `the session with ${peer} has fingerprint ${shortFingerprint(s.fingerprint)}, not ${fingerprint}: not verified (did it change?); nothing more is sent to ${peer} until a /verify matches`, peer);
-        }
+      if (fingerprint !== undefined && !sameFingerprint(s.fingerprint, fingerprint)) {
+        distrust(peer, "its fingerprint did not match the one given to /verify");
+        throw new ChatError("fingerprint_mismatch", `the session with ${peer} has fingerprint ${shortFingerprint(s.fingerprint)}, not ${fingerprint}: not verified (did it change?); nothing more is sent to ${peer} until you /verify it`, peer);
       }
       s.verified = true;
       distrusted.delete(peer);
+    },
+    pin(peer, fingerprint) {
+      pins.set(peer, fingerprint);
     },
     fingerprint(peer, long = false) {
       const s = sessions.get(peer);

@@ -63,8 +63,10 @@ export interface TransferDeps {
    * file from the user's own contacts out. Without it, every peer counts as chosen.
    */
   isChosen?(peer: string): boolean;
-  /** Whether the user verified the session with `peer` (told in `file` and `delivered` events; without it, false). */
-  isVerified?(peer: string): boolean;
+  /** The session with `peer` now, as an opaque token: a transfer remembers the one its offer travelled under. */
+  session?(peer: string): unknown;
+  /** Whether `session` (a token from session()) is still the session with `peer`, and the user verified it: `verified` in `file` and `delivered` events (without it, false). */
+  isVerified?(peer: string, session: unknown): boolean;
   emit(e: TransferEvent): void;
 }
 
@@ -141,6 +143,8 @@ interface Outgoing {
   sha256?: string;
   /** Wakes a stream waiting for a busy recipient (it became ready, or dropped out). */
   wake: (() => void) | null;
+  /** The session each recipient's offer went under (deps.session). */
+  offeredUnder: Map<string, unknown>;
   resolve(): void;
   reject(err: TransferError): void;
 }
@@ -162,6 +166,8 @@ interface Incoming {
   broadcast: boolean;
   /** For broadcast files: the SHA-256 the sender announced in its offer. */
   expected: string | null;
+  /** The session the offer came under (deps.session). */
+  session: unknown;
 }
 
 const hexId = (b: Uint8Array) => Buffer.from(b).toString("hex");
@@ -332,6 +338,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       if (st !== "offered") continue;
       // Each offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
       deps.sendContent(peer, { t: "offer", id: t.fileId, name: t.name, size: t.size, key: t.fileKey.slice(), ...(t.digest ? { bc: true, sha256: t.digest } : {}) });
+      t.offeredUnder.set(peer, deps.session?.(peer));
       outEvent(t, peer, "offered");
     }
   }
@@ -389,7 +396,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return new Promise<void>((resolve, reject) => {
       const now = performance.now();
       const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
-      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "queued", offeredAt: now, lastActivity: now, digest, wake: null, resolve, reject };
+      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "queued", offeredAt: now, lastActivity: now, digest, wake: null, offeredUnder: new Map(), resolve, reject };
       // A broadcast's receivers check the content against the offer's digest, so hashing it again while streaming would add nothing.
       if (digest) t.sha256 = hexId(digest);
       outgoing.set(t.id, t);
@@ -529,7 +536,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         temp = join(opts.downloadDir, tempName(tid, hexId(randomBytes(4))));
       }
     }
-    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true, expected: m.bc === true ? hexId(sha256 as Uint8Array) : null };
+    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true, expected: m.bc === true ? hexId(sha256 as Uint8Array) : null, session: deps.session?.(peer) };
     wipe(key);
     incoming.set(tid, t);
     watch();
@@ -573,7 +580,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     incoming.delete(t.id);
     wipe(t.keys.enc, t.keys.mac);
     deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
-    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast, verified: deps.isVerified?.(peer) ?? false });
+    deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast, verified: deps.isVerified?.(peer, t.session) ?? false });
   }
 
   /** Handles a record content of the file layer; false if `item` is not one. */
@@ -600,7 +607,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (theirs !== out.sha256) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
         out.lastActivity = performance.now();
         out.recipients.set(peer, "done");
-        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256, verified: deps.isVerified?.(peer) ?? false });
+        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256, verified: deps.isVerified?.(peer, out.offeredUnder.get(peer)) ?? false });
         progressOut(out);
       }
       return true;
@@ -659,13 +666,17 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     for (const t of outgoing.values()) t.wake?.();
   }
 
-  /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay. */
-  function abandon(peer: string | null, reason: string): void {
+  /** Ends every transfer with `peer` (or all, without a peer): it left, or we lost the relay; or we no longer trust it, and then it is told (`tell`). */
+  function abandon(peer: string | null, reason: string, tell = false): void {
     for (const t of queuedFirst()) {
       if (peer === null) failAll(t, "failed", reason);
-      else dropRecipient(t, peer, "failed", reason);
+      else {
+        const st = t.recipients.get(peer);
+        if (tell && t.state !== "queued" && (st === "offered" || st === "accepted")) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+        dropRecipient(t, peer, "failed", reason);
+      }
     }
-    for (const t of [...incoming.values()]) if (peer === null || t.peer === peer) failIn(t, "failed", reason, false);
+    for (const t of [...incoming.values()]) if (peer === null || t.peer === peer) failIn(t, "failed", reason, tell);
   }
 
   /** Declines every offer from now on; the transfers under way go on (a script's end of input). */

@@ -68,7 +68,13 @@ export async function execute(cmd: Command, ctx: ExecuteContext): Promise<boolea
         return true;
       }
       case "verify":
-        client.verify(cmd.peer, cmd.fingerprint);
+        // A script pinning a fingerprint before there is a session (it cannot branch
+        // on a failure): checked when the session comes, also after this wait ran out.
+        if (ctx.scripted && cmd.fingerprint !== undefined && !client.hasSession(cmd.peer)) {
+          client.pin(cmd.peer, cmd.fingerprint);
+          await client.waitSession(cmd.peer, ctx.sessionTimeoutMs);
+          if (!client.peers().find((p) => p.id === cmd.peer)?.verified) return false; // the mismatch was reported when the session came
+        } else client.verify(cmd.peer, cmd.fingerprint);
         emit({ event: "verified", peer: cmd.peer, fingerprint: client.fingerprint(cmd.peer)! });
         return true;
       case "fingerprint": {

@@ -115,7 +115,7 @@ export function formatEvent(e: ChatEvent): string | null {
         case "rekeyed":
           // Started by us (/connect again), it is no alarm; the new fingerprint still needs comparing.
           if (e.by === "us") return `* new key exchange with ${e.peer} (you started it): fingerprint is now ${e.fingerprint} (not verified). Compare it again, then /verify ${e.peer}`;
-          return `! ${e.peer} made a NEW key exchange: fingerprint is now ${e.fingerprint} (not verified). Compare it again before trusting it; until you /verify ${e.peer}, it gets none of your broadcasts.`;
+          return `! ${e.peer} made a NEW key exchange: fingerprint is now ${e.fingerprint} (not verified). Compare it again before trusting it; until you /verify ${e.peer}, it gets ${e.blocked ? "nothing from you (you had verified the old key)" : "none of your broadcasts"}.`;
         case "closed":
           return `* session with ${e.peer} closed (${sanitize(e.reason ?? "")}); its keys are erased`;
         case "failed":
