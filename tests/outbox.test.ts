@@ -67,6 +67,28 @@ test("small frames: a lone one is written alone; a burst is coalesced into write
   expect((box as unknown as { stage: Uint8Array | null }).stage).toBeNull();
 });
 
+// Regression (found in audit): each flush sealed the staging buffer, so a recipient
+// that did not read got a 2 KiB buffer for every 36-byte frame queued (the relay
+// flushes after each frame then): 60 times what `bytes` counted, 2.9 GiB of relay.
+test("small frames to a socket that takes nothing, flushed one by one: the memory held stays near what is counted", () => {
+  let open = false;
+  const written: number[] = [];
+  const box = new Outbox({ write: (data) => (open ? (written.push(...data), data.length) : 0) });
+  const frame = (i: number) => new Uint8Array(36).fill(i & 0xff);
+  for (let i = 0; i < 100_000; i++) {
+    box.push(frame(i));
+    expect(box.flush()).toBe(false);
+  }
+  expect(box.bytes).toBe(3_600_000);
+  const inner = box as unknown as { queue: Uint8Array[]; head: number; stage: Uint8Array | null };
+  const held = [...inner.queue.slice(inner.head), ...(inner.stage ? [inner.stage] : [])];
+  expect(held.reduce((n, b) => n + b.buffer.byteLength, 0)).toBeLessThan(3_600_000 + 128 * 1024); // before the fix: 100,000 buffers of 2 KiB, 205 MB
+  open = true;
+  expect(box.flush()).toBe(true);
+  expect(written.length).toBe(3_600_000);
+  expect(written.every((b, j) => b === (Math.floor(j / 36) & 0xff))).toBe(true); // in order, exactly once
+});
+
 test("the relay's send fast path agrees with the general decoder, or declines", () => {
   const cases = [
     { t: "send", to: "abcdefgh", body: new Uint8Array(0) },

@@ -10,8 +10,9 @@
 // when given, the sum over the outboxes that share it); an outbox that has
 // written everything holds no buffer (a relay keeps thousands of them).
 //
-// A staging buffer is used for one flush and then dropped (only the bytes
-// written into it are ever sent, so it need not be zeroed). Its size follows
+// A staging buffer is written once nothing is queued ahead of it, and then
+// dropped (only the bytes written into it are ever sent, so it need not be
+// zeroed); while the socket is behind, it keeps filling. Its size follows
 // the traffic: it doubles, up to 64 KiB, when a flush's small frames overflow
 // it, and halves, down to 2 KiB, when a flush used less than a quarter of it.
 // So a connection that gets a message now and then costs one small buffer per
@@ -83,8 +84,18 @@ export class Outbox {
 
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
   flush(): boolean {
-    this.sealStage();
-    while (this.head < this.queue.length) {
+    for (;;) {
+      if (this.head === this.queue.length) {
+        this.queue.length = 0;
+        this.head = 0;
+        // The stage goes out only once nothing is ahead of it: while the socket is
+        // behind, small frames keep filling it. Sealed at every flush instead, a
+        // recipient that does not read got one 2 KiB buffer per 36-byte frame
+        // queued, 60 times what the queue counted (found in audit: 2.9 GiB of relay).
+        if (!this.stage) return true;
+        this.sealStage();
+        if (this.head === this.queue.length) return true; // it was empty
+      }
       const chunk = this.queue[this.head]!;
       const written = this.socket.write(chunk);
       if (written < 0) {
@@ -106,9 +117,6 @@ export class Outbox {
       }
       this.head++;
     }
-    this.queue.length = 0;
-    this.head = 0;
-    return true;
   }
 
   close(): void {
