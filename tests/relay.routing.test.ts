@@ -276,3 +276,20 @@ describe("hostile and dead clients", () => {
     relay = startTestRelay(); // for afterEach
   });
 });
+
+// Regression (found in audit): the relay handled every frame of a read before
+// anyone else's, and Bun's reads go up to 512 KiB: one client's 43,691 `list`
+// frames held every other client for 70 ms, reads back to back for 1-2 s.
+test("one client's burst of frames is handled in turns of at most 1024 (the relay pauses it and serves the others in between), and still arrives whole and in order", async () => {
+  relay = startTestRelay();
+  const [x, c, b] = [await joinTest(relay, { watch: false }), await joinTest(relay, { watch: false }), await joinTest(relay, { watch: false })];
+  const N = 5000;
+  for (let i = 0; i < N; i++) x.link.send(b.link.id, new Uint8Array([i >> 8, i & 255])); // one turn: written together
+  c.link.send(b.link.id, new Uint8Array([0xff, 0xff, 0xff]));
+  await waitFor(() => b.frames.filter((f) => f.t === "msg").length === N + 1, "every frame at b", 10_000);
+  const bodies = b.frames.filter((f) => f.t === "msg").map((f) => f.body as Uint8Array);
+  const fromX = bodies.filter((body) => body.length === 2).map((body) => (body[0]! << 8) | body[1]!);
+  expect(fromX).toEqual(Array.from({ length: N }, (_, i) => i));
+  expect(bodies.filter((body) => body.length === 3)).toHaveLength(1);
+  expect(relay.stats().counters.yields).toBeGreaterThanOrEqual(Math.floor(N / 1024) - 1); // before the fix: none
+});
