@@ -39,8 +39,11 @@ let mitm: Mitm | null = null;
 let chats: ChatClient[] = [];
 let engines: DhEngine[] = [];
 
+let dirs: string[] = []; // download directories (twoThroughMitm(true)), removed after each test
 afterEach(async () => {
   for (const c of chats) await c.close().catch(() => {});
+  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  dirs = [];
   const tapErrors = mitm?.errors ?? [];
   mitm?.stop();
   if (relay) await relay.stop();
@@ -61,13 +64,15 @@ interface Party {
   chat: ChatClient;
   id: string;
   events: ChatEvent[];
+  dir?: string;
 }
 
-async function party(port: number, dh: DhEngine = engine()): Promise<Party> {
+/** A chat client; with `downloadDir`, where its received files go (else nowhere it is told: the tests that use this receive none). */
+async function party(port: number, dh: DhEngine = engine(), downloadDir?: string): Promise<Party> {
   const events: ChatEvent[] = [];
-  const chat = await startChat({ host: "127.0.0.1", port, secret: SECRET, dh, onEvent: (e) => events.push(e) });
+  const chat = await startChat({ host: "127.0.0.1", port, secret: SECRET, dh, onEvent: (e) => events.push(e), downloadDir });
   chats.push(chat);
-  return { chat, id: chat.id, events };
+  return { chat, id: chat.id, events, dir: downloadDir };
 }
 
 const texts = (p: Party) => p.events.flatMap((e) => (e.event === "message" ? [e.text] : []));
@@ -85,11 +90,12 @@ async function sessionEvent(p: Party, peer: string, state: string, n = 1) {
   return waitFor(() => sessionEvents(p, peer).filter((e) => e.state === state)[n - 1], `session ${state} #${n} with ${peer}`, LONG);
 }
 
-/** Relay + MITM proxy + two chat clients joined through the proxy. */
-async function twoThroughMitm(): Promise<{ a: Party; b: Party; m: Mitm }> {
+/** Relay + MITM proxy + two chat clients joined through the proxy (`downloads`: each with a download directory of its own). */
+async function twoThroughMitm(downloads = false): Promise<{ a: Party; b: Party; m: Mitm }> {
   relay = startTestRelay();
   mitm = startMitm(relay.port);
-  const [a, b] = await Promise.all([party(mitm.port), party(mitm.port)]);
+  const dir = () => (downloads ? (dirs.push(mkdtempSync(join(tmpdir(), "smts-hostile-"))), dirs.at(-1)) : undefined);
+  const [a, b] = await Promise.all([party(mitm.port, engine(), dir()), party(mitm.port, engine(), dir())]);
   await waitFor(() => mitm!.pipes.filter((p) => p.id).length === 2, "both pipes to learn their IDs", LONG);
   return { a: a!, b: b!, m: mitm };
 }
@@ -794,80 +800,48 @@ describe("after a re-key the relay made", () => {
   }
 
   test("a file given to send before it, still waiting for its turn, fails instead of being offered, file key and all, under the relay's session; the peer leaves the broadcasts", async () => {
-    const dirs = [mkdtempSync(join(tmpdir(), "smts-rekey-")), mkdtempSync(join(tmpdir(), "smts-rekey-"))];
-    try {
-      relay = startTestRelay();
-      mitm = startMitm(relay.port);
-      const m = mitm;
-      const [a, b] = await Promise.all(
-        dirs.map(async (dir) => {
-          const events: ChatEvent[] = [];
-          const chat = await startChat({ host: "127.0.0.1", port: m.port, secret: SECRET, dh: engine(), onEvent: (e) => events.push(e), downloadDir: dir });
-          chats.push(chat);
-          return { chat, id: chat.id, events } as Party;
-        }),
-      );
-      await waitFor(() => m.pipes.filter((p) => p.id).length === 2, "both pipes to learn their IDs", LONG);
-      await b!.chat.connect(a!.id);
-      b!.chat.verify(a!.id); // compared: B trusts this session, with broadcasts and files
-      // A's answers never reach B, so B's first 4 files stay offered and the 5th waits its turn.
-      m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === a!.id && e2eOf(f)?.t === "rec" ? null : undefined);
-      const paths = [1, 2, 3, 4, 5].map((n) => join(dirs[1]!, `f${n}.txt`));
-      paths.forEach((p, n) => writeFileSync(p, `file ${n + 1}`));
-      const sends = paths.map((p) => b!.chat.sendFile(a!.id, p).then(() => "delivered", (e: Error) => e.message));
-      await waitFor(() => b!.events.filter((e) => e.event === "transfer" && e.state === "queued").length === 1, "the 5th file queued", LONG);
+    const { a, b, m } = await twoThroughMitm(true);
+    await b!.chat.connect(a!.id);
+    b!.chat.verify(a!.id); // compared: B trusts this session, with broadcasts and files
+    // A's answers never reach B, so B's first 4 files stay offered and the 5th waits its turn.
+    m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === a!.id && e2eOf(f)?.t === "rec" ? null : undefined);
+    const paths = [1, 2, 3, 4, 5].map((n) => join(b.dir!, `f${n}.txt`));
+    paths.forEach((p, n) => writeFileSync(p, `file ${n + 1}`));
+    const sends = paths.map((p) => b!.chat.sendFile(a!.id, p).then(() => "delivered", (e: Error) => e.message));
+    await waitFor(() => b!.events.filter((e) => e.event === "transfer" && e.state === "queued").length === 1, "the 5th file queued", LONG);
 
-      const read = await takeOver(m, b!, a!);
-      expect(await sends[4]).toBe(`sending f5.txt to ${a!.id}: the session was re-keyed before the file went out: compare the new fingerprint, then send it again`);
-      // The relay frees B's slots (it knows the 4 file IDs from their chunks, or guesses): nothing more is offered.
-      expect(b!.chat.cancel("")).toBe(4); // the 4 offered under the old session go on until answered; called off here
-      for (const o of await Promise.all(sends.slice(0, 4))) expect(o).toEndWith(": cancelled");
-      await Bun.sleep(200); // anything still on its way to the relay
-      expect(read.filter((c) => c.t === "offer")).toEqual([]); // before the fix: f5.txt's offer, with its key
-      // The re-key was the peer's (as far as B can tell): A is out of B's broadcasts until B checks again.
-      expect(() => b!.chat.broadcastText("to everyone I chose")).toThrow("no peers to broadcast to");
-      const ev = sessionEvents(b!, a!.id).find((e) => e.state === "rekeyed")!;
-      expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets nothing from you (you had verified the old key).`);
-    } finally {
-      for (const d of dirs) rmSync(d, { recursive: true, force: true });
-    }
+    const read = await takeOver(m, b!, a!);
+    expect(await sends[4]).toBe(`sending f5.txt to ${a!.id}: the session was re-keyed before the file went out: compare the new fingerprint, then send it again`);
+    // The relay frees B's slots (it knows the 4 file IDs from their chunks, or guesses): nothing more is offered.
+    expect(b!.chat.cancel("")).toBe(4); // the 4 offered under the old session go on until answered; called off here
+    for (const o of await Promise.all(sends.slice(0, 4))) expect(o).toEndWith(": cancelled");
+    await Bun.sleep(200); // anything still on its way to the relay
+    expect(read.filter((c) => c.t === "offer")).toEqual([]); // before the fix: f5.txt's offer, with its key
+    // The re-key was the peer's (as far as B can tell): A is out of B's broadcasts until B checks again.
+    expect(() => b!.chat.broadcastText("to everyone I chose")).toThrow("no peers to broadcast to");
+    const ev = sessionEvents(b!, a!.id).find((e) => e.state === "rekeyed")!;
+    expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets nothing from you (you had verified the old key).`);
   });
 
   test("control: a re-key we started carries over what was held for it, a file's accept among it: the file goes through", async () => {
-    const dirs = [mkdtempSync(join(tmpdir(), "smts-rekey-")), mkdtempSync(join(tmpdir(), "smts-rekey-"))];
-    try {
-      relay = startTestRelay();
-      mitm = startMitm(relay.port);
-      const m = mitm;
-      const [a, b] = await Promise.all(
-        dirs.map(async (dir) => {
-          const events: ChatEvent[] = [];
-          const chat = await startChat({ host: "127.0.0.1", port: m.port, secret: SECRET, dh: engine(), onEvent: (e) => events.push(e), downloadDir: dir });
-          chats.push(chat);
-          return { chat, id: chat.id, events } as Party;
-        }),
-      );
-      await waitFor(() => m.pipes.filter((p) => p.id).length === 2, "both pipes to learn their IDs", LONG);
-      await a!.chat.connect(b!.id);
-      await b!.chat.waitSession(a!.id, LONG);
-      // A re-keys; the relay holds A's reveal, so B still uses the old session while A
-      // (past its reveal) holds what it sends B: B's offer comes, A's accept waits.
-      let reveal: Frame | null = null;
-      m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === a!.id && e2eOf(f)?.t === "reveal" ? ((reveal = f), null) : undefined);
-      const rekey = a!.chat.connect(b!.id);
-      await waitFor(() => reveal, "A's reveal, held", LONG);
-      const path = join(dirs[1]!, "f.txt");
-      writeFileSync(path, "through the re-key");
-      const sent = b!.chat.sendFile(a!.id, path);
-      await waitFor(() => a!.events.find((e) => e.event === "transfer" && e.state === "receiving"), "A accepting", LONG);
-      m.toClient = null;
-      m.pipe(b!.id).injectToClient(reveal!);
-      await rekey;
-      await sent; // delivered: the accept went out under the new session
-      expect(readFileSync(join(dirs[0]!, "f.txt"), "utf8")).toBe("through the re-key");
-    } finally {
-      for (const d of dirs) rmSync(d, { recursive: true, force: true });
-    }
+    const { a, b, m } = await twoThroughMitm(true);
+    await a!.chat.connect(b!.id);
+    await b!.chat.waitSession(a!.id, LONG);
+    // A re-keys; the relay holds A's reveal, so B still uses the old session while A
+    // (past its reveal) holds what it sends B: B's offer comes, A's accept waits.
+    let reveal: Frame | null = null;
+    m.toClient = (f, pipe) => (pipe.id === b!.id && f.src === a!.id && e2eOf(f)?.t === "reveal" ? ((reveal = f), null) : undefined);
+    const rekey = a!.chat.connect(b!.id);
+    await waitFor(() => reveal, "A's reveal, held", LONG);
+    const path = join(b.dir!, "f.txt");
+    writeFileSync(path, "through the re-key");
+    const sent = b!.chat.sendFile(a!.id, path);
+    await waitFor(() => a!.events.find((e) => e.event === "transfer" && e.state === "receiving"), "A accepting", LONG);
+    m.toClient = null;
+    m.pipe(b!.id).injectToClient(reveal!);
+    await rekey;
+    await sent; // delivered: the accept went out under the new session
+    expect(readFileSync(join(a.dir!, "f.txt"), "utf8")).toBe("through the re-key");
   });
 
   test("messages held behind a broadcast (waiting for another member's re-key) are not sent under the relay's session, and their loss is reported", async () => {
