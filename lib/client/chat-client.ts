@@ -384,7 +384,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
    * branch: its next /msg went to the man in the middle), and after a verified
    * session was replaced by a key exchange the peer started (which may be the
    * relay's). Found in audit; as other messengers block sending when a verified
-   * contact's key changes. A /verify that matches, or the user's own /connect, lifts it.
+   * contact's key changes. The user's /verify (after comparing), or an exchange
+   * the user's own /connect completed, lifts it.
    */
   function refuseIfDistrusted(peer: string): void {
     if (distrusted.has(peer)) throw new ChatError("unverified", `${peer}'s key is not the one you verified: compare fingerprints, then /verify ${peer} (or /connect ${peer} again) before sending`, peer);
@@ -416,7 +417,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const g = given.toLowerCase().replace(/[\s-]/g, "");
     return [shortFingerprint(fingerprint), longFingerprint(fingerprint)].some((f) => f.replace(/[\s-]/g, "") === g);
   };
-
 
   /** Erases our sender key if `peer` was given it: the next broadcast makes a new one. */
   function forgetOwnKeyOf(peer: string): void {
