@@ -367,3 +367,23 @@ describe("open relays and impostors", () => {
     expect(err.message).toContain(`127.0.0.1:${port}`);
   });
 });
+
+// Regression (found in audit): the bytes of a frame that never finishes are held, and
+// 1000 clients each holding 255 KiB of one pinned 303 MiB of relay, counted nowhere.
+test("a frame that stops arriving is given slowTimeout plus its length at 16 KiB/s, then the connection is closed; the others go on", async () => {
+  relay = startTestRelay({ slowTimeoutMs: 300 });
+  const raw = await RawClient.connect(relay.port);
+  const ch = await raw.next("challenge");
+  const nonce = newNonce();
+  raw.writeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
+  await raw.next("welcome");
+  const started = performance.now();
+  raw.write(new Uint8Array([0, 0, 0x3e, 0x80, ...new Uint8Array(1000)])); // 16,000 bytes announced, 1000 sent: due after 300 + 1000 ms
+  const error = await raw.next("error", 10_000);
+  expect(error).toMatchObject({ code: "idle_timeout", message: "a frame took too long to arrive" });
+  expect(performance.now() - started).toBeGreaterThan(1300);
+  await raw.waitClosed();
+  const [a, b] = [await joinTest(relay, { watch: false }), await joinTest(relay, { watch: false })];
+  a.link.send(b.link.id, new Uint8Array([1, 2, 3]));
+  expect((await b.next((f) => f.t === "msg", "a message")).body).toEqual(new Uint8Array([1, 2, 3]));
+});

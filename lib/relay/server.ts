@@ -484,6 +484,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * rest of its read handled after the others' (setImmediate).
    */
   const FRAMES_PER_TURN = 1024;
+  /** Bytes per ms (16 KiB/s) a frame must arrive at, on average, beyond slowTimeout (sweep). */
+  const FRAME_MIN_RATE = 16;
 
   /** Flushes every connection written to since the last call; applies backpressure to `sender`. */
   function flushDirty(sender: Conn | null): void {
@@ -642,8 +644,19 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         fatal(c, "slow_consumer");
         continue;
       }
-      // A sender we paused cannot be heard from; its silence is our doing.
-      if (c.pausedOn.size > 0) c.lastHeard = now;
+      // A sender we paused cannot be heard from, nor its frame arrive: that wait is our doing.
+      if (c.pausedOn.size > 0) {
+        c.lastHeard = now;
+        if (c.decoder.partialSince !== null) c.decoder.partialSince = now;
+      }
+      // A frame is given slowTimeout, plus its length at FRAME_MIN_RATE, to arrive: the bytes
+      // of an unfinished frame are held, and 1000 clients each holding 255 KiB of one that
+      // never finished pinned 303 MiB, counted nowhere (found in audit).
+      const since = c.decoder.partialSince;
+      if (since !== null && now - since > opt.slowTimeoutMs + c.decoder.partialLength / FRAME_MIN_RATE) {
+        fatal(c, "idle_timeout", "a frame took too long to arrive");
+        continue;
+      }
       const quiet = now - c.lastHeard;
       if (quiet > 3 * opt.pingIntervalMs) fatal(c, "idle_timeout");
       else if (quiet > opt.pingIntervalMs && !c.pinged) {

@@ -108,8 +108,15 @@ export class FrameDecoder {
   private headerFill = 0;
   private partial: Uint8Array | null = null; // payload being assembled
   private partialFill = 0;
+  /** When the payload being assembled began to arrive (performance.now()), or null: the relay gives a frame only so long. */
+  partialSince: number | null = null;
 
   constructor(public maxPayload: number) {}
+
+  /** Length of the payload being assembled (0 if none). */
+  get partialLength(): number {
+    return this.partial?.length ?? 0;
+  }
 
   /** Bytes held for an incomplete frame (bounded by maxPayload + 4). */
   get buffered(): number {
@@ -145,6 +152,7 @@ export class FrameDecoder {
           const done = this.partial;
           this.partial = null;
           this.partialFill = 0;
+          this.partialSince = null;
           if (onFrame(done) === false) return pos;
         }
         continue;
@@ -176,7 +184,7 @@ export class FrameDecoder {
         const frame = Buffer.allocUnsafe(LENGTH_PREFIX + length);
         writeU32(frame, 0, length);
         this.partialFill = 0;
-        if (length > 0) this.partial = frame.subarray(LENGTH_PREFIX);
+        if (length > 0) (this.partial = frame.subarray(LENGTH_PREFIX)), (this.partialSince = performance.now());
         else if (onFrame(frame.subarray(LENGTH_PREFIX)) === false) return pos; // complete already, even at the end of the read
       }
     }
