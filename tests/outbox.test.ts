@@ -87,6 +87,22 @@ test("small frames to a socket that takes nothing, flushed one by one: the memor
   expect(box.flush()).toBe(true);
   expect(written.length).toBe(3_600_000);
   expect(written.every((b, j) => b === (Math.floor(j / 36) & 0xff))).toBe(true); // in order, exactly once
+
+  // The same with frames to this recipient alone alternating with frames to several (found in
+  // review: each shared one sealed the staging buffer nearly empty, and the next took a new one).
+  open = false;
+  written.length = 0;
+  for (let i = 0; i < 20_000; i++) {
+    box.push(frame(i));
+    box.pushShared(new Uint8Array(40).fill((i + 128) & 0xff));
+    box.flush();
+  }
+  expect(box.bytes).toBe(20_000 * 76);
+  const held2 = [...inner.queue.slice(inner.head), ...(inner.stage ? [inner.stage] : [])];
+  expect(held2.reduce((n, b) => n + b.buffer.byteLength, 0)).toBeLessThan(20_000 * 76 + 128 * 1024); // before the fix: 41 MB
+  open = true;
+  expect(box.flush()).toBe(true);
+  expect(written.length).toBe(20_000 * 76);
 });
 
 test("the relay's send fast path agrees with the general decoder, or declines", () => {

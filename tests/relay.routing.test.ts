@@ -293,3 +293,25 @@ test("one client's burst of frames is handled in turns of at most 1024 (the rela
   expect(bodies.filter((body) => body.length === 3)).toHaveLength(1);
   expect(relay.stats().counters.yields).toBeGreaterThanOrEqual(Math.floor(N / 1024) - 1); // before the fix: none
 });
+
+// Regression (found in review): a connection that closed while its read was held
+// for its next turn still had the rest handled, forwarded under its ID after its
+// `left`, and could be put back among a busy recipient's waiters.
+test("a client that closes while the rest of its burst waits for its turn: nothing more of it is forwarded", async () => {
+  relay = startTestRelay();
+  const b = await joinTest(relay, { watch: false });
+  const x = await RawClient.connect(relay.port);
+  const ch = await x.next("challenge");
+  const nonce = newNonce();
+  x.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
+  await x.next("welcome");
+  const frames = Array.from({ length: 3000 }, (_, i) => encodeFrame({ t: "send", to: b.link.id, body: new Uint8Array([i >> 8, i & 255]) }));
+  const all = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+  frames.reduce((at, f) => (all.set(f, at), at + f.length), 0);
+  x.write(all);
+  x.close(); // reset at once: the relay sees it while the rest of the read waits for its turn
+  await Bun.sleep(300);
+  const got = b.frames.filter((f) => f.t === "msg").length;
+  expect(got).toBeGreaterThan(0);
+  expect(got).toBeLessThanOrEqual(1024); // before the fix: all 3000
+});

@@ -459,7 +459,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           count("yields");
           c.socket.pause();
           setImmediate(() => {
-            if (c.closing || c.pausedOn.size > 0) return; // a release (releaseWaiters) resumes it then
+            if (c.closed || c.closing || c.pausedOn.size > 0) return; // a release (releaseWaiters) resumes it then
             c.socket.resume();
             consume(c, null);
           });
@@ -750,6 +750,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         unpend(c);
         leave(c);
         c.closed = true;
+        c.held = c.waiting = null; // what it sent and we had not handled yet goes with it (found in review)
         c.outbox.close();
         conns.delete(c);
         closingConns.delete(c);
