@@ -71,14 +71,14 @@ export class Outbox {
   /**
    * Queues `frame`, which other outboxes share (a relay's frame to many
    * recipients). Staged like any small piece while this outbox is empty (it
-   * is then written at once); once behind, queued by reference, so that a
-   * thousand recipients that fall behind hold one copy of it, not a thousand.
+   * is then written at once) or its staging buffer has room; otherwise queued
+   * by reference, so that a thousand recipients that fall behind hold one copy
+   * of it, not a thousand.
    */
   pushShared(frame: Uint8Array): void {
     if (this.closed || this.bytes === 0 || frame.length === 0 || frame.length >= SMALL) return this.push(frame);
-    // Room in the staging buffer: copied there, so it is not sealed nearly empty (found in
-    // review: sends to one recipient alternating with sends to several brought back a 2 KiB
-    // buffer per small frame queued for a recipient that does not read).
+    // Sealed nearly empty instead, sends to one recipient alternating with sends to several
+    // brought back a 2 KiB buffer per small frame queued for a recipient that does not read (found in review).
     if (this.stage && this.staged + frame.length <= this.stage.length) return this.push(frame);
     this.bytes += frame.length;
     this.total.bytes += frame.length;
