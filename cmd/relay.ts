@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { defineCommand } from "citty";
 import { createConsola } from "consola";
 import { formatSize } from "../lib/cli/size.ts";
-import { MAX_FRAME_LIMIT } from "../lib/relay/protocol.ts";
+import { hostPort, MAX_FRAME_LIMIT } from "../lib/relay/protocol.ts";
 import { RELAY_DEFAULTS, startRelay, type RelayLog } from "../lib/relay/server.ts";
 import { generateSecret, secretBytes, SHORT_SECRET } from "../lib/secret/secret.ts";
 import { failOnStdoutError } from "./plain-output.ts";
@@ -196,7 +196,6 @@ function parseListenHost(text: string): string {
   return host;
 }
 
-const hostPort = (host: string, port: number) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`);
 
 /** Why listening failed, in words: Bun's message only repeats the address. */
 function listenProblem(err: NodeJS.ErrnoException): string {

@@ -93,6 +93,11 @@ const recordPlain = (run: Queued[]) => pack(run.length === 1 ? run[0]!.item : { 
 function wipeKeys(run: Queued[]): void {
   for (const { item } of run) for (const k of [item.key, item.tk]) if (k instanceof Uint8Array) wipe(k);
 }
+/** Drops queued contents that will not be sent: their key copies erased; returns how many were texts (to report). */
+function discard(run: Queued[]): number {
+  wipeKeys(run);
+  return run.filter((q) => q.item.t === "text").length;
+}
 /** The longest wait a timer allows (setTimeout fires at once beyond it); longer waits are cut to this. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -402,12 +407,10 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const s = sessions.get(peer);
     if (s) {
       s.verified = false;
-      const waiting = [...s.queued, ...s.after];
+      const texts = discard([...s.queued, ...s.after]);
       s.queued = [];
       s.after = [];
       s.queuedBytes = 0;
-      wipeKeys(waiting);
-      const texts = waiting.filter((q) => q.item.t === "text").length;
       if (texts) emit({ event: "error", code: "not_sent", message: `${texts} message(s) to ${peer} not sent: ${why}`, peer });
     }
     transfers.abandon(peer, why, true);
@@ -535,8 +538,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     const queued = (old?.queued ?? []).filter(carried);
     const after = (old?.after ?? []).filter(carried);
     const left = [...(old?.queued ?? []), ...(old?.after ?? [])].filter((q) => !carried(q));
-    wipeKeys(left);
-    const dropped = left.filter((q) => q.item.t === "text").length;
+    const dropped = discard(left);
     const s: Session = {
       peer,
       send: new SendChain(keys.sendChain),
@@ -594,8 +596,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     if (s.verified) wasVerified.add(peer);
     emit({ event: "session", peer, state: "closed", reason });
     // Messages still waiting (held for a busy peer, for a re-key or behind a broadcast) are lost: say so.
-    wipeKeys([...s.queued, ...s.after]);
-    const unsent = [...s.queued, ...s.after].filter((q) => q.item.t === "text").length;
+    const unsent = discard([...s.queued, ...s.after]);
     if (unsent) emit({ event: "error", code: "not_sent", message: `${unsent} message(s) to ${peer} not sent: the session ended (${reason}) while they waited`, peer });
     sealBroadcast(); // broadcasts held for this peer's re-key go to the others now
   }

@@ -14,6 +14,7 @@ import {
   clientProof,
   equalBytes,
   ERRORS,
+  hostPort,
   isId,
   MAX_FRAME_LIMIT,
   newNonce,
@@ -132,7 +133,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
       socket?.terminate();
       rejectJoin(new JoinError(code, message));
     };
-    const where = host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`; // as typed: IPv6 in brackets
+    const where = hostPort(host, port);
     const timer = setTimeout(() => fail("timeout", `no answer from relay ${where}`), opts.timeoutMs ?? 10_000);
 
     const flush = () => {

@@ -73,6 +73,9 @@ export function newId(): string {
   return id;
 }
 
+/** `host:port` as one types it, an IPv6 address in brackets (`[::1]:5555`). */
+export const hostPort = (host: string, port: number) => (host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`);
+
 /** Canonical form of a typed ID, or null if it cannot be one. */
 export function normalizeId(input: string): string | null {
   const id = input.toLowerCase().replace(/[\s-]/g, "").replace(/[il]/g, "1").replace(/o/g, "0");

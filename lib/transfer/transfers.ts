@@ -618,6 +618,12 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return true;
   }
 
+  /** Tells `peer` we call `t` off, if it was offered the file and has not answered for good. */
+  function callOff(t: Outgoing, peer: string): void {
+    const st = t.recipients.get(peer);
+    if (t.state !== "queued" && (st === "offered" || st === "accepted")) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+  }
+
   /** Cancels the transfers whose short ID starts with `prefix` (all if empty), except files already sent in full; returns how many. */
   function cancel(prefix: string): number {
     let n = 0;
@@ -625,7 +631,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       // Once every chunk has left, the receiver may well keep the file: calling the
       // transfer cancelled could be false, so it waits for the receiver's answer.
       if (!t.id.startsWith(prefix) || t.state === "awaiting") continue;
-      if (t.state !== "queued") for (const [peer, st] of t.recipients) if (st === "offered" || st === "accepted") deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+      for (const peer of t.recipients.keys()) callOff(t, peer);
       failAll(t, "cancelled", "cancelled");
       n++;
     }
@@ -671,8 +677,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     for (const t of queuedFirst()) {
       if (peer === null) failAll(t, "failed", reason);
       else {
-        const st = t.recipients.get(peer);
-        if (tell && t.state !== "queued" && (st === "offered" || st === "accepted")) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "cancelled by sender" });
+        if (tell) callOff(t, peer);
         dropRecipient(t, peer, "failed", reason);
       }
     }
