@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { startChat, type ChatClient, type ChatEvent } from "../lib/client/chat-client.ts";
 import type { DhEngine } from "../lib/crypto/dh.ts";
 import { joinRelay, type Link, type LinkOptions } from "../lib/link/relay-link.ts";
+import { clientProof, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
 import { startRelay, type Relay, type RelayOptions } from "../lib/relay/server.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
 
@@ -135,6 +136,15 @@ export class RawClient {
   close(): void {
     this.socket.terminate();
   }
+}
+
+/** Joins a raw socket by hand (open relays aside), so a test can then write anything at all. */
+export async function rawJoined(port: number): Promise<{ raw: RawClient; id: string }> {
+  const raw = await RawClient.connect(port);
+  const ch = await raw.next("challenge");
+  const nonce = newNonce();
+  raw.writeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
+  return { raw, id: (await raw.next("welcome")).id as string };
 }
 
 /** A real chat client (lib/client) whose events are collected. */

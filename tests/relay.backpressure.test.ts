@@ -6,8 +6,8 @@ import { afterEach, expect, test } from "bun:test";
 import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { joinRelay, type Link } from "../lib/link/relay-link.ts";
-import { clientProof, newNonce } from "../lib/relay/protocol.ts";
-import { joinTest, RawClient, rssOf, SECRET, SECRET_TEXT, spawnRelay, startTestRelay, waitFor } from "./helpers.ts";
+import { clientProof } from "../lib/relay/protocol.ts";
+import { joinTest, RawClient, rawJoined, rssOf, SECRET, SECRET_TEXT, spawnRelay, startTestRelay, waitFor } from "./helpers.ts";
 
 let relay: Relay | null = null;
 afterEach(async () => void (await relay?.stop()));
@@ -16,13 +16,9 @@ const CHUNK = new Uint8Array(64 * 1024).fill(0xab);
 
 /** Joins, then stops reading from the socket entirely. */
 async function stalledClient(port: number): Promise<{ raw: RawClient; id: string }> {
-  const raw = await RawClient.connect(port);
-  const ch = await raw.next("challenge");
-  const nonce = newNonce();
-  raw.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
-  const id = (await raw.next("welcome")).id as string;
-  raw.socket.pause();
-  return { raw, id };
+  const joined = await rawJoined(port);
+  joined.raw.socket.pause();
+  return joined;
 }
 
 /** Sends 64 KiB frames to `to` for `ms`, never queueing more than 1 MiB locally. Returns bytes handed over. */

@@ -6,7 +6,7 @@ import { joinRelay, JoinError } from "../lib/link/relay-link.ts";
 import { clientProof, isId, MAX_FRAME_LIMIT, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
 import { sourceOf, type Relay } from "../lib/relay/server.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
-import { joinTest, RawClient, SECRET, startTestRelay, waitFor } from "./helpers.ts";
+import { joinTest, RawClient, rawJoined, SECRET, startTestRelay, waitFor } from "./helpers.ts";
 
 let relay: Relay;
 
@@ -372,11 +372,7 @@ describe("open relays and impostors", () => {
 // 1000 clients each holding 255 KiB of one pinned 303 MiB of relay, counted nowhere.
 test("a frame that stops arriving is given slowTimeout plus its length at 16 KiB/s, then the connection is closed; the others go on", async () => {
   relay = startTestRelay({ slowTimeoutMs: 300 });
-  const raw = await RawClient.connect(relay.port);
-  const ch = await raw.next("challenge");
-  const nonce = newNonce();
-  raw.writeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
-  await raw.next("welcome");
+  const { raw } = await rawJoined(relay.port);
   const started = performance.now();
   raw.write(new Uint8Array([0, 0, 0x3e, 0x80, ...new Uint8Array(1000)])); // 16,000 bytes announced, 1000 sent: due after 300 + 1000 ms
   const error = await raw.next("error", 10_000);

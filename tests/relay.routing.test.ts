@@ -3,22 +3,13 @@ import { afterEach, describe, expect, test } from "bun:test";
 import type { Relay } from "../lib/relay/server.ts";
 import { presenceLog } from "../lib/relay/presence.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
-import { joinTest, RawClient, SECRET, startTestRelay, waitFor } from "./helpers.ts";
+import { joinTest, RawClient, rawJoined, SECRET, startTestRelay, waitFor } from "./helpers.ts";
 import { clientProof, newNonce } from "../lib/relay/protocol.ts";
 
 let relay: Relay;
 afterEach(async () => relay && (await relay.stop()));
 
 const bytes = (...b: number[]) => new Uint8Array(b);
-
-/** Joins a raw socket by hand, so the test can then write anything at all. */
-async function rawJoined(port: number): Promise<{ raw: RawClient; id: string }> {
-  const raw = await RawClient.connect(port);
-  const ch = await raw.next("challenge");
-  const nonce = newNonce();
-  raw.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
-  return { raw, id: (await raw.next("welcome")).id as string };
-}
 
 describe("routing", () => {
   test("flaw 1 (sender spoofing): the relay stamps the real sender's ID, whatever the frame claims", async () => {
@@ -300,11 +291,7 @@ test("one client's burst of frames is handled in turns of at most 1024 (the rela
 test("a client that closes while the rest of its burst waits for its turn: nothing more of it is forwarded", async () => {
   relay = startTestRelay();
   const b = await joinTest(relay, { watch: false });
-  const x = await RawClient.connect(relay.port);
-  const ch = await x.next("challenge");
-  const nonce = newNonce();
-  x.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });
-  await x.next("welcome");
+  const { raw: x } = await rawJoined(relay.port);
   const frames = Array.from({ length: 3000 }, (_, i) => encodeFrame({ t: "send", to: b.link.id, body: new Uint8Array([i >> 8, i & 255]) }));
   const all = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
   frames.reduce((at, f) => (all.set(f, at), at + f.length), 0);
