@@ -32,16 +32,20 @@ if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-v")) {
   // The top level takes no options, so the first word that is not an option
   // names the subcommand (as citty decides too). Every other subcommand is
   // represented by its name and description only.
+  const at = argv.findIndex((a) => !a.startsWith("-"));
+  const wanted = Object.hasOwn(COMMANDS, argv[at] ?? "") ? (argv[at] as keyof typeof COMMANDS) : undefined;
+  const help = argv.includes("--help") || argv.includes("-h");
+  // Both commands run for long and move files: first the allocator setting that
+  // keeps a transfer after a pause from faulting its buffers in again.
+  if (wanted && !help) (await import("../lib/runtime/allocator.ts")).restartWithAllocatorSettings();
   // citty decides on colours once, when it loads, so it is loaded only now that
   // plain-output.ts has run: a static import is not enough, because the release
   // build (--splitting) moves citty into a chunk that runs before this file.
   const { defineCommand, renderUsage, runCommand } = await import("citty");
-  const at = argv.findIndex((a) => !a.startsWith("-"));
-  const wanted = Object.hasOwn(COMMANDS, argv[at] ?? "") ? (argv[at] as keyof typeof COMMANDS) : undefined;
   const subCommands: Record<string, CommandDef<any> | (() => Promise<CommandDef<any>>)> = {};
   for (const [name, c] of Object.entries(COMMANDS)) subCommands[name] = name === wanted ? c.load : { meta: { name, description: c.description } };
   const main = defineCommand({ meta: { name: "smts", version: pkg.version, description: "End-to-end-encrypted messenger with a transparent relay" }, subCommands });
-  if (argv.includes("--help") || argv.includes("-h")) {
+  if (help) {
     // The usage of the command named, or of smts, as citty's runMain prints it;
     // written here because runMain's console.log hides a failed write (exit 0).
     failOnStdoutError();

@@ -38,6 +38,7 @@ import { parseMsg } from "../lib/relay/protocol.ts";
 import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, PAD_ROOM, parseChunk, sealChunk } from "../lib/transfer/chunks.ts";
 import { encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { PackedBin } from "../lib/wire/msgpack.ts";
+import { restartWithAllocatorSettings } from "../lib/runtime/allocator.ts";
 import { startFloorRig } from "./floor-pipeline.ts";
 import { lineReader, machine, median, procCpu, recordTargets, ROOT, spawnBenchRelay, type TargetRow, utcMinute, writeRandomFile, writeSection } from "./bench-util.ts";
 
@@ -49,6 +50,7 @@ const MB = 1e6;
 // ---- Peer mode: a sender or receiver client in its own process ------------------
 // Talks to the benchmark over stdin/stdout, one JSON object per line.
 if (process.argv[2] === "--peer") {
+  restartWithAllocatorSettings(); // as `smts chat` does (cmd/smts.ts)
   const [, , , role, host, port, downloadDir, maxArg] = process.argv;
   const out = (o: object) => process.stdout.write(`${JSON.stringify(o)}\n`);
   const dh = startDhEngine();

@@ -18,7 +18,8 @@
 // Frame payload: u32be n ‖ u8 last ‖ iv (16) ‖ 39 zero bytes ‖ ct ‖ mac (32). Fixed keys: this
 // is a benchmark, not a protocol. What smts adds on top (sessions and records,
 // msgpack, relay routing and IDs, offers, progress, limits, failure handling)
-// is exactly what this leaves out.
+// is exactly what this leaves out. The runtime is set up as smts's is (the
+// allocator setting of lib/runtime/allocator.ts).
 //
 // Processes: bun scripts/floor-pipeline.ts relay | receiver PORT DIR | sender PORT
 // The sender reads commands on stdin, one per line: PATH [nohash]; it answers
@@ -30,6 +31,7 @@ import type { Socket } from "bun";
 import { FrameDecoder, readU32, writeU32 } from "../lib/wire/frame.ts";
 import { Outbox } from "../lib/wire/outbox.ts";
 import { CHUNK_BYTES } from "../lib/transfer/chunks.ts";
+import { restartWithAllocatorSettings } from "../lib/runtime/allocator.ts";
 import { lineReader } from "./bench-util.ts";
 
 const ENC_KEY = Buffer.alloc(32, 1);
@@ -198,6 +200,7 @@ export async function startFloorRig(downloadDir: string) {
 }
 
 if (import.meta.main) {
+  restartWithAllocatorSettings(); // the same allocator setting as smts (lib/runtime/allocator.ts)
   const [role, port, dir] = process.argv.slice(2);
   if (role === "relay") relay();
   else if (role === "receiver") await receiver(Number(port), dir!);

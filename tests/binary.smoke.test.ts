@@ -122,6 +122,12 @@ test("relay + two chat clients from the binary: message and file, with SHA-256",
   const port = Number((await waitFor(() => /listening on [^\s]+:(\d+)/.exec(relay.out.err), `relay start (stderr: ${relay.out.err})`, 15_000))[1]);
   expect(port).toBeGreaterThan(0);
   const addr = `127.0.0.1:${port}`;
+  if (process.platform === "linux") {
+    // It started again with the allocator setting (lib/runtime/allocator.ts), as the same process, with the same arguments.
+    const procFile = (name: string) => readFileSync(`/proc/${relay.proc.pid}/${name}`, "utf8").split("\0");
+    expect(procFile("environ")).toContain("MIMALLOC_PURGE_HOLES=0");
+    expect(procFile("cmdline").slice(0, -1)).toEqual([bin, "relay", "--host", "127.0.0.1", "--port", "0"]);
+  }
 
   // The receiver keeps stdin open until we are done.
   const inbox = join(dir, "inbox");
