@@ -618,7 +618,7 @@ const stepLine = (side: "sender" | "receiver") => {
 const cmd = `bun scripts/bench-files.ts${quick ? " --quick" : ""}`;
 const section = [
   `Measured ${utcMinute()} by \`${cmd}\` on ${machine()}; code: commit ${Bun.spawnSync(["git", "rev-parse", "--short", "HEAD"], { cwd: ROOT }).stdout.toString().trim()}${Bun.spawnSync(["git", "status", "--porcelain", "lib", "cmd"], { cwd: ROOT }).stdout.toString().trim() ? " plus uncommitted changes in lib/ or cmd/" : ""}.`,
-  "Relay (`smts relay --open`), sender and receiver are three separate processes on loopback; each phase starts fresh processes. " +
+  "Relay (`smts relay --open`), sender and receiver are three separate processes on loopback, each with smts's allocator setting (lib/runtime/allocator.ts; the floor's too); each phase starts fresh processes. " +
     "Time is from the sender's `sendFile()` call to its `delivered` event, which follows the receiver's size and SHA-256 check and the rename to the final name; " +
     "afterwards the benchmark hashes every received file on disk (outside the timing) and compares it with the source. MB/s = 10^6 bytes/s; the files are pseudo-random (AES-256-CTR keystream, streamed to disk). " +
     `The machine was ${fmt(busyBefore)}% busy (of ${cpus().length * 100}%) just before the runs.`,
@@ -683,7 +683,7 @@ else {
     },
     {
       id: "file-10mib-b2b",
-      what: "the same 10 MiB transfers back to back, with no idle time before each (so the allocator keeps its pages)",
+      what: "the same 10 MiB transfers back to back, with no idle time before each",
       measured: `smts ${b2bMs.toFixed(1)} ms`,
       reference: `floor back to back ${floorB2bMs.toFixed(1)} ms`,
       ratio: (mbs(smallSize, b2bMs) / bunBound).toFixed(2),
