@@ -174,3 +174,41 @@ test("a shared frame is queued by reference once the outbox is behind, and still
   box.flush();
   expect(written.at(-1)).toBe(7);
 });
+
+test("`total` counts a frame shared by several outboxes once, until the last of them wrote it or closed", () => {
+  const total = { bytes: 0 };
+  const socket = () => {
+    const s = {
+      accept: 0, // bytes it takes on its next writes
+      write(data: Uint8Array) {
+        const n = Math.min(data.length, s.accept);
+        s.accept -= n;
+        return n;
+      },
+    };
+    return s;
+  };
+  const [sa, sb, sc] = [socket(), socket(), socket()];
+  const [a, b, c] = [new Outbox(sa, total), new Outbox(sb, total), new Outbox(sc, total)];
+  const big = new Uint8Array(20_000); // queued by reference (16 KiB and up)
+  for (const box of [a, b, c]) box.pushShared(big);
+  a.push(new Uint8Array(100)); // a's own
+  expect([a.bytes, b.bytes, c.bytes]).toEqual([20_100, 20_000, 20_000]);
+  expect(total.bytes).toBe(20_100);
+  // Part written by one, all by another: the frame is still held by the third.
+  sa.accept = 5_000;
+  a.flush();
+  sb.accept = 30_000;
+  b.flush();
+  expect([a.bytes, b.bytes, c.bytes]).toEqual([15_100, 0, 20_000]);
+  expect(total.bytes).toBe(20_100);
+  c.close();
+  expect(total.bytes).toBe(20_100); // a still holds it (its unsent tail)
+  sa.accept = 15_050;
+  a.flush();
+  expect(a.bytes).toBe(50);
+  expect(total.bytes).toBe(50); // the frame's last holder wrote it: only a's own 50 bytes left
+  a.close();
+  b.close();
+  expect(total.bytes).toBe(0);
+});

@@ -276,6 +276,40 @@ test("all queues together above queueTotalMax: frames for recipients with more t
   expect(r.stats().queuedBytes).toBe(0);
 });
 
+// Regression (found in audit): a frame queued for several recipients counted once
+// per recipient against queueTotalMax, so broadcasts to clients that did not read
+// took the count past it with little memory held, and then honest recipients with
+// more than queueLow queued had their frames dropped relay-wide.
+test("a frame shared by several recipients counts once against queueTotalMax", async () => {
+  const limits = { queueHigh: 64 * 1024, queueLow: 16 * 1024, queuePause: 2 * 1024 * 1024, queueMax: 8 * 1024 * 1024, queueTotalMax: 1024 * 1024 };
+  relay = startTestRelay({ ...limits, slowTimeoutMs: 60_000 });
+  const r = relay;
+  const readers = [await stalledClient(r.port), await stalledClient(r.port), await stalledClient(r.port)];
+  const sender = await joinTest(r, { watch: false });
+  const ids = readers.map((x) => x.id);
+  const frameBytes = CHUNK.length + 64; // the body and its msg header
+  // Until the queues together hold 2.5 times the limit (each under queuePause, so no one is paused).
+  while (r.stats().queuedBytes <= 2.5 * limits.queueTotalMax) {
+    sender.link.send(ids, CHUNK);
+    await sender.link.drained(0);
+    await new Promise((resolve) => setImmediate(resolve));
+    const { queuedTotal, maxQueuedBytes } = r.stats();
+    // What the queues hold in memory: the frames the fullest queue still has, the one it is writing counted whole.
+    expect(queuedTotal).toBeGreaterThanOrEqual(maxQueuedBytes);
+    expect(queuedTotal).toBeLessThanOrEqual(maxQueuedBytes + frameBytes);
+  }
+  expect(r.stats().queuedTotal).toBeLessThan(limits.queueTotalMax);
+  expect(sender.frames.filter((f) => f.t === "error")).toEqual([]); // nothing dropped
+  expect(r.stats().pausedSenders).toBe(0);
+  // Closing one holder keeps the frames counted; closing the last uncounts them.
+  readers[0]!.raw.close();
+  await waitFor(() => r.stats().clients === 3, "the first reader gone");
+  expect(r.stats().queuedTotal).toBeGreaterThanOrEqual(r.stats().maxQueuedBytes);
+  for (const x of readers.slice(1)) x.raw.close();
+  await waitFor(() => r.stats().queuedTotal === 0, "the closed readers' queues released");
+  expect(r.stats().queuedBytes).toBe(0);
+});
+
 test("relay process RSS stays bounded while a sender floods a stalled recipient", async () => {
   const rp = await spawnRelay(["--slow-timeout", "30"], { SMTS_SECRET: SECRET_TEXT });
   try {

@@ -16,7 +16,8 @@
 //     the end of their read) until it drains below `queueLow`; past half of
 //     `queueMax`, frames for it from the others are dropped (they are told),
 //     and so are frames for any recipient with more than `queueLow` queued
-//     while all queues together are above `queueTotalMax`; a recipient that makes no
+//     while all queues together (a shared frame counted once) are above
+//     `queueTotalMax`; a recipient that makes no
 //     progress for `slowTimeoutMs`, or whose queue passes `queueMax`, is
 //     disconnected as a slow consumer;
 //   - clients joining and leaving cost the watching clients at most one

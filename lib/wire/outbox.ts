@@ -6,9 +6,11 @@
 // pieces are copied once into a shared staging buffer, so many small frames
 // go out in one write (fewer syscalls, no per-frame allocation); large ones
 // are queued as they are, without copying; `bytes` is the exact number of
-// queued bytes, which callers use for backpressure decisions (and `total`,
-// when given, the sum over the outboxes that share it); an outbox that has
-// written everything holds no buffer (a relay keeps thousands of them).
+// queued bytes, which callers use for backpressure decisions; `total`, when
+// given, is the memory the outboxes that share it hold: their bytes, with a
+// frame queued by reference in several of them (pushShared) counted once,
+// until the last of them has written it; an outbox that has written
+// everything holds no buffer (a relay keeps thousands of them).
 //
 // A staging buffer is written once nothing is queued ahead of it, and then
 // dropped (only the bytes written into it are ever sent, so it need not be
@@ -27,12 +29,19 @@ const SMALL = 16 * 1024; // pieces below this are staged (copied) ...
 const STAGE_MIN = 2 * 1024; // ... into buffers of this size ...
 const STAGE_MAX = 64 * 1024; // ... up to this
 
+// Frames queued by reference in several outboxes (pushShared): how many hold
+// each, and which frame a queued piece is (the unsent tail of one is a new view).
+const holders = new WeakMap<Uint8Array, number>();
+const frameOf = new WeakMap<Uint8Array, Uint8Array>();
+
 export class Outbox {
   private queue: Uint8Array[] = [];
   private head = 0;
   private stage: Uint8Array | null = null;
   private staged = 0;
   private stageSize = STAGE_MIN;
+  /** Pieces in `queue` that are shared frames (so the lookups are skipped while there are none). */
+  private sharedQueued = 0;
   /** Bytes queued and not yet accepted by the kernel. */
   bytes = 0;
   /** Time (ms) of the last write that made progress, or of the last push into an empty outbox. */
@@ -73,15 +82,23 @@ export class Outbox {
    * recipients). Staged like any small piece while this outbox is empty (it
    * is then written at once) or its staging buffer has room; otherwise queued
    * by reference, so that a thousand recipients that fall behind hold one copy
-   * of it, not a thousand.
+   * of it, not a thousand; `total` then counts it once. (Counted once per
+   * recipient, 300 clients that did not read and 6 MiB of broadcasts every 10 s
+   * took the count past the relay's total limit with 55 MiB of RSS, and honest
+   * transfers had their frames dropped: found in audit.)
    */
   pushShared(frame: Uint8Array): void {
-    if (this.closed || this.bytes === 0 || frame.length === 0 || frame.length >= SMALL) return this.push(frame);
+    if (this.closed || frame.length === 0) return;
     // Sealed nearly empty instead, sends to one recipient alternating with sends to several
     // brought back a 2 KiB buffer per small frame queued for a recipient that does not read (found in review).
-    if (this.stage && this.staged + frame.length <= this.stage.length) return this.push(frame);
+    if (frame.length < SMALL && (this.bytes === 0 || (this.stage && this.staged + frame.length <= this.stage.length))) return this.push(frame);
+    if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += frame.length;
-    this.total.bytes += frame.length;
+    const held = holders.get(frame) ?? 0;
+    if (held === 0) this.total.bytes += frame.length;
+    holders.set(frame, held + 1);
+    frameOf.set(frame, frame);
+    this.sharedQueued++;
     this.sealStage();
     this.queue.push(frame);
   }
@@ -106,31 +123,48 @@ export class Outbox {
         this.close();
         return false;
       }
+      const frame = this.sharedQueued > 0 ? frameOf.get(chunk) : undefined;
       if (written > 0) {
         this.bytes -= written;
-        this.total.bytes -= written;
+        if (!frame) this.total.bytes -= written; // a shared frame's memory is held until its last holder wrote it
         this.lastProgress = performance.now();
       }
       if (written < chunk.length) {
-        this.queue[this.head] = chunk.subarray(written); // keep the unsent tail
+        const tail = chunk.subarray(written); // keep the unsent tail
+        if (frame) frameOf.set(tail, frame);
+        this.queue[this.head] = tail;
         if (this.head > 1024 && this.head * 2 > this.queue.length) {
           this.queue = this.queue.slice(this.head);
           this.head = 0;
         }
         return false;
       }
+      if (frame) this.release(frame);
       this.head++;
     }
   }
 
   close(): void {
     this.closed = true;
+    let own = this.bytes;
+    for (let i = this.head; this.sharedQueued > 0 && i < this.queue.length; i++) {
+      const frame = frameOf.get(this.queue[i]!);
+      if (frame) (own -= this.queue[i]!.length), this.release(frame);
+    }
+    this.total.bytes -= own;
     this.queue = [];
     this.head = 0;
     this.stage = null;
     this.staged = 0;
-    this.total.bytes -= this.bytes;
     this.bytes = 0;
+  }
+
+  /** This outbox no longer holds `frame` (a shared one): its last holder uncounts it. */
+  private release(frame: Uint8Array): void {
+    this.sharedQueued--;
+    const held = holders.get(frame)! - 1;
+    if (held > 0) holders.set(frame, held);
+    else holders.delete(frame), (this.total.bytes -= frame.length);
   }
 
   private sealStage(): void {
