@@ -65,6 +65,12 @@ export interface TransferDeps {
   isChosen?(peer: string): boolean;
   /** The session with `peer` now, as an opaque token: a transfer remembers the one its offer travelled under. */
   session?(peer: string): unknown;
+  /**
+   * Whether a transfer begun under `session` (a token from session()) may send
+   * `peer` its `done`, with the file's SHA-256, now: the session is still that
+   * one, or the user's own /connect made the one there is. Without it, true.
+   */
+  mayAnswer?(peer: string, session: unknown): boolean;
   /** Whether `session` (a token from session()) is still the session with `peer`, and the user verified it: `verified` in `file` and `delivered` events (without it, false). */
   isVerified?(peer: string, session: unknown): boolean;
   emit(e: TransferEvent): void;
@@ -579,7 +585,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     }
     incoming.delete(t.id);
     wipe(t.keys.enc, t.keys.mac);
-    deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
+    // A session the peer started since the offer may be the relay's (found in
+    // audit): the file's hash is not for it. The sender is told the file is not confirmed.
+    if (deps.mayAnswer?.(peer, t.session) ?? true) deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
+    else deps.sendContent(peer, { t: "failed", id: t.fileId, reason: "the session was re-keyed during the transfer: the file was saved but is not confirmed" });
     deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast, verified: deps.isVerified?.(peer, t.session) ?? false });
   }
 
