@@ -209,6 +209,27 @@ describe("join", () => {
   });
 });
 
+// Regression (found in audit): one address joined 10,000 clients in 7.7 s, and the relay was full for everyone.
+test.skipIf(process.platform !== "linux")("a source with maxClientsPerSource joined clients gets relay_full; other sources still join, and it may again once one leaves", async () => {
+  relay = startTestRelay({ maxClientsPerSource: 2 });
+  const first = await joinTest(relay);
+  await joinTest(relay);
+  const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
+  expect(err.code).toBe("relay_full");
+  expect(err.message).toContain("too many clients from one address");
+  // 127.0.0.2 is another source (Linux routes all of 127/8 to loopback).
+  const other = connectFrom("127.0.0.2", relay.port);
+  const challenge = await waitFor(() => other.frames.find((f) => f.t === "challenge"), "challenge from 127.0.0.2");
+  const nonce = newNonce();
+  other.socket.write(encodeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, proof: clientProof(SECRET, challenge.nonce as Uint8Array, nonce), nonce }));
+  expect(isId((await waitFor(() => other.frames.find((f) => f.t === "welcome"), "welcome for 127.0.0.2")).id)).toBe(true);
+  expect(relay.stats().clients).toBe(3);
+  first.link.close();
+  await waitFor(() => relay.stats().clients === 2, "the first client gone");
+  expect(isId((await joinTest(relay)).link.id)).toBe(true);
+  other.socket.destroy();
+});
+
 test("sourceOf: an IPv4 address (also IPv4-mapped), or an IPv6 /64", () => {
   expect(sourceOf("203.0.113.7")).toBe("203.0.113.7");
   expect(sourceOf("::ffff:203.0.113.7")).toBe("203.0.113.7");

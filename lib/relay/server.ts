@@ -73,6 +73,8 @@ export interface RelayOptions {
   maxPending: number;
   /** The same, per source address (IPv4) or /64 (IPv6). */
   maxPendingPerSource: number;
+  /** Joined clients from one source (as maxPendingPerSource); a join past it gets `relay_full`. */
+  maxClientsPerSource: number;
   /** A recipient queue above this: its senders are told it is `busy`. */
   queueHigh: number;
   /** ... at or below this again: `ready`, and paused senders resume. */
@@ -113,6 +115,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   maxConnections: Number.POSITIVE_INFINITY,
   maxPending: 1_000,
   maxPendingPerSource: 100,
+  maxClientsPerSource: 1_000,
   queueHigh: 1024 * 1024,
   queueLow: 256 * 1024,
   queuePause: 4 * 1024 * 1024,
@@ -204,6 +207,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   // Connections waiting to join (not joined, not closing), oldest first: all of them, and by source.
   const pending = new Set<Conn>();
   const pendingBySource = new Map<string, Set<Conn>>();
+  const joinedBySource = new Map<string, number>();
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let droppedBytes = 0; // bodies read and dropped (mustDrop)
@@ -302,6 +306,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     releaseWaiters(c);
     if (!c.id || routes.get(c.id) !== c) return;
     routes.remove(c.id);
+    const fromSource = joinedBySource.get(c.source)! - 1;
+    if (fromSource > 0) joinedBySource.set(c.source, fromSource);
+    else joinedBySource.delete(c.source);
     listed = null;
     if (c.watch) watchers--;
     opt.log.debug(`client ${c.id} left (${routes.size} online)`);
@@ -526,6 +533,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       return fatal(c, "auth_failed");
     }
     if (routes.size >= opt.maxClients) return fatal(c, "relay_full");
+    // One host must not fill the relay (found in audit: one address joined 10,000 clients in 7.7 s).
+    const fromSource = joinedBySource.get(c.source) ?? 0;
+    if (fromSource >= opt.maxClientsPerSource) return fatal(c, "relay_full", "too many clients from one address");
+    joinedBySource.set(c.source, fromSource + 1);
     let id = newId();
     while (routes.get(id)) id = newId();
     c.id = id;
