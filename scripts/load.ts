@@ -260,7 +260,7 @@ async function parentMain(): Promise<void> {
 
   try {
     // ---- relay ------------------------------------------------------------
-    const relay = Bun.spawn(shWrap([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--open", "--max-clients", "20000", "--max-pending-per-source", "1000", "--max-clients-per-source", "20000", "--host", "127.0.0.1", "--port", "0"]), {
+    const relay = Bun.spawn(shWrap([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--open", "--max-clients", "20000", "--max-pending-per-source", "1000", "--max-clients-per-source", "20000", "--join-rate", "100000", "--host", "127.0.0.1", "--port", "0"]), {
       stdout: "ignore",
       stderr: "pipe",
       env: { PATH: process.env.PATH ?? "" },

@@ -85,7 +85,7 @@ test("--max-pending: idle connections that fill it give way to a real join; the 
   } finally {
     rp.proc.kill();
   }
-  for (const flag of ["--max-pending", "--max-pending-per-source", "--max-clients-per-source"]) {
+  for (const flag of ["--max-pending", "--max-pending-per-source", "--max-clients-per-source", "--join-rate"]) {
     for (const bad of ["0", "1.5", "1e3", "x"]) {
       const r = run(["relay", flag, bad], { SMTS_SECRET: SECRET_TEXT });
       expect({ bad, code: r.code }).toEqual({ bad, code: 2 });

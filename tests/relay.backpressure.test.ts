@@ -337,7 +337,7 @@ test("relay process RSS stays bounded while a sender floods a stalled recipient"
 // thousands) queued tens of MiB of `peers` answers for a client that never
 // read them, and held the relay up meanwhile.
 test("a client sending `list` requests without reading the answers is paused at its own queue's high-water mark", async () => {
-  relay = startTestRelay({ slowTimeoutMs: 60_000 });
+  relay = startTestRelay({ slowTimeoutMs: 60_000, joinRatePerSource: 1000 }); // 201 joins from one address at once
   const r = relay;
   const crowd = [];
   for (let i = 0; i < 4; i++) crowd.push(...(await Promise.all(Array.from({ length: 50 }, () => joinTest(r, { watch: false }))))); // answers of ~2 KiB; 50 at a time (the per-source pending limit is 100)

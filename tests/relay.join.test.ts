@@ -230,6 +230,18 @@ test.skipIf(process.platform !== "linux")("a source with maxClientsPerSource joi
   other.socket.destroy();
 });
 
+// Regression (found in audit): one host joining and leaving in a loop sent every watching client 145 KB/s of presence.
+test("a source joins at most joinRatePerSource a second, after a burst of ten seconds' worth; then relay_full until its tokens refill", async () => {
+  relay = startTestRelay({ joinRatePerSource: 2 });
+  for (let i = 0; i < 20; i++) (await joinTest(relay)).link.close(); // the burst: 10 s × 2
+  const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
+  expect(err.code).toBe("relay_full");
+  expect(err.message).toContain("too many joins from one address");
+  await Bun.sleep(600); // one token back (2 a second)
+  expect(isId((await joinTest(relay)).link.id)).toBe(true);
+  expect((await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }))).code).toBe("relay_full");
+});
+
 test("sourceOf: an IPv4 address (also IPv4-mapped), or an IPv6 /64", () => {
   expect(sourceOf("203.0.113.7")).toBe("203.0.113.7");
   expect(sourceOf("::ffff:203.0.113.7")).toBe("203.0.113.7");

@@ -140,7 +140,7 @@ describe("presence", () => {
   });
 
   test("list with more than 4096 others: 4096 IDs of online clients, never the asker's own, and `more`; right again after clients come and go", async () => {
-    relay = startTestRelay({ maxPending: 5000, maxPendingPerSource: 5000 });
+    relay = startTestRelay({ maxPending: 5000, maxPendingPerSource: 5000, maxClientsPerSource: 5000, joinRatePerSource: 5000 });
     const clients: { raw: RawClient; id: string }[] = [];
     for (let i = 0; i < 4098; i += 200) clients.push(...(await Promise.all(Array.from({ length: Math.min(200, 4098 - i) }, () => rawJoined(relay.port)))));
     const online = new Set(clients.map((c) => c.id));

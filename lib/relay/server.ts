@@ -75,6 +75,8 @@ export interface RelayOptions {
   maxPendingPerSource: number;
   /** Joined clients from one source (as maxPendingPerSource); a join past it gets `relay_full`. */
   maxClientsPerSource: number;
+  /** Joins a second from one source, after a burst of JOIN_BURST_SECONDS' worth; a join past it gets `relay_full`. */
+  joinRatePerSource: number;
   /** A recipient queue above this: its senders are told it is `busy`. */
   queueHigh: number;
   /** ... at or below this again: `ready`, and paused senders resume. */
@@ -116,6 +118,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   maxPending: 1_000,
   maxPendingPerSource: 100,
   maxClientsPerSource: 1_000,
+  joinRatePerSource: 20,
   queueHigh: 1024 * 1024,
   queueLow: 256 * 1024,
   queuePause: 4 * 1024 * 1024,
@@ -134,6 +137,8 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
 const PRE_JOIN_MAX_FRAME = 1024;
 /** What a sender told a recipient is busy may still send it before it is paused (mustWait). */
 const BUSY_ALLOWANCE = 256 * 1024;
+/** A source may join this many seconds' worth of joinRatePerSource at once (a NAT's users after a relay restart). */
+const JOIN_BURST_SECONDS = 10;
 /** Most IDs in one `peers` answer. */
 export const MAX_LISTED = 4096;
 /** collector.ts looks at the heap after every this many bytes forwarded ... */
@@ -208,6 +213,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const pending = new Set<Conn>();
   const pendingBySource = new Map<string, Set<Conn>>();
   const joinedBySource = new Map<string, number>();
+  const joinTokens = new Map<string, { tokens: number; at: number }>(); // sources with joins not yet refilled
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let droppedBytes = 0; // bodies read and dropped (mustDrop)
@@ -536,6 +542,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     // One host must not fill the relay (found in audit: one address joined 10,000 clients in 7.7 s).
     const fromSource = joinedBySource.get(c.source) ?? 0;
     if (fromSource >= opt.maxClientsPerSource) return fatal(c, "relay_full", "too many clients from one address");
+    // Nor flood every watcher with presence by joining and leaving in a loop (found in audit: 145 KB/s each).
+    if (!takeJoinToken(c.source, performance.now())) return fatal(c, "relay_full", "too many joins from one address; try again in a few seconds");
     joinedBySource.set(c.source, fromSource + 1);
     let id = newId();
     while (routes.get(id)) id = newId();
@@ -644,8 +652,23 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     }
   }
 
+  /** A token bucket per source: JOIN_BURST_SECONDS of joinRatePerSource, refilled at that rate. */
+  function tokensOf(source: string, now: number): number {
+    const b = joinTokens.get(source);
+    const burst = opt.joinRatePerSource * JOIN_BURST_SECONDS;
+    return b ? Math.min(burst, b.tokens + ((now - b.at) / 1000) * opt.joinRatePerSource) : burst;
+  }
+
+  function takeJoinToken(source: string, now: number): boolean {
+    const tokens = tokensOf(source, now);
+    if (tokens < 1) return false;
+    joinTokens.set(source, { tokens: tokens - 1, at: now });
+    return true;
+  }
+
   function sweep(): void {
     const now = performance.now();
+    for (const source of joinTokens.keys()) if (tokensOf(source, now) >= opt.joinRatePerSource * JOIN_BURST_SECONDS) joinTokens.delete(source);
     for (const c of conns) {
       if (c.closing || c.closed) continue;
       if (!c.id) {
