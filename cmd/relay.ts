@@ -19,7 +19,7 @@ const args = {
   "max-clients": { type: "string", valueHint: "N", description: "Most clients joined at once", default: String(RELAY_DEFAULTS.maxClients) },
   "max-pending": { type: "string", valueHint: "N", description: "Most connections waiting to join; a new one past it evicts the oldest", default: String(RELAY_DEFAULTS.maxPending) },
   "max-pending-per-source": { type: "string", valueHint: "N", description: "The same, per IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxPendingPerSource) },
-  "max-clients-per-source": { type: "string", valueHint: "N", description: "Most clients joined from one IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxClientsPerSource) },
+  "max-clients-per-source": { type: "string", valueHint: "N", description: "Most clients joined from one IPv4 address or IPv6 /64 (at most half of --max-clients and of the open-files limit, unless given)", default: String(RELAY_DEFAULTS.maxClientsPerSource) },
   "join-rate": { type: "string", valueHint: "N", description: "Joins a second from one IPv4 address or IPv6 /64 (after a burst of 10 seconds' worth)", default: String(RELAY_DEFAULTS.joinRatePerSource) },
   "max-frame": { type: "string", valueHint: "SIZE", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
   "queue-limit": { type: "string", valueHint: "SIZE", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
@@ -111,9 +111,10 @@ export const relayCommand = defineCommand({
       if (options.queueMax < 2 * RELAY_DEFAULTS.queuePause) throw new UsageError("--queue-limit must be at least 8MiB (twice the queue at which senders are paused)");
       // A frame is queued only while the queue is at most half the limit (PROTOCOL §10): one must then fit, headers too.
       // Unless given, the limit grows with --max-frame (found in audit: --max-frame 64MiB alone was refused).
+      const given = (flag: string) => rawArgs.some((x) => x === flag || x.startsWith(`${flag}=`));
       const queueFloor = 2 * (options.maxFrame + 1024);
       if (options.queueMax < queueFloor) {
-        if (rawArgs.some((x) => x === "--queue-limit" || x.startsWith("--queue-limit="))) {
+        if (given("--queue-limit")) {
           throw new UsageError(`--queue-limit must be at least twice --max-frame, plus 2KiB: ${formatSize(queueFloor)} (${queueFloor} bytes) here (one frame must always fit in a recipient's queue)`);
         }
         options.queueMax = queueFloor;
@@ -137,6 +138,9 @@ export const relayCommand = defineCommand({
       if (wanted > maxConnections) {
         log.warn(`only ${files} open files allowed (ulimit -n): at most ${maxConnections} connections at once, fewer than --max-clients + --max-pending (${wanted}); ${raiseIt}`);
       }
+      // Unless given, one address may hold at most half of the clients the relay can hold: with
+      // `ulimit -n 1024` the default 1000 let it take every connection (found in review).
+      if (!given("--max-clients-per-source")) options.maxClientsPerSource = Math.max(1, Math.min(options.maxClientsPerSource, Math.floor(Math.min(options.maxClients, maxConnections) / 2)));
       let relay;
       try {
         relay = startRelay({ ...options, maxConnections, secret: secret ? secretBytes(secret) : null });

@@ -5,7 +5,8 @@
 //   bun scripts/load.ts [--quick] [--no-write] [--seconds N]   (N: active phase, default 10)
 //
 // The relay runs as its own process (`smts relay --open --max-clients 20000
-// --max-pending-per-source 1000`: every client comes from 127.0.0.1, with up to
+// --max-pending-per-source 1000 --max-clients-per-source 20000 --join-rate 100000`:
+// every client comes from 127.0.0.1, with up to
 // 400 handshakes in flight); the clients run in 2–4 separate processes started
 // from this same script (`--client` mode). Every process is started as
 // `sh -c "ulimit -n 65536 || ulimit -n <hard limit>; exec ..."`, and the limit
@@ -448,7 +449,7 @@ ${QUICK ? "\n**Quick run** (1,000 idle clients, 3 s active phase): the idle targ
 | relay RSS during the active run | peak ${mib(activePeak)}, ${mib(afterRun.rss)} at the end (VmHWM of the whole run ${mib(afterRun.hwm)}); each second: ${perSecond.map((x) => x.toFixed(0)).join(", ")} MiB | — | — |
 
 Notes:
-- The relay is its own process (\`smts relay --open --max-clients 20000 --max-pending-per-source 1000\`: all clients connect from 127.0.0.1); clients are ${IDLE_PROCS} (idle) and ${ACTIVE_PROCS} (active) separate processes of \`scripts/load.ts --client\`, each holding raw TCP connections that do the real join (challenge → \`join\` with a 32-byte zero proof on an open relay, \`watch: false\`, \`welcome\` checked) and answer pings, at most 100 handshakes in flight per process (past 1,000 waiting joins the relay would evict the oldest). Client processes used ${idleClientRss.map(mib).join(", ")} (idle) and ${activeClientRss.map(mib).join(", ")} (active).
+- The relay is its own process (\`smts relay --open --max-clients 20000 --max-pending-per-source 1000 --max-clients-per-source 20000 --join-rate 100000\`: all clients connect from 127.0.0.1); clients are ${IDLE_PROCS} (idle) and ${ACTIVE_PROCS} (active) separate processes of \`scripts/load.ts --client\`, each holding raw TCP connections that do the real join (challenge → \`join\` with a 32-byte zero proof on an open relay, \`watch: false\`, \`welcome\` checked) and answer pings, at most 100 handshakes in flight per process (past 1,000 waiting joins the relay would evict the oldest). Client processes used ${idleClientRss.map(mib).join(", ")} (idle) and ${activeClientRss.map(mib).join(", ")} (active).
 - The active phase uses relay-layer \`send\` / \`msg\` frames without E2E encryption: it loads the relay, whose work does not depend on what the body holds; E2E costs are in the sections above. Each body carries its send time (performance.timeOrigin + performance.now(), the same clock for all processes on this machine); latency therefore includes the client processes' own scheduling (all processes share ${machine().match(/(\d+) cores/)?.[1] ?? "?"} cores).
 - The idle clients were closed before the active phase (relay RSS 1 s after they left: ${mib(afterIdle.rss)}); ${activeOpen} of ${ACTIVE} active clients were still connected at the end.${
       [...joinErrors, ...activeErrors].some((e) => Object.keys(e).length) ? `\n- Client-side errors seen: ${JSON.stringify({ idle: joinErrors, active: activeErrors })}.` : ""

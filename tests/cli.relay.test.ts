@@ -94,6 +94,29 @@ test("--max-pending: idle connections that fill it give way to a real join; the 
   }
 });
 
+// Regression (found in review): below the open-files limit (or --max-clients), a per-source
+// limit of 1000 let one address take every connection the relay could hold.
+test("unless given, --max-clients-per-source is at most half of what the relay can hold", async () => {
+  const rp = await spawnRelay(["--max-clients", "4"], { SMTS_SECRET: SECRET_TEXT });
+  const links = [];
+  try {
+    for (let i = 0; i < 2; i++) links.push(await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET }));
+    const refused = await joinRelay({ host: "127.0.0.1", port: rp.port, secret: SECRET }).then(() => "joined", (e: Error) => e.message);
+    expect(refused).toContain("too many clients from one address");
+  } finally {
+    for (const l of links) l.close();
+    rp.proc.kill();
+  }
+  // Given, it is taken as it is.
+  const given = await spawnRelay(["--max-clients", "4", "--max-clients-per-source", "4"], { SMTS_SECRET: SECRET_TEXT });
+  try {
+    for (let i = 0; i < 4; i++) links.push(await joinRelay({ host: "127.0.0.1", port: given.port, secret: SECRET }));
+  } finally {
+    for (const l of links) l.close();
+    given.proc.kill();
+  }
+});
+
 // Regression (found in audit): a stdout that cannot be written gave a 13-line stack
 // trace; --generate-secret ignored the other options (even a bad --port).
 test("--generate-secret, --version and --help to a full disk: one line and exit 1; --generate-secret takes no other options", () => {

@@ -212,3 +212,30 @@ test("`total` counts a frame shared by several outboxes once, until the last of 
   b.close();
   expect(total.bytes).toBe(0);
 });
+
+test("a shared frame's bytes queued again later as an outbox's own are counted as its own (found in review)", () => {
+  const total = { bytes: 0 };
+  let accept = 0;
+  const socket = {
+    write(data: Uint8Array) {
+      const n = Math.min(data.length, accept);
+      accept -= n;
+      return n;
+    },
+  };
+  const [a, b] = [new Outbox(socket, total), new Outbox({ write: () => 0 }, total)];
+  const [f, g] = [new Uint8Array(20_000), new Uint8Array(20_000)];
+  a.pushShared(f);
+  accept = 1e9;
+  a.flush(); // f written by its only holder
+  accept = 0;
+  a.push(f); // the same bytes again, a's own this time
+  a.pushShared(g);
+  b.pushShared(g);
+  expect(total.bytes).toBe(40_000);
+  accept = 1e9;
+  a.flush();
+  expect(total.bytes).toBe(20_000); // g, still held by b
+  b.close();
+  expect(total.bytes).toBe(0);
+});

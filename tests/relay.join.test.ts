@@ -233,13 +233,21 @@ test.skipIf(process.platform !== "linux")("a source with maxClientsPerSource joi
 // Regression (found in audit): one host joining and leaving in a loop sent every watching client 145 KB/s of presence.
 test("a source joins at most joinRatePerSource a second, after a burst of ten seconds' worth; then relay_full until its tokens refill", async () => {
   relay = startTestRelay({ joinRatePerSource: 2 });
-  for (let i = 0; i < 20; i++) (await joinTest(relay)).link.close(); // the burst: 10 s × 2
-  const err = await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }));
-  expect(err.code).toBe("relay_full");
-  expect(err.message).toContain("too many joins from one address");
-  await Bun.sleep(600); // one token back (2 a second)
+  const started = performance.now();
+  let joined = 0;
+  let refusal: JoinError | undefined;
+  while (!refusal && joined < 100) {
+    const link = await joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }).catch((e: JoinError) => void (refusal = e));
+    if (link) link.close(), joined++;
+  }
+  // The burst (10 s × 2), and what refilled while it went on, at 2 a second.
+  expect(joined).toBeGreaterThanOrEqual(20);
+  expect(joined).toBeLessThanOrEqual(20 + Math.ceil(((performance.now() - started) / 1000) * 2));
+  const err = refusal as JoinError | undefined;
+  expect(err?.code).toBe("relay_full");
+  expect(err?.message).toContain("too many joins from one address");
+  await Bun.sleep(600); // one token back
   expect(isId((await joinTest(relay)).link.id)).toBe(true);
-  expect((await joinError(joinRelay({ host: "127.0.0.1", port: relay.port, secret: SECRET }))).code).toBe("relay_full");
 });
 
 test("sourceOf: an IPv4 address (also IPv4-mapped), or an IPv6 /64", () => {

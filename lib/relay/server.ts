@@ -185,7 +185,7 @@ export interface RelayStats {
   pending: number;
   /** Summed over the connections now. */
   queuedBytes: number;
-  /** The running total the queueTotalMax rule reads (the same number, kept as queues change). */
+  /** The running total the queueTotalMax rule reads: queuedBytes, but a frame queued for several recipients counted once. */
   queuedTotal: number;
   maxQueuedBytes: number;
   pausedSenders: number;

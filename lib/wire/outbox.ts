@@ -130,9 +130,11 @@ export class Outbox {
         this.lastProgress = performance.now();
       }
       if (written < chunk.length) {
-        const tail = chunk.subarray(written); // keep the unsent tail
-        if (frame) frameOf.set(tail, frame);
-        this.queue[this.head] = tail;
+        if (written > 0) {
+          const tail = chunk.subarray(written); // keep the unsent tail
+          if (frame) frameOf.set(tail, frame);
+          this.queue[this.head] = tail;
+        }
         if (this.head > 1024 && this.head * 2 > this.queue.length) {
           this.queue = this.queue.slice(this.head);
           this.head = 0;
@@ -163,8 +165,11 @@ export class Outbox {
   private release(frame: Uint8Array): void {
     this.sharedQueued--;
     const held = holders.get(frame)! - 1;
-    if (held > 0) holders.set(frame, held);
-    else holders.delete(frame), (this.total.bytes -= frame.length);
+    if (held > 0) return void holders.set(frame, held);
+    // Forgotten, so that the same bytes queued later as an outbox's own are not taken for it (found in review).
+    holders.delete(frame);
+    frameOf.delete(frame);
+    this.total.bytes -= frame.length;
   }
 
   private sealStage(): void {
