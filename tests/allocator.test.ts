@@ -1,9 +1,12 @@
 // lib/runtime/allocator.ts: `smts relay` and `smts chat` start again once,
 // with the allocator setting in their environment, as the same process (PID),
-// with the same arguments and the rest of the environment as given; a value
-// the user set is kept. Read from /proc (Linux), of real processes.
+// with the same arguments and the environment they were started with; a
+// value the user set is kept; a process given a descriptor beyond its
+// standard streams runs on as it is. Read from /proc (Linux), of real processes.
 import { afterEach, expect, test } from "bun:test";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, relative } from "node:path";
 import { killChats, spawnChat } from "./chat-process.ts";
 import { ROOT, SECRET_TEXT, spawnRelay, type RelayProcess } from "./helpers.ts";
 
@@ -55,5 +58,56 @@ test("the chat client too; Bun's own options before the script are kept", async 
     expect(procFile(proc.pid, "environ")).toContain("MIMALLOC_PURGE_HOLES=0");
   } finally {
     proc.kill();
+  }
+});
+
+/** Starts `sh -c SCRIPT` (which execs a relay) and waits for the relay's listening line on stderr. */
+async function relayVia(script: string, cwd: string, env: Record<string, string> = {}) {
+  const proc = Bun.spawn(["sh", "-c", script], { cwd, stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: process.env.PATH ?? "", ...env } });
+  let text = "";
+  const decoder = new TextDecoder();
+  const reader = proc.stderr.getReader();
+  while (!/listening on/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`relay did not start: ${text}`);
+    text += decoder.decode(value, { stream: true });
+  }
+  return proc;
+}
+
+// Regression (found in review): Bun closes every descriptor above 2 on execve, so
+// `--secret-file <(...)` (here /dev/fd/3) lost its file and the relay exited 1.
+test("a relay given a descriptor beyond its standard streams keeps it: not started again", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "smts-alloc-"));
+  try {
+    writeFileSync(join(dir, "secret"), SECRET_TEXT, { mode: 0o600 });
+    const proc = await relayVia(`exec "${process.execPath}" "${ROOT}cmd/smts.ts" relay --host 127.0.0.1 --port 0 --secret-file /dev/fd/3 3<secret`, dir);
+    try {
+      expect(procFile(proc.pid, "environ").some((e) => e.startsWith("MIMALLOC_PURGE_HOLES="))).toBe(false);
+    } finally {
+      proc.kill();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// Regression (found in review): the restart passed on what Bun had added to process.env
+// (a .env file's values, which then showed in /proc/PID/environ), and applied a relative
+// --cwd a second time, from the directory it had already changed to (exit 1).
+test("started again with the environment it was started with, not .env's values; a relative --cwd is applied once", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "smts-alloc-"));
+  try {
+    writeFileSync(join(dir, ".env"), "SMTS_FROM_DOTENV=read\n");
+    const proc = await relayVia(`exec "${process.execPath}" --cwd=${relative(ROOT, dir)} "${ROOT}cmd/smts.ts" relay --host 127.0.0.1 --port 0 --open`, ROOT);
+    try {
+      const env = procFile(proc.pid, "environ");
+      expect(env).toContain("MIMALLOC_PURGE_HOLES=0");
+      expect(env.some((e) => e.startsWith("SMTS_FROM_DOTENV="))).toBe(false);
+    } finally {
+      proc.kill();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
   }
 });

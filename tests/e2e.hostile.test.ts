@@ -796,6 +796,7 @@ describe("after a re-key the relay made", () => {
     };
     m.pipe(victim.id).injectToClient(msgFrame(as.id, i.hello));
     await sessionEvent(victim, as.id, "rekeyed");
+    await waitFor(() => sender, "the victim's confirm at the relay", LONG); // it may come after the victim's event
     return Object.assign(read, { seal: (content: Frame) => sender!.seal(pack(content)) });
   }
 
