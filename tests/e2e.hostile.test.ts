@@ -824,7 +824,7 @@ describe("after a re-key the relay made", () => {
     expect(formatEvent(ev)).toEndWith(`until you /verify ${a!.id}, it gets nothing from you (you had verified the old key).`);
   });
 
-  test("a file coming in when it happens is saved, but its SHA-256 does not go back under the relay's session: the sender is told it is not confirmed (found in audit)", async () => {
+  test("a file coming in when it happens is saved, and its `done` gives the relay's session nothing of the file: a MAC only the sender can check (found in audit)", async () => {
     const { a, b, m } = await twoThroughMitm(true);
     await b!.chat.connect(a!.id);
     await a!.chat.waitSession(b!.id, LONG);
@@ -832,21 +832,22 @@ describe("after a re-key the relay made", () => {
     const held: Frame[] = [];
     m.toClient = (f, pipe) => (pipe.id === a!.id && f.src === b!.id && e2eOf(f)?.t === "chunk" ? (held.push(f), null) : undefined);
     const path = join(b.dir!, "f.txt");
-    writeFileSync(path, "saved, not confirmed");
+    writeFileSync(path, "saved, then confirmed");
     const sent = b!.chat.sendFile(a!.id, path).then(() => "delivered", (e: Error) => e.message);
     await waitFor(() => held.some((f) => (e2eOf(f) as { last?: boolean }).last), "the last chunk, held", LONG);
     const read = await takeOver(m, a!, b!);
     m.pipe(a!.id).injectToClient(...held);
     const file = await waitFor(() => a!.events.find((e) => e.event === "file"), "A saving the file", LONG);
     expect(file.verified).toBe(false);
-    expect(readFileSync(join(a.dir!, "f.txt"), "utf8")).toBe("saved, not confirmed");
-    await waitFor(() => read.find((c) => c.t === "failed" || c.t === "done"), "A's answer, read by the relay", LONG);
-    expect(read.filter((c) => c.t === "done")).toEqual([]); // before the fix: the file's SHA-256
-    // A relay in the middle passes the answer on to B, under a session it makes with B posing as A; B reports it.
-    const answer = read.find((c) => c.t === "failed")!;
+    expect(readFileSync(join(a.dir!, "f.txt"), "utf8")).toBe("saved, then confirmed");
+    const done = await waitFor(() => read.find((c) => c.t === "done"), "A's done, read by the relay", LONG);
+    // Before the fix: the file's SHA-256, in the clear to the relay's session.
+    expect(Object.keys(done).sort()).toEqual(["id", "mac", "t"]);
+    expect(Buffer.from(done.mac as Uint8Array).toString("hex")).not.toBe(file.sha256);
+    // A relay in the middle passes it on to B, under a session it makes with B posing as A: B can check it.
     const toB = await takeOver(m, b!, a!);
-    m.pipe(b!.id).injectToClient(msgFrame(a!.id, toB.seal(answer)));
-    expect(await sent).toBe(`sending f.txt to ${a!.id}: the session was re-keyed during the transfer: the file was saved but is not confirmed`);
+    m.pipe(b!.id).injectToClient(msgFrame(a!.id, toB.seal(done)));
+    expect(await sent).toBe("delivered");
   });
 
   test("control: a re-key we started carries over what was held for it, a file's accept among it: the file goes through", async () => {

@@ -14,7 +14,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { hkdfSync } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { CHUNK_BYTES, chunkMac, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
+import { CHUNK_BYTES, chunkMac, doneMac, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
 import { numbered, safeName } from "../lib/transfer/names.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { DEFAULT_MAX_FILE_SIZE } from "../lib/client/chat-client.ts";
@@ -164,18 +164,18 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
   test("control contents: offer, accept and done, as pack encodes them", () => {
     const offer = { t: "offer", id: FILE_ID, name: "report.pdf", size: 135536, key: FILE_KEY };
     const accept = { t: "accept", id: FILE_ID };
-    const done = { t: "done", id: FILE_ID, sha256: sha256(FILE) };
+    const done = { t: "done", id: FILE_ID, mac: hmac(v("file.mac-key"), ascii("smts/1 done"), FILE_ID, sha256(FILE)) };
     const cases: [string, Frame, number][] = [
       ["file.offer", offer, 94],
       ["file.accept", accept, 31],
-      ["file.done", done, 70],
+      ["file.done", done, 67],
     ];
     for (const [name, value, length] of cases) {
       expect(hex(pack(value))).toBe(hex(v(name)));
       expect(v(name).length).toBe(length);
       expect(decodePayload(v(name))).toEqual(Object.fromEntries(Object.entries(value).map(([k, x]) => [k, x instanceof Uint8Array ? Buffer.from(x) : x])));
     }
-    expect(hex(decodePayload(v("file.done")).sha256 as Uint8Array)).toBe(hex(v("file.plaintext-sha256")));
+    expect(hex(decodePayload(v("file.done")).mac as Uint8Array)).toBe(hex(doneMac(fileKeys(FILE_KEY, FILE_ID), FILE_ID, v("file.plaintext-sha256"))));
     // size from 2^32 on is uint64 (§24).
     expect(hex(pack({ size: 2 ** 32 }))).toBe("81a473697a65cf0000000100000000");
   });
@@ -296,7 +296,7 @@ const TEMP = `.${hex(FILE_ID)}.smts-part`;
 const last = <T>(a: T[]) => a[a.length - 1]!;
 
 describe("the receiver rules of §28, fed the document's vectors", () => {
-  test("offer → temporary file (exclusive, 0600) and accept; chunks 0 and 1 → report.pdf, done with the file's SHA-256", () => {
+  test("offer → temporary file (exclusive, 0600) and accept; chunks 0 and 1 → report.pdf, done with the MAC of the file's SHA-256", () => {
     const r = harness();
     expect(r.t.onContent(PEER, docOffer())).toBe(true);
     expect(r.contents).toEqual([{ t: "accept", id: expect.anything() }]);
@@ -325,7 +325,7 @@ describe("the receiver rules of §28, fed the document's vectors", () => {
     r.t.onChunk(PEER, docEmptyChunk());
     expect(readFileSync(join(r.dir, "empty")).length).toBe(0);
     expect(last(r.contents)).toMatchObject({ t: "done" });
-    expect(hex(last(r.contents).sha256 as Uint8Array)).toBe(hex(sha256(new Uint8Array(0))));
+    expect(hex(last(r.contents).mac as Uint8Array)).toBe(hex(hmac(v("file.mac-key"), ascii("smts/1 done"), FILE_ID, sha256(new Uint8Array(0)))));
   });
 
   const failing: [string, (r: Harness) => void, RegExp][] = [
@@ -487,7 +487,7 @@ describe("the sender rules of §27", () => {
     expect(last(s.events)).toMatchObject({ event: "delivered", to: PEER, id: shortId, sha256: hex(v("file.plaintext-sha256")) });
   });
 
-  test("a done whose sha256 differs fails the transfer", async () => {
+  test("a done whose mac is not that of our SHA-256 fails the transfer", async () => {
     const s = harness();
     const path = join(s.dir, "f");
     writeFileSync(path, "abc");
@@ -495,7 +495,7 @@ describe("the sender rules of §27", () => {
     const id = s.contents[0]!.id as Uint8Array;
     s.t.onContent(PEER, { t: "accept", id });
     await Bun.sleep(10);
-    s.t.onContent(PEER, { t: "done", id, sha256: new Uint8Array(32) });
+    s.t.onContent(PEER, { t: "done", id, mac: new Uint8Array(32) });
     await expect(sent).rejects.toMatchObject({ code: "failed" });
     expect(last(s.events)).toMatchObject({ event: "transfer", state: "failed", reason: "the receiver's SHA-256 differs from ours" });
   });

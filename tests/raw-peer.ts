@@ -10,7 +10,7 @@ import { randomBytes } from "../lib/crypto/primitives.ts";
 import { joinRelay, type Link } from "../lib/link/relay-link.ts";
 import { initiatorConfirm, initiatorFinish, startInitiator } from "../lib/session/handshake.ts";
 import { ReceiveChain, SendChain, type OpenResult } from "../lib/session/records.ts";
-import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
+import { CHUNK_BYTES, doneMac, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { pack } from "../lib/wire/msgpack.ts";
 import { SECRET, waitFor } from "./helpers.ts";
@@ -55,6 +55,8 @@ export interface RawOffer {
   chunk(n: number, last: boolean, plain: Uint8Array): void;
   /** Sends `bytes` as correctly sealed chunks 0..k, the last one flagged final. */
   sendAll(bytes: Uint8Array): void;
+  /** The `mac` a `done` for a file with SHA-256 `sha256` carries (chunks.ts doneMac). */
+  doneMac(sha256: Uint8Array): Uint8Array;
 }
 
 /**
@@ -131,6 +133,7 @@ export async function startRawPeer(
         chunk(n, last, plain) {
           link.send(victim.id, pack(sealChunk(fk, id, n, last, plain)));
         },
+        doneMac: (sha256) => doneMac(fk, id, sha256),
         sendAll(bytes) {
           for (let n = 0, at = 0; ; n++) {
             const piece = bytes.subarray(at, at + CHUNK_BYTES);

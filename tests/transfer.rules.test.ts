@@ -4,7 +4,7 @@ import { afterEach, expect, test } from "bun:test";
 import { createHash } from "node:crypto";
 import { appendFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { CHUNK_BYTES, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
+import { CHUNK_BYTES, doneMac, fileKeys, sealChunk } from "../lib/transfer/chunks.ts";
 import { safeName } from "../lib/transfer/names.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import type { Frame } from "../lib/wire/frame.ts";
@@ -111,7 +111,8 @@ test("/cancel after the last chunk left leaves the transfer alone: the receiver'
   const { outcome, offer } = await sentInFull(h);
   expect(h.t.cancel("")).toBe(0);
   expect(h.contents.map((c) => c.t)).toEqual(["offer"]);
-  h.t.onContent("abcdefgh", { t: "done", id: offer.id, sha256: new Uint8Array(createHash("sha256").update("hello").digest()) });
+  const id = offer.id as Uint8Array;
+  h.t.onContent("abcdefgh", { t: "done", id, mac: doneMac(fileKeys(offer.key as Uint8Array, id), id, createHash("sha256").update("hello").digest()) });
   expect(await outcome).toBe("delivered");
 });
 

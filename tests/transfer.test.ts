@@ -12,7 +12,7 @@ import type { ChatClient } from "../lib/client/chat-client.ts";
 import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import type { Link } from "../lib/link/relay-link.ts";
 import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
-import { CHUNK_BYTES, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
+import { CHUNK_BYTES, doneMac, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
 import type { Frame } from "../lib/wire/frame.ts";
 import { nameProblems, SECRET, sha256Hex, spawnRelay, startParty, startTestRelay, tempDirs, tryMount, waitFor, writeTestFile, type Party, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
@@ -243,7 +243,7 @@ describe("hostile names", () => {
       offer.sendAll(content);
       const done = await offer.outcome();
       expect(done.t).toBe("done");
-      expect(Buffer.from(done.sha256 as Uint8Array).toString("hex")).toBe(sha256Hex(content));
+      expect(Buffer.from(done.mac as Uint8Array).equals(Buffer.from(offer.doneMac(Buffer.from(sha256Hex(content), "hex"))))).toBe(true);
       const f = victim.of("file")[i]!;
       expect(f.from).toBe(peer.id);
       expect(dirname(f.path)).toBe(dl);
@@ -289,7 +289,7 @@ describe("on the wire (seen by a hand-driven receiver)", () => {
       expect(Buffer.concat(plain).equals(Buffer.from(src.bytes))).toBe(true);
       // Ciphertext is not the plaintext.
       expect(Buffer.from(chunks[0]!.ct as Uint8Array).subarray(0, 64).equals(Buffer.from(src.bytes.subarray(0, 64)))).toBe(false);
-      peer.record({ t: "done", id, sha256: Buffer.from(src.sha256, "hex") });
+      peer.record({ t: "done", id, mac: doneMac(fk, id, Buffer.from(src.sha256, "hex")) });
       await sending;
     }
     expect(Buffer.from(keys[0]!).equals(Buffer.from(keys[1]!))).toBe(false); // a fresh key per file
@@ -304,11 +304,11 @@ describe("on the wire (seen by a hand-driven receiver)", () => {
     sending.catch(() => {});
     const offer = await peer.content((c) => c.t === "offer", "offer");
     const id = offer.id as Uint8Array;
-    peer.record({ t: "done", id, sha256: Buffer.from(src.sha256, "hex") }); // before accepting: not delivered
+    peer.record({ t: "done", id, mac: doneMac(fileKeys(offer.key as Uint8Array, id), id, Buffer.from(src.sha256, "hex")) }); // before accepting: not delivered
     peer.record({ t: "accept", id });
     await waitFor(() => peer.chunks().some((c) => c.last === true), "final chunk", LONG);
     expect(a.of("delivered")).toEqual([]);
-    peer.record({ t: "done", id, sha256: new Uint8Array(32) });
+    peer.record({ t: "done", id, mac: doneMac(fileKeys(offer.key as Uint8Array, id), id, new Uint8Array(32)) }); // a MAC, of another hash
     const err = await rejection(sending);
     expect(err.code).toBe("failed");
     expect(err.message).toMatch(/SHA-256 differs/);
@@ -471,18 +471,24 @@ describe("concurrency", () => {
     expect(listing(b.dir)).toEqual(["a1.bin", "a2.bin", "a3.bin"]);
   });
 
-  test("a re-key (a new /connect) in the middle of a transfer does not disturb it", async () => {
-    const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
-    const src = writeTestFile(temp.make(), "large.bin", 40 * MiB);
-    const sending = a.chat.sendFile(b.id, src.path);
-    await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
-    await b.chat.connect(a.id);
-    expect(a.of("session").map((s) => s.state)).toEqual(["established", "rekeyed"]);
-    expect(b.of("file")).toEqual([]); // the re-key happened while the file was still arriving
-    await sending;
-    expect(sha256Hex(readFileSync(join(b.dir, "large.bin")))).toBe(src.sha256);
-    expect(a.of("delivered")).toHaveLength(1);
-  });
+  // Both ways round: to the receiver, a re-key the sender starts looks like one the relay
+  // could make, and its `done` still confirms the file (a MAC only the sender can check).
+  for (const who of ["receiver", "sender"] as const) {
+    test(`a re-key (a new /connect by the ${who}) in the middle of a transfer does not disturb it`, async () => {
+      const { a, b } = await pair({ maxFileSize: 64 * MiB }, { maxFileSize: 64 * MiB });
+      const src = writeTestFile(temp.make(), "large.bin", 40 * MiB);
+      const sending = a.chat.sendFile(b.id, src.path);
+      await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
+      if (who === "receiver") await b.chat.connect(a.id);
+      else await a.chat.connect(b.id);
+      const other = who === "receiver" ? a : b;
+      await waitFor(() => other.of("session").some((s) => s.state === "rekeyed"), "the re-key on the other side", LONG);
+      expect(b.of("file")).toEqual([]); // the re-key happened while the file was still arriving
+      await sending;
+      expect(sha256Hex(readFileSync(join(b.dir, "large.bin")))).toBe(src.sha256);
+      expect(a.of("delivered")).toHaveLength(1);
+    });
+  }
 
   for (const who of ["receiver", "sender"] as const) {
     test(`/cancel by the ${who} stops the transfer on both sides, removes the temporary file, and the session goes on`, async () => {

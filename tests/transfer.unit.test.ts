@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { randomBytes } from "../lib/crypto/primitives.ts";
-import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
+import { CHUNK_BYTES, doneMac, FILE_ID_BYTES, fileKeys, openChunk, sealChunk } from "../lib/transfer/chunks.ts";
 import { claimFinalName, numbered, safeName, tempName } from "../lib/transfer/names.ts";
 import { createTransfers, type TransferEvent } from "../lib/transfer/transfers.ts";
 import { decodePayload, type Frame } from "../lib/wire/frame.ts";
@@ -550,7 +550,8 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(cancel).toEqual(["b", { t: "cancel", id, reason: "too slow: kept the other recipients waiting for 4 s" }]);
     await waitFor(() => chunksTo.length === 3, "the chunks, to c alone", 5000);
     expect(chunksTo).toEqual(["c", "c", "c"]);
-    a.onContent("c", { t: "done", id, sha256: createHash("sha256").update(bytes).digest() });
+    const key = sent.find(([, item]) => item.t === "offer")![1].key as Uint8Array;
+    a.onContent("c", { t: "done", id, mac: doneMac(fileKeys(key, id), id, createHash("sha256").update(bytes).digest()) });
     expect(await outcome).toBe("partial: sending f.bin: delivered to 1 of 2; b: too slow: kept the other recipients waiting for 4 s");
   }, 20_000);
 

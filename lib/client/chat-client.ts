@@ -54,8 +54,6 @@ interface Session {
   receive: ReceiveChain;
   fingerprint: Uint8Array;
   verified: boolean;
-  /** The user's own /connect made it: answers of transfers begun under an earlier session may go under it. */
-  byUs: boolean;
   /** Record contents queued in this tick; sealed together (see sealQueued). */
   queued: Queued[];
   queuedBytes: number;
@@ -275,7 +273,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       isBusy: (peer) => sentSinceBusy.has(peer),
       isChosen,
       session: (peer) => sessions.get(peer),
-      mayAnswer: (peer, via) => sessions.get(peer) === via || sessions.get(peer)?.byUs === true,
       isVerified: (peer, via) => verifiedVia(peer, via),
       backlog: () => link.backlog,
       drained: (bytes) => link.drained(bytes),
@@ -548,7 +545,6 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
       receive: new ReceiveChain(keys.receiveChain),
       fingerprint: keys.fingerprint,
       verified: false,
-      byUs,
       queued,
       queuedBytes: queued.reduce((n, q) => n + q.bytes, 0),
       after,

@@ -4,7 +4,7 @@
 //   record {t:"offer", id, name, size, key} →
 //                     ← record {t:"accept", id} | {t:"decline", id, reason}
 //   chunk 0 … chunk n (last)                →   (verified, written to a temp file)
-//                     ← record {t:"done", id, sha256} | {t:"failed", id, reason}
+//                     ← record {t:"done", id, mac} | {t:"failed", id, reason}
 //   either side: record {t:"cancel", id}
 //
 // A broadcast file (/bsend) is offered to every recipient over its own
@@ -27,9 +27,9 @@
 import { closeSync, constants, fstatSync, openSync, readSync, statfsSync, unlinkSync, writeSync, type StatsFs } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { formatSize } from "../cli/size.ts";
-import { randomBytes, wipe } from "../crypto/primitives.ts";
+import { equalBytes, randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
-import { CHUNK_BYTES, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInPlace, type FileKeys } from "./chunks.ts";
+import { CHUNK_BYTES, doneMac, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInPlace, type FileKeys } from "./chunks.ts";
 import { claimFinalName, removeStaleParts, safeName, tempName } from "./names.ts";
 
 export type TransferEvent =
@@ -65,12 +65,6 @@ export interface TransferDeps {
   isChosen?(peer: string): boolean;
   /** The session with `peer` now, as an opaque token: a transfer remembers the one its offer travelled under. */
   session?(peer: string): unknown;
-  /**
-   * Whether a transfer begun under `session` (a token from session()) may send
-   * `peer` its `done`, with the file's SHA-256, now: the session is still that
-   * one, or the user's own /connect made the one there is. Without it, true.
-   */
-  mayAnswer?(peer: string, session: unknown): boolean;
   /** Whether `session` (a token from session()) is still the session with `peer`, and the user verified it: `verified` in `file` and `delivered` events (without it, false). */
   isVerified?(peer: string, session: unknown): boolean;
   emit(e: TransferEvent): void;
@@ -147,6 +141,8 @@ interface Outgoing {
   digest: Uint8Array | null;
   /** Hex SHA-256 of what was sent: from the broadcast offer, or hashed while streaming. */
   sha256?: string;
+  /** The `mac` a recipient's `done` must carry (chunks.ts doneMac), once every chunk is sent. */
+  doneMac?: Uint8Array;
   /** Wakes a stream waiting for a busy recipient (it became ready, or dropped out). */
   wake: (() => void) | null;
   /** The session each recipient's offer went under (deps.session). */
@@ -455,6 +451,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         else await null;
       }
       if (hash) t.sha256 = hash.digest("hex");
+      t.doneMac = doneMac(keys, t.fileId, Buffer.from(t.sha256!, "hex"));
       if (t.state === "sending") t.state = "awaiting";
     } catch (err) {
       for (const peer of accepted(t)) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "sender failed" });
@@ -584,11 +581,11 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       return failIn(t, "failed", `cannot save: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, true);
     }
     incoming.delete(t.id);
+    // A MAC of the hash, which only the sender can check: the session may have been
+    // replaced since the offer, by the relay posing as the sender (found in audit).
+    const mac = doneMac(t.keys, t.fileId, Buffer.from(sha256, "hex"));
     wipe(t.keys.enc, t.keys.mac);
-    // A session the peer started since the offer may be the relay's (found in
-    // audit): the file's hash is not for it. The sender is told the file is not confirmed.
-    if (deps.mayAnswer?.(peer, t.session) ?? true) deps.sendContent(peer, { t: "done", id: t.fileId, sha256: Buffer.from(sha256, "hex") });
-    else deps.sendContent(peer, { t: "failed", id: t.fileId, reason: "the session was re-keyed during the transfer: the file was saved but is not confirmed" });
+    deps.sendContent(peer, { t: "done", id: t.fileId, mac });
     deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast, verified: deps.isVerified?.(peer, t.session) ?? false });
   }
 
@@ -612,11 +609,10 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       else if (item.t === "failed") dropRecipient(out, peer, "failed", reason);
       else if (item.t === "cancel") dropRecipient(out, peer, "cancelled", `cancelled by ${peer}`);
       else if (item.t === "done" && out.state === "awaiting" && st === "accepted") {
-        const theirs = item.sha256 instanceof Uint8Array ? Buffer.from(item.sha256).toString("hex") : "";
-        if (theirs !== out.sha256) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
+        if (!(item.mac instanceof Uint8Array) || !equalBytes(item.mac, out.doneMac!)) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
         out.lastActivity = performance.now();
         out.recipients.set(peer, "done");
-        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256, verified: deps.isVerified?.(peer, out.offeredUnder.get(peer)) ?? false });
+        deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256!, verified: deps.isVerified?.(peer, out.offeredUnder.get(peer)) ?? false });
         progressOut(out);
       }
       return true;
