@@ -449,9 +449,10 @@ let floorRig: Awaited<ReturnType<typeof startFloorRig>> | undefined;
 const floor: FloorRun[] = [];
 const floorNoHash: FloorRun[] = [];
 // The runs above alternate, so each rig sits idle for about 100 ms before its
-// turn, long enough for Bun's allocator to hand the buffers of the last
-// transfer back to the OS and fault them in again (docs/BENCHMARKS.md, "Sixth
-// look"). The same transfers back to back show what the steady state costs.
+// turn: without lib/runtime/allocator.ts's setting, long enough for Bun's
+// allocator to hand the buffers of the last transfer back to the OS and fault
+// them in again (docs/BENCHMARKS.md, "Sixth look", "Fifteenth look"). The same
+// transfers back to back show what the steady state costs.
 const backToBack: Run[] = [];
 const floorBackToBack: FloorRun[] = [];
 let bigMem: typeof smallMem;
