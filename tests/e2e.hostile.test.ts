@@ -850,6 +850,44 @@ describe("after a re-key the relay made", () => {
     expect(await sent).toBe("delivered");
   });
 
+  // Found in review: every member of a broadcast shares its file key, so without
+  // the per-member dn all their `done`s were the same bytes.
+  test("a broadcast member's `done` cannot be passed off as another's: the relay replays A's as B's, and the sender does not call B delivered", async () => {
+    relay = startTestRelay();
+    mitm = startMitm(relay.port);
+    const m = mitm;
+    const dir = () => (dirs.push(mkdtempSync(join(tmpdir(), "smts-hostile-"))), dirs.at(-1));
+    const [s, a, b] = await Promise.all([party(m.port, engine(), dir()), party(m.port, engine(), dir()), party(m.port, engine(), dir())]);
+    await waitFor(() => m.pipes.filter((p) => p.id).length === 3, "all pipes to learn their IDs", LONG);
+    await s!.chat.connect(a!.id);
+    await s!.chat.connect(b!.id);
+    await a!.chat.waitSession(s!.id, LONG);
+    await b!.chat.waitSession(s!.id, LONG);
+    // The relay holds A's chunks and drops B's.
+    const held: Frame[] = [];
+    m.toClient = (f, pipe) => {
+      if (f.src !== s!.id || e2eOf(f)?.t !== "chunk") return undefined;
+      if (pipe.id === a!.id) held.push(f);
+      return null;
+    };
+    const path = join(s.dir!, "f.txt");
+    writeFileSync(path, "for A and B");
+    const sent = s!.chat.broadcastFile(path).catch(() => {});
+    await waitFor(() => held.some((f) => (e2eOf(f) as { last?: boolean }).last), "A's last chunk, held", LONG);
+    // The relay re-keys with A posing as S, then lets A have the file: A's done comes under the relay's session.
+    const fromA = await takeOver(m, a!, s!);
+    m.pipe(a!.id).injectToClient(...held);
+    const done = await waitFor(() => fromA.find((c) => c.t === "done"), "A's done, read by the relay", LONG);
+    // Then it re-keys with S posing as B and hands S A's done as B's.
+    const toS = await takeOver(m, s!, b!);
+    m.pipe(s!.id).injectToClient(msgFrame(b!.id, toS.seal(done)));
+    const failed = await waitFor(() => s!.events.find((e) => e.event === "transfer" && e.peer === b!.id && e.state === "failed"), "S: B failed", LONG);
+    expect((failed as { reason?: string }).reason).toBe("the receiver's SHA-256 differs from ours");
+    expect(s!.events.filter((e) => e.event === "delivered")).toEqual([]); // before the fix: delivered to B, who got nothing
+    expect(b!.events.filter((e) => e.event === "file")).toEqual([]);
+    void sent; // A's answer was the relay's to keep: the transfer waits for it until the test ends
+  });
+
   test("control: a re-key we started carries over what was held for it, a file's accept among it: the file goes through", async () => {
     const { a, b, m } = await twoThroughMitm(true);
     await a!.chat.connect(b!.id);

@@ -53,6 +53,7 @@ const VECTORS = [
   "bcast.brec",
   "bcast.send-frame",
   "bcast.offer",
+  "bcast.done",
 ];
 const v = listedVectors(VECTORS);
 
@@ -71,6 +72,7 @@ const MEMBERS = ["abcdefgh", "k3x9pm2q"];
 const TAG_KEYS = [range(0xb0, 32), range(0xd0, 32)];
 // The file of §32, for the broadcast offer.
 const FILE_KEY = range(0x00, 32);
+const DN = range(0xd0, 16); // the member's dn in the offer of §40.3
 const FILE_ID = range(0xf0, 16);
 const FILE = Uint8Array.from({ length: 135536 }, (_, i) => i % 251);
 
@@ -252,12 +254,14 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
     const done = s.t.send(MEMBERS, path, true).catch((e: Error) => e);
     expect(s.contents.map((c) => c.peer)).toEqual(MEMBERS);
     const [a, b] = s.contents.map((c) => c.item);
-    expect(Object.keys(a!)).toEqual(["t", "id", "name", "size", "key", "bc", "sha256"]);
+    expect(Object.keys(a!)).toEqual(["t", "id", "name", "size", "key", "bc", "sha256", "dn"]);
+    expect((a!.dn as Uint8Array).length).toBe(16);
+    expect(hex(a!.dn as Uint8Array)).not.toBe(hex(b!.dn as Uint8Array)); // drawn for each member
     expect(hex(a!.id as Uint8Array)).toBe(hex(b!.id as Uint8Array));
     expect(hex(a!.key as Uint8Array)).toBe(hex(b!.key as Uint8Array));
     expect(a!.key).not.toBe(b!.key); // each offer holds its own copy
-    // Equal to the document's offer once the random file ID and key are replaced by the vector's.
-    expect(hex(pack({ ...a!, id: FILE_ID, key: FILE_KEY }))).toBe(hex(v("bcast.offer")));
+    // Equal to the document's offer once the random file ID, key and dn are replaced by the vector's.
+    expect(hex(pack({ ...a!, id: FILE_ID, key: FILE_KEY, dn: DN }))).toBe(hex(v("bcast.offer")));
     expect(hex(a!.sha256 as Uint8Array)).toBe(hex(sha256(FILE)));
     // Both accept: each chunk is sealed once and sent once, to the list.
     for (const peer of MEMBERS) s.t.onContent(peer, { t: "accept", id: a!.id });
@@ -278,6 +282,10 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
     expect(ok.contents.map((c) => c.item.t)).toEqual(["accept"]);
     for (const c of docChunks()) ok.t.onChunk(peer, c);
     expect(ok.contents.map((c) => c.item.t)).toEqual(["accept", "done"]);
+    // Its done is the document's: the mac over the member's dn, from the text with node:crypto too.
+    expect(hex(pack(ok.contents[1]!.item))).toBe(hex(v("bcast.done")));
+    const macKey = fileKeys(FILE_KEY, FILE_ID).mac;
+    expect(hex(decodePayload(v("bcast.done")).mac as Uint8Array)).toBe(hex(hmac(macKey, ascii("smts/1 done"), FILE_ID, DN, sha256(FILE))));
     expect(ok.events.at(-1)).toMatchObject({ event: "file", from: peer, name: "report.pdf", size: 135536, sha256: hex(sha256(FILE)), broadcast: true });
 
     // Each offer fresh from the document: the receiver erases the key bytes of an offer it accepts.
@@ -288,10 +296,10 @@ describe("broadcast offers (§36) against the transfer state machine", () => {
     expect(bad.contents.at(-1)!.item).toMatchObject({ t: "failed", reason: "content does not match the SHA-256 in the sender's offer" });
     expect(readdirSync(bad.dir)).toEqual([]); // the temporary file is gone, nothing was saved
 
-    // bc: true without a 32-byte sha256 is malformed: nothing sent, nothing created.
-    for (const sha of [undefined, new Uint8Array(31), "x"]) {
+    // bc: true without a 32-byte sha256 or a 16-byte dn is malformed: nothing sent, nothing created.
+    for (const change of [{ sha256: undefined }, { sha256: new Uint8Array(31) }, { sha256: "x" }, { dn: undefined }, { dn: new Uint8Array(15) }, { dn: "x" }]) {
       const m = transfersHarness(temp.make());
-      m.t.onContent(peer, { ...offer(), sha256: sha });
+      m.t.onContent(peer, { ...offer(), ...change });
       expect(m.contents).toEqual([]);
       expect(m.events.at(-1)).toMatchObject({ state: "failed", reason: "malformed offer" });
     }

@@ -550,8 +550,8 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(cancel).toEqual(["b", { t: "cancel", id, reason: "too slow: kept the other recipients waiting for 4 s" }]);
     await waitFor(() => chunksTo.length === 3, "the chunks, to c alone", 5000);
     expect(chunksTo).toEqual(["c", "c", "c"]);
-    const key = sent.find(([, item]) => item.t === "offer")![1].key as Uint8Array;
-    a.onContent("c", { t: "done", id, mac: doneMac(fileKeys(key, id), id, createHash("sha256").update(bytes).digest()) });
+    const { key, dn } = sent.find(([peer, item]) => peer === "c" && item.t === "offer")![1];
+    a.onContent("c", { t: "done", id, mac: doneMac(fileKeys(key as Uint8Array, id), id, createHash("sha256").update(bytes).digest(), dn as Uint8Array) });
     expect(await outcome).toBe("partial: sending f.bin: delivered to 1 of 2; b: too slow: kept the other recipients waiting for 4 s");
   }, 20_000);
 

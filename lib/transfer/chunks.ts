@@ -7,9 +7,12 @@
 // last = 0x01 on the final chunk, else 0x00. Binding the index and the final
 // flag detects reordered, duplicated, dropped and truncated chunks; binding
 // the file ID detects chunks spliced in from another file. The receiver's
-// `done` carries HMAC(macKey, "smts/1 done" ‖ fileId ‖ SHA-256 of what it
-// saved), not the hash itself: only the sender can check it, and a session
+// `done` carries HMAC(macKey, "smts/1 done" ‖ fileId ‖ dn ‖ SHA-256 of what
+// it saved), not the hash itself: only the sender can check it, and a session
 // that replaced the offer's meanwhile (the relay's, perhaps) learns nothing.
+// dn is empty for a private file; a broadcast offer gives each recipient its
+// own 16 random bytes, since all of them share the file key: without it one
+// recipient's `done` would pass for another's.
 import { aesCbcDecrypt, aesCbcEncryptPadInPlace, equalBytes, hkdf, hmac, randomBytes, u64be, utf8 } from "../crypto/primitives.ts";
 import { binEndingAt, bytesAt, readU32 } from "../wire/frame.ts";
 
@@ -21,6 +24,9 @@ export const FILE_ID_BYTES = 16;
 const L_KEYS = utf8("smts/1 file keys");
 const L_CHUNK = utf8("smts/1 chunk");
 const L_DONE = utf8("smts/1 done");
+const NO_DN = new Uint8Array(0);
+/** The broadcast offer's per-recipient `dn`. */
+export const DN_BYTES = 16;
 const LAST = new Uint8Array([1]);
 const NOT_LAST = new Uint8Array([0]);
 
@@ -40,9 +46,9 @@ export function chunkMac(keys: FileKeys, fileId: Uint8Array, n: number, last: bo
   return hmac(keys.mac, L_CHUNK, fileId, u64be(n), last ? LAST : NOT_LAST, iv, ct);
 }
 
-/** The `mac` of the receiver's `done`: it saved a file whose SHA-256 is `sha256`. */
-export function doneMac(keys: FileKeys, fileId: Uint8Array, sha256: Uint8Array): Uint8Array {
-  return hmac(keys.mac, L_DONE, fileId, sha256);
+/** The `mac` of the receiver's `done`: it saved a file whose SHA-256 is `sha256`; `dn` is the broadcast offer's. */
+export function doneMac(keys: FileKeys, fileId: Uint8Array, sha256: Uint8Array, dn: Uint8Array = NO_DN): Uint8Array {
+  return hmac(keys.mac, L_DONE, fileId, dn, sha256);
 }
 
 /** `iv` is only passed by the protocol's test vectors. */

@@ -29,7 +29,7 @@ import { basename, join, resolve } from "node:path";
 import { formatSize } from "../cli/size.ts";
 import { equalBytes, randomBytes, wipe } from "../crypto/primitives.ts";
 import type { Frame } from "../wire/frame.ts";
-import { CHUNK_BYTES, doneMac, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInPlace, type FileKeys } from "./chunks.ts";
+import { CHUNK_BYTES, DN_BYTES, doneMac, FILE_ID_BYTES, fileKeys, openChunk, PAD_ROOM, sealChunkInPlace, type FileKeys } from "./chunks.ts";
 import { claimFinalName, removeStaleParts, safeName, tempName } from "./names.ts";
 
 export type TransferEvent =
@@ -141,8 +141,10 @@ interface Outgoing {
   digest: Uint8Array | null;
   /** Hex SHA-256 of what was sent: from the broadcast offer, or hashed while streaming. */
   sha256?: string;
-  /** The `mac` a recipient's `done` must carry (chunks.ts doneMac), once every chunk is sent. */
-  doneMac?: Uint8Array;
+  /** A broadcast's `dn` for each recipient (chunks.ts doneMac). */
+  dns: Map<string, Uint8Array>;
+  /** The `mac` each recipient's `done` must carry (chunks.ts doneMac), once every chunk is sent. */
+  doneMacs: Map<string, Uint8Array>;
   /** Wakes a stream waiting for a busy recipient (it became ready, or dropped out). */
   wake: (() => void) | null;
   /** The session each recipient's offer went under (deps.session). */
@@ -168,6 +170,8 @@ interface Incoming {
   broadcast: boolean;
   /** For broadcast files: the SHA-256 the sender announced in its offer. */
   expected: string | null;
+  /** A broadcast offer's `dn`, for the `done` (chunks.ts doneMac). */
+  dn: Uint8Array | undefined;
   /** The session the offer came under (deps.session). */
   session: unknown;
 }
@@ -339,7 +343,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     for (const [peer, st] of t.recipients) {
       if (st !== "offered") continue;
       // Each offer gets its own copy: finishing the transfer wipes fileKey, possibly before the offer is sealed.
-      deps.sendContent(peer, { t: "offer", id: t.fileId, name: t.name, size: t.size, key: t.fileKey.slice(), ...(t.digest ? { bc: true, sha256: t.digest } : {}) });
+      if (t.digest) t.dns.set(peer, randomBytes(DN_BYTES));
+      deps.sendContent(peer, { t: "offer", id: t.fileId, name: t.name, size: t.size, key: t.fileKey.slice(), ...(t.digest ? { bc: true, sha256: t.digest, dn: t.dns.get(peer) } : {}) });
       t.offeredUnder.set(peer, deps.session?.(peer));
       outEvent(t, peer, "offered");
     }
@@ -398,7 +403,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     return new Promise<void>((resolve, reject) => {
       const now = performance.now();
       const recipients = new Map<string, RecipientState>(peers.map((p) => [p, "offered"]));
-      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "queued", offeredAt: now, lastActivity: now, digest, wake: null, offeredUnder: new Map(), resolve, reject };
+      const t: Outgoing = { id: hexId(fileId), fileId, fd, name, size, fileKey, broadcast, recipients, failures: [], state: "queued", offeredAt: now, lastActivity: now, digest, wake: null, offeredUnder: new Map(), dns: new Map(), doneMacs: new Map(), resolve, reject };
       // A broadcast's receivers check the content against the offer's digest, so hashing it again while streaming would add nothing.
       if (digest) t.sha256 = hexId(digest);
       outgoing.set(t.id, t);
@@ -451,7 +456,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         else await null;
       }
       if (hash) t.sha256 = hash.digest("hex");
-      t.doneMac = doneMac(keys, t.fileId, Buffer.from(t.sha256!, "hex"));
+      for (const peer of t.recipients.keys()) t.doneMacs.set(peer, doneMac(keys, t.fileId, Buffer.from(t.sha256!, "hex"), t.dns.get(peer)));
       if (t.state === "sending") t.state = "awaiting";
     } catch (err) {
       for (const peer of accepted(t)) deps.sendContent(peer, { t: "cancel", id: t.fileId, reason: "sender failed" });
@@ -499,8 +504,9 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
   }
 
   function onOffer(peer: string, m: Frame): void {
-    const { id, name, size, key, sha256 } = m;
-    if (!(id instanceof Uint8Array) || id.length !== FILE_ID_BYTES || typeof name !== "string" || !Number.isSafeInteger(size) || (size as number) < 0 || !(key instanceof Uint8Array) || key.length !== 32 || (m.bc === true && !(sha256 instanceof Uint8Array && sha256.length === 32))) {
+    const { id, name, size, key, sha256, dn } = m;
+    const broadcast = m.bc === true;
+    if (!(id instanceof Uint8Array) || id.length !== FILE_ID_BYTES || typeof name !== "string" || !Number.isSafeInteger(size) || (size as number) < 0 || !(key instanceof Uint8Array) || key.length !== 32 || (broadcast && !(sha256 instanceof Uint8Array && sha256.length === 32 && dn instanceof Uint8Array && dn.length === DN_BYTES))) {
       if (key instanceof Uint8Array) wipe(key);
       deps.emit({ event: "transfer", id: "?", peer, direction: "in", name: "?", size: 0, state: "failed", reason: "malformed offer" });
       return;
@@ -539,7 +545,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         temp = join(opts.downloadDir, tempName(tid, hexId(randomBytes(4))));
       }
     }
-    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast: m.bc === true, expected: m.bc === true ? hexId(sha256 as Uint8Array) : null, session: deps.session?.(peer) };
+    const t: Incoming = { id: tid, fileId: id, peer, name: clean, size: size as number, keys: fileKeys(key, id), temp, fd, next: 0, received: 0, hash: new Bun.CryptoHasher("sha256"), lastProgress: 0, lastActivity: performance.now(), broadcast, expected: broadcast ? hexId(sha256 as Uint8Array) : null, dn: broadcast ? new Uint8Array(dn as Uint8Array) : undefined, session: deps.session?.(peer) };
     wipe(key);
     incoming.set(tid, t);
     watch();
@@ -583,7 +589,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
     incoming.delete(t.id);
     // A MAC of the hash, which only the sender can check: the session may have been
     // replaced since the offer, by the relay posing as the sender (found in audit).
-    const mac = doneMac(t.keys, t.fileId, Buffer.from(sha256, "hex"));
+    const mac = doneMac(t.keys, t.fileId, Buffer.from(sha256, "hex"), t.dn);
     wipe(t.keys.enc, t.keys.mac);
     deps.sendContent(peer, { t: "done", id: t.fileId, mac });
     deps.emit({ event: "file", from: peer, id: shortId(t.id), name: basename(path), path, size: t.size, sha256, broadcast: t.broadcast, verified: deps.isVerified?.(peer, t.session) ?? false });
@@ -609,7 +615,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
       else if (item.t === "failed") dropRecipient(out, peer, "failed", reason);
       else if (item.t === "cancel") dropRecipient(out, peer, "cancelled", `cancelled by ${peer}`);
       else if (item.t === "done" && out.state === "awaiting" && st === "accepted") {
-        if (!(item.mac instanceof Uint8Array) || !equalBytes(item.mac, out.doneMac!)) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
+        if (!(item.mac instanceof Uint8Array) || !equalBytes(item.mac, out.doneMacs.get(peer)!)) return dropRecipient(out, peer, "failed", "the receiver's SHA-256 differs from ours"), true;
         out.lastActivity = performance.now();
         out.recipients.set(peer, "done");
         deps.emit({ event: "delivered", to: peer, id: shortId(tid), name: out.name, size: out.size, sha256: out.sha256!, verified: deps.isVerified?.(peer, out.offeredUnder.get(peer)) ?? false });
