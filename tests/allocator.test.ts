@@ -61,32 +61,16 @@ test("the chat client too; Bun's own options before the script are kept", async 
   }
 });
 
-/** Starts `sh -c SCRIPT` (which execs a relay) and waits for the relay's listening line on stderr. */
-async function relayVia(script: string, cwd: string, env: Record<string, string> = {}) {
-  const proc = Bun.spawn(["sh", "-c", script], { cwd, stdin: "ignore", stdout: "ignore", stderr: "pipe", env: { PATH: process.env.PATH ?? "", ...env } });
-  let text = "";
-  const decoder = new TextDecoder();
-  const reader = proc.stderr.getReader();
-  while (!/listening on/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`relay did not start: ${text}`);
-    text += decoder.decode(value, { stream: true });
-  }
-  return proc;
-}
-
 // Regression (found in review): Bun closes every descriptor above 2 on execve, so
 // `--secret-file <(...)` (here /dev/fd/3) lost its file and the relay exited 1.
 test("a relay given a descriptor beyond its standard streams keeps it: not started again", async () => {
   const dir = mkdtempSync(join(tmpdir(), "smts-alloc-"));
   try {
     writeFileSync(join(dir, "secret"), SECRET_TEXT, { mode: 0o600 });
-    const proc = await relayVia(`exec "${process.execPath}" "${ROOT}cmd/smts.ts" relay --host 127.0.0.1 --port 0 --secret-file /dev/fd/3 3<secret`, dir);
-    try {
-      expect(procFile(proc.pid, "environ").some((e) => e.startsWith("MIMALLOC_PURGE_HOLES="))).toBe(false);
-    } finally {
-      proc.kill();
-    }
+    const withFd3 = (argv: string[]) => ["sh", "-c", `exec ${argv.map((a) => `'${a}'`).join(" ")} 3<secret`];
+    const relay = await spawnRelay(["--secret-file", "/dev/fd/3"], {}, { cwd: dir, wrap: withFd3 });
+    relays.push(relay);
+    expect(procFile(relay.proc.pid, "environ").some((e) => e.startsWith("MIMALLOC_PURGE_HOLES="))).toBe(false);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -99,14 +83,12 @@ test("started again with the environment it was started with, not .env's values;
   const dir = mkdtempSync(join(tmpdir(), "smts-alloc-"));
   try {
     writeFileSync(join(dir, ".env"), "SMTS_FROM_DOTENV=read\n");
-    const proc = await relayVia(`exec "${process.execPath}" --cwd=${relative(ROOT, dir)} "${ROOT}cmd/smts.ts" relay --host 127.0.0.1 --port 0 --open`, ROOT);
-    try {
-      const env = procFile(proc.pid, "environ");
-      expect(env).toContain("MIMALLOC_PURGE_HOLES=0");
-      expect(env.some((e) => e.startsWith("SMTS_FROM_DOTENV="))).toBe(false);
-    } finally {
-      proc.kill();
-    }
+    const withCwd = ([bun, ...rest]: string[]) => [bun!, `--cwd=${relative(ROOT, dir)}`, ...rest];
+    const relay = await spawnRelay(["--open"], {}, { cwd: ROOT, wrap: withCwd });
+    relays.push(relay);
+    const env = procFile(relay.proc.pid, "environ");
+    expect(env).toContain("MIMALLOC_PURGE_HOLES=0");
+    expect(env.some((e) => e.startsWith("SMTS_FROM_DOTENV="))).toBe(false);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }

@@ -179,9 +179,15 @@ export interface RelayProcess {
   stderr(): string;
 }
 
-/** Starts `smts relay` as a real process and waits for its listening line. */
-export async function spawnRelay(args: string[], env: Record<string, string> = {}): Promise<RelayProcess> {
-  const proc = Bun.spawn([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", ...args], {
+/**
+ * Starts `smts relay` as a real process and waits for its listening line.
+ * `wrap` may start it another way (with Bun options, through a shell), as long
+ * as the process it starts becomes the relay (`exec`).
+ */
+export async function spawnRelay(args: string[], env: Record<string, string> = {}, opts: { cwd?: string; wrap?: (argv: string[]) => string[] } = {}): Promise<RelayProcess> {
+  const argv = [process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--host", "127.0.0.1", "--port", "0", ...args];
+  const proc = Bun.spawn(opts.wrap?.(argv) ?? argv, {
+    cwd: opts.cwd,
     stdin: "ignore",
     stdout: "pipe",
     stderr: "pipe",
