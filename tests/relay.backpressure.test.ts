@@ -246,11 +246,13 @@ test("a recipient others keep above half of queueMax: a sender's frame to it is 
   sink.raw.close();
 });
 
+/** Small queue limits for the two tests of queueTotalMax: a few 64 KiB frames pass it. */
+const TOTAL_LIMITS = { queueHigh: 64 * 1024, queueLow: 16 * 1024, queuePause: 2 * 1024 * 1024, queueMax: 8 * 1024 * 1024, queueTotalMax: 1024 * 1024 };
+
 // Regression (found in audit): each queue had its limit, their sum none; 60
 // slow readers, each fed by a sender, took a relay from 44 to 391 MiB.
 test("all queues together above queueTotalMax: frames for recipients with more than queueLow queued are dropped (recipient_full); a reader with an empty queue still gets its frames", async () => {
-  const limits = { queueHigh: 64 * 1024, queueLow: 16 * 1024, queuePause: 2 * 1024 * 1024, queueMax: 8 * 1024 * 1024, queueTotalMax: 1024 * 1024 };
-  relay = startTestRelay({ ...limits, slowTimeoutMs: 60_000 });
+  relay = startTestRelay({ ...TOTAL_LIMITS, slowTimeoutMs: 60_000 });
   const r = relay;
   const readers = [await stalledClient(r.port), await stalledClient(r.port), await stalledClient(r.port)];
   const sender = await joinTest(r, { watch: false });
@@ -264,9 +266,9 @@ test("all queues together above queueTotalMax: frames for recipients with more t
     expect(r.stats().queuedTotal).toBe(r.stats().queuedBytes); // the running total stays exact
   }
   const atDrop = r.stats();
-  expect(atDrop.queuedBytes).toBeGreaterThan(limits.queueTotalMax);
-  expect(atDrop.queuedBytes).toBeLessThanOrEqual(limits.queueTotalMax + CHUNK.length + 64);
-  expect(atDrop.maxQueuedBytes).toBeLessThan(limits.queuePause); // no single queue was full
+  expect(atDrop.queuedBytes).toBeGreaterThan(TOTAL_LIMITS.queueTotalMax);
+  expect(atDrop.queuedBytes).toBeLessThanOrEqual(TOTAL_LIMITS.queueTotalMax + CHUNK.length + 64);
+  expect(atDrop.maxQueuedBytes).toBeLessThan(TOTAL_LIMITS.queuePause); // no single queue was full
   expect(drops()[0]!.peer).toBeOneOf(readers.map((x) => x.id));
   sender.link.send(fresh.link.id, new Uint8Array([5]));
   expect((await fresh.next((f) => f.t === "msg", "the message to a reader with an empty queue")).body).toEqual(new Uint8Array([5]));
@@ -281,15 +283,14 @@ test("all queues together above queueTotalMax: frames for recipients with more t
 // took the count past it with little memory held, and then honest recipients with
 // more than queueLow queued had their frames dropped relay-wide.
 test("a frame shared by several recipients counts once against queueTotalMax", async () => {
-  const limits = { queueHigh: 64 * 1024, queueLow: 16 * 1024, queuePause: 2 * 1024 * 1024, queueMax: 8 * 1024 * 1024, queueTotalMax: 1024 * 1024 };
-  relay = startTestRelay({ ...limits, slowTimeoutMs: 60_000 });
+  relay = startTestRelay({ ...TOTAL_LIMITS, slowTimeoutMs: 60_000 });
   const r = relay;
   const readers = [await stalledClient(r.port), await stalledClient(r.port), await stalledClient(r.port)];
   const sender = await joinTest(r, { watch: false });
   const ids = readers.map((x) => x.id);
   const frameBytes = CHUNK.length + 64; // the body and its msg header
   // Until the queues together hold 2.5 times the limit (each under queuePause, so no one is paused).
-  while (r.stats().queuedBytes <= 2.5 * limits.queueTotalMax) {
+  while (r.stats().queuedBytes <= 2.5 * TOTAL_LIMITS.queueTotalMax) {
     sender.link.send(ids, CHUNK);
     await sender.link.drained(0);
     await new Promise((resolve) => setImmediate(resolve));
@@ -298,7 +299,7 @@ test("a frame shared by several recipients counts once against queueTotalMax", a
     expect(queuedTotal).toBeGreaterThanOrEqual(maxQueuedBytes);
     expect(queuedTotal).toBeLessThanOrEqual(maxQueuedBytes + frameBytes);
   }
-  expect(r.stats().queuedTotal).toBeLessThan(limits.queueTotalMax);
+  expect(r.stats().queuedTotal).toBeLessThan(TOTAL_LIMITS.queueTotalMax);
   expect(sender.frames.filter((f) => f.t === "error")).toEqual([]); // nothing dropped
   expect(r.stats().pausedSenders).toBe(0);
   // Closing one holder keeps the frames counted; closing the last uncounts them.

@@ -653,10 +653,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   /** A token bucket per source: JOIN_BURST_SECONDS of joinRatePerSource, refilled at that rate. */
+  const joinBurst = opt.joinRatePerSource * JOIN_BURST_SECONDS;
   function tokensOf(source: string, now: number): number {
     const b = joinTokens.get(source);
-    const burst = opt.joinRatePerSource * JOIN_BURST_SECONDS;
-    return b ? Math.min(burst, b.tokens + ((now - b.at) / 1000) * opt.joinRatePerSource) : burst;
+    return b ? Math.min(joinBurst, b.tokens + ((now - b.at) / 1000) * opt.joinRatePerSource) : joinBurst;
   }
 
   function takeJoinToken(source: string, now: number): boolean {
@@ -668,7 +668,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   function sweep(): void {
     const now = performance.now();
-    for (const source of joinTokens.keys()) if (tokensOf(source, now) >= opt.joinRatePerSource * JOIN_BURST_SECONDS) joinTokens.delete(source);
+    for (const source of joinTokens.keys()) if (tokensOf(source, now) >= joinBurst) joinTokens.delete(source);
     for (const c of conns) {
       if (c.closing || c.closed) continue;
       if (!c.id) {
