@@ -121,3 +121,40 @@ test("past 128 KiB sent to a busy peer, further messages to it wait for `ready` 
   const lost = await waitFor(() => s.of("error").find((e) => e.code === "not_sent"), "the lost message reported");
   expect(lost).toEqual({ event: "error", code: "not_sent", message: `1 message(s) to ${r.id} not sent: the session ended (left) while they waited`, peer: r.id });
 });
+
+// A `done` held for a busy peer was dropped, with the user's texts, when a re-key
+// the peer started completed meanwhile: its sender then waited 60 s and reported
+// the file failed. File control is the client's own and tells a relay nothing (a
+// `done` carries a MAC only the sender can check), so it goes on under the new
+// session; texts do not.
+test("file control held for a busy peer goes on under a re-key the peer started (texts held with it do not)", async () => {
+  const w = (world = await startWorld(engines));
+  const s = await w.party();
+  const r = await w.rawPeer(s);
+  const tell = (t: "busy" | "ready") => w.mitm.pipe(s.id).injectToClient({ t, peer: r.id });
+  const texts = () => r.contents.filter((c) => c.t === "text").map((c) => String(c.text).slice(0, 12));
+
+  const file = new Uint8Array([1, 2, 3, 4, 5]);
+  const offer = r.offer("kept.bin", file.length);
+  expect((await offer.answer()).t).toBe("accept");
+  tell("busy");
+  // s answers the re-key's hello while within its budget for busy r (past it, it would not: §28)...
+  await r.rekey(async () => {
+    // ... and holds what it has for r from here: 150 kB sent since `busy`, over the budget.
+    for (let i = 0; i < 3; i++) s.chat.sendText(r.id, `early ${i} `.padEnd(50_000, "x"));
+    await waitFor(() => r.inbox.filter((f) => f.t === "msg").length >= 3, "the first three at r");
+    s.chat.sendText(r.id, "held text");
+    offer.sendAll(file);
+    await waitFor(() => s.of("file").some((f) => f.name === "kept.bin"), "s saved the file");
+    await Bun.sleep(200); // time for anything sent to arrive (nothing should)
+  });
+  await waitFor(() => s.of("session").some((e) => e.peer === r.id && e.state === "rekeyed"), "the re-key at s");
+  expect(texts()).toEqual(["early 0 xxxx", "early 1 xxxx", "early 2 xxxx"]);
+  expect(r.contents.some((c) => c.t === "done")).toBe(false);
+  expect(s.of("error")).toEqual([{ event: "error", code: "not_sent", message: `1 message(s) to ${r.id} not sent: a new key exchange with ${r.id} replaced the session they waited for`, peer: r.id }]);
+  tell("ready");
+  const done = await offer.outcome();
+  expect(done.t).toBe("done");
+  expect(sameId(done.mac, offer.doneMac(new Bun.CryptoHasher("sha256").update(file).digest()))).toBe(true);
+  expect(texts()).toEqual(["early 0 xxxx", "early 1 xxxx", "early 2 xxxx"]);
+});

@@ -43,6 +43,13 @@ export interface RawPeer {
   record(content: Frame): void;
   /** Offers a file (any name, any size); returns what is needed to send its chunks. */
   offer(name: string, size: number): RawOffer;
+  /**
+   * Runs a new key exchange (a re-key the victim sees as started by its peer),
+   * calling `between` after the victim's `reply`; the records the victim sent
+   * until then are read first, under the old keys (so `between` must not make
+   * it send records).
+   */
+  rekey(between?: () => Promise<void>): Promise<void>;
 }
 
 export interface RawOffer {
@@ -75,13 +82,17 @@ export async function startRawPeer(
     const i = await waitFor(() => inbox.findIndex((f) => isE2E(f, t, victim.id)) + 1, `${t} from the victim`, LONG);
     return e2eOf(inbox.splice(i - 1, 1)[0]!)!;
   };
-  const { state, hello } = await startInitiator(opts.dh, link.id, victim.id);
-  link.send(victim.id, pack(hello));
-  const { reveal, pending } = await initiatorFinish(opts.dh, state, await next("reply"));
-  link.send(victim.id, pack(reveal));
-  const sessionKeys = initiatorConfirm(pending, await next("confirm"));
-  const send = new SendChain(sessionKeys.sendChain);
-  const receive = new ReceiveChain(sessionKeys.receiveChain);
+  /** One key exchange with the victim, we the initiator; `beforeReveal` runs between its `reply` and our `reveal`. */
+  const exchange = async (beforeReveal = async () => {}) => {
+    const { state, hello } = await startInitiator(opts.dh, link.id, victim.id);
+    link.send(victim.id, pack(hello));
+    const { reveal, pending } = await initiatorFinish(opts.dh, state, await next("reply"));
+    await beforeReveal();
+    link.send(victim.id, pack(reveal));
+    const keys = initiatorConfirm(pending, await next("confirm"));
+    return { send: new SendChain(keys.sendChain), receive: new ReceiveChain(keys.receiveChain) };
+  };
+  let { send, receive } = await exchange();
   await victim.chat.waitSession(link.id, LONG);
 
   const contents: Frame[] = [];
@@ -119,6 +130,9 @@ export async function startRawPeer(
     },
     record(content) {
       link.send(victim.id, pack(send.seal(pack(content))));
+    },
+    async rekey(between) {
+      ({ send, receive } = await exchange(async () => void (await between?.(), pump())));
     },
     offer(name, size) {
       const id = randomBytes(16);

@@ -74,6 +74,9 @@ interface QueuedBroadcast extends Queued {
   members: string[];
 }
 
+/** Record contents about a transfer under way, other than its offer (PROTOCOL §24). */
+const FILE_CONTROL = new Set(["accept", "decline", "done", "failed", "cancel"]);
+
 /** A batch record carries at most this much content (more, only a single content), so it stays well inside a frame. */
 const BATCH_BYTES = 32 * 1024;
 
@@ -533,8 +536,11 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     // then re-key posing as the peer, or answer a /connect of ours (found in
     // audit). Only what was held for this re-key of ours is carried over, and
     // never file offers or sender keys (their transfers fail below; the next
-    // broadcast makes a new key).
-    const carried = (q: Queued) => byUs && q.forRekey === true && q.item.t !== "offer" && q.item.t !== "skey";
+    // broadcast makes a new key). File control always goes on: it is the
+    // client's own and tells a relay nothing (a `done` carries a MAC only the
+    // sender can check); dropped, both sides of a transfer waited out its
+    // timeout (found in review).
+    const carried = (q: Queued) => FILE_CONTROL.has(q.item.t as string) || (byUs && q.forRekey === true && q.item.t !== "offer" && q.item.t !== "skey");
     const queued = (old?.queued ?? []).filter(carried);
     const after = (old?.after ?? []).filter(carried);
     const left = [...(old?.queued ?? []), ...(old?.after ?? [])].filter((q) => !carried(q));
