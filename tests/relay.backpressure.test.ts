@@ -338,7 +338,8 @@ test("relay process RSS stays bounded while a sender floods a stalled recipient"
 // thousands) queued tens of MiB of `peers` answers for a client that never
 // read them, and held the relay up meanwhile.
 test("a client sending `list` requests without reading the answers is paused at its own queue's high-water mark", async () => {
-  relay = startTestRelay({ slowTimeoutMs: 60_000, joinRatePerSource: 1000 }); // 201 joins from one address at once
+  // 201 joins from one address at once; the list allowance (next test) out of the way: this is about the queue's mark.
+  relay = startTestRelay({ slowTimeoutMs: 60_000, joinRatePerSource: 1000, listAnswerRate: 2 ** 40 });
   const r = relay;
   const crowd = [];
   for (let i = 0; i < 4; i++) crowd.push(...(await Promise.all(Array.from({ length: 50 }, () => joinTest(r, { watch: false }))))); // answers of ~2 KiB; 50 at a time (the per-source pending limit is 100)
@@ -360,6 +361,41 @@ test("a client sending `list` requests without reading the answers is paused at 
   // Once it reads, it gets every answer.
   lister.raw.socket.resume();
   await waitFor(() => lister.raw.frames.filter((f) => f.t === "peers").length === 60_000, "60,000 answers", 30_000);
+  lister.raw.close();
+}, 60_000);
+
+// Found in audit: a 12-byte `list` is answered with up to 37 KB of IDs, so one
+// client's uplink could make the relay send thousands of times as much.
+test("`peers` answers to one connection keep to listAnswerRate after a burst: the lists beyond it wait, with what was sent after them, and all are answered in order", async () => {
+  const rate = 16 * 1024; // bytes of answers a second; a burst of 4 s worth (LIST_BURST_SECONDS)
+  relay = startTestRelay({ joinRatePerSource: 1000, listAnswerRate: rate });
+  const r = relay;
+  for (let i = 0; i < 2; i++) await Promise.all(Array.from({ length: 50 }, () => joinTest(r, { watch: false }))); // answers of ~900 bytes
+  const lister = await rawJoined(r.port);
+  const lists = 110; // ~100 KB of answers: ~36 KB past the burst, so at least ~2.2 s
+  const answers = () => lister.raw.frames.filter((f) => f.t === "peers").length;
+  let answerBytes = 0;
+  const overLimit: string[] = [];
+  const started = performance.now();
+  const watcher = setInterval(() => {
+    const n = answers();
+    if (n === 0) return;
+    answerBytes ||= encodeFrame(lister.raw.frames.find((f) => f.t === "peers")!).length;
+    // What the relay may have sent by now (its clock started after ours): the burst, the rate since, and the answer that took it below zero.
+    const allowed = 4 * rate + ((performance.now() - started) / 1000) * rate + answerBytes;
+    if (n * answerBytes > allowed) overLimit.push(`${n} answers of ${answerBytes} bytes after ${Math.round(performance.now() - started)} ms`);
+  }, 5);
+  for (let i = 0; i < lists; i++) lister.raw.writeFrame({ t: "list" });
+  lister.raw.writeFrame({ t: "ping" }); // answered after every list before it
+  await lister.raw.next("pong", 30_000);
+  const took = performance.now() - started;
+  const answeredBeforePong = answers(); // frames arrive in order: every answer before the pong is in already
+  clearInterval(watcher);
+  expect(overLimit).toEqual([]);
+  expect(answeredBeforePong).toBe(lists);
+  expect(took).toBeGreaterThanOrEqual(((lists * answerBytes - 4 * rate - answerBytes) / rate) * 1000); // they did wait
+  expect(r.stats().counters.listWaits).toBeGreaterThan(0);
+  expect(r.stats().counters.closed_slow_consumer).toBeUndefined();
   lister.raw.close();
 }, 60_000);
 

@@ -93,6 +93,8 @@ export interface RelayOptions {
   pingIntervalMs: number;
   /** Most recipients in one `send`. */
   maxRecipients: number;
+  /** Bytes per second of `peers` answers one connection gets, after a burst of LIST_BURST_SECONDS' worth (listAllowance). */
+  listAnswerRate: number;
   /** Presence batches (presence.ts) are this far apart per watching client ... */
   presencePerWatcherMs: number;
   /** ... and at most this far apart. */
@@ -128,6 +130,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   slowTimeoutMs: 30_000,
   pingIntervalMs: 30_000,
   maxRecipients: 1_000,
+  listAnswerRate: 64 * 1024,
   presencePerWatcherMs: 0.1,
   presenceMaxMs: 1_000,
   collectAfterGrowth: 16 * 1024 * 1024,
@@ -135,6 +138,10 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
 
 /** Frames before joining are tiny; anything bigger is hostile. */
 const PRE_JOIN_MAX_FRAME = 1024;
+/** A connection may take this many seconds' worth of listAnswerRate in `peers` answers at once. */
+const LIST_BURST_SECONDS = 4;
+/** handleFrame's answer to a `list` over its connection's allowance (listAllowance). */
+const LIST_LATER = "list later";
 /** What a sender told a recipient is busy may still send it before it is paused (mustWait). */
 const BUSY_ALLOWANCE = 256 * 1024;
 /** A source may join this many seconds' worth of joinRatePerSource at once (a NAT's users after a relay restart). */
@@ -173,8 +180,13 @@ interface Conn extends Endpoint {
   told: Set<Conn>;
   /** The rest of a read, not handled yet because this connection was paused after a frame of it. */
   held: Uint8Array | null;
-  /** A frame not handled yet because a recipient's queue was full: it goes first when this connection is released. */
+  /** A frame not handled yet because a recipient's queue was full, or a `list` over its allowance: it goes first when this connection is released. */
   waiting: Uint8Array | null;
+  /** Bytes of `peers` answers it may still be sent now (negative: owed), as of listAt (listAllowance). */
+  listTokens: number;
+  listAt: number;
+  /** Set while its reading waits for listTokens to refill. */
+  listTimer: Timer | null;
   dirty: boolean;
   closing: boolean;
   closed: boolean;
@@ -416,10 +428,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     c.told.clear();
     for (const w of c.waiters) {
       w.pausedOn.delete(c);
-      if (w.pausedOn.size === 0) {
+      if (w.pausedOn.size === 0 && !w.listTimer) {
         w.socket.resume();
         // Its waiting frame and the rest of its last read go first (not from inside a flush: consume() flushes).
-        if (w.held || w.waiting) queueMicrotask(() => w.pausedOn.size === 0 && !w.closing && consume(w, null));
+        if (w.held || w.waiting) queueMicrotask(() => w.pausedOn.size === 0 && !w.listTimer && !w.closing && consume(w, null));
       }
     }
     c.waiters.clear();
@@ -453,7 +465,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       const full = handleFrame(c, payload);
       if (!full) return true;
       c.waiting = payload;
-      pauseOn(c, full); // it was told `busy` (mustWait)
+      if (full === LIST_LATER) waitForListAllowance(c);
+      else pauseOn(c, full); // it was told `busy` (mustWait)
       return false;
     };
     try {
@@ -462,18 +475,18 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       const goOn = !waiting || handled(waiting);
       if (waiting) flushDirty(c); // c's frame, and the backpressure it causes, are c's
       if (goOn) {
-        while (rest.length > 0 && !c.closing && c.pausedOn.size === 0 && budget > 0) {
+        while (rest.length > 0 && !c.closing && c.pausedOn.size === 0 && !c.listTimer && budget > 0) {
           overfull = false;
           const used = c.decoder.each(rest, (payload) => !c.closing && handled(payload) && !overfull && --budget > 0);
           rest = rest.subarray(used);
           flushDirty(c);
         }
         // Its turn is over: the others' reads first, then the rest of this one.
-        if (budget <= 0 && rest.length > 0 && !c.closing && c.pausedOn.size === 0) {
+        if (budget <= 0 && rest.length > 0 && !c.closing && c.pausedOn.size === 0 && !c.listTimer) {
           count("yields");
           c.socket.pause();
           setImmediate(() => {
-            if (c.closed || c.closing || c.pausedOn.size > 0) return; // a release (releaseWaiters) resumes it then
+            if (c.closed || c.closing || c.pausedOn.size > 0 || c.listTimer) return; // a release (releaseWaiters) resumes it then
             c.socket.resume();
             consume(c, null);
           });
@@ -625,8 +638,35 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     forwardedBytes += bodyLength;
   }
 
-  /** Handles one frame; returns, without handling it, a recipient whose queue is full. */
-  function handleFrame(c: Conn, payload: Uint8Array): Conn | void {
+  /**
+   * A 12-byte `list` is answered with up to 37 KB of IDs: unlimited, one
+   * client's uplink could make the relay send thousands of times as much
+   * (found in audit). Each connection gets listAnswerRate bytes of answers a
+   * second, after a burst of LIST_BURST_SECONDS' worth; a `list` beyond that
+   * waits, with everything the connection sent after it, until its allowance
+   * is positive again (an answer may take it below zero, so any size goes).
+   */
+  function listAllowance(c: Conn): number {
+    const now = performance.now();
+    c.listTokens = Math.min(opt.listAnswerRate * LIST_BURST_SECONDS, c.listTokens + ((now - c.listAt) / 1000) * opt.listAnswerRate);
+    c.listAt = now;
+    return c.listTokens;
+  }
+
+  /** Stops reading from `c` until its list allowance is positive; then its waiting `list` and the rest of its read go on. */
+  function waitForListAllowance(c: Conn): void {
+    count("listWaits");
+    c.socket.pause();
+    c.listTimer ??= setTimeout(() => {
+      c.listTimer = null;
+      if (c.closed || c.closing || c.pausedOn.size > 0) return; // a release (releaseWaiters) resumes it then
+      c.socket.resume();
+      consume(c, null);
+    }, Math.ceil((1 - c.listTokens) * 1000 / opt.listAnswerRate));
+  }
+
+  /** Handles one frame; returns, without handling it, a recipient whose queue is full, or LIST_LATER. */
+  function handleFrame(c: Conn, payload: Uint8Array): Conn | typeof LIST_LATER | void {
     if (c.id) {
       const simple = parseSimpleSend(payload);
       if (simple) return forwardSimpleSend(c, payload, simple.to, simple.body.length);
@@ -637,11 +677,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       case "send":
         return handleSend(c, f);
       case "list": {
+        if (listAllowance(c) <= 0) return LIST_LATER;
         // At most MAX_LISTED IDs (~40 KiB), so the answer always fits a frame.
         listed ??= listedIds();
         const skip = listed.ids.indexOf(c.id);
         const others = listed.ids.length - (skip >= 0 ? 1 : 0);
-        return queue(c, peersFrame(listed.items, skip, Math.min(others, MAX_LISTED), routes.size - 1 > MAX_LISTED));
+        const answer = peersFrame(listed.items, skip, Math.min(others, MAX_LISTED), routes.size - 1 > MAX_LISTED);
+        c.listTokens -= answer.length;
+        return queue(c, answer);
       }
       case "ping":
         return sendFrame(c, { t: "pong" });
@@ -680,7 +723,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         continue;
       }
       // A sender we paused cannot be heard from, nor its frame arrive: that wait is our doing.
-      if (c.pausedOn.size > 0) {
+      if (c.pausedOn.size > 0 || c.listTimer) {
         c.lastHeard = now;
         if (c.decoder.partialSince !== null) c.decoder.partialSince = now;
       }
@@ -728,6 +771,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           told: new Set(),
           held: null,
           waiting: null,
+          listTokens: opt.listAnswerRate * LIST_BURST_SECONDS,
+          listAt: now,
+          listTimer: null,
           dirty: false,
           closing: false,
           closed: false,
