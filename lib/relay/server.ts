@@ -87,6 +87,8 @@ export interface RelayOptions {
   queueMax: number;
   /** All queues together above this: frames for a recipient whose queue is above queueLow are dropped (they are told). */
   queueTotalMax: number;
+  /** Bytes of unfinished frames held for all connections together above this (sweep): the connections whose frames began longest ago are closed. */
+  partialTotalMax: number;
   joinTimeoutMs: number;
   slowTimeoutMs: number;
   /** Quiet connections are pinged after this long and dropped after three times as long. */
@@ -126,6 +128,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   queuePause: 4 * 1024 * 1024,
   queueMax: 16 * 1024 * 1024,
   queueTotalMax: 256 * 1024 * 1024,
+  partialTotalMax: 64 * 1024 * 1024,
   joinTimeoutMs: 5_000,
   slowTimeoutMs: 30_000,
   pingIntervalMs: 30_000,
@@ -200,6 +203,8 @@ export interface RelayStats {
   /** The running total the queueTotalMax rule reads: queuedBytes, but a frame queued for several recipients counted once. */
   queuedTotal: number;
   maxQueuedBytes: number;
+  /** Bytes of unfinished frames held, all connections together. */
+  partialBytes: number;
   pausedSenders: number;
   /** Senders told some recipient is `busy` and not yet `ready` (each counted once per recipient). */
   busyTold: number;
@@ -742,7 +747,36 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         sendFrame(c, { t: "ping" });
       }
     }
+    evictOldestPartials();
     flushDirty(null);
+  }
+
+  /**
+   * Each connection's unfinished frame is bounded (maxFrame, and the time
+   * above), but not all of them together: 10,000 clients each sending most
+   * of a 256 KiB frame, slowly, held 2.5 GiB (found in audit). Past
+   * partialTotalMax, the frames that began longest ago go, with their
+   * connections: an honest frame arrives within milliseconds, one
+   * trickled in to hold memory does not (a paused sender's counts as new,
+   * above).
+   */
+  function evictOldestPartials(): void {
+    let total = 0;
+    const holders: Conn[] = [];
+    for (const c of conns) {
+      if (c.closing || c.closed || c.decoder.buffered === 0) continue;
+      total += c.decoder.buffered;
+      holders.push(c);
+    }
+    if (total <= opt.partialTotalMax) return;
+    holders.sort((a, b) => (a.decoder.partialSince ?? Infinity) - (b.decoder.partialSince ?? Infinity));
+    for (const c of holders) {
+      if (total <= opt.partialTotalMax) break;
+      total -= c.decoder.buffered;
+      count("partialEvicted");
+      fatal(c, "idle_timeout", "a frame took too long to arrive (the relay holds too many unfinished frames)");
+      c.decoder = new FrameDecoder(PRE_JOIN_MAX_FRAME); // its frame's bytes go now, not at the close (a closing connection reads nothing)
+    }
   }
   const sweepEvery = Math.max(10, Math.min(1000, opt.joinTimeoutMs / 4, opt.slowTimeoutMs / 4, opt.pingIntervalMs / 4));
   const sweeper = setInterval(sweep, sweepEvery);
@@ -849,15 +883,17 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     stats() {
       let queuedBytes = 0;
       let maxQueuedBytes = 0;
+      let partialBytes = 0;
       let pausedSenders = 0;
       let busyTold = 0;
       for (const c of conns) {
         queuedBytes += c.outbox.bytes;
+        partialBytes += c.decoder.buffered;
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
         if (c.pausedOn.size > 0) pausedSenders++;
         busyTold += c.told.size;
       }
-      return { clients: routes.size, pending: pending.size, queuedBytes, queuedTotal: queued.bytes, maxQueuedBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
+      return { clients: routes.size, pending: pending.size, queuedBytes, queuedTotal: queued.bytes, maxQueuedBytes, partialBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
     },
     async stop() {
       stopping = true;
