@@ -114,7 +114,7 @@ async function parentMain(): Promise<void> {
   const mib = (x: number) => `${x.toFixed(1)} MiB`;
 
   try {
-    const relay = Bun.spawn(withFds([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--open", "--max-clients-per-source", "20000", "--join-rate", "100000", "--host", "127.0.0.1", "--port", "0"]), { stdout: "ignore", stderr: "pipe" });
+    const relay = Bun.spawn(withFds([process.execPath, `${ROOT}cmd/smts.ts`, "relay", "--open", "--max-clients-per-source", "20000", "--join-rate", "100000", "--list-rate", "1GiB", "--host", "127.0.0.1", "--port", "0"]), { stdout: "ignore", stderr: "pipe" });
     procs.push(relay);
     const relayLog = lineReader(relay.stderr);
     let port = 0;

@@ -92,6 +92,11 @@ test("--max-pending: idle connections that fill it give way to a real join; the 
       expect(r.stderr).toContain(`invalid value for ${flag}: "${bad}"`);
     }
   }
+  for (const bad of ["0", "-1KiB", "x"]) {
+    const r = run(["relay", "--list-rate", bad], { SMTS_SECRET: SECRET_TEXT });
+    expect({ bad, code: r.code }).toEqual({ bad, code: 2 });
+    expect(r.stderr).toContain(`invalid value for --list-rate: "${bad}" (expected a size above 0`);
+  }
 });
 
 // Regression (found in review): below the open-files limit (or --max-clients), a per-source

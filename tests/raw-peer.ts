@@ -45,9 +45,10 @@ export interface RawPeer {
   offer(name: string, size: number): RawOffer;
   /**
    * Runs a new key exchange (a re-key the victim sees as started by its peer),
-   * calling `between` after the victim's `reply`; the records the victim sent
-   * until then are read first, under the old keys (so `between` must not make
-   * it send records).
+   * calling `between` after the victim's `reply` and before our `reveal`; the
+   * records the victim sent until then (`between`'s too) are read under the
+   * old keys, as the victim seals nothing under the new ones before `reveal`
+   * (so `between` waits for what it makes the victim send).
    */
   rekey(between?: () => Promise<void>): Promise<void>;
 }

@@ -87,7 +87,7 @@ export interface RelayOptions {
   queueMax: number;
   /** All queues together above this: frames for a recipient whose queue is above queueLow are dropped (they are told). */
   queueTotalMax: number;
-  /** Bytes of unfinished frames held for all connections together above this (sweep): the connections whose frames began longest ago are closed. */
+  /** Bytes of unfinished frames (as their length prefixes announced them) of all connections together above this: the slowest to arrive are closed (evictSlowPartials). */
   partialTotalMax: number;
   joinTimeoutMs: number;
   slowTimeoutMs: number;
@@ -95,7 +95,7 @@ export interface RelayOptions {
   pingIntervalMs: number;
   /** Most recipients in one `send`. */
   maxRecipients: number;
-  /** Bytes per second of `peers` answers one connection gets, after a burst of LIST_BURST_SECONDS' worth (listAllowance). */
+  /** Bytes per second of `peers` answers the connections of one source get together, after a burst of LIST_BURST_SECONDS' worth (listAllowance). */
   listAnswerRate: number;
   /** Presence batches (presence.ts) are this far apart per watching client ... */
   presencePerWatcherMs: number;
@@ -128,7 +128,7 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
   queuePause: 4 * 1024 * 1024,
   queueMax: 16 * 1024 * 1024,
   queueTotalMax: 256 * 1024 * 1024,
-  partialTotalMax: 64 * 1024 * 1024,
+  partialTotalMax: 256 * 1024 * 1024,
   joinTimeoutMs: 5_000,
   slowTimeoutMs: 30_000,
   pingIntervalMs: 30_000,
@@ -141,10 +141,10 @@ export const RELAY_DEFAULTS: Omit<RelayOptions, "secret" | "log"> = {
 
 /** Frames before joining are tiny; anything bigger is hostile. */
 const PRE_JOIN_MAX_FRAME = 1024;
-/** A connection may take this many seconds' worth of listAnswerRate in `peers` answers at once. */
+/** A source may take this many seconds' worth of listAnswerRate in `peers` answers at once. */
 const LIST_BURST_SECONDS = 4;
-/** handleFrame's answer to a `list` over its connection's allowance (listAllowance). */
-const LIST_LATER = "list later";
+/** Past its allowance, a source's owed answers wait until this many seconds' worth of it are back (not one timer per answer). */
+const LIST_RESUME_SECONDS = 0.05;
 /** What a sender told a recipient is busy may still send it before it is paused (mustWait). */
 const BUSY_ALLOWANCE = 256 * 1024;
 /** A source may join this many seconds' worth of joinRatePerSource at once (a NAT's users after a relay restart). */
@@ -183,12 +183,10 @@ interface Conn extends Endpoint {
   told: Set<Conn>;
   /** The rest of a read, not handled yet because this connection was paused after a frame of it. */
   held: Uint8Array | null;
-  /** A frame not handled yet because a recipient's queue was full, or a `list` over its allowance: it goes first when this connection is released. */
+  /** A frame not handled yet because a recipient's queue was full: it goes first when this connection is released. */
   waiting: Uint8Array | null;
-  /** Bytes of `peers` answers it may still be sent now (negative: owed), as of listAt (listAllowance). */
-  listTokens: number;
-  listAt: number;
-  /** Set while its reading waits for listTokens to refill. */
+  /** `list`s it sent past its source's allowance, not answered yet (scheduleOwedLists). */
+  listsOwed: number;
   listTimer: Timer | null;
   dirty: boolean;
   closing: boolean;
@@ -203,7 +201,7 @@ export interface RelayStats {
   /** The running total the queueTotalMax rule reads: queuedBytes, but a frame queued for several recipients counted once. */
   queuedTotal: number;
   maxQueuedBytes: number;
-  /** Bytes of unfinished frames held, all connections together. */
+  /** Bytes of unfinished frames (as announced), all connections together. */
   partialBytes: number;
   pausedSenders: number;
   /** Senders told some recipient is `busy` and not yet `ready` (each counted once per recipient). */
@@ -231,6 +229,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const pendingBySource = new Map<string, Set<Conn>>();
   const joinedBySource = new Map<string, number>();
   const joinTokens = new Map<string, { tokens: number; at: number }>(); // sources with joins not yet refilled
+  const listTokens = new Map<string, { tokens: number; at: number }>(); // sources with `peers` answer bytes not yet refilled (negative: owed)
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let droppedBytes = 0; // bodies read and dropped (mustDrop)
@@ -433,10 +432,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     c.told.clear();
     for (const w of c.waiters) {
       w.pausedOn.delete(c);
-      if (w.pausedOn.size === 0 && !w.listTimer) {
+      if (w.pausedOn.size === 0) {
         w.socket.resume();
         // Its waiting frame and the rest of its last read go first (not from inside a flush: consume() flushes).
-        if (w.held || w.waiting) queueMicrotask(() => w.pausedOn.size === 0 && !w.listTimer && !w.closing && consume(w, null));
+        if (w.held || w.waiting) queueMicrotask(() => w.pausedOn.size === 0 && !w.closing && consume(w, null));
       }
     }
     c.waiters.clear();
@@ -470,8 +469,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       const full = handleFrame(c, payload);
       if (!full) return true;
       c.waiting = payload;
-      if (full === LIST_LATER) waitForListAllowance(c);
-      else pauseOn(c, full); // it was told `busy` (mustWait)
+      pauseOn(c, full); // it was told `busy` (mustWait)
       return false;
     };
     try {
@@ -480,18 +478,18 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       const goOn = !waiting || handled(waiting);
       if (waiting) flushDirty(c); // c's frame, and the backpressure it causes, are c's
       if (goOn) {
-        while (rest.length > 0 && !c.closing && c.pausedOn.size === 0 && !c.listTimer && budget > 0) {
+        while (rest.length > 0 && !c.closing && c.pausedOn.size === 0 && budget > 0) {
           overfull = false;
           const used = c.decoder.each(rest, (payload) => !c.closing && handled(payload) && !overfull && --budget > 0);
           rest = rest.subarray(used);
           flushDirty(c);
         }
         // Its turn is over: the others' reads first, then the rest of this one.
-        if (budget <= 0 && rest.length > 0 && !c.closing && c.pausedOn.size === 0 && !c.listTimer) {
+        if (budget <= 0 && rest.length > 0 && !c.closing && c.pausedOn.size === 0) {
           count("yields");
           c.socket.pause();
           setImmediate(() => {
-            if (c.closed || c.closing || c.pausedOn.size > 0 || c.listTimer) return; // a release (releaseWaiters) resumes it then
+            if (c.closed || c.closing || c.pausedOn.size > 0) return; // a release (releaseWaiters) resumes it then
             c.socket.resume();
             consume(c, null);
           });
@@ -646,32 +644,58 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   /**
    * A 12-byte `list` is answered with up to 37 KB of IDs: unlimited, one
    * client's uplink could make the relay send thousands of times as much
-   * (found in audit). Each connection gets listAnswerRate bytes of answers a
-   * second, after a burst of LIST_BURST_SECONDS' worth; a `list` beyond that
-   * waits, with everything the connection sent after it, until its allowance
-   * is positive again (an answer may take it below zero, so any size goes).
+   * (found in audit). The connections of one source (as for joins) get
+   * listAnswerRate bytes of answers a second together, after a burst of
+   * LIST_BURST_SECONDS' worth: per connection, a host holding a thousand of
+   * them, or reconnecting, got a thousand bursts (found in review). A `list`
+   * past that is owed: answered, in order, once the allowance is back above
+   * LIST_RESUME_SECONDS' worth (an answer may take it below zero, so any size
+   * goes). Owing costs a count, and the connection's other frames go on.
    */
-  function listAllowance(c: Conn): number {
-    const now = performance.now();
-    c.listTokens = Math.min(opt.listAnswerRate * LIST_BURST_SECONDS, c.listTokens + ((now - c.listAt) / 1000) * opt.listAnswerRate);
-    c.listAt = now;
-    return c.listTokens;
+  const listBurst = opt.listAnswerRate * LIST_BURST_SECONDS;
+  function listAllowance(source: string, now: number): number {
+    const b = listTokens.get(source);
+    return b ? Math.min(listBurst, b.tokens + ((now - b.at) / 1000) * opt.listAnswerRate) : listBurst;
   }
 
-  /** Stops reading from `c` until its list allowance is positive; then its waiting `list` and the rest of its read go on. */
-  function waitForListAllowance(c: Conn): void {
-    count("listWaits");
-    c.socket.pause();
-    c.listTimer ??= setTimeout(() => {
+  function answerList(c: Conn): void {
+    if (c.listsOwed > 0 || listAllowance(c.source, performance.now()) <= 0) {
+      c.listsOwed++;
+      count("listsOwed");
+      return scheduleOwedLists(c);
+    }
+    sendPeers(c, performance.now());
+  }
+
+  function sendPeers(c: Conn, now: number): void {
+    // At most MAX_LISTED IDs (~40 KiB), so the answer always fits a frame.
+    listed ??= listedIds();
+    const skip = listed.ids.indexOf(c.id);
+    const others = listed.ids.length - (skip >= 0 ? 1 : 0);
+    const answer = peersFrame(listed.items, skip, Math.min(others, MAX_LISTED), routes.size - 1 > MAX_LISTED);
+    listTokens.set(c.source, { tokens: listAllowance(c.source, now) - answer.length, at: now });
+    queue(c, answer);
+  }
+
+  /** Answers `c`'s owed lists once its source's allowance is back, and while it reads what it is sent. */
+  function scheduleOwedLists(c: Conn): void {
+    if (c.listTimer) return;
+    const short = opt.listAnswerRate * LIST_RESUME_SECONDS - listAllowance(c.source, performance.now());
+    const ms = c.outbox.bytes > opt.queueHigh ? LIST_RESUME_SECONDS * 1000 : Math.max(0, Math.ceil((short * 1000) / opt.listAnswerRate));
+    c.listTimer = setTimeout(() => {
       c.listTimer = null;
-      if (c.closed || c.closing || c.pausedOn.size > 0) return; // a release (releaseWaiters) resumes it then
-      c.socket.resume();
-      consume(c, null);
-    }, Math.ceil((1 - c.listTokens) * 1000 / opt.listAnswerRate));
+      if (c.closing || c.closed) return;
+      for (let now = performance.now(); c.listsOwed > 0 && c.outbox.bytes <= opt.queueHigh && listAllowance(c.source, now) > 0; now = performance.now()) {
+        c.listsOwed--;
+        sendPeers(c, now);
+      }
+      if (c.listsOwed > 0) scheduleOwedLists(c);
+      flushDirty(c);
+    }, ms);
   }
 
-  /** Handles one frame; returns, without handling it, a recipient whose queue is full, or LIST_LATER. */
-  function handleFrame(c: Conn, payload: Uint8Array): Conn | typeof LIST_LATER | void {
+  /** Handles one frame; returns, without handling it, a recipient whose queue is full. */
+  function handleFrame(c: Conn, payload: Uint8Array): Conn | void {
     if (c.id) {
       const simple = parseSimpleSend(payload);
       if (simple) return forwardSimpleSend(c, payload, simple.to, simple.body.length);
@@ -681,16 +705,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     switch (f.t) {
       case "send":
         return handleSend(c, f);
-      case "list": {
-        if (listAllowance(c) <= 0) return LIST_LATER;
-        // At most MAX_LISTED IDs (~40 KiB), so the answer always fits a frame.
-        listed ??= listedIds();
-        const skip = listed.ids.indexOf(c.id);
-        const others = listed.ids.length - (skip >= 0 ? 1 : 0);
-        const answer = peersFrame(listed.items, skip, Math.min(others, MAX_LISTED), routes.size - 1 > MAX_LISTED);
-        c.listTokens -= answer.length;
-        return queue(c, answer);
-      }
+      case "list":
+        return answerList(c);
       case "ping":
         return sendFrame(c, { t: "pong" });
       case "pong":
@@ -717,6 +733,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function sweep(): void {
     const now = performance.now();
     for (const source of joinTokens.keys()) if (tokensOf(source, now) >= joinBurst) joinTokens.delete(source);
+    for (const source of listTokens.keys()) if (listAllowance(source, now) >= listBurst) listTokens.delete(source);
     for (const c of conns) {
       if (c.closing || c.closed) continue;
       if (!c.id) {
@@ -728,7 +745,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         continue;
       }
       // A sender we paused cannot be heard from, nor its frame arrive: that wait is our doing.
-      if (c.pausedOn.size > 0 || c.listTimer) {
+      if (c.pausedOn.size > 0) {
         c.lastHeard = now;
         if (c.decoder.partialSince !== null) c.decoder.partialSince = now;
       }
@@ -747,7 +764,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         sendFrame(c, { t: "ping" });
       }
     }
-    evictOldestPartials();
+    evictSlowPartials(now);
     flushDirty(null);
   }
 
@@ -755,27 +772,29 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * Each connection's unfinished frame is bounded (maxFrame, and the time
    * above), but not all of them together: 10,000 clients each sending most
    * of a 256 KiB frame, slowly, held 2.5 GiB (found in audit). Past
-   * partialTotalMax, the frames that began longest ago go, with their
-   * connections: an honest frame arrives within milliseconds, one
-   * trickled in to hold memory does not (a paused sender's counts as new,
-   * above).
+   * partialTotalMax, counted as announced (its whole buffer is allocated
+   * when the length prefix arrives: found in review), the frames arriving
+   * slowest go, with their connections: a trickle meant to hold memory
+   * first, an honest frame on a slow uplink only when the relay is full of
+   * them (a paused sender's frame counts as begun anew, above).
    */
-  function evictOldestPartials(): void {
+  function evictSlowPartials(now: number): void {
     let total = 0;
-    const holders: Conn[] = [];
+    const holders: { c: Conn; rate: number }[] = [];
     for (const c of conns) {
-      if (c.closing || c.closed || c.decoder.buffered === 0) continue;
-      total += c.decoder.buffered;
-      holders.push(c);
+      const since = c.decoder.partialSince;
+      if (c.closing || c.closed || since === null) continue;
+      total += c.decoder.partialLength;
+      holders.push({ c, rate: c.decoder.buffered / Math.max(1, now - since) });
     }
     if (total <= opt.partialTotalMax) return;
-    holders.sort((a, b) => (a.decoder.partialSince ?? Infinity) - (b.decoder.partialSince ?? Infinity));
-    for (const c of holders) {
+    holders.sort((a, b) => a.rate - b.rate);
+    for (const { c } of holders) {
       if (total <= opt.partialTotalMax) break;
-      total -= c.decoder.buffered;
+      total -= c.decoder.partialLength;
       count("partialEvicted");
       fatal(c, "idle_timeout", "a frame took too long to arrive (the relay holds too many unfinished frames)");
-      c.decoder = new FrameDecoder(PRE_JOIN_MAX_FRAME); // its frame's bytes go now, not at the close (a closing connection reads nothing)
+      c.decoder = new FrameDecoder(PRE_JOIN_MAX_FRAME); // its frame's buffer goes now, not at the close (a closing connection reads nothing)
     }
   }
   const sweepEvery = Math.max(10, Math.min(1000, opt.joinTimeoutMs / 4, opt.slowTimeoutMs / 4, opt.pingIntervalMs / 4));
@@ -805,8 +824,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           told: new Set(),
           held: null,
           waiting: null,
-          listTokens: opt.listAnswerRate * LIST_BURST_SECONDS,
-          listAt: now,
+          listsOwed: 0,
           listTimer: null,
           dirty: false,
           closing: false,
@@ -888,7 +906,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       let busyTold = 0;
       for (const c of conns) {
         queuedBytes += c.outbox.bytes;
-        partialBytes += c.decoder.buffered;
+        partialBytes += c.decoder.partialLength;
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
         if (c.pausedOn.size > 0) pausedSenders++;
         busyTold += c.told.size;
