@@ -21,7 +21,7 @@ const args = {
   "max-pending-per-source": { type: "string", valueHint: "N", description: "The same, per IPv4 address or IPv6 /64", default: String(RELAY_DEFAULTS.maxPendingPerSource) },
   "max-clients-per-source": { type: "string", valueHint: "N", description: "Most clients joined from one IPv4 address or IPv6 /64 (at most half of --max-clients and of the open-files limit, unless given)", default: String(RELAY_DEFAULTS.maxClientsPerSource) },
   "join-rate": { type: "string", valueHint: "N", description: "Joins a second from one IPv4 address or IPv6 /64 (after a burst of 10 seconds' worth)", default: String(RELAY_DEFAULTS.joinRatePerSource) },
-  "list-rate": { type: "string", valueHint: "SIZE", description: "Answers to `list` a second to one IPv4 address or IPv6 /64 (after a burst of 4 seconds' worth)", default: "64KiB" },
+  "list-rate": { type: "string", valueHint: "SIZE", description: "Bytes of answers to `list` a second to one IPv4 address or IPv6 /64 (after a burst of 4 seconds' worth)", default: "64KiB" },
   "max-frame": { type: "string", valueHint: "SIZE", description: "Largest frame accepted (e.g. 256KiB)", default: "256KiB" },
   "queue-limit": { type: "string", valueHint: "SIZE", description: "Per-client send queue cap before it is dropped as too slow", default: "16MiB" },
   "slow-timeout": { type: "string", valueHint: "SECONDS", description: "Seconds a client may leave queued data unread", default: String(RELAY_DEFAULTS.slowTimeoutMs / 1000) },
@@ -192,11 +192,13 @@ const NOTABLE: Record<string, [string, string]> = {
   closed_relay_full: ["connection refused or evicted (relay full)", "connections refused or evicted (relay full)"],
   closed_join_timeout: ["connection that did not join in time", "connections that did not join in time"],
   closed_slow_consumer: ["client dropped for not reading", "clients dropped for not reading"],
-  closed_idle_timeout: ["client dropped as silent", "clients dropped as silent"],
+  closed_idle_timeout: ["client dropped as silent or for a frame too slow to arrive", "clients dropped as silent or for a frame too slow to arrive"],
+  partialEvicted: ["of them for a frame stalled while the relay held too many unfinished ones", "of them for frames stalled while the relay held too many unfinished ones"],
   closed_bad_frame: ["connection closed for a malformed frame", "connections closed for a malformed frame"],
   closed_frame_too_large: ["connection closed for a frame over --max-frame", "connections closed for a frame over --max-frame"],
   closed_not_joined: ["connection closed for sending before joining", "connections closed for sending before joining"],
   drops: ["frame dropped for a recipient not reading", "frames dropped for recipients not reading"],
+  listsOwed: ["`list` answered late (an address past --list-rate)", "`list`s answered late (addresses past --list-rate)"],
 };
 
 /** `--host`: an address or name; an IPv6 address may be written in brackets, as `smts chat` takes it. */

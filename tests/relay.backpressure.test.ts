@@ -406,6 +406,32 @@ test("`peers` answers to one source keep to listAnswerRate after a burst, over a
   for (const l of listers) l.raw.close();
 }, 60_000);
 
+// Found in review: owed answers went on into the queue of a client that did not
+// read it (a timer every 50 ms until it was cut); now they wait for it to drain.
+test("answers owed to a client whose own queue is above queueHigh wait until it drains, then all come", async () => {
+  relay = startTestRelay({ listAnswerRate: 16 * 1024, slowTimeoutMs: 60_000 }); // answers of ~40 bytes: ~1600 in the burst
+  const r = relay;
+  const sender = await joinTest(r, { watch: false });
+  const lister = await stalledClient(r.port);
+  const lists = 4000;
+  const list = encodeFrame({ t: "list" });
+  const requests = new Uint8Array(list.length * lists);
+  for (let at = 0; at < requests.length; at += list.length) requests.set(list, at);
+  lister.raw.write(requests);
+  await waitFor(() => r.stats().listsOwed > 0, "lists owed");
+  // Fill the lister's queue past queueHigh (its socket buffers first), before the owed ones are through (~6 s).
+  await flood(sender.link, lister.id, 300);
+  await waitFor(() => r.stats().maxQueuedBytes > RELAY_DEFAULTS.queueHigh, "the lister's queue past queueHigh");
+  const owed = r.stats().listsOwed;
+  expect(owed).toBeGreaterThan(0);
+  await Bun.sleep(1000); // at 16 KiB/s, ~400 answers' worth
+  expect(r.stats().listsOwed).toBe(owed);
+  lister.raw.socket.resume();
+  await waitFor(() => lister.raw.frames.filter((f) => f.t === "peers").length === lists, "every answer", 30_000);
+  expect(r.stats().listsOwed).toBe(0);
+  lister.raw.close();
+}, 60_000);
+
 // Regression (found in review): at shutdown each closing client was announced
 // to every other one, N²/2 `left` frames (3 million for 2,500 clients).
 test("at shutdown every client gets `shutdown` and no `left` frames", async () => {

@@ -185,9 +185,13 @@ interface Conn extends Endpoint {
   held: Uint8Array | null;
   /** A frame not handled yet because a recipient's queue was full: it goes first when this connection is released. */
   waiting: Uint8Array | null;
-  /** `list`s it sent past its source's allowance, not answered yet (scheduleOwedLists). */
+  /** `list`s it sent past its source's allowance, not answered yet (answerOwedLists). */
   listsOwed: number;
-  listTimer: Timer | null;
+  /** It owes answers but its own queue was above queueHigh: they go on when it drained (the drain handler). */
+  listParked: boolean;
+  /** Its unfinished frame (partialSince) and the bytes of it received, as of the last sweep (evictSlowPartials). */
+  markSince: number | null;
+  markBytes: number;
   dirty: boolean;
   closing: boolean;
   closed: boolean;
@@ -203,6 +207,8 @@ export interface RelayStats {
   maxQueuedBytes: number;
   /** Bytes of unfinished frames (as announced), all connections together. */
   partialBytes: number;
+  /** `list`s not answered yet (past their source's allowance), all connections together. */
+  listsOwed: number;
   pausedSenders: number;
   /** Senders told some recipient is `busy` and not yet `ready` (each counted once per recipient). */
   busyTold: number;
@@ -219,6 +225,7 @@ export interface Relay {
 
 export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "secret" | "log">): Relay {
   const opt: RelayOptions = { ...RELAY_DEFAULTS, ...partial };
+  if (!(opt.listAnswerRate > 0)) throw new RangeError("listAnswerRate must be above 0");
   const routes: Routes<Conn> = localRoutes<Conn>();
   const conns = new Set<Conn>();
   /** Connections given a fatal error whose frame is still draining (CLOSE_GRACE_MS), oldest first. */
@@ -230,6 +237,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const joinedBySource = new Map<string, number>();
   const joinTokens = new Map<string, { tokens: number; at: number }>(); // sources with joins not yet refilled
   const listTokens = new Map<string, { tokens: number; at: number }>(); // sources with `peers` answer bytes not yet refilled (negative: owed)
+  const listOwing = new Map<string, { conns: Conn[]; timer: Timer | null }>(); // per source: connections owed answers, in turn, and the one timer that answers them
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
   let droppedBytes = 0; // bodies read and dropped (mustDrop)
@@ -525,6 +533,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       r.dirty = false;
       if (r.closed) continue;
       r.outbox.flush();
+      unparkLists(r);
       if (r.closing) {
         if (r.outbox.bytes === 0) r.socket.shutdown();
         continue;
@@ -660,9 +669,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   function answerList(c: Conn): void {
     if (c.listsOwed > 0 || listAllowance(c.source, performance.now()) <= 0) {
-      c.listsOwed++;
       count("listsOwed");
-      return scheduleOwedLists(c);
+      if (c.listsOwed++ === 0) owe(c);
+      return;
     }
     sendPeers(c, performance.now());
   }
@@ -677,21 +686,46 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     queue(c, answer);
   }
 
-  /** Answers `c`'s owed lists once its source's allowance is back, and while it reads what it is sent. */
-  function scheduleOwedLists(c: Conn): void {
-    if (c.listTimer) return;
+  /**
+   * Puts `c` in its source's turn for owed answers. One timer per source, not
+   * per connection: a thousand connections owing answers each woke for every
+   * refill, to find one of them had taken it (found in review).
+   */
+  function owe(c: Conn): void {
+    let o = listOwing.get(c.source);
+    if (!o) listOwing.set(c.source, (o = { conns: [], timer: null }));
+    o.conns.push(c);
+    if (o.timer) return;
     const short = opt.listAnswerRate * LIST_RESUME_SECONDS - listAllowance(c.source, performance.now());
-    const ms = c.outbox.bytes > opt.queueHigh ? LIST_RESUME_SECONDS * 1000 : Math.max(0, Math.ceil((short * 1000) / opt.listAnswerRate));
-    c.listTimer = setTimeout(() => {
-      c.listTimer = null;
-      if (c.closing || c.closed) return;
-      for (let now = performance.now(); c.listsOwed > 0 && c.outbox.bytes <= opt.queueHigh && listAllowance(c.source, now) > 0; now = performance.now()) {
-        c.listsOwed--;
-        sendPeers(c, now);
+    o.timer = setTimeout(() => answerOwedLists(c.source), Math.max(0, Math.ceil((short * 1000) / opt.listAnswerRate)));
+    o.timer.unref();
+  }
+
+  /** `c`'s owed answers, held while its queue was above queueHigh, take their turn again once it is not. */
+  function unparkLists(c: Conn): void {
+    if (!c.listParked || c.closing || c.outbox.bytes > opt.queueHigh) return;
+    c.listParked = false;
+    owe(c);
+  }
+
+  /** Answers owed lists of `source`'s connections, one each in turn, while its allowance lasts. */
+  function answerOwedLists(source: string): void {
+    const o = listOwing.get(source)!;
+    listOwing.delete(source);
+    for (let now = performance.now(); o.conns.length && listAllowance(source, now) > 0; now = performance.now()) {
+      const c = o.conns.shift()!;
+      if (c.closing || c.closed) continue;
+      // Not into a queue it does not read: the answers wait for it to drain (found in review: a timer every 50 ms until then).
+      if (c.outbox.bytes > opt.queueHigh) {
+        c.listParked = true;
+        continue;
       }
-      if (c.listsOwed > 0) scheduleOwedLists(c);
-      flushDirty(c);
-    }, ms);
+      c.listsOwed--;
+      sendPeers(c, now);
+      if (c.listsOwed > 0) o.conns.push(c);
+    }
+    for (const c of o.conns) if (!c.closing && !c.closed) owe(c);
+    flushDirty(null);
   }
 
   /** Handles one frame; returns, without handling it, a recipient whose queue is full. */
@@ -773,23 +807,30 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * above), but not all of them together: 10,000 clients each sending most
    * of a 256 KiB frame, slowly, held 2.5 GiB (found in audit). Past
    * partialTotalMax, counted as announced (its whole buffer is allocated
-   * when the length prefix arrives: found in review), the frames arriving
-   * slowest go, with their connections: a trickle meant to hold memory
-   * first, an honest frame on a slow uplink only when the relay is full of
-   * them (a paused sender's frame counts as begun anew, above).
+   * when the length prefix arrives: found in review), frames go with their
+   * connections, those that made the least progress since the last sweep
+   * first: a frame sent nearly whole and then held goes before one still
+   * arriving, however slowly (found in review: ranked by average rate, such a
+   * frame outranked an honest slow sender for seconds). A frame begun since
+   * the last sweep has not shown its pace yet and is not taken (a paused
+   * sender's counts as begun anew at every sweep, above).
    */
   function evictSlowPartials(now: number): void {
     let total = 0;
-    const holders: { c: Conn; rate: number }[] = [];
+    const seen: { c: Conn; progress: number; rate: number }[] = [];
     for (const c of conns) {
       const since = c.decoder.partialSince;
-      if (c.closing || c.closed || since === null) continue;
+      const bytes = c.decoder.buffered;
+      const progress = since !== null && since === c.markSince ? bytes - c.markBytes : -1;
+      c.markSince = since;
+      c.markBytes = bytes;
+      if (since === null || c.closing || c.closed) continue;
       total += c.decoder.partialLength;
-      holders.push({ c, rate: c.decoder.buffered / Math.max(1, now - since) });
+      if (progress >= 0) seen.push({ c, progress, rate: bytes / Math.max(1, now - since) });
     }
     if (total <= opt.partialTotalMax) return;
-    holders.sort((a, b) => a.rate - b.rate);
-    for (const { c } of holders) {
+    seen.sort((a, b) => a.progress - b.progress || a.rate - b.rate);
+    for (const { c } of seen) {
       if (total <= opt.partialTotalMax) break;
       total -= c.decoder.partialLength;
       count("partialEvicted");
@@ -825,7 +866,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
           held: null,
           waiting: null,
           listsOwed: 0,
-          listTimer: null,
+          listParked: false,
+          markSince: null,
+          markBytes: 0,
           dirty: false,
           closing: false,
           closed: false,
@@ -870,6 +913,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
         const c = socket.data;
         if (c.closed) return;
         c.outbox.flush();
+        unparkLists(c);
         if (c.closing) {
           if (c.outbox.bytes === 0) socket.shutdown();
         } else if (c.outbox.bytes <= opt.queueLow && (c.waiters.size || c.told.size)) {
@@ -902,20 +946,24 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       let queuedBytes = 0;
       let maxQueuedBytes = 0;
       let partialBytes = 0;
+      let listsOwed = 0;
       let pausedSenders = 0;
       let busyTold = 0;
       for (const c of conns) {
         queuedBytes += c.outbox.bytes;
         partialBytes += c.decoder.partialLength;
+        listsOwed += c.listsOwed;
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
         if (c.pausedOn.size > 0) pausedSenders++;
         busyTold += c.told.size;
       }
-      return { clients: routes.size, pending: pending.size, queuedBytes, queuedTotal: queued.bytes, maxQueuedBytes, partialBytes, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
+      return { clients: routes.size, pending: pending.size, queuedBytes, queuedTotal: queued.bytes, maxQueuedBytes, partialBytes, listsOwed, pausedSenders, busyTold, counters: { ...counters, framesForwarded: forwardedFrames, bytesForwarded: forwardedBytes, collections: collector.runs } };
     },
     async stop() {
       stopping = true;
       clearInterval(sweeper);
+      for (const o of listOwing.values()) if (o.timer) clearTimeout(o.timer);
+      listOwing.clear();
       if (presenceTimer) clearTimeout(presenceTimer);
       for (const c of conns) fatal(c, "shutdown");
       flushDirty(null);
