@@ -301,6 +301,9 @@ test("the minute's summary names what went wrong for clients, and nothing when n
     "50 joins with a wrong secret, 4 connections refused or evicted (relay full)",
   );
   expect(notableSince({}, { closed_auth_failed: 1, drops: 1 })).toBe("1 join with a wrong secret, 1 frame dropped for a recipient not reading");
+  expect(notableSince({}, { closed_idle_timeout: 3, partialEvicted: 2, listsOwed: 5 })).toBe(
+    "3 clients dropped as silent or for a frame too slow to arrive, 2 of them for frames stalled while the relay held too many unfinished ones, 5 `list`s answered late (addresses past --list-rate)",
+  );
 });
 
 // Regression (found in review): at the open-files limit the relay could accept
