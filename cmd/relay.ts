@@ -198,7 +198,7 @@ const NOTABLE: Record<string, [string, string]> = {
   closed_frame_too_large: ["connection closed for a frame over --max-frame", "connections closed for a frame over --max-frame"],
   closed_not_joined: ["connection closed for sending before joining", "connections closed for sending before joining"],
   drops: ["frame dropped for a recipient not reading", "frames dropped for recipients not reading"],
-  listsOwed: ["`list` answered late (an address past --list-rate)", "`list`s answered late (addresses past --list-rate)"],
+  listsOwed: ["`list` deferred (an address past --list-rate)", "`list`s deferred (addresses past --list-rate)"],
 };
 
 /** `--host`: an address or name; an IPv6 address may be written in brackets, as `smts chat` takes it. */

@@ -302,7 +302,7 @@ test("the minute's summary names what went wrong for clients, and nothing when n
   );
   expect(notableSince({}, { closed_auth_failed: 1, drops: 1 })).toBe("1 join with a wrong secret, 1 frame dropped for a recipient not reading");
   expect(notableSince({}, { closed_idle_timeout: 3, partialEvicted: 2, listsOwed: 5 })).toBe(
-    "3 clients dropped as silent or for a frame too slow to arrive, 2 of them for frames stalled while the relay held too many unfinished ones, 5 `list`s answered late (addresses past --list-rate)",
+    "3 clients dropped as silent or for a frame too slow to arrive, 2 of them for frames stalled while the relay held too many unfinished ones, 5 `list`s deferred (addresses past --list-rate)",
   );
 });
 

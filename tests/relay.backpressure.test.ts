@@ -432,6 +432,32 @@ test("answers owed to a client whose own queue is above queueHigh wait until it 
   lister.raw.close();
 }, 60_000);
 
+// Found in review: a list from a connection that owed nothing was answered as soon as
+// the allowance turned positive, before the owed ones (which wait for 50 ms' worth),
+// so a neighbour asking at the right moments kept the others of its address waiting
+// (shown by the reviewer's script, which timed each list to 25 ms after a refill; this
+// test does not hit that window reliably, and checks the turn-taking around it).
+test("owed `list` answers of one source take turns: another connection asking meanwhile does not hold them up", async () => {
+  relay = startTestRelay({ joinRatePerSource: 1000, listAnswerRate: 2000 }); // answers of ~200 bytes: one every ~100 ms after a burst of ~40
+  const r = relay;
+  await Promise.all(Array.from({ length: 20 }, () => joinTest(r, { watch: false })));
+  const [h, a] = [await rawJoined(r.port), await rawJoined(r.port)];
+  const answers = (c: typeof h) => c.raw.frames.filter((f) => f.t === "peers").length;
+  for (let i = 0; i < 60; i++) h.raw.writeFrame({ t: "list" });
+  await waitFor(() => r.stats().listsOwed > 0, "h owed answers");
+  const before = answers(h);
+  // a asks, waits for its answer, then asks again ~120 ms later: just after the allowance it spent is back.
+  for (const until = performance.now() + 2000; performance.now() < until; ) {
+    const n = answers(a);
+    a.raw.writeFrame({ t: "list" });
+    await waitFor(() => answers(a) > n, "a's answer", 5000);
+    await Bun.sleep(120);
+  }
+  expect(answers(h)).toBeGreaterThan(before); // without turns: none while a kept asking
+  h.raw.close();
+  a.raw.close();
+}, 30_000);
+
 // Regression (found in review): at shutdown each closing client was announced
 // to every other one, N²/2 `left` frames (3 million for 2,500 clients).
 test("at shutdown every client gets `shutdown` and no `left` frames", async () => {

@@ -87,7 +87,7 @@ export interface RelayOptions {
   queueMax: number;
   /** All queues together above this: frames for a recipient whose queue is above queueLow are dropped (they are told). */
   queueTotalMax: number;
-  /** Bytes of unfinished frames (as their length prefixes announced them) of all connections together above this: the slowest to arrive are closed (evictSlowPartials). */
+  /** Bytes received of unfinished frames, all connections together, above which those that made the least progress are closed (evictSlowPartials). */
   partialTotalMax: number;
   joinTimeoutMs: number;
   slowTimeoutMs: number;
@@ -205,7 +205,7 @@ export interface RelayStats {
   /** The running total the queueTotalMax rule reads: queuedBytes, but a frame queued for several recipients counted once. */
   queuedTotal: number;
   maxQueuedBytes: number;
-  /** Bytes of unfinished frames (as announced), all connections together. */
+  /** Bytes received of unfinished frames, all connections together. */
   partialBytes: number;
   /** `list`s not answered yet (past their source's allowance), all connections together. */
   listsOwed: number;
@@ -225,7 +225,7 @@ export interface Relay {
 
 export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "secret" | "log">): Relay {
   const opt: RelayOptions = { ...RELAY_DEFAULTS, ...partial };
-  if (!(opt.listAnswerRate > 0)) throw new RangeError("listAnswerRate must be above 0");
+  if (!(opt.listAnswerRate >= 1)) throw new RangeError("listAnswerRate must be at least 1 byte a second");
   const routes: Routes<Conn> = localRoutes<Conn>();
   const conns = new Set<Conn>();
   /** Connections given a fatal error whose frame is still draining (CLOSE_GRACE_MS), oldest first. */
@@ -668,7 +668,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   function answerList(c: Conn): void {
-    if (c.listsOwed > 0 || listAllowance(c.source, performance.now()) <= 0) {
+    // Behind the source's owing connections too: answered at once, a client asking as soon as the
+    // allowance turned positive kept the others of its address waiting (found in review).
+    if (c.listsOwed > 0 || listOwing.has(c.source) || listAllowance(c.source, performance.now()) <= 0) {
       count("listsOwed");
       if (c.listsOwed++ === 0) owe(c);
       return;
@@ -806,14 +808,18 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * Each connection's unfinished frame is bounded (maxFrame, and the time
    * above), but not all of them together: 10,000 clients each sending most
    * of a 256 KiB frame, slowly, held 2.5 GiB (found in audit). Past
-   * partialTotalMax, counted as announced (its whole buffer is allocated
-   * when the length prefix arrives: found in review), frames go with their
-   * connections, those that made the least progress since the last sweep
-   * first: a frame sent nearly whole and then held goes before one still
-   * arriving, however slowly (found in review: ranked by average rate, such a
-   * frame outranked an honest slow sender for seconds). A frame begun since
-   * the last sweep has not shown its pace yet and is not taken (a paused
-   * sender's counts as begun anew at every sweep, above).
+   * partialTotalMax of bytes received, frames go with their connections,
+   * those that made the least progress since the last sweep first: a frame
+   * sent nearly whole and then held goes before one still arriving, however
+   * slowly (found in review: ranked by average rate, such a frame outranked
+   * an honest slow sender for seconds). A frame begun since the last sweep
+   * has not shown its pace yet and is not taken, nor one with nothing but
+   * its length prefix in (closing it frees nothing), so holding memory this
+   * way takes sending it anew every sweep or two. Counting the lengths the
+   * prefixes announce instead (the decoder allocates that much at once, but
+   * its pages take memory only as bytes fill them) let 4-byte prefixes on
+   * fresh connections push the total past the cap, and honest frames still
+   * arriving were then closed to make room (found in review).
    */
   function evictSlowPartials(now: number): void {
     let total = 0;
@@ -825,14 +831,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       c.markSince = since;
       c.markBytes = bytes;
       if (since === null || c.closing || c.closed) continue;
-      total += c.decoder.partialLength;
-      if (progress >= 0) seen.push({ c, progress, rate: bytes / Math.max(1, now - since) });
+      total += bytes;
+      if (progress >= 0 && bytes > 0) seen.push({ c, progress, rate: bytes / Math.max(1, now - since) }); // closing a frame of no bytes frees nothing
     }
     if (total <= opt.partialTotalMax) return;
     seen.sort((a, b) => a.progress - b.progress || a.rate - b.rate);
     for (const { c } of seen) {
       if (total <= opt.partialTotalMax) break;
-      total -= c.decoder.partialLength;
+      total -= c.decoder.buffered;
       count("partialEvicted");
       fatal(c, "idle_timeout", "a frame took too long to arrive (the relay holds too many unfinished frames)");
       c.decoder = new FrameDecoder(PRE_JOIN_MAX_FRAME); // its frame's buffer goes now, not at the close (a closing connection reads nothing)
@@ -951,7 +957,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       let busyTold = 0;
       for (const c of conns) {
         queuedBytes += c.outbox.bytes;
-        partialBytes += c.decoder.partialLength;
+        partialBytes += c.decoder.buffered;
         listsOwed += c.listsOwed;
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
         if (c.pausedOn.size > 0) pausedSenders++;
