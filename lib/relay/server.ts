@@ -814,12 +814,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * slowly (found in review: ranked by average rate, such a frame outranked
    * an honest slow sender for seconds). A frame begun since the last sweep
    * has not shown its pace yet and is not taken, nor one with nothing but
-   * its length prefix in (closing it frees nothing), so holding memory this
-   * way takes sending it anew every sweep or two. Counting the lengths the
-   * prefixes announce instead (the decoder allocates that much at once, but
-   * its pages take memory only as bytes fill them) let 4-byte prefixes on
-   * fresh connections push the total past the cap, and honest frames still
-   * arriving were then closed to make room (found in review).
+   * its length prefix in (closing it frees nothing). A client adding a few
+   * bytes to each of a thousand frames at every sweep is not caught this way
+   * (noted in review; ranking by source would be the next step). Counting
+   * the lengths the prefixes announce instead (the decoder allocates that
+   * much at once, but its pages take memory only as bytes fill them) let
+   * 4-byte prefixes on fresh connections push the total past the cap, and
+   * honest frames still arriving were then closed to make room (found in
+   * review).
    */
   function evictSlowPartials(now: number): void {
     let total = 0;
@@ -957,7 +959,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       let busyTold = 0;
       for (const c of conns) {
         queuedBytes += c.outbox.bytes;
-        partialBytes += c.decoder.buffered;
+        if (!c.closing && c.decoder.partialSince !== null) partialBytes += c.decoder.buffered; // as evictSlowPartials counts
         listsOwed += c.listsOwed;
         maxQueuedBytes = Math.max(maxQueuedBytes, c.outbox.bytes);
         if (c.pausedOn.size > 0) pausedSenders++;
