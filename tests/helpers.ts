@@ -86,10 +86,10 @@ export class RawClient {
   socket!: Socket<undefined>;
   private decoder = new FrameDecoder(16 * 1024 * 1024);
 
-  static async connect(port: number, opts: { paused?: boolean } = {}): Promise<RawClient> {
+  static async connect(port: number, opts: { paused?: boolean; host?: string } = {}): Promise<RawClient> {
     const c = new RawClient();
     c.socket = await Bun.connect({
-      hostname: "127.0.0.1",
+      hostname: opts.host ?? "127.0.0.1",
       port,
       socket: {
         open(s) {
@@ -139,8 +139,8 @@ export class RawClient {
 }
 
 /** Joins a raw socket by hand (open relays aside), so a test can then write anything at all. */
-export async function rawJoined(port: number): Promise<{ raw: RawClient; id: string }> {
-  const raw = await RawClient.connect(port);
+export async function rawJoined(port: number, host?: string): Promise<{ raw: RawClient; id: string }> {
+  const raw = await RawClient.connect(port, { host });
   const ch = await raw.next("challenge");
   const nonce = newNonce();
   raw.writeFrame({ t: "join", v: RELAY_PROTOCOL_VERSION, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: false });

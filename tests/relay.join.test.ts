@@ -467,3 +467,39 @@ test("past partialTotalMax of unfinished frames (bytes received), those that mad
     clearInterval(trickle);
   }
 }, 20_000);
+
+// Found in review: ranked by progress alone, a client adding a byte to each of many
+// frames at every sweep pushed out an honest frame that paused for one sweep.
+test("past partialTotalMax, stalled frames go from the source holding the most unfinished bytes first: an honest frame pausing for a sweep outlasts many that trickle a byte at a time", async () => {
+  // Listening on both families: clients over 127.0.0.1 and over ::1 are two sources.
+  relay = startTestRelay({ host: "::", partialTotalMax: 1024 * 1024, joinTimeoutMs: 2000 }); // a sweep every 500 ms
+  const r = relay;
+  const recipient = await joinTest(r, { watch: false });
+  const frame = encodeFrame({ t: "send", to: recipient.link.id, body: new Uint8Array(250 * 1024).fill(7) });
+  const victim = await rawJoined(r.port, "::1");
+  victim.raw.write(frame.subarray(0, 100 * 1024));
+  // Four frames of 240 KiB from the other source, each growing by a byte every 250 ms: 1,060 KiB in all.
+  const trickled: Awaited<ReturnType<typeof rawJoined>>[] = [];
+  for (let i = 0; i < 4; i++) {
+    const s = await rawJoined(r.port, "127.0.0.1");
+    s.raw.write(frame.subarray(0, 240 * 1024));
+    trickled.push(s);
+  }
+  let at = 240 * 1024;
+  const drip = setInterval(() => {
+    for (const s of trickled) if (!s.raw.closed) s.raw.write(frame.subarray(at, at + 1));
+    at++;
+  }, 250);
+  try {
+    await waitFor(() => r.stats().counters.partialEvicted === 1, "one frame evicted");
+    await waitFor(() => trickled.some((s) => s.raw.frames.some((f) => f.t === "error")), "its connection told");
+    expect(victim.raw.closed).toBe(false);
+    expect(victim.raw.frames.some((f) => f.t === "error")).toBe(false);
+    expect(trickled.filter((s) => s.raw.frames.some((f) => f.t === "error")).length).toBe(1);
+    victim.raw.write(frame.subarray(100 * 1024)); // after its pause, the rest
+    await waitFor(() => recipient.frames.some((f) => f.t === "msg"), "the victim's frame at the recipient");
+    expect(victim.raw.closed).toBe(false);
+  } finally {
+    clearInterval(drip);
+  }
+}, 20_000);

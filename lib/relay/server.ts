@@ -808,24 +808,29 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * Each connection's unfinished frame is bounded (maxFrame, and the time
    * above), but not all of them together: 10,000 clients each sending most
    * of a 256 KiB frame, slowly, held 2.5 GiB (found in audit). Past
-   * partialTotalMax of bytes received, frames go with their connections,
-   * those that made the least progress since the last sweep first: a frame
-   * sent nearly whole and then held goes before one still arriving, however
-   * slowly (found in review: ranked by average rate, such a frame outranked
-   * an honest slow sender for seconds). A frame begun since the last sweep
-   * has not shown its pace yet and is not taken, nor one with nothing but
-   * its length prefix in (closing it frees nothing). A client adding a few
-   * bytes to each of a thousand frames at every sweep is not caught this way
-   * (noted in review; ranking by source would be the next step). Counting
-   * the lengths the prefixes announce instead (the decoder allocates that
-   * much at once, but its pages take memory only as bytes fill them) let
-   * 4-byte prefixes on fresh connections push the total past the cap, and
-   * honest frames still arriving were then closed to make room (found in
-   * review).
+   * partialTotalMax of bytes received, frames go with their connections:
+   * first those that stalled since the last sweep (less than FRAME_MIN_RATE,
+   * the least an honest frame is held to), from the source holding the most
+   * unfinished bytes first, then by least progress and lowest average rate.
+   * Ranked by average rate alone, a frame sent nearly whole and then held
+   * outranked an honest slow sender for seconds; by progress alone, a client
+   * adding a byte to each of a thousand frames at every sweep pushed out
+   * honest frames that paused for one (both found in review). A frame begun
+   * since the last sweep has not shown its pace yet and is not taken, nor
+   * one with nothing but its length prefix in (closing it frees nothing).
+   * Counting the lengths the prefixes announce instead (the decoder
+   * allocates that much at once, but its pages take memory only as bytes
+   * fill them) let 4-byte prefixes on fresh connections push the total past
+   * the cap, and honest frames still arriving were then closed to make room
+   * (found in review).
    */
+  let lastPartialCheck = performance.now();
   function evictSlowPartials(now: number): void {
+    const stallBelow = FRAME_MIN_RATE * (now - lastPartialCheck);
+    lastPartialCheck = now;
     let total = 0;
-    const seen: { c: Conn; progress: number; rate: number }[] = [];
+    const bySource = new Map<string, number>();
+    const seen: { c: Conn; stalled: boolean; progress: number; rate: number }[] = [];
     for (const c of conns) {
       const since = c.decoder.partialSince;
       const bytes = c.decoder.buffered;
@@ -834,10 +839,12 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       c.markBytes = bytes;
       if (since === null || c.closing || c.closed) continue;
       total += bytes;
-      if (progress >= 0 && bytes > 0) seen.push({ c, progress, rate: bytes / Math.max(1, now - since) }); // closing a frame of no bytes frees nothing
+      bySource.set(c.source, (bySource.get(c.source) ?? 0) + bytes);
+      if (progress >= 0 && bytes > 0) seen.push({ c, stalled: progress < stallBelow, progress, rate: bytes / Math.max(1, now - since) }); // closing a frame of no bytes frees nothing
     }
     if (total <= opt.partialTotalMax) return;
-    seen.sort((a, b) => a.progress - b.progress || a.rate - b.rate);
+    const held = (x: { c: Conn }) => bySource.get(x.c.source)!;
+    seen.sort((a, b) => Number(b.stalled) - Number(a.stalled) || held(b) - held(a) || a.progress - b.progress || a.rate - b.rate);
     for (const { c } of seen) {
       if (total <= opt.partialTotalMax) break;
       total -= c.decoder.buffered;
