@@ -34,6 +34,7 @@ import type { Socket, TCPSocketListener } from "bun";
 import { concat } from "../crypto/primitives.ts";
 import { decodePayload, encodeFrame, FrameDecoder, FrameError, safeText, wholeFrame, type Frame } from "../wire/frame.ts";
 import { Outbox } from "../wire/outbox.ts";
+import { sourceBuckets } from "./buckets.ts";
 import { churnCollector } from "./collector.ts";
 import {
   clientProof,
@@ -95,7 +96,7 @@ export interface RelayOptions {
   pingIntervalMs: number;
   /** Most recipients in one `send`. */
   maxRecipients: number;
-  /** Bytes per second of `peers` answers the connections of one source get together, after a burst of LIST_BURST_SECONDS' worth (listAllowance). */
+  /** Bytes per second of `peers` answers the connections of one source get together, after a burst of LIST_BURST_SECONDS' worth (answerList). */
   listAnswerRate: number;
   /** Presence batches (presence.ts) are this far apart per watching client ... */
   presencePerWatcherMs: number;
@@ -235,8 +236,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   const pending = new Set<Conn>();
   const pendingBySource = new Map<string, Set<Conn>>();
   const joinedBySource = new Map<string, number>();
-  const joinTokens = new Map<string, { tokens: number; at: number }>(); // sources with joins not yet refilled
-  const listTokens = new Map<string, { tokens: number; at: number }>(); // sources with `peers` answer bytes not yet refilled (negative: owed)
+  const joinTokens = sourceBuckets(opt.joinRatePerSource, opt.joinRatePerSource * JOIN_BURST_SECONDS);
+  const listTokens = sourceBuckets(opt.listAnswerRate, opt.listAnswerRate * LIST_BURST_SECONDS); // bytes of `peers` answers
   const listOwing = new Map<string, { conns: Conn[]; timer: Timer | null }>(); // per source: connections owed answers, in turn, and the one timer that answers them
   let forwardedFrames = 0; // hot-path counters, kept out of the counters map
   let forwardedBytes = 0;
@@ -568,7 +569,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     const fromSource = joinedBySource.get(c.source) ?? 0;
     if (fromSource >= opt.maxClientsPerSource) return fatal(c, "relay_full", "too many clients from one address");
     // Nor flood every watcher with presence by joining and leaving in a loop (found in audit: 145 KB/s each).
-    if (!takeJoinToken(c.source, performance.now())) return fatal(c, "relay_full", "too many joins from one address; try again in a few seconds");
+    const now = performance.now();
+    if (joinTokens.level(c.source, now) < 1) return fatal(c, "relay_full", "too many joins from one address; try again in a few seconds");
+    joinTokens.spend(c.source, 1, now);
     joinedBySource.set(c.source, fromSource + 1);
     let id = newId();
     while (routes.get(id)) id = newId();
@@ -661,16 +664,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
    * LIST_RESUME_SECONDS' worth (an answer may take it below zero, so any size
    * goes). Owing costs a count, and the connection's other frames go on.
    */
-  const listBurst = opt.listAnswerRate * LIST_BURST_SECONDS;
-  function listAllowance(source: string, now: number): number {
-    const b = listTokens.get(source);
-    return b ? Math.min(listBurst, b.tokens + ((now - b.at) / 1000) * opt.listAnswerRate) : listBurst;
-  }
-
   function answerList(c: Conn): void {
     // Behind the source's owing connections too: answered at once, a client asking as soon as the
     // allowance turned positive kept the others of its address waiting (found in review).
-    if (c.listsOwed > 0 || listOwing.has(c.source) || listAllowance(c.source, performance.now()) <= 0) {
+    if (c.listsOwed > 0 || listOwing.has(c.source) || listTokens.level(c.source, performance.now()) <= 0) {
       count("listsOwed");
       if (c.listsOwed++ === 0) owe(c);
       return;
@@ -684,7 +681,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     const skip = listed.ids.indexOf(c.id);
     const others = listed.ids.length - (skip >= 0 ? 1 : 0);
     const answer = peersFrame(listed.items, skip, Math.min(others, MAX_LISTED), routes.size - 1 > MAX_LISTED);
-    listTokens.set(c.source, { tokens: listAllowance(c.source, now) - answer.length, at: now });
+    listTokens.spend(c.source, answer.length, now);
     queue(c, answer);
   }
 
@@ -698,7 +695,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     if (!o) listOwing.set(c.source, (o = { conns: [], timer: null }));
     o.conns.push(c);
     if (o.timer) return;
-    const short = opt.listAnswerRate * LIST_RESUME_SECONDS - listAllowance(c.source, performance.now());
+    const short = opt.listAnswerRate * LIST_RESUME_SECONDS - listTokens.level(c.source, performance.now());
     o.timer = setTimeout(() => answerOwedLists(c.source), Math.max(0, Math.ceil((short * 1000) / opt.listAnswerRate)));
     o.timer.unref();
   }
@@ -714,7 +711,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function answerOwedLists(source: string): void {
     const o = listOwing.get(source)!;
     listOwing.delete(source);
-    for (let now = performance.now(); o.conns.length && listAllowance(source, now) > 0; now = performance.now()) {
+    for (let now = performance.now(); o.conns.length && listTokens.level(source, now) > 0; now = performance.now()) {
       const c = o.conns.shift()!;
       if (c.closing || c.closed) continue;
       // Not into a queue it does not read: the answers wait for it to drain (found in review: a timer every 50 ms until then).
@@ -752,24 +749,10 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     }
   }
 
-  /** A token bucket per source: JOIN_BURST_SECONDS of joinRatePerSource, refilled at that rate. */
-  const joinBurst = opt.joinRatePerSource * JOIN_BURST_SECONDS;
-  function tokensOf(source: string, now: number): number {
-    const b = joinTokens.get(source);
-    return b ? Math.min(joinBurst, b.tokens + ((now - b.at) / 1000) * opt.joinRatePerSource) : joinBurst;
-  }
-
-  function takeJoinToken(source: string, now: number): boolean {
-    const tokens = tokensOf(source, now);
-    if (tokens < 1) return false;
-    joinTokens.set(source, { tokens: tokens - 1, at: now });
-    return true;
-  }
-
   function sweep(): void {
     const now = performance.now();
-    for (const source of joinTokens.keys()) if (tokensOf(source, now) >= joinBurst) joinTokens.delete(source);
-    for (const source of listTokens.keys()) if (listAllowance(source, now) >= listBurst) listTokens.delete(source);
+    joinTokens.prune(now);
+    listTokens.prune(now);
     for (const c of conns) {
       if (c.closing || c.closed) continue;
       if (!c.id) {
