@@ -376,7 +376,9 @@ async function transferOnce(rig: Rig, src: string, size: number, srcSha: string)
   if (r.sha256 !== srcSha) throw new Error(`delivered SHA-256 ${r.sha256} differs from the source's ${srcSha}`);
   if (got.size !== size) throw new Error(`received ${got.size} bytes of ${size}`);
   const cpu = Object.fromEntries(roles.map((role, i) => [role, { user: c1[i]!.user - c0[i]!.user, sys: c1[i]!.sys - c0[i]!.sys }])) as Run["cpu"];
-  return { ms: r.ms as number, stamps: { ...(r.stamps as object), ...(got.stamps as object) }, path: got.path as string, cpu, otherPct: (Math.max(0, busy - ours) / wall) * 100 };
+  const run = { ms: r.ms as number, stamps: { ...(r.stamps as object), ...(got.stamps as object) }, path: got.path as string, cpu, otherPct: (Math.max(0, busy - ours) / wall) * 100 };
+  verifyAndRemove(run, srcSha);
+  return run;
 }
 
 interface FloorRun {
@@ -395,13 +397,17 @@ async function floorOnce(rig: NonNullable<typeof floorRig>, src: string, size: n
   return { ms: r.ms, cpu: c1.map((c, i) => ((c.user + c.sys - c0[i]!.user - c0[i]!.sys) * 1000) / (size / MiB)) };
 }
 
-/** Hashes each received file on disk (outside all timing) and removes it. */
-function verifyAndRemove(runs: Run[], srcSha: string): void {
-  for (const { path } of runs) {
-    const onDisk = sha256File(path);
-    if (onDisk !== srcSha) throw new Error(`received file ${path}: SHA-256 ${onDisk} differs from the source's ${srcSha}`);
-    unlinkSync(path);
-  }
+/**
+ * Hashes a received file on disk (outside all timing) and removes it, right
+ * after its transfer, as the floor's files are. On this VM, page cache that
+ * nothing has used lately costs about 3 ms per MiB to fill (bench-page-cache.ts),
+ * so files kept until the end of the phase made smts's later transfers the
+ * slower, and its gap to the floor wider (docs/BENCHMARKS.md, "Seventeenth look").
+ */
+function verifyAndRemove({ path }: Run, srcSha: string): void {
+  const onDisk = sha256File(path);
+  if (onDisk !== srcSha) throw new Error(`received file ${path}: SHA-256 ${onDisk} differs from the source's ${srcSha}`);
+  unlinkSync(path);
 }
 
 const STEPS: [string, string, string][] = [
@@ -490,7 +496,6 @@ try {
     for (let i = 0; i < smallRuns; i++) floorBackToBack.push(await floorOnce(floorRig, src, smallSize, srcSha, true));
     console.error(`  10 MiB back to back: smts ${backToBack.map((r) => r.ms.toFixed(1)).join(", ")} ms; floor ${floorBackToBack.map((r) => r.ms.toFixed(1)).join(", ")} ms`);
     smallMem = { idle, peak: sampler.stop(), hwm: Object.fromEntries(roles.map((r) => [r, memOf(a!.pids[r]).hwm])) };
-    verifyAndRemove([...warm, ...small, ...backToBack], srcSha);
   } finally {
     await stopRig(a);
     await floorRig?.stop();
@@ -510,7 +515,6 @@ try {
     for (let i = 0; i < 2; i++) {
       const run = await transferOnce(c, bigSrc, bigSize, srcSha);
       console.error(`  ${mib(bigSize)}: ${(run.ms / 1000).toFixed(2)} s, ${fmt(mbs(bigSize, run.ms))} MB/s${i === 0 ? " (warm-up)" : ""}`);
-      verifyAndRemove([run], srcSha); // one big file on disk at a time
       if (i > 0) big.push(run);
     }
     bigMem = { idle, peak: sampler.stop(), hwm: Object.fromEntries(roles.map((r) => [r, memOf(c!.pids[r]).hwm])) };
@@ -621,7 +625,7 @@ const section = [
   `Measured ${utcMinute()} by \`${cmd}\` on ${machine()}; code: commit ${Bun.spawnSync(["git", "rev-parse", "--short", "HEAD"], { cwd: ROOT }).stdout.toString().trim()}${Bun.spawnSync(["git", "status", "--porcelain", "lib", "cmd"], { cwd: ROOT }).stdout.toString().trim() ? " plus uncommitted changes in lib/ or cmd/" : ""}.`,
   "Relay (`smts relay --open`), sender and receiver are three separate processes on loopback, each with smts's allocator setting (lib/runtime/allocator.ts; the floor's too); each phase starts fresh processes. " +
     "Time is from the sender's `sendFile()` call to its `delivered` event, which follows the receiver's size and SHA-256 check and the rename to the final name; " +
-    "afterwards the benchmark hashes every received file on disk (outside the timing) and compares it with the source. MB/s = 10^6 bytes/s; the files are pseudo-random (AES-256-CTR keystream, streamed to disk). " +
+    "after each transfer the benchmark hashes the received file on disk (outside the timing), compares it with the source and removes it, as the floor pipeline's files are removed (page cache that nothing has used lately costs this VM about 3 ms per MiB to fill: `scripts/bench-page-cache.ts`). MB/s = 10^6 bytes/s; the files are pseudo-random (AES-256-CTR keystream, streamed to disk). " +
     `The machine was ${fmt(busyBefore)}% busy (of ${cpus().length * 100}%) just before the runs.`,
   "",
   "| what | measured | reference measured in the same run | ratio | target | met? |",
