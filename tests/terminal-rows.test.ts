@@ -58,7 +58,7 @@ test("rows end after a space when the next word fits the following row; longer w
     for (const row of rows) for (const word of row.trim().split(" ")) expect(words).toContain(word); // no word cut
   }
   const hash = "ab".repeat(32);
-  expect(rowsOf(`* 7hd2xw0a has report.pdf (2.0 KiB), verified: sha256 ${hash}`, 80)).toEqual(["* 7hd2xw0a has report.pdf (2.0 KiB), verified: sha256 ", `    ${hash}`]);
+  expect(rowsOf(`* 7hd2xw0a has report.pdf (2.0 KiB), its sha256 matches ours: ${hash}`, 80)).toEqual(["* 7hd2xw0a has report.pdf (2.0 KiB), its sha256 matches ours: ", `    ${hash}`]);
   expect(rowsOf("x".repeat(30), 20)).toEqual(["x".repeat(20), `    ${"x".repeat(10)}`]); // no space: cut
 });
 

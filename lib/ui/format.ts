@@ -153,7 +153,8 @@ export function formatEvent(e: ChatEvent): string | null {
     case "file":
       return `* received ${sanitize(e.name)} from ${e.from}${e.broadcast ? " (to all)" : ""}: ${formatSize(e.size)}, saved as ${sanitize(e.path)}, sha256 ${e.sha256}`;
     case "delivered":
-      return `* ${e.to} has ${sanitize(e.name)} (${formatSize(e.size)}), verified: sha256 ${e.sha256}`;
+      // Not "verified": in smts that word is for fingerprints, and this says nothing about them.
+      return `* ${e.to} has ${sanitize(e.name)} (${formatSize(e.size)}), its sha256 matches ours: ${e.sha256}`;
   }
 }
 
