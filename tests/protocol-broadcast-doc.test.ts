@@ -227,7 +227,7 @@ function transfersHarness(dir: string) {
   const t = createTransfers(
     {
       sendContent: (peer, item) => void contents.push({ peer, item }),
-      sendMessage: (to, frame) => void messages.push({ to, frame }),
+      sendChunk: (to, frame) => void messages.push({ to, frame }),
       backlog: () => 0,
       congested: () => false,
       isBusy: () => false,

@@ -276,7 +276,7 @@ function harness(opts: { maxFileSize?: number; backlog?: number } = {}): Harness
   h.t = createTransfers(
     {
       sendContent: (_peer, item) => void h.contents.push(item),
-      sendMessage: (_peer, frame) => void h.messages.push(frame),
+      sendChunk: (_peer, frame) => void h.messages.push(frame),
       backlog: () => h.backlog,
       congested: () => false,
       isBusy: () => false,

@@ -237,14 +237,15 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     heldWaiters = [];
     for (const wake of waiting) wake();
   };
-  const send = (to: string | string[], body: PackedBin) => {
+  const send = (to: string | string[], body: PackedBin, bulk = false) => {
     if (sentSinceBusy.size) {
       for (const peer of typeof to === "string" ? [to] : to) {
         const sent = sentSinceBusy.get(peer);
         if (sent !== undefined) sentSinceBusy.set(peer, sent + body.size);
       }
     }
-    link.send(to, body);
+    if (bulk) link.sendBulk(to, body);
+    else link.send(to, body);
   };
   const sendE2E = (to: string | string[], frame: Frame) => send(to, new PackedBin(frame));
   const congested = (peer: string) => link.backlog > CONGESTED_BACKLOG || overBudget(peer);
@@ -271,7 +272,7 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         const s = sessions.get(peer);
         if (s) queueContent(s, item, 128 + 3 * (typeof item.name === "string" ? item.name.length : 0) + 3 * (typeof item.reason === "string" ? item.reason.length : 0));
       },
-      sendMessage: sendE2E,
+      sendChunk: (to, frame) => send(to, new PackedBin(frame), true),
       congested,
       isBusy: (peer) => sentSinceBusy.has(peer),
       isChosen,

@@ -60,6 +60,8 @@ export interface Link {
   readonly maxFrame: number;
   /** `body` is the opaque E2E payload; a PackedBin is packed straight into the frame. */
   send(to: string | string[], body: Uint8Array | PackedBin, ref?: number): void;
+  /** send() in the bulk lane (lib/wire/outbox.ts): frames sent otherwise go first. */
+  sendBulk(to: string | string[], body: PackedBin): void;
   sendFrame(frame: Frame): void;
   /** Bytes queued locally and not yet taken by the socket. */
   readonly backlog: number;
@@ -146,9 +148,10 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         drainWaiters = still;
       }
     };
-    const write = (bytes: Uint8Array) => {
+    const write = (bytes: Uint8Array, bulk = false) => {
       if (!outbox || outbox.closed) return;
-      outbox.push(bytes);
+      if (bulk) outbox.pushBulk(bytes);
+      else outbox.push(bytes);
       if (!flushScheduled) {
         flushScheduled = true;
         queueMicrotask(flush);
@@ -197,6 +200,9 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         maxFrame,
         send(to, body, ref) {
           writeFrame(ref === undefined ? { t: "send", to, body } : { t: "send", to, body, ref });
+        },
+        sendBulk(to, body) {
+          write(encodeFrame({ t: "send", to, body }), true);
         },
         sendFrame: writeFrame,
         get backlog() {

@@ -41,8 +41,8 @@ export type TransferEvent =
 export interface TransferDeps {
   /** Sends a record content to the peer (authenticated, in order with messages). */
   sendContent(peer: string, item: Frame): void;
-  /** Sends an E2E message outside the session records (chunks). */
-  sendMessage(to: string | string[], frame: Frame): void;
+  /** Sends a file chunk, an E2E message outside the session records, in the link's bulk lane: what sendContent sends overtakes it. */
+  sendChunk(to: string | string[], frame: Frame): void;
   backlog(): number;
   drained(bytes: number): Promise<void>;
   /**
@@ -436,7 +436,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
         if (last && readSync(t.fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
         hash?.update(buf.subarray(0, got));
-        deps.sendMessage(to.length === 1 ? to[0]! : to, sealChunkInPlace(keys, t.fileId, n, last, buf, got)); // encrypted once, copied by the relay
+        deps.sendChunk(to.length === 1 ? to[0]! : to, sealChunkInPlace(keys, t.fileId, n, last, buf, got)); // encrypted once, copied by the relay
         const now = performance.now();
         t.lastActivity = now;
         if (last || now - lastProgress >= PROGRESS_MS) {

@@ -12,6 +12,12 @@
 // until the last of them has written it; an outbox that has written
 // everything holds no buffer (a relay keeps thousands of them).
 //
+// A second lane, for bulk frames (a client's file chunks, pushBulk), is
+// written only while the first is empty, and a bulk frame once begun goes out
+// whole before anything else: a message queued behind 256 KiB of a file's
+// chunks leaves before them, never in the middle of one (docs/PROTOCOL.md §18).
+// Within each lane, bytes leave in push order.
+//
 // A staging buffer is written once nothing is queued ahead of it, and then
 // dropped (only the bytes written into it are ever sent, so it need not be
 // zeroed); while the socket is behind, it keeps filling. Its size follows
@@ -32,6 +38,10 @@ const STAGE_MAX = 64 * 1024; // ... up to this
 // Frames queued by reference in several outboxes (pushShared): how many hold
 // each, and which frame a queued piece is (the unsent tail of one is a new view).
 const holders = new WeakMap<Uint8Array, number>();
+// Put in the place of a written piece: a connection that stays behind keeps its
+// queue for up to 1024 pieces, and a view of a written frame's tail would keep
+// the whole frame alive (up to 1024 × 128 KiB).
+const WRITTEN = new Uint8Array(0);
 const frameOf = new WeakMap<Uint8Array, Uint8Array>();
 
 export class Outbox {
@@ -42,6 +52,11 @@ export class Outbox {
   private stageSize = STAGE_MIN;
   /** Pieces in `queue` that are shared frames (so the lookups are skipped while there are none). */
   private sharedQueued = 0;
+  /** The bulk lane: whole frames, oldest first from bulkHead. */
+  private bulk: Uint8Array[] = [];
+  private bulkHead = 0;
+  /** Part of the frame at bulkHead was written: the rest goes before anything else. */
+  private bulkBegun = false;
   /** Bytes queued and not yet accepted by the kernel. */
   bytes = 0;
   /** Time (ms) of the last write that made progress, or of the last push into an empty outbox. */
@@ -103,8 +118,46 @@ export class Outbox {
     this.queue.push(frame);
   }
 
+  /** Queues `frame`, a bulk one: it waits while anything pushed otherwise is queued (see the top). */
+  pushBulk(frame: Uint8Array): void {
+    if (this.closed || frame.length === 0) return;
+    if (this.bytes === 0) this.lastProgress = performance.now();
+    this.bytes += frame.length;
+    this.total.bytes += frame.length;
+    this.bulk.push(frame);
+  }
+
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
   flush(): boolean {
+    for (;;) {
+      if (!this.bulkBegun && !this.flushQueue()) return false;
+      if (this.bulkHead === this.bulk.length) {
+        this.bulk.length = 0;
+        this.bulkHead = 0;
+        return true;
+      }
+      const frame = this.bulk[this.bulkHead]!;
+      const written = this.socket.write(frame);
+      if (written < 0) {
+        this.close();
+        return false;
+      }
+      if (written > 0) {
+        this.bytes -= written;
+        this.total.bytes -= written;
+        this.lastProgress = performance.now();
+      }
+      this.bulkBegun = written < frame.length;
+      if (this.bulkBegun) {
+        if (written > 0) this.bulk[this.bulkHead] = frame.subarray(written);
+        return false;
+      }
+      this.bulk[this.bulkHead++] = WRITTEN; // and the first lane goes first again
+    }
+  }
+
+  /** flush() of the first lane: true when it is empty. */
+  private flushQueue(): boolean {
     for (;;) {
       if (this.head === this.queue.length) {
         this.queue.length = 0;
@@ -142,7 +195,7 @@ export class Outbox {
         return false;
       }
       if (frame) this.release(frame);
-      this.head++;
+      this.queue[this.head++] = WRITTEN;
     }
   }
 
@@ -156,6 +209,9 @@ export class Outbox {
     this.total.bytes -= own;
     this.queue = [];
     this.head = 0;
+    this.bulk = [];
+    this.bulkHead = 0;
+    this.bulkBegun = false;
     this.stage = null;
     this.staged = 0;
     this.bytes = 0;
