@@ -321,6 +321,59 @@ test("a first-lane frame overtakes every bulk frame not yet begun", () => {
   expect(box.bytes).toBe(0);
 });
 
+test("a bulk frame the socket has taken nothing of still gives way; one it took part of does not (found in review)", () => {
+  let accept = 0;
+  const written: number[] = [];
+  const box = new Outbox({
+    write(data: Uint8Array) {
+      const n = Math.min(data.length, accept);
+      accept -= n;
+      for (let i = 0; i < n; i++) written.push(data[i]!);
+      return n;
+    },
+  });
+  box.pushBulk(new Uint8Array(100).fill(1));
+  expect(box.flush()).toBe(false); // the socket took nothing
+  box.push(new Uint8Array([9, 9]));
+  accept = 50;
+  box.flush(); // the message, then half of the bulk frame
+  box.push(new Uint8Array([8]));
+  expect(box.flush()).toBe(false); // nothing taken, the bulk frame still half out
+  accept = 1000;
+  expect(box.flush()).toBe(true);
+  expect(written).toEqual([9, 9, ...new Array(100).fill(1), 8]);
+});
+
+test("a first lane that never empties cannot starve the bulk lane: a bulk frame waits for at most 256 KiB of it", () => {
+  let budget = 0; // bytes the socket takes until the next round
+  const writes: [lane: number, bytes: number][] = []; // lane by the first byte: 0 first, 1 bulk
+  const box = new Outbox({
+    write(data: Uint8Array) {
+      const n = Math.min(data.length, budget);
+      budget -= n;
+      if (n > 0) writes.push([data[0]!, n]);
+      return n;
+    },
+  });
+  for (let i = 0; i < 4; i++) box.pushBulk(new Uint8Array(20_000).fill(1));
+  for (let round = 0; round < 200; round++) {
+    box.push(new Uint8Array(20_001)); // a byte more than the socket takes: the first lane never empties
+    budget = 20_000;
+    box.flush();
+  }
+  const firstBytes = writes.filter(([lane]) => lane === 0).reduce((a, [, n]) => a + n, 0);
+  const bulkBytes = writes.filter(([lane]) => lane === 1).reduce((a, [, n]) => a + n, 0);
+  expect(bulkBytes).toBe(4 * 20_000); // every bulk frame went ...
+  expect(box.bytes).toBe(200 * 20_001 + 4 * 20_000 - 200 * 20_000); // ... while the first lane never emptied
+  // ... and none waited for more than 256 KiB of the first lane, plus the rest of a frame begun.
+  let run = 0;
+  for (const [lane, n] of writes.slice(0, writes.findLastIndex(([l]) => l === 1))) {
+    if (lane === 1) run = 0;
+    else expect((run += n)).toBeLessThanOrEqual(256 * 1024 + 2 * 20_001);
+  }
+  expect(firstBytes).toBeGreaterThan(4 * 256 * 1024);
+});
+
 test("an outbox that stays behind does not keep written frames alive", async () => {
   // Each flush takes a byte less than was pushed: the lane never empties, and
   // the unsent tail of each frame is a view of it. Such views kept every

@@ -14,6 +14,7 @@ import type { Link } from "../lib/link/relay-link.ts";
 import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
 import { CHUNK_BYTES, doneMac, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
 import type { Frame } from "../lib/wire/frame.ts";
+import { Outbox } from "../lib/wire/outbox.ts";
 import { nameProblems, SECRET, sha256Hex, spawnRelay, startParty, startTestRelay, tempDirs, tryMount, waitFor, writeTestFile, type Party, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
 import { startRawPeer } from "./raw-peer.ts";
@@ -171,6 +172,39 @@ describe("delivery", () => {
       expect(openUnder(b.dir)).toEqual([]);
     });
   }
+
+  test("chunks go to the relay in the write queue's bulk lane, records in the first: a message overtakes queued chunks (lib/wire/outbox.ts)", async () => {
+    const { a, b } = await pair();
+    const src = writeTestFile(temp.make(), "lanes.bin", 8 * CHUNK_BYTES);
+    // Watched, not replaced: every outbox in this process (both clients', the relay's) records what goes into which lane.
+    const seen = new Map<Outbox, { first: number[]; bulk: number[] }>();
+    const of = (box: Outbox) => seen.get(box) ?? seen.set(box, { first: [], bulk: [] }).get(box)!;
+    const { push, pushBulk } = Outbox.prototype;
+    Outbox.prototype.push = function (x: Uint8Array, y?: Uint8Array) {
+      of(this).first.push(x.length + (y?.length ?? 0));
+      return push.call(this, x, y);
+    };
+    Outbox.prototype.pushBulk = function (frame: Uint8Array) {
+      of(this).bulk.push(frame.length);
+      return pushBulk.call(this, frame);
+    };
+    try {
+      const sent = a.chat.sendFile(b.id, src.path);
+      await waitFor(() => b.of("progress").length > 0, "the first chunk at b", LONG);
+      a.chat.sendText(b.id, "while the file goes");
+      await sent;
+    } finally {
+      Object.assign(Outbox.prototype, { push, pushBulk });
+    }
+    expect(texts(b)).toEqual(["while the file goes"]);
+    const senders = [...seen.values()].filter((lanes) => lanes.bulk.length > 0);
+    expect(senders).toHaveLength(1); // a's link: nothing else sends chunks
+    const [lanes] = senders;
+    expect(lanes!.bulk).toHaveLength(8);
+    expect(lanes!.bulk.every((n) => n > CHUNK_BYTES)).toBe(true);
+    expect(lanes!.first.length).toBeGreaterThan(0); // the offer, the text
+    expect(lanes!.first.every((n) => n < 16 * 1024)).toBe(true); // no chunk in the first lane
+  });
 
   test("receiving report.pdf twice gives report.pdf and report (1).pdf, each with its own content", async () => {
     const { a, b } = await pair();

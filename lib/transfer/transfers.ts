@@ -89,10 +89,11 @@ export class TransferError extends Error {
   }
 }
 
-// Pause reading the file while this much waits in our queue to the relay. A message
-// typed meanwhile waits behind it (and the kernel's socket buffer): on a slow uplink,
-// 1 MiB was 5 s at 200 kB/s (found in audit). 256 KiB costs no speed on loopback
-// (two A/Bs, 70 pairs: docs/BENCHMARKS.md, "Thirteenth look").
+// Pause reading the file while this much waits in our queue to the relay: a chunk
+// costs memory until the socket takes it. 256 KiB costs no speed on loopback (two
+// A/Bs, 70 pairs: docs/BENCHMARKS.md, "Thirteenth look"). A message typed meanwhile
+// goes ahead of these chunks (they are in the queue's bulk lane, lib/wire/outbox.ts),
+// but not of what the kernel's socket buffer already holds (README, "Slow links").
 const SEND_HIGH = 256 * 1024;
 const SEND_LOW = 128 * 1024;
 const PROGRESS_MS = 250;

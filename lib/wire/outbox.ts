@@ -15,8 +15,11 @@
 // A second lane, for bulk frames (a client's file chunks, pushBulk), is
 // written only while the first is empty, and a bulk frame once begun goes out
 // whole before anything else: a message queued behind 256 KiB of a file's
-// chunks leaves before them, never in the middle of one (docs/PROTOCOL.md §18).
-// Within each lane, bytes leave in push order.
+// chunks leaves before them, never in the middle of one (docs/PROTOCOL.md §27).
+// Within each lane, bytes leave in push order. So that a first lane that never
+// empties (a script piping messages faster than the uplink) cannot starve the
+// bulk one, past BULK_AFTER bytes written from the first lane while a bulk
+// frame waited, that frame joins the end of the first lane.
 //
 // A staging buffer is written once nothing is queued ahead of it, and then
 // dropped (only the bytes written into it are ever sent, so it need not be
@@ -42,6 +45,7 @@ const holders = new WeakMap<Uint8Array, number>();
 // queue for up to 1024 pieces, and a view of a written frame's tail would keep
 // the whole frame alive (up to 1024 × 128 KiB).
 const WRITTEN = new Uint8Array(0);
+const BULK_AFTER = 256 * 1024;
 const frameOf = new WeakMap<Uint8Array, Uint8Array>();
 
 export class Outbox {
@@ -57,6 +61,8 @@ export class Outbox {
   private bulkHead = 0;
   /** Part of the frame at bulkHead was written: the rest goes before anything else. */
   private bulkBegun = false;
+  /** Bytes the first lane wrote while a bulk frame waited (see BULK_AFTER). */
+  private firstWhileBulkWaits = 0;
   /** Bytes queued and not yet accepted by the kernel. */
   bytes = 0;
   /** Time (ms) of the last write that made progress, or of the last push into an empty outbox. */
@@ -124,13 +130,22 @@ export class Outbox {
     if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += frame.length;
     this.total.bytes += frame.length;
+    if (this.bulkHead === this.bulk.length) this.firstWhileBulkWaits = 0;
     this.bulk.push(frame);
   }
 
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
   flush(): boolean {
     for (;;) {
-      if (!this.bulkBegun && !this.flushQueue()) return false;
+      if (!this.bulkBegun) {
+        if (this.firstWhileBulkWaits >= BULK_AFTER && this.bulkHead < this.bulk.length) {
+          this.sealStage(); // the first lane holds whole frames only: this is a frame boundary
+          this.queue.push(this.bulk[this.bulkHead]!);
+          this.bulk[this.bulkHead++] = WRITTEN;
+          this.firstWhileBulkWaits = 0;
+        }
+        if (!this.flushQueue()) return this.compactBulk();
+      }
       if (this.bulkHead === this.bulk.length) {
         this.bulk.length = 0;
         this.bulkHead = 0;
@@ -146,14 +161,25 @@ export class Outbox {
         this.bytes -= written;
         this.total.bytes -= written;
         this.lastProgress = performance.now();
+        this.firstWhileBulkWaits = 0;
       }
-      this.bulkBegun = written < frame.length;
-      if (this.bulkBegun) {
+      // Begun once the socket took some of it: a frame it took none of yet still gives way to the first lane.
+      if (written > 0) this.bulkBegun = written < frame.length;
+      if (written < frame.length) {
         if (written > 0) this.bulk[this.bulkHead] = frame.subarray(written);
-        return false;
+        return this.compactBulk();
       }
       this.bulk[this.bulkHead++] = WRITTEN; // and the first lane goes first again
     }
+  }
+
+  /** Drops the written slots ahead of bulkHead once they are many (as flushQueue does for the first lane); returns false, for flush(). */
+  private compactBulk(): false {
+    if (this.bulkHead > 1024 && this.bulkHead * 2 > this.bulk.length) {
+      this.bulk = this.bulk.slice(this.bulkHead);
+      this.bulkHead = 0;
+    }
+    return false;
   }
 
   /** flush() of the first lane: true when it is empty. */
@@ -181,6 +207,7 @@ export class Outbox {
         this.bytes -= written;
         if (!frame) this.total.bytes -= written; // a shared frame's memory is held until its last holder wrote it
         this.lastProgress = performance.now();
+        this.firstWhileBulkWaits += written;
       }
       if (written < chunk.length) {
         if (written > 0) {
