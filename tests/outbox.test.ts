@@ -344,7 +344,8 @@ test("a bulk frame the socket has taken nothing of still gives way; one it took 
   expect(written).toEqual([9, 9, ...new Array(100).fill(1), 8]);
 });
 
-test("a first lane that never empties cannot starve the bulk lane: a bulk frame waits for at most 256 KiB of it", () => {
+test("a first lane that never empties cannot starve the bulk lane: after 256 KiB of it, a waiting bulk frame joins its end", () => {
+  const K = 256 * 1024;
   let budget = 0; // bytes the socket takes until the next round
   const writes: [lane: number, bytes: number][] = []; // lane by the first byte: 0 first, 1 bulk
   const box = new Outbox({
@@ -355,23 +356,50 @@ test("a first lane that never empties cannot starve the bulk lane: a bulk frame 
       return n;
     },
   });
+  const first = (n: number) => box.push(new Uint8Array(n));
+  const round = (take: number) => ((budget = take), box.flush());
+  // First-lane traffic with no bulk frame waiting does not count against the next one.
+  for (let i = 0; i < 20; i++) first(20_000), round(20_000);
   for (let i = 0; i < 4; i++) box.pushBulk(new Uint8Array(20_000).fill(1));
-  for (let round = 0; round < 200; round++) {
-    box.push(new Uint8Array(20_001)); // a byte more than the socket takes: the first lane never empties
-    budget = 20_000;
-    box.flush();
-  }
-  const firstBytes = writes.filter(([lane]) => lane === 0).reduce((a, [, n]) => a + n, 0);
-  const bulkBytes = writes.filter(([lane]) => lane === 1).reduce((a, [, n]) => a + n, 0);
-  expect(bulkBytes).toBe(4 * 20_000); // every bulk frame went ...
-  expect(box.bytes).toBe(200 * 20_001 + 4 * 20_000 - 200 * 20_000); // ... while the first lane never emptied
-  // ... and none waited for more than 256 KiB of the first lane, plus the rest of a frame begun.
+  expect(box.bulkBytes).toBe(80_000);
+  // The first lane never empties: a byte more arrives each round than the socket takes.
+  for (let i = 0; i < 100; i++) first(20_001), round(20_000);
+  expect(box.bulkBytes).toBe(0); // each frame moved to the first lane's end (and left the bulk count) ...
+  expect(writes.filter(([lane]) => lane === 1).reduce((a, [, n]) => a + n, 0)).toBe(80_000); // ... and went
+  // Between bulk frames, at least 256 KiB of the first lane, and at most that plus what was queued ahead.
+  const gaps: number[] = [];
   let run = 0;
-  for (const [lane, n] of writes.slice(0, writes.findLastIndex(([l]) => l === 1))) {
-    if (lane === 1) run = 0;
-    else expect((run += n)).toBeLessThanOrEqual(256 * 1024 + 2 * 20_001);
+  let last = 0;
+  for (const [lane, n] of writes.slice(20)) {
+    if (lane === 0) run += n;
+    else if (last === 0) gaps.push(run), (run = 0); // a frame may take more than one write
+    last = lane;
   }
-  expect(firstBytes).toBeGreaterThan(4 * 256 * 1024);
+  expect(gaps).toHaveLength(4);
+  for (const gap of gaps) {
+    expect(gap).toBeGreaterThanOrEqual(K);
+    expect(gap).toBeLessThanOrEqual(K + 3 * 20_001);
+  }
+  // Once the first lane empties, a bulk frame goes at once, and the count starts again from there.
+  while (!round(1e9));
+  writes.length = 0;
+  box.pushBulk(new Uint8Array(20_000).fill(1));
+  round(1e9);
+  expect(writes).toEqual([[1, 20_000]]);
+  box.pushBulk(new Uint8Array(20_000).fill(1));
+  for (let i = 0; i < 5; i++) first(20_001), round(20_000);
+  expect(writes.slice(1).every(([lane]) => lane === 0)).toBe(true); // 100 KB of the first lane: the bulk frame still waits
+  expect(box.bulkBytes).toBe(20_000);
+  // A bulk frame that went because the first lane emptied starts the count again for the next one.
+  while (!round(1e9));
+  box.pushBulk(new Uint8Array(20_000).fill(1));
+  box.pushBulk(new Uint8Array(20_000).fill(1));
+  for (let i = 0; i < 10; i++) first(20_000), round(20_000); // 200 KB of the first lane while both wait
+  round(20_000); // the first lane empty: the first bulk frame goes
+  writes.length = 0;
+  for (let i = 0; i < 12; i++) first(20_001), round(20_000); // 240 KB more: under 256 KiB since it went
+  expect(writes.every(([lane]) => lane === 0)).toBe(true);
+  expect(box.bulkBytes).toBe(20_000);
 });
 
 test("an outbox that stays behind does not keep written frames alive", async () => {

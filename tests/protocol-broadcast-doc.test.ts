@@ -228,10 +228,10 @@ function transfersHarness(dir: string) {
     {
       sendContent: (peer, item) => void contents.push({ peer, item }),
       sendChunk: (to, frame) => void messages.push({ to, frame }),
-      backlog: () => 0,
+      chunkBacklog: () => 0,
       congested: () => false,
       isBusy: () => false,
-      drained: async () => {},
+      chunksDrained: async () => {},
       emit: (e) => void events.push(e),
       maxFrame: () => 256 * 1024,
     },

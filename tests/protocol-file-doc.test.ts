@@ -85,7 +85,7 @@ describe("file-layer test vectors in docs/PROTOCOL.md", () => {
     expect(flat).toContain('info = "smts/1 file keys", L = 64');
     expect(flat).toContain('"smts/1 chunk" ‖ fileId ‖ u64be(n) ‖ L ‖ iv ‖ ct');
     expect(flat).toContain("`.<id>.smts-part`");
-    expect(flat).toContain("more than **256 KiB** is queued");
+    expect(flat).toContain("more than **256 KiB** of chunks is queued");
     expect(flat).toContain("down to **128 KiB**");
     expect(flat).toContain("longer than **200 bytes** of UTF-8");
   });
@@ -277,10 +277,10 @@ function harness(opts: { maxFileSize?: number; backlog?: number } = {}): Harness
     {
       sendContent: (_peer, item) => void h.contents.push(item),
       sendChunk: (_peer, frame) => void h.messages.push(frame),
-      backlog: () => h.backlog,
+      chunkBacklog: () => h.backlog,
       congested: () => false,
       isBusy: () => false,
-      drained: (bytes) => {
+      chunksDrained: (bytes) => {
         h.drainedCalls.push(bytes);
         return new Promise(() => {}); // never drains: shows where the sender stops
       },

@@ -173,7 +173,7 @@ describe("delivery", () => {
     });
   }
 
-  test("chunks go to the relay in the write queue's bulk lane, records in the first: a message overtakes queued chunks (lib/wire/outbox.ts)", async () => {
+  test("chunks go to the relay in the write queue's bulk lane, and nothing else does (lib/wire/outbox.ts; the lanes' order is tested in outbox.test.ts)", async () => {
     const { a, b } = await pair();
     const src = writeTestFile(temp.make(), "lanes.bin", 8 * CHUNK_BYTES);
     // Watched, not replaced: every outbox in this process (both clients', the relay's) records what goes into which lane.

@@ -65,8 +65,10 @@ export interface Link {
   sendFrame(frame: Frame): void;
   /** Bytes queued locally and not yet taken by the socket. */
   readonly backlog: number;
-  /** Resolves once the local queue is at or below `bytes`. */
-  drained(bytes?: number): Promise<void>;
+  /** Of these, the bulk lane's (sendBulk). */
+  readonly bulkBacklog: number;
+  /** Resolves once the local queue (with `bulk`, its bulk lane) is at or below `bytes`. */
+  drained(bytes?: number, bulk?: boolean): Promise<void>;
   /**
    * Stops (true) or resumes (false) reading from the relay, for a consumer of
    * what we read that fell behind: the relay then queues for us, and tells
@@ -92,7 +94,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
     let link: Link | null = null;
     let lastError: LinkClose | null = null;
     let flushScheduled = false;
-    let drainWaiters: { bytes: number; resolve: () => void }[] = [];
+    let drainWaiters: { bytes: number; bulk: boolean; resolve: () => void }[] = [];
     let resolveClosed!: (r: LinkClose) => void;
     const closed = new Promise<LinkClose>((r) => (resolveClosed = r));
     let settled = false;
@@ -144,7 +146,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
       outbox.flush();
       if (drainWaiters.length) {
         const still: typeof drainWaiters = [];
-        for (const w of drainWaiters) (outbox.bytes <= w.bytes ? w.resolve() : still.push(w));
+        for (const w of drainWaiters) ((w.bulk ? outbox.bulkBytes : outbox.bytes) <= w.bytes ? w.resolve() : still.push(w));
         drainWaiters = still;
       }
     };
@@ -208,15 +210,18 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         get backlog() {
           return outbox?.bytes ?? 0;
         },
+        get bulkBacklog() {
+          return outbox?.bulkBytes ?? 0;
+        },
         holdReading(hold) {
           if (hold === holding) return;
           holding = hold;
           if (hold) socket?.pause();
           else socket?.resume();
         },
-        drained(bytes = DRAIN_LOW) {
-          if (!outbox || outbox.closed || outbox.bytes <= bytes) return Promise.resolve();
-          return new Promise<void>((resolve) => drainWaiters.push({ bytes, resolve }));
+        drained(bytes = DRAIN_LOW, bulk = false) {
+          if (!outbox || outbox.closed || (bulk ? outbox.bulkBytes : outbox.bytes) <= bytes) return Promise.resolve();
+          return new Promise<void>((resolve) => drainWaiters.push({ bytes, bulk, resolve }));
         },
         close() {
           // Hand everything queued to the socket first, then half-close (notes §3:

@@ -43,8 +43,9 @@ export interface TransferDeps {
   sendContent(peer: string, item: Frame): void;
   /** Sends a file chunk, an E2E message outside the session records, in the link's bulk lane: what sendContent sends overtakes it. */
   sendChunk(to: string | string[], frame: Frame): void;
-  backlog(): number;
-  drained(bytes: number): Promise<void>;
+  /** Bytes of chunks queued on the link (its bulk lane): what a sending transfer waits on. */
+  chunkBacklog(): number;
+  chunksDrained(bytes: number): Promise<void>;
   /**
    * True while far more waits to be sent than any transfer queues (the relay
    * is not taking our data), or while `peer` is not reading what we sent it
@@ -89,11 +90,13 @@ export class TransferError extends Error {
   }
 }
 
-// Pause reading the file while this much waits in our queue to the relay: a chunk
-// costs memory until the socket takes it. 256 KiB costs no speed on loopback (two
-// A/Bs, 70 pairs: docs/BENCHMARKS.md, "Thirteenth look"). A message typed meanwhile
-// goes ahead of these chunks (they are in the queue's bulk lane, lib/wire/outbox.ts),
-// but not of what the kernel's socket buffer already holds (README, "Slow links").
+// Pause reading the file while this much of its chunks waits in our queue to the
+// relay: a chunk costs memory until the socket takes it. 256 KiB costs no speed on
+// loopback (two A/Bs, 70 pairs: docs/BENCHMARKS.md, "Thirteenth look"). The chunks
+// are in the queue's bulk lane (lib/wire/outbox.ts): a message typed meanwhile goes
+// ahead of them, though not of what the kernel's socket buffer already holds (README,
+// "Slow links"); and only they are counted, since a script that keeps messages queued
+// (up to 1 MiB) would otherwise hold the file until its 60 s timeout (found in review).
 const SEND_HIGH = 256 * 1024;
 const SEND_LOW = 128 * 1024;
 const PROGRESS_MS = 250;
@@ -447,7 +450,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         if (last) break;
         // Yield after every chunk so the socket starts writing at once (no pipeline
         // fill of a whole megabyte); wait for the socket when it is behind.
-        if (deps.backlog() > SEND_HIGH) await deps.drained(SEND_LOW);
+        if (deps.chunkBacklog() > SEND_HIGH) await deps.chunksDrained(SEND_LOW);
         // Every 512 KiB let the event loop read the socket too: when the relay takes
         // chunks as fast as we seal them, microtasks alone would keep a `left`, a
         // `cancel` or the relay's `busy` unread until the end. Read late, `busy`

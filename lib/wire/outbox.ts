@@ -65,6 +65,8 @@ export class Outbox {
   private firstWhileBulkWaits = 0;
   /** Bytes queued and not yet accepted by the kernel. */
   bytes = 0;
+  /** Of these, the bulk lane's (a frame moved to the first lane no longer counts). */
+  bulkBytes = 0;
   /** Time (ms) of the last write that made progress, or of the last push into an empty outbox. */
   lastProgress = 0;
   closed = false;
@@ -129,6 +131,7 @@ export class Outbox {
     if (this.closed || frame.length === 0) return;
     if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += frame.length;
+    this.bulkBytes += frame.length;
     this.total.bytes += frame.length;
     if (this.bulkHead === this.bulk.length) this.firstWhileBulkWaits = 0;
     this.bulk.push(frame);
@@ -140,6 +143,7 @@ export class Outbox {
       if (!this.bulkBegun) {
         if (this.firstWhileBulkWaits >= BULK_AFTER && this.bulkHead < this.bulk.length) {
           this.sealStage(); // the first lane holds whole frames only: this is a frame boundary
+          this.bulkBytes -= this.bulk[this.bulkHead]!.length;
           this.queue.push(this.bulk[this.bulkHead]!);
           this.bulk[this.bulkHead++] = WRITTEN;
           this.firstWhileBulkWaits = 0;
@@ -159,6 +163,7 @@ export class Outbox {
       }
       if (written > 0) {
         this.bytes -= written;
+        this.bulkBytes -= written;
         this.total.bytes -= written;
         this.lastProgress = performance.now();
         this.firstWhileBulkWaits = 0;
@@ -239,6 +244,7 @@ export class Outbox {
     this.bulk = [];
     this.bulkHead = 0;
     this.bulkBegun = false;
+    this.bulkBytes = 0;
     this.stage = null;
     this.staged = 0;
     this.bytes = 0;
