@@ -5,6 +5,23 @@ import { Outbox } from "../lib/wire/outbox.ts";
 import { msgFrameHeader, parseSimpleSend, rewriteSendAsMsg } from "../lib/relay/protocol.ts";
 import { decodePayload, encodeFrame } from "../lib/wire/frame.ts";
 
+/** A socket that takes `accept` bytes in all (then nothing, until it is set again), keeping what it took in `written`. */
+function metered() {
+  const m = {
+    accept: 0,
+    written: [] as number[],
+    socket: {
+      write(data: Uint8Array) {
+        const n = Math.min(data.length, m.accept);
+        m.accept -= n;
+        for (let i = 0; i < n; i++) m.written.push(data[i]!);
+        return n;
+      },
+    },
+  };
+  return m;
+}
+
 test("bytes leave in order, exactly once, whatever the socket accepts each time", () => {
   let seed = 7;
   const rand = (n: number) => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
@@ -144,17 +161,8 @@ test("the relay's send fast path agrees with the general decoder, or declines", 
 // copied into each one's staging buffer, so 1,000 recipients that fell behind
 // held 1,000 copies of every frame (1.7 GB of relay RSS in 15 s).
 test("a shared frame is queued by reference once the outbox is behind, and still leaves in order, exactly once", () => {
-  let accept = 0; // bytes the socket takes on its next write
-  const written: number[] = [];
-  const socket = {
-    write(data: Uint8Array) {
-      const n = Math.min(data.length, accept);
-      accept -= n;
-      for (let i = 0; i < n; i++) written.push(data[i]!);
-      return n;
-    },
-  };
-  const box = new Outbox(socket);
+  const m = metered();
+  const box = new Outbox(m.socket);
   box.push(new Uint8Array([1, 2]));
   box.flush(); // nothing taken: behind from now on
   const frame = new Uint8Array([3, 4, 5]);
@@ -162,17 +170,17 @@ test("a shared frame is queued by reference once the outbox is behind, and still
   box.push(new Uint8Array([6]));
   frame[0] = 30; // the caller's buffer, shared: what leaves is what it holds then
   expect(box.bytes).toBe(6);
-  accept = 100;
+  m.accept = 100;
   expect(box.flush()).toBe(true);
-  expect(written).toEqual([1, 2, 30, 4, 5, 6]);
-  // An empty outbox stages it like any small piece (written at once, or copied).
+  expect(m.written).toEqual([1, 2, 30, 4, 5, 6]);
+  // An empty outbox stages it like any small piece (m.written at once, or copied).
   const early = new Uint8Array([7]);
-  accept = 0;
+  m.accept = 0;
   box.pushShared(early);
   early[0] = 70;
-  accept = 100;
+  m.accept = 100;
   box.flush();
-  expect(written.at(-1)).toBe(7);
+  expect(m.written.at(-1)).toBe(7);
 });
 
 test("`total` counts a frame shared by several outboxes once, until the last of them wrote it or closed", () => {
@@ -298,50 +306,33 @@ test("bulk frames wait while anything else is queued, one begun goes out whole, 
 });
 
 test("a first-lane frame overtakes every bulk frame not yet begun", () => {
-  let accept = 0;
-  const written: number[] = [];
-  const socket = {
-    write(data: Uint8Array) {
-      const n = Math.min(data.length, accept);
-      accept -= n;
-      for (let i = 0; i < n; i++) written.push(data[i]!);
-      return n;
-    },
-  };
-  const box = new Outbox(socket);
+  const m = metered();
+  const box = new Outbox(m.socket);
   box.pushBulk(new Uint8Array(100).fill(1));
   box.pushBulk(new Uint8Array(100).fill(2));
-  accept = 30;
+  m.accept = 30;
   box.flush(); // the first bulk frame begun
   box.push(new Uint8Array([9, 9]));
   box.pushBulk(new Uint8Array(100).fill(3));
-  accept = 1000;
+  m.accept = 1000;
   expect(box.flush()).toBe(true);
-  expect(written).toEqual([...new Array(100).fill(1), 9, 9, ...new Array(100).fill(2), ...new Array(100).fill(3)]);
+  expect(m.written).toEqual([...new Array(100).fill(1), 9, 9, ...new Array(100).fill(2), ...new Array(100).fill(3)]);
   expect(box.bytes).toBe(0);
 });
 
 test("a bulk frame the socket has taken nothing of still gives way; one it took part of does not (found in review)", () => {
-  let accept = 0;
-  const written: number[] = [];
-  const box = new Outbox({
-    write(data: Uint8Array) {
-      const n = Math.min(data.length, accept);
-      accept -= n;
-      for (let i = 0; i < n; i++) written.push(data[i]!);
-      return n;
-    },
-  });
+  const m = metered();
+  const box = new Outbox(m.socket);
   box.pushBulk(new Uint8Array(100).fill(1));
   expect(box.flush()).toBe(false); // the socket took nothing
   box.push(new Uint8Array([9, 9]));
-  accept = 50;
+  m.accept = 50;
   box.flush(); // the message, then half of the bulk frame
   box.push(new Uint8Array([8]));
   expect(box.flush()).toBe(false); // nothing taken, the bulk frame still half out
-  accept = 1000;
+  m.accept = 1000;
   expect(box.flush()).toBe(true);
-  expect(written).toEqual([9, 9, ...new Array(100).fill(1), 8]);
+  expect(m.written).toEqual([9, 9, ...new Array(100).fill(1), 8]);
 });
 
 test("a first lane that never empties cannot starve the bulk lane: after 256 KiB of it, a waiting bulk frame joins its end", () => {

@@ -41,12 +41,12 @@ const STAGE_MAX = 64 * 1024; // ... up to this
 // Frames queued by reference in several outboxes (pushShared): how many hold
 // each, and which frame a queued piece is (the unsent tail of one is a new view).
 const holders = new WeakMap<Uint8Array, number>();
+const frameOf = new WeakMap<Uint8Array, Uint8Array>();
 // Put in the place of a written piece: a connection that stays behind keeps its
 // queue for up to 1024 pieces, and a view of a written frame's tail would keep
 // the whole frame alive (up to 1024 × 128 KiB).
 const WRITTEN = new Uint8Array(0);
-const BULK_AFTER = 256 * 1024;
-const frameOf = new WeakMap<Uint8Array, Uint8Array>();
+const BULK_AFTER = 256 * 1024; // see the top
 
 export class Outbox {
   private queue: Uint8Array[] = [];
@@ -167,9 +167,9 @@ export class Outbox {
         this.total.bytes -= written;
         this.lastProgress = performance.now();
         this.firstWhileBulkWaits = 0;
+        // Begun once the socket took some of it: a frame it took none of yet still gives way to the first lane.
+        this.bulkBegun = written < frame.length;
       }
-      // Begun once the socket took some of it: a frame it took none of yet still gives way to the first lane.
-      if (written > 0) this.bulkBegun = written < frame.length;
       if (written < frame.length) {
         if (written > 0) this.bulk[this.bulkHead] = frame.subarray(written);
         return this.compactBulk();
