@@ -56,7 +56,7 @@ function tearDown(): void {
 
 type Event = Record<string, any> & { at: number };
 
-function chat(inNamespace: boolean, downloads: string) {
+function chat(port: number, inNamespace: boolean, downloads: string) {
   const argv = [process.execPath, `${ROOT}cmd/smts.ts`, "chat", `${RELAY_IP}:${port}`, "--json", "--download-dir", downloads, "--max-file-size", "1GiB"];
   const proc = Bun.spawn(inNamespace ? inNs(...argv) : argv, { stdin: "pipe", stdout: "pipe", stderr: "ignore", env: { PATH: process.env.PATH ?? "" } });
   const lines = lineReader(proc.stdout);
@@ -80,7 +80,6 @@ function chat(inNamespace: boolean, downloads: string) {
 }
 
 const work = mkdtempSync(join(tmpdir(), "smts-bench-slow-"));
-let port = 0;
 const procs: { kill(): void }[] = [];
 tearDown(); // a run stopped half-way leaves them
 try {
@@ -89,11 +88,10 @@ try {
   writeRandomFile(src, mib * 1024 * 1024);
   const relay = await spawnBenchRelay(["--host", RELAY_IP]);
   procs.push(relay.proc);
-  port = relay.port;
-  const receiver = chat(!up, work);
+  const receiver = chat(relay.port, !up, work);
   procs.push(receiver.proc);
   const receiverId = (await receiver.wait((e) => e.event === "ready")).id as string;
-  const sender = chat(up, work);
+  const sender = chat(relay.port, up, work);
   procs.push(sender.proc);
   await sender.wait((e) => e.event === "ready");
   sender.send(`/connect ${receiverId}`);
