@@ -667,12 +667,13 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function answerList(c: Conn): void {
     // Behind the source's owing connections too: answered at once, a client asking as soon as the
     // allowance turned positive kept the others of its address waiting (found in review).
-    if (c.listsOwed > 0 || listOwing.has(c.source) || listTokens.level(c.source, performance.now()) <= 0) {
+    const now = performance.now();
+    if (c.listsOwed > 0 || listOwing.has(c.source) || listTokens.level(c.source, now) <= 0) {
       count("listsOwed");
       if (c.listsOwed++ === 0) owe(c);
       return;
     }
-    sendPeers(c, performance.now());
+    sendPeers(c, now);
   }
 
   function sendPeers(c: Conn, now: number): void {
