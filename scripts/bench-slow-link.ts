@@ -6,8 +6,10 @@
 //
 //   --direction up    the sender is behind the slow link (its uplink)
 //   --direction down  the receiver is (its downlink: messages then wait at the relay)
-//   --lowat BYTES     net.ipv4.tcp_notsent_lowat inside the namespace (Linux's
-//                     cap on unsent bytes in a socket; the default is no cap)
+//   --lowat BYTES     net.ipv4.tcp_notsent_lowat (Linux's cap on unsent bytes in a
+//                     socket; the default is no cap) where the data enters the slow
+//                     link: inside the namespace (up), or for the relay (down: the
+//                     machine's own setting, put back afterwards)
 //
 // Needs root, `ip` and `tc` (Linux). Only prints; docs/BENCHMARKS.md is not touched.
 // Usage: sudo bun scripts/bench-slow-link.ts [--rate 20mbit] [--mib 40] [--direction up|down] [--lowat BYTES]
@@ -46,10 +48,13 @@ function setUp(): void {
   // The queue of a slow link's modem: packets over 100 ms of it are dropped.
   const shaped = up ? inNs("tc", "qdisc", "add", "dev", "smts-s") : ["tc", "qdisc", "add", "dev", "smts-r"];
   sh(...shaped, "root", "tbf", "rate", values.rate!, "burst", "32kbit", "latency", "100ms");
-  if (values.lowat !== undefined) sh(...inNs("sysctl", "-qw", `net.ipv4.tcp_notsent_lowat=${values.lowat}`));
+  if (values.lowat !== undefined) sh(...(up ? inNs() : []), "sysctl", "-qw", `net.ipv4.tcp_notsent_lowat=${values.lowat}`);
 }
 
+const machineLowat = Bun.spawnSync(["sysctl", "-n", "net.ipv4.tcp_notsent_lowat"]).stdout.toString().trim();
+
 function tearDown(): void {
+  if (!up && /^\d+$/.test(machineLowat)) Bun.spawnSync(["sysctl", "-qw", `net.ipv4.tcp_notsent_lowat=${machineLowat}`], { stderr: "ignore" });
   Bun.spawnSync(["ip", "link", "del", "smts-r"], { stderr: "ignore" });
   Bun.spawnSync(["ip", "netns", "del", NS], { stderr: "ignore" });
 }

@@ -187,7 +187,7 @@ export function startCountingProxy(relayPort: number): CountingProxy {
         const copy = new Uint8Array(chunk);
         for (const payload of decoder.push(copy)) {
           const f = decodePayload(payload);
-          if (f.t !== "send" || !(f.body instanceof Uint8Array)) continue;
+          if ((f.t !== "send" && f.t !== "bulk") || !(f.body instanceof Uint8Array)) continue; // bulk: file chunks (PROTOCOL §5.4)
           const inner = decodePayload(f.body);
           state.sends.push({ to: f.to as string | string[], type: String(inner.t), inner });
         }

@@ -56,11 +56,11 @@ interface Upload {
   inner: Frame;
 }
 
-/** Every `send` frame `p` wrote through the MITM, with its end-to-end message decoded. */
+/** Every `send` or `bulk` (file chunks, PROTOCOL §5.4) frame `p` wrote through the MITM, with its end-to-end message decoded. */
 function uploads(w: World, p: Party): Upload[] {
   return w.mitm
     .pipe(p.id)
-    .fromClient.filter((f) => f.t === "send" && f.body instanceof Uint8Array)
+    .fromClient.filter((f) => (f.t === "send" || f.t === "bulk") && f.body instanceof Uint8Array)
     .map((f) => {
       const inner = decodePayload(f.body as Uint8Array);
       return { to: f.to as string | string[], type: String(inner.t), inner };

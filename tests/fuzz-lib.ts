@@ -58,7 +58,7 @@ const packr = new Packr({ useRecords: false, variableMapSize: true });
 export const pack = (v: unknown): Uint8Array => new Uint8Array(packr.pack(v));
 
 const KEYS = ["t", "v", "to", "body", "ref", "id", "ids", "proof", "nonce", "watch", "seq", "iv", "ct", "mac", "kid", "commit", "pub", "confirm", "name", "size", "key", "sha256", "bc", "items", "text", "last", "idx", "__proto__", "constructor"];
-const TYPES = ["join", "send", "list", "ping", "pong", "msg", "hello", "reply", "reveal", "confirm", "rec", "brec", "chunk", "offer", "accept", "decline", "cancel", "done", "skey", "batch", "text", "", "x".repeat(300)];
+const TYPES = ["join", "send", "bulk", "list", "ping", "pong", "msg", "hello", "reply", "reveal", "confirm", "rec", "brec", "chunk", "offer", "accept", "decline", "cancel", "done", "skey", "batch", "text", "", "x".repeat(300)];
 
 /** A random msgpack-able value, nested up to `depth`. */
 export function randomValue(r: Rng, depth = 3): unknown {
@@ -305,8 +305,8 @@ export async function relayFuzz({ seed, ms, log = () => {} }: FuzzOptions): Prom
       );
       const validFrame = (): Frame => {
         switch (int(r, 8)) {
-          case 0: return { t: "send", to: pick(r, ids), body: bytes(r, int(r, 300)) };
-          case 1: return { t: "send", to: ids.slice(0, 1 + int(r, ids.length)), body: bytes(r, int(r, 100)), ref: int(r, 1000) };
+          case 0: return { t: r() < 0.5 ? "send" : "bulk", to: pick(r, ids), body: bytes(r, int(r, 300)) };
+          case 1: return { t: r() < 0.5 ? "send" : "bulk", to: ids.slice(0, 1 + int(r, ids.length)), body: bytes(r, int(r, 100)), ref: int(r, 1000) };
           case 2: return { t: "list" };
           case 3: return { t: "ping" };
           case 4: return { t: "pong" };

@@ -221,6 +221,55 @@ test("`total` counts a frame shared by several outboxes once, until the last of 
   expect(total.bytes).toBe(0);
 });
 
+test("shared frames in the bulk lane (a relay's `bulk` to many): `total` counts them once, also after one moved to the first lane, until the last holder wrote it or closed", () => {
+  const total = { bytes: 0 };
+  const socket = () => {
+    const s = {
+      accept: 0,
+      write(data: Uint8Array) {
+        const n = Math.min(data.length, s.accept);
+        s.accept -= n;
+        return n;
+      },
+    };
+    return s;
+  };
+  const [sa, sb, sc] = [socket(), socket(), socket()];
+  const [a, b, c] = [new Outbox(sa, total), new Outbox(sb, total), new Outbox(sc, total)];
+  const big = new Uint8Array(20_000);
+  for (const box of [a, b, c]) box.pushBulk(big, true);
+  expect([a.bulkBytes, b.bulkBytes, c.bulkBytes, total.bytes]).toEqual([20_000, 20_000, 20_000, 20_000]);
+  sa.accept = 5_000;
+  a.flush();
+  sb.accept = 30_000;
+  b.flush();
+  c.close();
+  expect([a.bytes, b.bytes, c.bytes, total.bytes]).toEqual([15_000, 0, 0, 20_000]); // a holds its unsent tail
+  sa.accept = 15_000;
+  a.flush();
+  expect([a.bytes, total.bytes]).toEqual([0, 0]);
+
+  // d's bulk frame waits behind 256 KiB of first-lane frames and then joins their end (the fairness rule).
+  const [sd, se] = [socket(), socket()];
+  const [d, e] = [new Outbox(sd, total), new Outbox(se, total)];
+  const g = new Uint8Array(30_000);
+  d.pushBulk(g, true);
+  e.pushBulk(g, true);
+  for (let i = 0; i < 15; i++) d.push(new Uint8Array(20_000));
+  sd.accept = 270_000;
+  d.flush();
+  expect([d.bulkBytes, total.bytes]).toEqual([30_000, 330_000 - 270_000]);
+  d.push(new Uint8Array(20_000));
+  sd.accept = 60_000; // the rest of the 15, the 16th, then g (moved behind them), in part
+  d.flush();
+  expect([d.bulkBytes, d.bytes, total.bytes]).toEqual([0, 20_000, 30_000]); // g is held by d (its tail) and by e
+  e.close();
+  expect(total.bytes).toBe(30_000);
+  sd.accept = 20_000;
+  d.flush();
+  expect([d.bytes, total.bytes]).toEqual([0, 0]);
+});
+
 test("a shared frame's bytes queued again later as an outbox's own are counted as its own (found in review)", () => {
   const total = { bytes: 0 };
   let accept = 0;

@@ -421,7 +421,7 @@ describe("live: a broadcasting client as the relay sees it", () => {
     const e2e = (from: number) =>
       proxy.sent
         .slice(from)
-        .filter((f) => f.t === "send")
+        .filter((f) => f.t === "send" || f.t === "bulk") // bulk: file chunks (§5.4)
         .map((f) => ({ to: f.to as string | string[], m: decodePayload(f.body as Uint8Array) }));
 
     try {

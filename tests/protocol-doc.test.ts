@@ -76,6 +76,7 @@ const VECTORS = [
   "join-frame",
   "welcome-frame",
   "send-frame",
+  "bulk-frame",
   "msg-frame",
   "msg-header-300",
   "msg-header-70000",
@@ -116,12 +117,13 @@ describe("test vectors in docs/PROTOCOL.md", () => {
     const secret = secretBytes(SECRET);
     const proof = clientProof(secret, RELAY_NONCE, CLIENT_NONCE);
     expect(hex(encodeFrame({ t: "join", v: 1, proof, nonce: CLIENT_NONCE, watch: true }))).toBe(hex(v("join-frame")));
-    const welcome = { t: "welcome", v: 1, id: ID, maxFrame: 262144, proof: relayProof(secret, RELAY_NONCE, CLIENT_NONCE) };
+    const welcome = { t: "welcome", v: 1, id: ID, maxFrame: 262144, bulk: true, proof: relayProof(secret, RELAY_NONCE, CLIENT_NONCE) };
     expect(hex(encodeFrame(welcome))).toBe(hex(v("welcome-frame")));
   });
 
   test("send and msg frames", () => {
     expect(hex(encodeFrame({ t: "send", to: ID, body: BODY }))).toBe(hex(v("send-frame")));
+    expect(hex(encodeFrame({ t: "bulk", to: ID, body: BODY }))).toBe(hex(v("bulk-frame")));
     const msg = cat(msgFrameHeader(ID, BODY.length), BODY);
     expect(hex(msg)).toBe(hex(v("msg-frame")));
     expect(hex(msgFrameHeader(ID, 300))).toBe(hex(v("msg-header-300")));
@@ -295,6 +297,8 @@ describe("a live relay sends the documented bytes", () => {
     expect(hex(await next(a))).toBe(hex(replaceBytes(docVector("joined-frame"), ascii(ID), ascii(b.id))));
 
     b.c.write(replaceBytes(docVector("send-frame"), ascii(ID), ascii(a.id)));
+    expect(hex(await next(a))).toBe(hex(replaceBytes(docVector("msg-frame"), ascii(ID), ascii(b.id))));
+    b.c.write(replaceBytes(docVector("bulk-frame"), ascii(ID), ascii(a.id)));
     expect(hex(await next(a))).toBe(hex(replaceBytes(docVector("msg-frame"), ascii(ID), ascii(b.id))));
 
     // "abcdefgh" is (with overwhelming probability) not online.

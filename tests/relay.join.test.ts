@@ -6,6 +6,7 @@ import { joinRelay, JoinError } from "../lib/link/relay-link.ts";
 import { clientProof, isId, MAX_FRAME_LIMIT, newNonce, RELAY_PROTOCOL_VERSION } from "../lib/relay/protocol.ts";
 import { sourceOf, type Relay } from "../lib/relay/server.ts";
 import { decodePayload, encodeFrame, FrameDecoder, type Frame } from "../lib/wire/frame.ts";
+import { PackedBin } from "../lib/wire/msgpack.ts";
 import { joinTest, RawClient, rawJoined, SECRET, startTestRelay, waitFor } from "./helpers.ts";
 
 let relay: Relay;
@@ -378,6 +379,37 @@ describe("open relays and impostors", () => {
       link.close();
     } finally {
       fake.stop(true);
+    }
+  });
+
+  test("a link sends its bulk lane as `bulk` frames only to a relay whose welcome says it takes them (PROTOCOL §5.3, §5.4)", async () => {
+    for (const bulk of [undefined, false, true]) {
+      const types: unknown[] = [];
+      const decoder = new FrameDecoder(1 << 20);
+      const fake = Bun.listen({
+        hostname: "127.0.0.1",
+        port: 0,
+        socket: {
+          open: (s) => void s.write(encodeFrame({ t: "challenge", v: 1, nonce: newNonce(), open: true })),
+          data(s, bytes) {
+            for (const p of decoder.push(bytes)) {
+              const f = decodePayload(p);
+              if (f.t === "join") s.write(encodeFrame({ t: "welcome", v: 1, id: "abcdefgh", maxFrame: 1 << 18, ...(bulk === undefined ? {} : { bulk }) }));
+              else types.push(f.t);
+            }
+          },
+        },
+      });
+      try {
+        const link = await joinRelay({ host: "127.0.0.1", port: fake.port, secret: null });
+        link.sendBulk("bcdefghj", new PackedBin(new Uint8Array(1000)));
+        link.send("bcdefghj", new Uint8Array(10));
+        await waitFor(() => types.length === 2, "both frames at the relay");
+        expect({ bulk, types }).toEqual({ bulk, types: bulk ? ["send", "bulk"] : ["send", "send"] }); // the send overtook the bulk lane
+        link.close();
+      } finally {
+        fake.stop(true);
+      }
     }
   });
 

@@ -5,6 +5,7 @@ import { presenceLog } from "../lib/relay/presence.ts";
 import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { joinTest, RawClient, rawJoined, SECRET, startTestRelay, waitFor } from "./helpers.ts";
 import { clientProof, newNonce } from "../lib/relay/protocol.ts";
+import { PackedBin } from "../lib/wire/msgpack.ts";
 
 let relay: Relay;
 afterEach(async () => relay && (await relay.stop()));
@@ -301,4 +302,62 @@ test("a client that closes while the rest of its burst waits for its turn: nothi
   const got = b.frames.filter((f) => f.t === "msg").length;
   expect(got).toBeGreaterThan(0);
   expect(got).toBeLessThanOrEqual(1024); // before the fix: all 3000
+});
+
+describe("bulk frames (PROTOCOL §5.4)", () => {
+  // A watching client that joins and then stops reading, so the relay queues for it.
+  async function pausedWatcher(): Promise<{ raw: RawClient; id: string }> {
+    const raw = await RawClient.connect(relay.port);
+    const ch = await raw.next("challenge");
+    const nonce = newNonce();
+    raw.writeFrame({ t: "join", v: 1, proof: clientProof(SECRET, ch.nonce as Uint8Array, nonce), nonce, watch: true });
+    const id = (await raw.next("welcome")).id as string;
+    raw.socket.pause();
+    return { raw, id };
+  }
+  /** A body whose first two bytes number it. */
+  const numbered = (i: number, n: number) => new Uint8Array(n).fill(7).fill(i >> 8, 0, 1).fill(i & 255, 1, 2);
+  const PACKED = 200 * 1024 + 5; // a numbered body as a link's sendBulk packs it: bin32 header first
+  const numberOf = (f: Record<string, unknown>) => {
+    const body = f.body as Uint8Array;
+    const at = body.length === PACKED ? 5 : 0;
+    return (body[at]! << 8) | body[at + 1]!;
+  };
+
+  test("a recipient's queued bulk msgs are overtaken by later sends, keep their order, and come before the `left` of their sender; shared ones are counted once", async () => {
+    // Limits far above what this test queues: nothing may be dropped, no one paused.
+    relay = startTestRelay({ queueHigh: 128 << 20, queuePause: 256 << 20, queueMax: 1 << 30, queueTotalMax: 1 << 30 });
+    const r = await pausedWatcher();
+    const other = await joinTest(relay, { watch: false });
+    const s = await joinTest(relay, { watch: false });
+    const { raw: x } = await rawJoined(relay.port);
+    expect(x.frames).toEqual([]);
+    // 32 MiB of `bulk` frames from s's link (its welcome said bulk: true), more than the kernel's buffers take.
+    const N = 160;
+    for (let i = 0; i < N; i++) s.link.sendBulk(r.id, new PackedBin(numbered(i, 200 * 1024)));
+    await waitFor(() => s.link.bulkBacklog === 0, "s's bulk frames handed to the relay", 10_000);
+    // The general path: a list of IDs (one frame shared by two queues) and a `ref`.
+    x.writeFrame({ t: "bulk", to: [r.id, other.link.id], body: numbered(N, 100_000) });
+    x.writeFrame({ t: "bulk", to: r.id, body: numbered(N + 1, 1000), ref: 5 });
+    await waitFor(() => relay.stats().counters.framesForwarded === N + 3, "the relay took every bulk", 10_000);
+    s.link.send(r.id, numbered(0xffff, 10));
+    await waitFor(() => relay.stats().counters.framesForwarded === N + 4, "the relay took the send");
+    expect(numberOf(await other.next((f) => f.t === "msg"))).toBe(N);
+    s.link.close();
+    await s.link.closed;
+    x.close();
+    await Bun.sleep(100); // the presence batch with their `left`s is queued
+    r.raw.socket.resume();
+    await waitFor(() => r.raw.frames.filter((f) => f.t === "left").length === 2, "both `left`s at r", 20_000);
+    const seen = r.raw.frames.filter((f) => f.t === "msg" || f.t === "left");
+    const bulks = seen.filter((f) => f.t === "msg" && numberOf(f) !== 0xffff);
+    expect(bulks.map(numberOf)).toEqual(Array.from({ length: N + 2 }, (_, i) => i));
+    expect(bulks.map((f) => (f.body as Uint8Array).length)).toEqual([...Array<number>(N).fill(PACKED), 100_000, 1000]);
+    const send = seen.findIndex((f) => f.t === "msg" && numberOf(f) === 0xffff);
+    // Before the bulk lane, the send came after every bulk, and the `left`s before those still queued.
+    expect(send).toBeGreaterThanOrEqual(0);
+    for (const i of [N - 1, N, N + 1]) expect(send).toBeLessThan(seen.indexOf(bulks[i]!)); // the fast path's last, the general path's
+    expect(seen.slice(-2).map((f) => f.t)).toEqual(["left", "left"]);
+    await waitFor(() => relay.stats().queuedTotal === 0, "every queue drained and uncounted");
+  }, 30_000);
 });

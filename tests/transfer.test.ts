@@ -13,7 +13,7 @@ import { startDhEngine, type DhEngine } from "../lib/crypto/dh.ts";
 import type { Link } from "../lib/link/relay-link.ts";
 import { RELAY_DEFAULTS, type Relay } from "../lib/relay/server.ts";
 import { CHUNK_BYTES, doneMac, fileKeys, openChunk } from "../lib/transfer/chunks.ts";
-import type { Frame } from "../lib/wire/frame.ts";
+import { decodePayload, type Frame } from "../lib/wire/frame.ts";
 import { Outbox } from "../lib/wire/outbox.ts";
 import { nameProblems, SECRET, sha256Hex, spawnRelay, startParty, startTestRelay, tempDirs, tryMount, waitFor, writeTestFile, type Party, type RelayProcess } from "./helpers.ts";
 import { e2eOf, isE2E, msgFrame, startMitm, type Mitm } from "./mitm.ts";
@@ -173,20 +173,21 @@ describe("delivery", () => {
     });
   }
 
-  test("chunks go to the relay in the write queue's bulk lane, and nothing else does (lib/wire/outbox.ts; the lanes' order is tested in outbox.test.ts)", async () => {
+  test("chunks go to the relay in the write queue's bulk lane as `bulk` frames, and on to the receiver in the relay's bulk lane; nothing else does (lib/wire/outbox.ts; the lanes' order is tested in outbox.test.ts)", async () => {
     const { a, b } = await pair();
     const src = writeTestFile(temp.make(), "lanes.bin", 8 * CHUNK_BYTES);
     // Watched, not replaced: every outbox in this process (both clients', the relay's) records what goes into which lane.
-    const seen = new Map<Outbox, { first: number[]; bulk: number[] }>();
-    const of = (box: Outbox) => seen.get(box) ?? seen.set(box, { first: [], bulk: [] }).get(box)!;
+    const seen = new Map<Outbox, { first: number[]; bulk: number[]; types: unknown[] }>();
+    const of = (box: Outbox) => seen.get(box) ?? seen.set(box, { first: [], bulk: [], types: [] }).get(box)!;
     const { push, pushBulk } = Outbox.prototype;
     Outbox.prototype.push = function (x: Uint8Array, y?: Uint8Array) {
       of(this).first.push(x.length + (y?.length ?? 0));
       return push.call(this, x, y);
     };
-    Outbox.prototype.pushBulk = function (frame: Uint8Array) {
+    Outbox.prototype.pushBulk = function (frame: Uint8Array, shared?: boolean) {
       of(this).bulk.push(frame.length);
-      return pushBulk.call(this, frame);
+      of(this).types.push(decodePayload(frame.subarray(4)).t);
+      return pushBulk.call(this, frame, shared);
     };
     try {
       const sent = a.chat.sendFile(b.id, src.path);
@@ -197,13 +198,16 @@ describe("delivery", () => {
       Object.assign(Outbox.prototype, { push, pushBulk });
     }
     expect(texts(b)).toEqual(["while the file goes"]);
+    // a's link sends `bulk` frames, the relay queues them for b as `msg`s: nothing else queues chunks.
     const senders = [...seen.values()].filter((lanes) => lanes.bulk.length > 0);
-    expect(senders).toHaveLength(1); // a's link: nothing else sends chunks
-    const [lanes] = senders;
-    expect(lanes!.bulk).toHaveLength(8);
-    expect(lanes!.bulk.every((n) => n > CHUNK_BYTES)).toBe(true);
-    expect(lanes!.first.length).toBeGreaterThan(0); // the offer, the text
-    expect(lanes!.first.every((n) => n < 16 * 1024)).toBe(true); // no chunk in the first lane
+    expect(senders.map((lanes) => lanes.types[0]).sort()).toEqual(["bulk", "msg"]);
+    for (const lanes of senders) {
+      expect(lanes.types.every((t) => t === lanes.types[0])).toBe(true);
+      expect(lanes.bulk).toHaveLength(8);
+      expect(lanes.bulk.every((n) => n > CHUNK_BYTES)).toBe(true);
+      expect(lanes.first.length).toBeGreaterThan(0); // the offer, the text
+      expect(lanes.first.every((n) => n < 16 * 1024)).toBe(true); // no chunk in the first lane
+    }
   });
 
   test("receiving report.pdf twice gives report.pdf and report (1).pdf, each with its own content", async () => {

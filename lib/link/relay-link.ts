@@ -60,7 +60,7 @@ export interface Link {
   readonly maxFrame: number;
   /** `body` is the opaque E2E payload; a PackedBin is packed straight into the frame. */
   send(to: string | string[], body: Uint8Array | PackedBin, ref?: number): void;
-  /** send() in the bulk lane (lib/wire/outbox.ts): frames sent otherwise go first. */
+  /** send() in the bulk lane (lib/wire/outbox.ts): frames sent otherwise go first; as a `bulk` frame when the relay takes those, so that they do at the recipient too (PROTOCOL §5.4). */
   sendBulk(to: string | string[], body: PackedBin): void;
   sendFrame(frame: Frame): void;
   /** Bytes queued locally and not yet taken by the socket. */
@@ -187,7 +187,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         decoder.maxPayload = (f.maxFrame as number) + 1024;
         settled = true;
         clearTimeout(timer);
-        link = makeLink(f.id, f.maxFrame as number);
+        link = makeLink(f.id, f.maxFrame as number, f.bulk === true);
         keepalive = setInterval(checkAlive, Math.min(PING_MS, opts.stallMs ?? Infinity) / 3);
         keepalive.unref();
         resolveJoin(link);
@@ -196,7 +196,9 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
       fail("bad_frame", `unexpected ${text(f.t)} frame during join`);
     }
 
-    function makeLink(id: string, maxFrame: number): Link {
+    /** `relayBulk`: the relay takes `bulk` frames (its welcome said so), and queues them behind our others for the recipient too. */
+    function makeLink(id: string, maxFrame: number, relayBulk: boolean): Link {
+      const bulkType = relayBulk ? "bulk" : "send";
       return {
         id,
         maxFrame,
@@ -204,7 +206,7 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
           writeFrame(ref === undefined ? { t: "send", to, body } : { t: "send", to, body, ref });
         },
         sendBulk(to, body) {
-          write(encodeFrame({ t: "send", to, body }), true);
+          write(encodeFrame({ t: bulkType, to, body }), true);
         },
         sendFrame: writeFrame,
         get backlog() {

@@ -128,14 +128,17 @@ export function msgFrameHeader(from: string, bodyLength: number): Uint8Array {
 // Recognising exactly that byte pattern skips a general msgpack decode on the
 // hot path; anything else (other key order, a list of IDs, `ref`, other
 // encodings) returns null and takes the general path, with the same result.
+// A `bulk` frame (§5.4) is the same map with t:"bulk", as long as "send".
 const SEND_PREFIX = new Uint8Array([0x83, 0xa1, 0x74, 0xa4, 0x73, 0x65, 0x6e, 0x64, 0xa2, 0x74, 0x6f, 0xa8]);
+const BULK_PREFIX = new Uint8Array([0x83, 0xa1, 0x74, 0xa4, 0x62, 0x75, 0x6c, 0x6b, 0xa2, 0x74, 0x6f, 0xa8]);
 const BODY_AT = SEND_PREFIX.length + ID_LENGTH; // where the "body" key starts
 
-export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array } | null {
-  if (!bytesAt(p, 0, SEND_PREFIX)) return null;
+export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array; bulk: boolean } | null {
+  const bulk = bytesAt(p, 0, BULK_PREFIX);
+  if (!bulk && !bytesAt(p, 0, SEND_PREFIX)) return null;
   const at = bodyStart(p);
   const to = ascii(p, SEND_PREFIX.length, BODY_AT);
-  return at < 0 || to === null ? null : { to, body: p.subarray(at) };
+  return at < 0 || to === null ? null : { to, body: p.subarray(at), bulk };
 }
 
 /**

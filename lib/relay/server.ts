@@ -257,10 +257,15 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
 
   const count = (key: string, n = 1) => void (counters[key] = (counters[key] ?? 0) + n);
 
-  /** Queues bytes for `c`; `shared`: one frame queued for many recipients (Outbox.pushShared). */
-  function queue(c: Conn, bytes: Uint8Array, more?: Uint8Array, shared = false): void {
+  /**
+   * Queues bytes for `c`; `shared`: one frame queued for many recipients
+   * (Outbox.pushShared); `bulk`: one whole frame, written after `c`'s other
+   * frames (Outbox.pushBulk, PROTOCOL §5.4).
+   */
+  function queue(c: Conn, bytes: Uint8Array, more?: Uint8Array, shared = false, bulk = false): void {
     if (c.closed) return;
-    if (shared) c.outbox.pushShared(bytes);
+    if (bulk) c.outbox.pushBulk(bytes, shared);
+    else if (shared) c.outbox.pushShared(bytes);
     else c.outbox.push(bytes, more);
     if (c.outbox.bytes > opt.queueHigh) overfull = true;
     if (!c.dirty) {
@@ -372,7 +377,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     lastPresence = performance.now();
     const frames = presence.take();
     if (!frames.length) return;
-    for (const w of routes.endpoints()) if (w.watch && !w.closing) queue(w, frames, undefined, true);
+    // Behind a watcher's waiting bulk frames: a `left` must not overtake what the peer sent before it left.
+    for (const w of routes.endpoints()) if (w.watch && !w.closing) queue(w, frames, undefined, true, w.outbox.bulkBytes > 0);
     flushDirty(null);
   }
 
@@ -586,7 +592,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     if (c.watch) watchers++;
     count("joins");
     opt.log.debug(`client ${id} joined (${routes.size} online)`);
-    const welcome: Frame = { t: "welcome", v: RELAY_PROTOCOL_VERSION, id, maxFrame: opt.maxFrame };
+    const welcome: Frame = { t: "welcome", v: RELAY_PROTOCOL_VERSION, id, maxFrame: opt.maxFrame, bulk: true };
     if (opt.secret) welcome.proof = relayProof(opt.secret, c.nonce, nonce);
     sendFrame(c, welcome);
   }
@@ -601,7 +607,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   /** Forwards a `send`; returns, without doing anything, a recipient whose queue is full. */
-  function handleSend(c: Conn, f: { to?: unknown; body?: unknown; ref?: unknown }): Conn | void {
+  function handleSend(c: Conn, f: { to?: unknown; body?: unknown; ref?: unknown }, bulk: boolean): Conn | void {
     const { to, body, ref } = f;
     if (ref !== undefined && !(Number.isSafeInteger(ref) && (ref as number) >= 0)) {
       return sendError(c, "bad_request", { message: "ref must be a non-negative integer" });
@@ -632,7 +638,8 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       header ??= msgFrameHeader(c.id, body.length);
       c.spoke = true;
       charge(c, r, body.length);
-      if (recipients.length > 1) queue(r, (shared ??= concat(header, body)), undefined, true);
+      if (recipients.length > 1) queue(r, (shared ??= concat(header, body)), undefined, true, bulk);
+      else if (bulk) queue(r, concat(header, body), undefined, false, true); // a bulk frame is queued whole
       else queue(r, header, body); // the body itself is never copied for large frames
       forwardedFrames++;
       forwardedBytes += body.length;
@@ -640,7 +647,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   /** The hot path: the frame becomes the `msg` in place and is forwarded as it arrived, never copied when large. */
-  function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number): Conn | void {
+  function forwardSimpleSend(c: Conn, payload: Uint8Array, to: string, bodyLength: number, bulk: boolean): Conn | void {
     const r = routes.get(to);
     if (!r) return sendError(c, "unknown_peer", { peer: to });
     if (mustWait(c, r)) return r; // before the rewrite: the frame is handled again later
@@ -648,7 +655,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
     c.spoke = true;
     charge(c, r, bodyLength);
     rewriteSendAsMsg(payload, c.id);
-    queue(r, wholeFrame(payload));
+    queue(r, wholeFrame(payload), undefined, false, bulk);
     forwardedFrames++;
     forwardedBytes += bodyLength;
   }
@@ -732,13 +739,14 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   function handleFrame(c: Conn, payload: Uint8Array): Conn | void {
     if (c.id) {
       const simple = parseSimpleSend(payload);
-      if (simple) return forwardSimpleSend(c, payload, simple.to, simple.body.length);
+      if (simple) return forwardSimpleSend(c, payload, simple.to, simple.body.length, simple.bulk);
     }
     const f = decodePayload(payload);
     if (!c.id) return handleJoin(c, f);
     switch (f.t) {
       case "send":
-        return handleSend(c, f);
+      case "bulk":
+        return handleSend(c, f, f.t === "bulk");
       case "list":
         return answerList(c);
       case "ping":

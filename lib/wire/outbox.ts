@@ -8,14 +8,15 @@
 // are queued as they are, without copying; `bytes` is the exact number of
 // queued bytes, which callers use for backpressure decisions; `total`, when
 // given, is the memory the outboxes that share it hold: their bytes, with a
-// frame queued by reference in several of them (pushShared) counted once,
+// frame queued by reference in several of them (shared) counted once,
 // until the last of them has written it; an outbox that has written
 // everything holds no buffer (a relay keeps thousands of them).
 //
-// A second lane, for bulk frames (a client's file chunks, pushBulk), is
-// written only while the first is empty, and a bulk frame once begun goes out
-// whole before anything else: a message queued behind 256 KiB of a file's
-// chunks leaves before them, never in the middle of one (docs/PROTOCOL.md §27).
+// A second lane, for bulk frames (file chunks: a client's own, a relay's
+// `bulk` frames, pushBulk), is written only while the first is empty, and a
+// bulk frame once begun goes out whole before anything else: a message queued
+// behind 256 KiB of a file's chunks leaves before them, never in the middle of
+// one (docs/PROTOCOL.md §5.4, §27).
 // Within each lane, bytes leave in push order. So that a first lane that never
 // empties (a script piping messages faster than the uplink) cannot starve the
 // bulk one, past BULK_AFTER bytes written from the first lane while a bulk
@@ -38,7 +39,7 @@ const SMALL = 16 * 1024; // pieces below this are staged (copied) ...
 const STAGE_MIN = 2 * 1024; // ... into buffers of this size ...
 const STAGE_MAX = 64 * 1024; // ... up to this
 
-// Frames queued by reference in several outboxes (pushShared): how many hold
+// Frames queued by reference in several outboxes (pushShared, pushBulk): how many hold
 // each, and which frame a queued piece is (the unsent tail of one is a new view).
 const holders = new WeakMap<Uint8Array, number>();
 const frameOf = new WeakMap<Uint8Array, Uint8Array>();
@@ -117,22 +118,32 @@ export class Outbox {
     if (frame.length < SMALL && (this.bytes === 0 || (this.stage && this.staged + frame.length <= this.stage.length))) return this.push(frame);
     if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += frame.length;
+    this.hold(frame);
+    this.sealStage();
+    this.queue.push(frame);
+  }
+
+  /** This outbox queues `frame` by reference, as one of its holders: `total` counts it once for all of them. */
+  private hold(frame: Uint8Array): void {
     const held = holders.get(frame) ?? 0;
     if (held === 0) this.total.bytes += frame.length;
     holders.set(frame, held + 1);
     frameOf.set(frame, frame);
     this.sharedQueued++;
-    this.sealStage();
-    this.queue.push(frame);
   }
 
-  /** Queues `frame`, a bulk one: it waits while anything pushed otherwise is queued (see the top). */
-  pushBulk(frame: Uint8Array): void {
+  /**
+   * Queues `frame`, a bulk one: it waits while anything pushed otherwise is
+   * queued (see the top). `shared`: other outboxes queue it too, counted in
+   * `total` once (as pushShared).
+   */
+  pushBulk(frame: Uint8Array, shared = false): void {
     if (this.closed || frame.length === 0) return;
     if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += frame.length;
     this.bulkBytes += frame.length;
-    this.total.bytes += frame.length;
+    if (shared) this.hold(frame);
+    else this.total.bytes += frame.length;
     if (this.bulkHead === this.bulk.length) this.firstWhileBulkWaits = 0;
     this.bulk.push(frame);
   }
@@ -155,25 +166,27 @@ export class Outbox {
         this.bulkHead = 0;
         return true;
       }
-      const frame = this.bulk[this.bulkHead]!;
-      const written = this.socket.write(frame);
+      const piece = this.bulk[this.bulkHead]!;
+      const written = this.socket.write(piece);
       if (written < 0) {
         this.close();
         return false;
       }
+      const shared = this.sharedQueued > 0 ? frameOf.get(piece) : undefined;
       if (written > 0) {
         this.bytes -= written;
         this.bulkBytes -= written;
-        this.total.bytes -= written;
+        if (!shared) this.total.bytes -= written;
         this.lastProgress = performance.now();
         this.firstWhileBulkWaits = 0;
         // Begun once the socket took some of it: a frame it took none of yet still gives way to the first lane.
-        this.bulkBegun = written < frame.length;
+        this.bulkBegun = written < piece.length;
       }
-      if (written < frame.length) {
-        if (written > 0) this.bulk[this.bulkHead] = frame.subarray(written);
+      if (written < piece.length) {
+        if (written > 0) this.bulk[this.bulkHead] = this.tailOf(piece, written, shared);
         return this.compactBulk();
       }
+      if (shared) this.release(shared);
       this.bulk[this.bulkHead++] = WRITTEN; // and the first lane goes first again
     }
   }
@@ -215,11 +228,7 @@ export class Outbox {
         this.firstWhileBulkWaits += written;
       }
       if (written < chunk.length) {
-        if (written > 0) {
-          const tail = chunk.subarray(written); // keep the unsent tail
-          if (frame) frameOf.set(tail, frame);
-          this.queue[this.head] = tail;
-        }
+        if (written > 0) this.queue[this.head] = this.tailOf(chunk, written, frame);
         if (this.head > 1024 && this.head * 2 > this.queue.length) {
           this.queue = this.queue.slice(this.head);
           this.head = 0;
@@ -231,12 +240,21 @@ export class Outbox {
     }
   }
 
+  /** The unsent rest of `piece`, kept in its place; still known as `shared`'s, if it is a shared frame. */
+  private tailOf(piece: Uint8Array, written: number, shared: Uint8Array | undefined): Uint8Array {
+    const tail = piece.subarray(written);
+    if (shared) frameOf.set(tail, shared);
+    return tail;
+  }
+
   close(): void {
     this.closed = true;
     let own = this.bytes;
-    for (let i = this.head; this.sharedQueued > 0 && i < this.queue.length; i++) {
-      const frame = frameOf.get(this.queue[i]!);
-      if (frame) (own -= this.queue[i]!.length), this.release(frame);
+    for (const [lane, from] of [[this.queue, this.head], [this.bulk, this.bulkHead]] as const) {
+      for (let i = from; this.sharedQueued > 0 && i < lane.length; i++) {
+        const frame = frameOf.get(lane[i]!);
+        if (frame) (own -= lane[i]!.length), this.release(frame);
+      }
     }
     this.total.bytes -= own;
     this.queue = [];
