@@ -82,14 +82,16 @@ describe("parseMsg (client): the relay's msg frame", () => {
   });
 });
 
-describe("parseSimpleSend (relay): the client's send frame", () => {
+describe("parseSimpleSend (relay): the client's send and bulk frames", () => {
   test("every single-byte mutation and truncation: declined, or the same as msgpack", () => {
-    const valid = encodeFrame({ t: "send", to: "k3x9pm2q", body: new Uint8Array(300).fill(9) }).subarray(4);
     const toFrame = (p: Uint8Array) => {
       const s = parseSimpleSend(p);
-      return s && { t: "send", to: s.to, body: s.body };
+      return s && { t: s.bulk ? "bulk" : "send", to: s.to, body: s.body };
     };
-    expect(agreesOnMutations(toFrame, valid)).toBeGreaterThan(0);
+    for (const t of ["send", "bulk"]) {
+      const valid = encodeFrame({ t, to: "k3x9pm2q", body: new Uint8Array(300).fill(9) }).subarray(4);
+      expect(agreesOnMutations(toFrame, valid)).toBeGreaterThan(0);
+    }
   });
 });
 

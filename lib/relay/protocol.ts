@@ -134,8 +134,8 @@ const BULK_PREFIX = new Uint8Array([0x83, 0xa1, 0x74, 0xa4, 0x62, 0x75, 0x6c, 0x
 const BODY_AT = SEND_PREFIX.length + ID_LENGTH; // where the "body" key starts
 
 export function parseSimpleSend(p: Uint8Array): { to: string; body: Uint8Array; bulk: boolean } | null {
-  const bulk = bytesAt(p, 0, BULK_PREFIX);
-  if (!bulk && !bytesAt(p, 0, SEND_PREFIX)) return null;
+  const bulk = !bytesAt(p, 0, SEND_PREFIX);
+  if (bulk && !bytesAt(p, 0, BULK_PREFIX)) return null;
   const at = bodyStart(p);
   const to = ascii(p, SEND_PREFIX.length, BODY_AT);
   return at < 0 || to === null ? null : { to, body: p.subarray(at), bulk };
