@@ -185,19 +185,8 @@ test("a shared frame is queued by reference once the outbox is behind, and still
 
 test("`total` counts a frame shared by several outboxes once, until the last of them wrote it or closed", () => {
   const total = { bytes: 0 };
-  const socket = () => {
-    const s = {
-      accept: 0, // bytes it takes on its next writes
-      write(data: Uint8Array) {
-        const n = Math.min(data.length, s.accept);
-        s.accept -= n;
-        return n;
-      },
-    };
-    return s;
-  };
-  const [sa, sb, sc] = [socket(), socket(), socket()];
-  const [a, b, c] = [new Outbox(sa, total), new Outbox(sb, total), new Outbox(sc, total)];
+  const [sa, sb, sc] = [metered(), metered(), metered()];
+  const [a, b, c] = [new Outbox(sa.socket, total), new Outbox(sb.socket, total), new Outbox(sc.socket, total)];
   const big = new Uint8Array(20_000); // queued by reference (16 KiB and up)
   for (const box of [a, b, c]) box.pushShared(big);
   a.push(new Uint8Array(100)); // a's own
@@ -223,19 +212,8 @@ test("`total` counts a frame shared by several outboxes once, until the last of 
 
 test("shared frames in the bulk lane (a relay's `bulk` to many): `total` counts them once, also after one moved to the first lane, until the last holder wrote it or closed", () => {
   const total = { bytes: 0 };
-  const socket = () => {
-    const s = {
-      accept: 0,
-      write(data: Uint8Array) {
-        const n = Math.min(data.length, s.accept);
-        s.accept -= n;
-        return n;
-      },
-    };
-    return s;
-  };
-  const [sa, sb, sc] = [socket(), socket(), socket()];
-  const [a, b, c] = [new Outbox(sa, total), new Outbox(sb, total), new Outbox(sc, total)];
+  const [sa, sb, sc] = [metered(), metered(), metered()];
+  const [a, b, c] = [new Outbox(sa.socket, total), new Outbox(sb.socket, total), new Outbox(sc.socket, total)];
   const big = new Uint8Array(20_000);
   for (const box of [a, b, c]) box.pushBulk(big, true);
   expect([a.bulkBytes, b.bulkBytes, c.bulkBytes, total.bytes]).toEqual([20_000, 20_000, 20_000, 20_000]);
@@ -250,8 +228,8 @@ test("shared frames in the bulk lane (a relay's `bulk` to many): `total` counts 
   expect([a.bytes, total.bytes]).toEqual([0, 0]);
 
   // d's bulk frame waits behind 256 KiB of first-lane frames and then joins their end (the fairness rule).
-  const [sd, se] = [socket(), socket()];
-  const [d, e] = [new Outbox(sd, total), new Outbox(se, total)];
+  const [sd, se] = [metered(), metered()];
+  const [d, e] = [new Outbox(sd.socket, total), new Outbox(se.socket, total)];
   const g = new Uint8Array(30_000);
   d.pushBulk(g, true);
   e.pushBulk(g, true);
