@@ -449,3 +449,31 @@ test("an outbox that stays behind does not keep written frames alive", async () 
   expect(await pushAll(false)).toBeGreaterThanOrEqual(195); // all but the few still (partly) queued
   expect(await pushAll(true)).toBeGreaterThanOrEqual(195);
 });
+
+test("a piece queued by reference that is a view of a much larger buffer (a relay's socket read) is copied, in either lane; a file chunk's is not", async () => {
+  // A relay's frames are views of reads of up to 512 KiB: kept by reference, a
+  // 10-byte `bulk` frame held its whole read while counted at 10 bytes (found in review).
+  let accept = false; // stays behind until then: everything is kept
+  const buffers: ArrayBufferLike[] = [];
+  const box = new Outbox({ write: (d) => (accept ? (buffers.push(d.buffer), d.length) : 0) });
+  let freed = 0;
+  const registry = new FinalizationRegistry(() => void freed++);
+  const READ = 512 * 1024;
+  for (let i = 0; i < 40; i++) {
+    const read = new Uint8Array(READ).fill(i);
+    registry.register(read.buffer, i);
+    if (i % 2) box.pushBulk(read.subarray(100, 110));
+    else box.push(read.subarray(100, 100 + 20_000)); // queued by reference (16 KiB and up), not staged
+  }
+  const chunkRead = new Uint8Array(READ);
+  box.pushBulk(chunkRead.subarray(0, 65_536)); // a frame of 64 KiB in the largest read: an eighth of it
+  expect(box.bytes).toBe(20 * 10 + 20 * 20_000 + 65_536);
+  for (let i = 0; i < 20 && freed < 40; i++) {
+    Bun.gc(true);
+    await Bun.sleep(10);
+  }
+  expect(freed).toBe(40);
+  accept = true;
+  expect(box.flush()).toBe(true);
+  expect(buffers.filter((b) => b === chunkRead.buffer)).toHaveLength(1); // that frame went as it was
+});

@@ -6,6 +6,7 @@ import { decodePayload, encodeFrame, FrameDecoder } from "../lib/wire/frame.ts";
 import { joinTest, RawClient, rawJoined, SECRET, startTestRelay, waitFor } from "./helpers.ts";
 import { clientProof, newNonce } from "../lib/relay/protocol.ts";
 import { PackedBin } from "../lib/wire/msgpack.ts";
+import { Outbox } from "../lib/wire/outbox.ts";
 
 let relay: Relay;
 afterEach(async () => relay && (await relay.stop()));
@@ -335,21 +336,39 @@ describe("bulk frames (PROTOCOL §5.4)", () => {
     // 32 MiB of `bulk` frames from s's link (its welcome said bulk: true), more than the kernel's buffers take.
     const N = 160;
     for (let i = 0; i < N; i++) s.link.sendBulk(r.id, new PackedBin(numbered(i, 200 * 1024)));
-    await waitFor(() => s.link.bulkBacklog === 0, "s's bulk frames handed to the relay", 10_000);
-    // The general path: a list of IDs (one frame shared by two queues) and a `ref`.
-    x.writeFrame({ t: "bulk", to: [r.id, other.link.id], body: numbered(N, 100_000) });
-    x.writeFrame({ t: "bulk", to: r.id, body: numbered(N + 1, 1000), ref: 5 });
-    await waitFor(() => relay.stats().counters.framesForwarded === N + 3, "the relay took every bulk", 10_000);
+    await waitFor(() => relay.stats().counters.framesForwarded === N, "the relay took s's bulk frames", 10_000);
+    // The general path: a list of IDs (one frame shared by two queues, counted once) and a `ref`.
+    const pushes: { frame: Uint8Array; shared: boolean | undefined }[] = [];
+    const { pushBulk } = Outbox.prototype;
+    Outbox.prototype.pushBulk = function (frame: Uint8Array, shared?: boolean) {
+      pushes.push({ frame, shared });
+      return pushBulk.call(this, frame, shared);
+    };
+    try {
+      x.writeFrame({ t: "bulk", to: [r.id, other.link.id], body: numbered(N, 100_000) });
+      x.writeFrame({ t: "bulk", to: r.id, body: numbered(N + 1, 1000), ref: 5 });
+      await waitFor(() => relay.stats().counters.framesForwarded === N + 3, "the relay took every bulk", 10_000);
+    } finally {
+      Outbox.prototype.pushBulk = pushBulk;
+    }
+    const msgs = pushes.filter((p) => p.frame.length > 100); // not a presence batch, which may come meanwhile
+    expect(msgs.map((p) => [p.frame.length, p.shared])).toEqual([[4 + 30 + 100_000, true], [4 + 30 + 100_000, true], [4 + 28 + 1000, false]]);
+    expect(msgs[1]!.frame).toBe(msgs[0]!.frame);
     s.link.send(r.id, numbered(0xffff, 10));
     await waitFor(() => relay.stats().counters.framesForwarded === N + 4, "the relay took the send");
     expect(numberOf(await other.next((f) => f.t === "msg"))).toBe(N);
+    const sId = s.link.id;
     s.link.close();
     await s.link.closed;
     x.close();
     await Bun.sleep(100); // the presence batch with their `left`s is queued
+    const queued = relay.stats().queuedBytes; // r's queue does not drain while r reads nothing
+    r.raw.writeFrame({ t: "send", to: sId, body: numbered(0, 1) }); // to s, gone: `unknown_peer`, which says so too
+    await waitFor(() => relay.stats().queuedBytes > queued, "the error queued for r");
     r.raw.socket.resume();
-    await waitFor(() => r.raw.frames.filter((f) => f.t === "left").length === 2, "both `left`s at r", 20_000);
-    const seen = r.raw.frames.filter((f) => f.t === "msg" || f.t === "left");
+    await waitFor(() => r.raw.frames.filter((f) => f.t === "left").length === 2 && r.raw.frames.some((f) => f.t === "error"), "both `left`s and the error at r", 20_000);
+    expect(r.raw.frames.filter((f) => f.t === "error").map((f) => [f.code, f.peer])).toEqual([["unknown_peer", sId]]);
+    const seen = r.raw.frames.filter((f) => f.t === "msg" || f.t === "left" || f.t === "error");
     const bulks = seen.filter((f) => f.t === "msg" && numberOf(f) !== 0xffff);
     expect(bulks.map(numberOf)).toEqual(Array.from({ length: N + 2 }, (_, i) => i));
     expect(bulks.map((f) => (f.body as Uint8Array).length)).toEqual([...Array<number>(N).fill(PACKED), 100_000, 1000]);
@@ -357,7 +376,7 @@ describe("bulk frames (PROTOCOL §5.4)", () => {
     // Before the bulk lane, the send came after every bulk, and the `left`s before those still queued.
     expect(send).toBeGreaterThanOrEqual(0);
     for (const i of [N - 1, N, N + 1]) expect(send).toBeLessThan(seen.indexOf(bulks[i]!)); // the fast path's last, the general path's
-    expect(seen.slice(-2).map((f) => f.t)).toEqual(["left", "left"]);
+    expect(seen.slice(-3).map((f) => f.t).sort()).toEqual(["error", "left", "left"]); // none of them before a bulk msg
     await waitFor(() => relay.stats().queuedTotal === 0, "every queue drained and uncounted");
   }, 30_000);
 });

@@ -197,6 +197,8 @@ describe("delivery", () => {
     } finally {
       Object.assign(Outbox.prototype, { push, pushBulk });
     }
+    // (The text may come after the file: it was sent once the file's first chunk arrived.)
+    await waitFor(() => texts(b).length > 0, "the text at b", LONG);
     expect(texts(b)).toEqual(["while the file goes"]);
     // a's link sends `bulk` frames, the relay queues them for b as `msg`s: nothing else queues chunks.
     const senders = [...seen.values()].filter((lanes) => lanes.bulk.length > 0);

@@ -279,7 +279,9 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
   }
 
   function sendError(c: Conn, code: ErrorCode, extra: { peer?: string; ref?: number; message?: string } = {}): void {
-    sendFrame(c, { t: "error", code, message: ERRORS[code].text, ...extra });
+    const frame = encodeFrame({ t: "error", code, message: ERRORS[code].text, ...extra });
+    // Says the peer is gone, as a `left` does: behind the bulk frames it sent before it left, too (found in review).
+    queue(c, frame, undefined, false, code === "unknown_peer" && c.outbox.bulkBytes > 0);
   }
 
   /**

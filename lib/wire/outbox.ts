@@ -5,7 +5,8 @@
 // The outbox promises: bytes leave in push() order, exactly once; small
 // pieces are copied once into a shared staging buffer, so many small frames
 // go out in one write (fewer syscalls, no per-frame allocation); large ones
-// are queued as they are, without copying; `bytes` is the exact number of
+// are queued as they are, without copying (unless a small part of a larger
+// buffer: PIN); `bytes` is the exact number of
 // queued bytes, which callers use for backpressure decisions; `total`, when
 // given, is the memory the outboxes that share it hold: their bytes, with a
 // frame queued by reference in several of them (shared) counted once,
@@ -13,10 +14,10 @@
 // everything holds no buffer (a relay keeps thousands of them).
 //
 // A second lane, for bulk frames (file chunks: a client's own, a relay's
-// `bulk` frames, pushBulk), is written only while the first is empty, and a
-// bulk frame once begun goes out whole before anything else: a message queued
-// behind 256 KiB of a file's chunks leaves before them, never in the middle of
-// one (docs/PROTOCOL.md §5.4, §27).
+// `bulk` frames; and what must not overtake those, pushBulk), is written only
+// while the first is empty, and a bulk frame once begun goes out whole before
+// anything else: a message queued behind 256 KiB of a file's chunks leaves
+// before them, never in the middle of one (docs/PROTOCOL.md §5.4, §27).
 // Within each lane, bytes leave in push order. So that a first lane that never
 // empties (a script piping messages faster than the uplink) cannot starve the
 // bulk one, past BULK_AFTER bytes written from the first lane while a bulk
@@ -48,6 +49,15 @@ const frameOf = new WeakMap<Uint8Array, Uint8Array>();
 // the whole frame alive (up to 1024 × 128 KiB).
 const WRITTEN = new Uint8Array(0);
 const BULK_AFTER = 256 * 1024; // see the top
+// A piece queued by reference keeps alive the whole buffer it is a view of,
+// and a relay's frames are views of its socket reads (up to 512 KiB each): a
+// 10-byte frame that way held its read while counted at 10 bytes (found in
+// review: 200 tiny `bulk` frames held 100 MB, counted as 8 KB). So a piece of
+// a buffer more than PIN times its size is copied: what an outbox holds stays
+// within PIN times what it counts. (A file chunk, 128 KiB, fills a quarter of
+// the largest read or more, and 64 KiB an eighth, so neither is copied.)
+const PIN = 8;
+const owned = (piece: Uint8Array): Uint8Array => (piece.buffer.byteLength > PIN * piece.length ? piece.slice() : piece);
 
 export class Outbox {
   private queue: Uint8Array[] = [];
@@ -97,8 +107,8 @@ export class Outbox {
       return;
     }
     this.sealStage();
-    this.queue.push(a);
-    if (b?.length) this.queue.push(b);
+    this.queue.push(owned(a));
+    if (b?.length) this.queue.push(owned(b));
   }
 
   /**
@@ -145,7 +155,7 @@ export class Outbox {
     if (shared) this.hold(frame);
     else this.total.bytes += frame.length;
     if (this.bulkHead === this.bulk.length) this.firstWhileBulkWaits = 0;
-    this.bulk.push(frame);
+    this.bulk.push(shared ? frame : owned(frame));
   }
 
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
