@@ -477,3 +477,28 @@ test("a piece queued by reference that is a view of a much larger buffer (a rela
   expect(box.flush()).toBe(true);
   expect(buffers.filter((b) => b === chunkRead.buffer)).toHaveLength(1); // that frame went as it was
 });
+
+test("dropBulk forgets the bulk frames of one tag that have not begun to leave; a begun one, other tags and the first lane stay, in order", () => {
+  const total = { bytes: 0 };
+  const m = metered();
+  const box = new Outbox(m.socket, total);
+  const [mine, theirs] = [{}, {}];
+  const frames = [1, 2, 3, 4, 5].map((i) => laneFrame(1, i, 20_000));
+  box.pushBulk(frames[0]!, false, mine); // begun below: it goes out whole
+  box.pushBulk(frames[1]!, false, theirs);
+  box.pushBulk(frames[2]!, false, mine);
+  box.pushBulk(frames[3]!); // no tag
+  box.pushBulk(frames[4]!, false, mine);
+  m.accept = 5_000;
+  box.flush();
+  const first = laneFrame(0, 1, 100);
+  box.push(first);
+  expect(box.dropBulk(mine)).toBe(40_000);
+  expect([box.bytes, box.bulkBytes, total.bytes]).toEqual([100_000 + 100 - 5_000 - 40_000, 60_000 - 5_000, 55_100]);
+  expect(box.dropBulk(mine)).toBe(0);
+  m.accept = 1e9;
+  expect(box.flush()).toBe(true);
+  expect([box.bytes, box.bulkBytes, total.bytes]).toEqual([0, 0, 0]);
+  const expected = [frames[0]!, first, frames[1]!, frames[3]!].flatMap((f) => [...f]);
+  expect(m.written).toEqual(expected);
+});

@@ -229,6 +229,7 @@ function transfersHarness(dir: string) {
       sendContent: (peer, item) => void contents.push({ peer, item }),
       sendChunk: (to, frame) => void messages.push({ to, frame }),
       chunkBacklog: () => 0,
+      dropChunks() {},
       congested: () => false,
       isBusy: () => false,
       chunksDrained: async () => {},

@@ -278,6 +278,7 @@ function harness(opts: { maxFileSize?: number; backlog?: number } = {}): Harness
       sendContent: (_peer, item) => void h.contents.push(item),
       sendChunk: (_peer, frame) => void h.messages.push(frame),
       chunkBacklog: () => h.backlog,
+      dropChunks() {},
       congested: () => false,
       isBusy: () => false,
       chunksDrained: (bytes) => {

@@ -23,6 +23,7 @@ function harness(opts: { idleTimeoutMs?: number; answerWindowMs?: number; onMess
       sendContent: (_p, item) => void contents.push(item),
       sendChunk: (_p, f) => void (messages.push(f), opts.onMessage?.(f)),
       chunkBacklog: () => 0,
+      dropChunks() {},
       congested: opts.congested ?? (() => false),
       isBusy: () => false,
       chunksDrained: async () => {},
@@ -124,7 +125,7 @@ test("/send of a FIFO is refused as not a regular file, without blocking", async
   expect(Bun.spawnSync(["mkfifo", fifo]).exitCode).toBe(0);
   const script = `
     import { createTransfers } from ${JSON.stringify(join(import.meta.dir, "../lib/transfer/transfers.ts"))};
-    const t = createTransfers({ sendContent() {}, sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 }, { downloadDir: ${JSON.stringify(dir)}, maxFileSize: 1e6 });
+    const t = createTransfers({ sendContent() {}, sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 }, { downloadDir: ${JSON.stringify(dir)}, maxFileSize: 1e6 });
     for (const path of [${JSON.stringify(fifo)}, "/dev/zero", ${JSON.stringify(dir)}]) console.log(await t.send("abcdefgh", path).then(() => "sent", (e) => e.code));
     process.exit(0);`;
   const child = Bun.spawn([process.execPath, "-e", script], { stdout: "pipe", stderr: "pipe" });

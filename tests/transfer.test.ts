@@ -560,6 +560,38 @@ describe("concurrency", () => {
       expect(a.of("session").filter((s) => s.state !== "established")).toEqual([]);
     });
   }
+
+  test("/cancel forgets the file's chunks still queued for the relay: they never leave (the receiver would ignore them)", async () => {
+    mitm = startMitm(relay.port);
+    const a = await party({ port: mitm.port, maxFileSize: 64 * MiB });
+    const b = await party({ maxFileSize: 64 * MiB });
+    await a.chat.connect(b.id);
+    const src = writeTestFile(temp.make(), "large.bin", 48 * MiB);
+    // a's chunks as a's link queues them: `bulk` frames (the relay, in this process, queues `msg`s).
+    let queued = 0;
+    const { pushBulk } = Outbox.prototype;
+    Outbox.prototype.pushBulk = function (frame: Uint8Array, shared?: boolean, tag?: object) {
+      if (Buffer.from(frame.subarray(4, 12)).equals(Buffer.from([0x83, 0xa1, 0x74, 0xa4, ...Buffer.from("bulk")]))) queued++; // {t:"bulk", …
+      return pushBulk.call(this, frame, shared, tag);
+    };
+    try {
+      const sending = a.chat.sendFile(b.id, src.path);
+      sending.catch(() => {});
+      await waitFor(() => b.of("progress").some((p) => p.bytes > 0), "the file is flowing", LONG);
+      const pipe = mitm.pipe(a.id);
+      pipe.clientSocket.pause(); // the way to the relay fills up: the kernel's buffers, then a's queue
+      for (let last = -1; last !== queued; await Bun.sleep(300)) last = queued; // a's stream waits for its queue
+      expect(a.chat.cancel(transfers(a, "offered")[0]!.id)).toBe(1);
+      pipe.clientSocket.resume();
+      await waitFor(() => transfers(b, "cancelled", "in")[0], "receiver: cancelled", LONG);
+      await Bun.sleep(200); // anything still queued would be on its way by now
+      const sent = pipe.fromClient.filter((f) => f.t === "bulk").length;
+      expect(sent).toBeGreaterThan(0);
+      expect(sent).toBeLessThan(queued); // before: every chunk queued was sent
+    } finally {
+      Outbox.prototype.pushBulk = pushBulk;
+    }
+  });
 });
 
 // ---- Backpressure ------------------------------------------------------------

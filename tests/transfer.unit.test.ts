@@ -275,7 +275,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     for (const n of [names.stale, names.staleSalted, names.foreign, names.kept]) utimesSync(join(dir, n), old, old);
     mkdirSync(join(dir, tempName(id.replace("1", "e"))));
     utimesSync(join(dir, tempName(id.replace("1", "e"))), old, old);
-    const deps = { sendContent() {}, sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const deps = { sendContent() {}, sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
     const before = readdirSync(dir).sort();
     // 300 s old is younger than two idle timeouts of 200 s: kept (its transfer may still be running).
     createTransfers(deps, { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 200_000 });
@@ -285,7 +285,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
   });
 
   test("an offer declined (too large, duplicate, receiver leaving) or malformed leaves its file key erased, as one accepted does (found in audit)", () => {
-    const deps = { sendContent() {}, sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const deps = { sendContent() {}, sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
     const t = createTransfers(deps, { downloadDir: tempDir(), maxFileSize: 1024 });
     const offer = (fields: Record<string, unknown>) => ({ t: "offer", id: randomBytes(FILE_ID_BYTES), name: "f.txt", size: 10, key: randomBytes(32), ...fields });
     const erased = (m: Frame) => (m.key as Uint8Array).every((b) => b === 0);
@@ -305,7 +305,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
 
   test("a re-key fails the files to that peer still waiting for their turn without offering the next one meanwhile (found in review: each failure freed a slot, and the next file was offered under the new session)", async () => {
     const sent: [string, string][] = [];
-    const deps = { sendContent: (peer: string, item: Frame) => void sent.push([peer, item.t as string]), sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
+    const deps = { sendContent: (peer: string, item: Frame) => void sent.push([peer, item.t as string]), sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 };
     const t = createTransfers(deps, { downloadDir: tempDir(), maxFileSize: 1024 });
     const file = join(tempDir(), "f.txt");
     writeFileSync(file, "x");
@@ -340,6 +340,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
             if (!net.dropChunk?.(c)) queueMicrotask(() => other().onChunk(me, c));
           },
           chunkBacklog: () => 0,
+          dropChunks() {},
           congested: () => false,
           isBusy: () => false,
           chunksDrained: async () => {},
@@ -437,7 +438,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     const sent: [string, Frame][] = [];
     const events: string[] = [];
     const a = createTransfers(
-      { sendContent: (peer, item) => void sent.push([peer, item]), sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, maxFrame: () => 256 * 1024, emit: (e) => void events.push(e.event === "transfer" ? `${e.name} ${e.peer} ${e.state}` : e.event) },
+      { sendContent: (peer, item) => void sent.push([peer, item]), sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, maxFrame: () => 256 * 1024, emit: (e) => void events.push(e.event === "transfer" ? `${e.name} ${e.peer} ${e.state}` : e.event) },
       { downloadDir: tempDir(), maxFileSize: 1024, idleTimeoutMs: 60_000 },
     );
     const dir = tempDir();
@@ -490,7 +491,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     const events: TransferEvent[] = [];
     const dir = tempDir();
     const t = createTransfers(
-      { sendContent: (peer, item) => void answers.push([peer, item]), sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit: (e) => void events.push(e), maxFrame: () => 256 * 1024 },
+      { sendContent: (peer, item) => void answers.push([peer, item]), sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, chunksDrained: async () => {}, emit: (e) => void events.push(e), maxFrame: () => 256 * 1024 },
       { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 60_000 },
     );
     const offer = (peer: string) => t.onContent(peer, { t: "offer", id: randomBytes(FILE_ID_BYTES), name: "x.txt", size: 10, key: randomBytes(32) });
@@ -518,6 +519,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
         sendContent: (peer, item) => void sent.push([peer, item]),
         sendChunk: (to, f) => void (f.t === "chunk" && chunksTo.push([to].flat().join(","))),
         chunkBacklog: () => 0,
+        dropChunks() {},
         congested: () => false,
         isBusy: (peer) => busy.has(peer),
         chunksDrained: async () => {},
@@ -562,7 +564,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     const dir = tempDir();
     const chosen = new Set(["friend"]);
     const t = createTransfers(
-      { sendContent: (peer, item) => void answers.push(`${peer} ${item.t}${item.reason ? `: ${item.reason}` : ""}`), sendChunk() {}, chunkBacklog: () => 0, congested: () => false, isBusy: () => false, isChosen: (peer) => chosen.has(peer), chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 },
+      { sendContent: (peer, item) => void answers.push(`${peer} ${item.t}${item.reason ? `: ${item.reason}` : ""}`), sendChunk() {}, chunkBacklog: () => 0, dropChunks() {}, congested: () => false, isBusy: () => false, isChosen: (peer) => chosen.has(peer), chunksDrained: async () => {}, emit() {}, maxFrame: () => 256 * 1024 },
       { downloadDir: dir, maxFileSize: 1024, idleTimeoutMs: 60_000 },
     );
     const offer = (peer: string) => t.onContent(peer, { t: "offer", id: randomBytes(FILE_ID_BYTES), name: "x.txt", size: 10, key: randomBytes(32) });

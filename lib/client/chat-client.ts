@@ -237,14 +237,15 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
     heldWaiters = [];
     for (const wake of waiting) wake();
   };
-  const send = (to: string | string[], body: PackedBin, bulk = false) => {
+  /** `bulk`: in the link's bulk lane (a file chunk), known by `tag` there. */
+  const send = (to: string | string[], body: PackedBin, bulk = false, tag?: object) => {
     if (sentSinceBusy.size) {
       for (const peer of typeof to === "string" ? [to] : to) {
         const sent = sentSinceBusy.get(peer);
         if (sent !== undefined) sentSinceBusy.set(peer, sent + body.size);
       }
     }
-    if (bulk) link.sendBulk(to, body);
+    if (bulk) link.sendBulk(to, body, tag);
     else link.send(to, body);
   };
   const sendE2E = (to: string | string[], frame: Frame) => send(to, new PackedBin(frame));
@@ -272,7 +273,8 @@ export async function startChat(opts: ChatOptions): Promise<ChatClient> {
         const s = sessions.get(peer);
         if (s) queueContent(s, item, 128 + 3 * (typeof item.name === "string" ? item.name.length : 0) + 3 * (typeof item.reason === "string" ? item.reason.length : 0));
       },
-      sendChunk: (to, frame) => send(to, new PackedBin(frame), true),
+      sendChunk: (to, frame, owner) => send(to, new PackedBin(frame), true, owner),
+      dropChunks: (owner) => link.dropBulk(owner),
       congested,
       isBusy: (peer) => sentSinceBusy.has(peer),
       isChosen,

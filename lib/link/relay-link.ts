@@ -61,7 +61,9 @@ export interface Link {
   /** `body` is the opaque E2E payload; a PackedBin is packed straight into the frame. */
   send(to: string | string[], body: Uint8Array | PackedBin, ref?: number): void;
   /** send() in the bulk lane (lib/wire/outbox.ts): frames sent otherwise go first; as a `bulk` frame when the relay takes those, so that they do at the recipient too (PROTOCOL §5.4). */
-  sendBulk(to: string | string[], body: PackedBin): void;
+  sendBulk(to: string | string[], body: PackedBin, tag?: object): void;
+  /** Forgets what was sent with sendBulk(…, tag) and has not begun to leave (a cancelled file's chunks). */
+  dropBulk(tag: object): void;
   sendFrame(frame: Frame): void;
   /** Bytes queued locally and not yet taken by the socket. */
   readonly backlog: number;
@@ -150,9 +152,9 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         drainWaiters = still;
       }
     };
-    const write = (bytes: Uint8Array, bulk = false) => {
+    const write = (bytes: Uint8Array, bulk = false, tag?: object) => {
       if (!outbox || outbox.closed) return;
-      if (bulk) outbox.pushBulk(bytes);
+      if (bulk) outbox.pushBulk(bytes, false, tag);
       else outbox.push(bytes);
       if (!flushScheduled) {
         flushScheduled = true;
@@ -205,8 +207,11 @@ export function joinRelay(opts: LinkOptions): Promise<Link> {
         send(to, body, ref) {
           writeFrame(ref === undefined ? { t: "send", to, body } : { t: "send", to, body, ref });
         },
-        sendBulk(to, body) {
-          write(encodeFrame({ t: bulkType, to, body }), true);
+        sendBulk(to, body, tag) {
+          write(encodeFrame({ t: bulkType, to, body }), true, tag);
+        },
+        dropBulk(tag) {
+          if (outbox?.dropBulk(tag)) flush(); // and wake who waits for the lane to drain
         },
         sendFrame: writeFrame,
         get backlog() {

@@ -42,7 +42,9 @@ export interface TransferDeps {
   /** Sends a record content to the peer (authenticated, in order with messages). */
   sendContent(peer: string, item: Frame): void;
   /** Sends a file chunk, an E2E message outside the session records, in the link's bulk lane: what sendContent sends overtakes it. */
-  sendChunk(to: string | string[], frame: Frame): void;
+  sendChunk(to: string | string[], frame: Frame, owner: object): void;
+  /** Forgets the chunks sent with this owner that have not begun to leave: their file is over. */
+  dropChunks(owner: object): void;
   /** Bytes of chunks queued on the link (its bulk lane): what a sending transfer waits on. */
   chunkBacklog(): number;
   chunksDrained(bytes: number): Promise<void>;
@@ -271,6 +273,8 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
 
   function finishOut(t: Outgoing): void {
     if (t.state === "over") return;
+    // Cut off while sending: the rest can no longer complete the file, and every recipient ignores it.
+    if (t.state === "sending") deps.dropChunks(t);
     t.state = "over"; // a stream still running sees this before it reads again
     outgoing.delete(t.id);
     closeSync(t.fd);
@@ -440,7 +444,7 @@ export function createTransfers(deps: TransferDeps, opts: TransferOptions) {
         // Checked before the last chunk leaves, so the receiver never keeps a file we call failed.
         if (last && readSync(t.fd, probe, 0, 1, null) !== 0) throw new Error("the file grew while being sent");
         hash?.update(buf.subarray(0, got));
-        deps.sendChunk(to.length === 1 ? to[0]! : to, sealChunkInPlace(keys, t.fileId, n, last, buf, got)); // encrypted once, copied by the relay
+        deps.sendChunk(to.length === 1 ? to[0]! : to, sealChunkInPlace(keys, t.fileId, n, last, buf, got), t); // encrypted once, copied by the relay
         const now = performance.now();
         t.lastActivity = now;
         if (last || now - lastProgress >= PROGRESS_MS) {

@@ -48,6 +48,8 @@ const frameOf = new WeakMap<Uint8Array, Uint8Array>();
 // queue for up to 1024 pieces, and a view of a written frame's tail would keep
 // the whole frame alive (up to 1024 × 128 KiB).
 const WRITTEN = new Uint8Array(0);
+// The owner a bulk frame was pushed with (pushBulk's `tag`): dropBulk finds them by it.
+const tags = new WeakMap<Uint8Array, object>();
 const BULK_AFTER = 256 * 1024; // see the top
 // A piece queued by reference keeps alive the whole buffer it is a view of,
 // and a relay's frames are views of its socket reads (up to 512 KiB each): a
@@ -145,9 +147,9 @@ export class Outbox {
   /**
    * Queues `frame`, a bulk one: it waits while anything pushed otherwise is
    * queued (see the top). `shared`: other outboxes queue it too, counted in
-   * `total` once (as pushShared).
+   * `total` once (as pushShared). `tag`: what dropBulk() knows it by.
    */
-  pushBulk(frame: Uint8Array, shared = false): void {
+  pushBulk(frame: Uint8Array, shared = false, tag?: object): void {
     if (this.closed || frame.length === 0) return;
     if (this.bytes === 0) this.lastProgress = performance.now();
     this.bytes += frame.length;
@@ -155,7 +157,31 @@ export class Outbox {
     if (shared) this.hold(frame);
     else this.total.bytes += frame.length;
     if (this.bulkHead === this.bulk.length) this.firstWhileBulkWaits = 0;
-    this.bulk.push(shared ? frame : owned(frame));
+    const piece = shared ? frame : owned(frame);
+    if (tag) tags.set(piece, tag);
+    this.bulk.push(piece);
+  }
+
+  /** Forgets the bulk frames pushed with `tag` that have not begun to leave (a cancelled file's chunks); returns their bytes. */
+  dropBulk(tag: object): number {
+    const from = this.bulkHead + (this.bulkBegun ? 1 : 0);
+    let kept = from;
+    let dropped = 0;
+    for (let i = from; i < this.bulk.length; i++) {
+      const piece = this.bulk[i]!;
+      if (tags.get(piece) !== tag) {
+        this.bulk[kept++] = piece;
+        continue;
+      }
+      dropped += piece.length;
+      const shared = this.sharedQueued > 0 ? frameOf.get(piece) : undefined;
+      if (shared) this.release(shared);
+      else this.total.bytes -= piece.length;
+    }
+    this.bulk.length = kept;
+    this.bytes -= dropped;
+    this.bulkBytes -= dropped;
+    return dropped;
   }
 
   /** Writes as much as the socket accepts. Returns true when nothing is left queued. */
