@@ -502,3 +502,26 @@ test("dropBulk forgets the bulk frames of one tag that have not begun to leave; 
   const expected = [frames[0]!, first, frames[1]!, frames[3]!].flatMap((f) => [...f]);
   expect(m.written).toEqual(expected);
 });
+
+test("the unsent rest of a piece, a small part of its buffer by then, is copied too (found in review)", async () => {
+  let freed = 0;
+  const registry = new FinalizationRegistry(() => void freed++);
+  const boxes = [false, true].map((bulk) => {
+    const m = metered();
+    const box = new Outbox(m.socket);
+    const read = new Uint8Array(512 * 1024);
+    registry.register(read.buffer, bulk);
+    const frame = read.subarray(0, 65_536); // an eighth of its read: queued as it is
+    if (bulk) box.pushBulk(frame);
+    else box.push(frame);
+    m.accept = 65_536 - 100;
+    box.flush(); // 100 bytes left: kept as they are, they would hold the whole read
+    return box;
+  });
+  for (let i = 0; i < 20 && freed < 2; i++) {
+    Bun.gc(true);
+    await Bun.sleep(10);
+  }
+  expect(freed).toBe(2);
+  expect(boxes.map((box) => box.bytes)).toEqual([100, 100]);
+});

@@ -340,9 +340,9 @@ describe("bulk frames (PROTOCOL §5.4)", () => {
     // The general path: a list of IDs (one frame shared by two queues, counted once) and a `ref`.
     const pushes: { frame: Uint8Array; shared: boolean | undefined }[] = [];
     const { pushBulk } = Outbox.prototype;
-    Outbox.prototype.pushBulk = function (frame: Uint8Array, shared?: boolean) {
+    Outbox.prototype.pushBulk = function (frame: Uint8Array, shared?: boolean, tag?: object) {
       pushes.push({ frame, shared });
-      return pushBulk.call(this, frame, shared);
+      return pushBulk.call(this, frame, shared, tag);
     };
     try {
       x.writeFrame({ t: "bulk", to: [r.id, other.link.id], body: numbered(N, 100_000) });

@@ -584,8 +584,9 @@ describe("concurrency", () => {
       expect(a.chat.cancel(transfers(a, "offered")[0]!.id)).toBe(1);
       pipe.clientSocket.resume();
       await waitFor(() => transfers(b, "cancelled", "in")[0], "receiver: cancelled", LONG);
-      await Bun.sleep(200); // anything still queued would be on its way by now
-      const sent = pipe.fromClient.filter((f) => f.t === "bulk").length;
+      const chunksSent = () => pipe.fromClient.filter((f) => f.t === "bulk").length;
+      for (let last = -1; last !== chunksSent(); await Bun.sleep(300)) last = chunksSent(); // until nothing more comes
+      const sent = chunksSent();
       expect(sent).toBeGreaterThan(0);
       expect(sent).toBeLessThan(queued); // before: every chunk queued was sent
     } finally {

@@ -325,7 +325,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(reasons[4]).toContain("test over"); // offered under the old session: it went on
   });
 
-  function wired(net: { dropChunk?: (c: Frame) => boolean; dropContent?: (c: Frame) => boolean } = {}, maxFrame = 256 * 1024) {
+  function wired(net: { dropChunk?: (c: Frame) => boolean; dropContent?: (c: Frame) => boolean; onDropChunks?: () => void } = {}, maxFrame = 256 * 1024) {
     const ev = { a: [] as TransferEvent[], b: [] as TransferEvent[] };
     const dir = { a: tempDir(), b: tempDir() };
     const make = (me: "a" | "b", other: () => ReturnType<typeof createTransfers>) =>
@@ -340,7 +340,7 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
             if (!net.dropChunk?.(c)) queueMicrotask(() => other().onChunk(me, c));
           },
           chunkBacklog: () => 0,
-          dropChunks() {},
+          dropChunks: () => net.onDropChunks?.(),
           congested: () => false,
           isBusy: () => false,
           chunksDrained: async () => {},
@@ -365,6 +365,17 @@ describe("createTransfers wired back to back (real temp dirs)", () => {
     expect(readdirSync(dir.b)).toEqual(["src.bin"]);
     expect(ev.a.filter((e) => e.event === "delivered")).toHaveLength(1);
     expect(a.active() + b.active()).toBe(0);
+  });
+
+  test("a transfer that ends while sending forgets its queued chunks; one that ends after its last chunk left does not (the receiver may still complete it)", async () => {
+    const outcome = (p: Promise<void>) => p.then(() => "delivered", (e: Error & { code: string }) => e.code);
+    let drops = 0;
+    const lost = wired({ dropChunk: (c) => c.last === true, onDropChunks: () => void drops++ });
+    expect(await outcome(lost.a.send("b", source(3 * CHUNK_BYTES + 5)))).toBe("failed"); // after the idle timeout, waiting for `done`
+    expect(drops).toBe(0);
+    const cut: ReturnType<typeof wired> = wired({ dropChunk: (c) => (c.n === 1 && cut.a.cancel(""), false), onDropChunks: () => void drops++ });
+    expect(await outcome(cut.a.send("b", source(8 * CHUNK_BYTES)))).toBe("cancelled");
+    expect(drops).toBe(1);
   });
 
   test("the final chunk lost in transit: both sides end the transfer after the idle timeout, the temporary file is removed", async () => {

@@ -642,7 +642,7 @@ export function startRelay(partial: Partial<RelayOptions> & Pick<RelayOptions, "
       charge(c, r, body.length);
       if (recipients.length > 1) queue(r, (shared ??= concat(header, body)), undefined, true, bulk);
       else if (bulk) queue(r, concat(header, body), undefined, false, true); // a bulk frame is queued whole
-      else queue(r, header, body); // the body itself is never copied for large frames
+      else queue(r, header, body); // a large body is not copied (unless a small part of its read: Outbox's PIN)
       forwardedFrames++;
       forwardedBytes += body.length;
     }

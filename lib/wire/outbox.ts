@@ -276,10 +276,11 @@ export class Outbox {
     }
   }
 
-  /** The unsent rest of `piece`, kept in its place; still known as `shared`'s, if it is a shared frame. */
+  /** The unsent rest of `piece`, kept in its place; still known as `shared`'s, if it is a shared frame (else copied if it is a small part of its buffer: PIN). */
   private tailOf(piece: Uint8Array, written: number, shared: Uint8Array | undefined): Uint8Array {
     const tail = piece.subarray(written);
-    if (shared) frameOf.set(tail, shared);
+    if (!shared) return owned(tail);
+    frameOf.set(tail, shared);
     return tail;
   }
 
