@@ -379,4 +379,22 @@ describe("bulk frames (PROTOCOL §5.4)", () => {
     expect(seen.slice(-3).map((f) => f.t).sort()).toEqual(["error", "left", "left"]); // none of them before a bulk msg
     await waitFor(() => relay.stats().queuedTotal === 0, "every queue drained and uncounted");
   }, 30_000);
+
+  test("with no bulk msg waiting, presence keeps its place among a client's other frames", async () => {
+    relay = startTestRelay({ queueHigh: 128 << 20, queuePause: 256 << 20, queueMax: 1 << 30, queueTotalMax: 1 << 30 });
+    const r = await pausedWatcher();
+    const s = await joinTest(relay, { watch: false });
+    const N = 60; // 12 MiB of plain sends: more than the kernel's buffers take
+    for (let i = 0; i < N; i++) s.link.send(r.id, numbered(i, 200 * 1024));
+    await waitFor(() => relay.stats().counters.framesForwarded === N, "the relay took them", 10_000);
+    const newcomer = await joinTest(relay, { watch: false });
+    await Bun.sleep(100); // its `joined` is queued for r
+    s.link.send(r.id, numbered(0xffff, 10));
+    await waitFor(() => relay.stats().counters.framesForwarded === N + 1, "the relay took the last send");
+    r.raw.socket.resume();
+    await waitFor(() => r.raw.frames.some((f) => f.t === "msg" && numberOf(f) === 0xffff), "the last send at r", 20_000);
+    const joined = r.raw.frames.findIndex((f) => f.t === "joined" && f.id === newcomer.link.id);
+    expect(joined).toBeGreaterThanOrEqual(0);
+    expect(joined).toBeLessThan(r.raw.frames.findIndex((f) => f.t === "msg" && numberOf(f) === 0xffff));
+  }, 30_000);
 });
