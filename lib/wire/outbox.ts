@@ -203,17 +203,11 @@ export class Outbox {
         return true;
       }
       const piece = this.bulk[this.bulkHead]!;
-      const written = this.socket.write(piece);
-      if (written < 0) {
-        this.close();
-        return false;
-      }
       const shared = this.sharedQueued > 0 ? frameOf.get(piece) : undefined;
+      const written = this.write(piece, shared);
+      if (written < 0) return false;
       if (written > 0) {
-        this.bytes -= written;
         this.bulkBytes -= written;
-        if (!shared) this.total.bytes -= written;
-        this.lastProgress = performance.now();
         this.firstWhileBulkWaits = 0;
         // Begun once the socket took some of it: a frame it took none of yet still gives way to the first lane.
         this.bulkBegun = written < piece.length;
@@ -251,18 +245,10 @@ export class Outbox {
         if (this.head === this.queue.length) return true; // it was empty
       }
       const chunk = this.queue[this.head]!;
-      const written = this.socket.write(chunk);
-      if (written < 0) {
-        this.close();
-        return false;
-      }
       const frame = this.sharedQueued > 0 ? frameOf.get(chunk) : undefined;
-      if (written > 0) {
-        this.bytes -= written;
-        if (!frame) this.total.bytes -= written; // a shared frame's memory is held until its last holder wrote it
-        this.lastProgress = performance.now();
-        this.firstWhileBulkWaits += written;
-      }
+      const written = this.write(chunk, frame);
+      if (written < 0) return false;
+      this.firstWhileBulkWaits += written;
       if (written < chunk.length) {
         if (written > 0) this.queue[this.head] = this.tailOf(chunk, written, frame);
         if (this.head > 1024 && this.head * 2 > this.queue.length) {
@@ -274,6 +260,21 @@ export class Outbox {
       if (frame) this.release(frame);
       this.queue[this.head++] = WRITTEN;
     }
+  }
+
+  /** Writes `piece` (of `shared`, if a shared frame) and counts what the socket took; -1 when the socket is gone (the outbox is closed then). */
+  private write(piece: Uint8Array, shared: Uint8Array | undefined): number {
+    const written = this.socket.write(piece);
+    if (written < 0) {
+      this.close();
+      return -1;
+    }
+    if (written > 0) {
+      this.bytes -= written;
+      if (!shared) this.total.bytes -= written; // a shared frame's memory is held until its last holder wrote it
+      this.lastProgress = performance.now();
+    }
+    return written;
   }
 
   /** The unsent rest of `piece`, kept in its place; still known as `shared`'s, if it is a shared frame (else copied if it is a small part of its buffer: PIN). */
